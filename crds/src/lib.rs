@@ -1,0 +1,1 @@
+//! DataStream API types.

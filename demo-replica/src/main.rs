@@ -1,0 +1,2 @@
+//! demo-replica
+fn main() {}
