@@ -1,0 +1,161 @@
+//! Version `v1alpha1` of the DataStream API.
+//!
+//! Field doc comments become the schema descriptions that `kubectl explain` prints, so they are
+//! written for users. Cross-field rules are CEL (`x-kubernetes-validations`) so that an invalid
+//! DataStream is rejected at admission with a message naming the field, never accepted and failed later.
+
+mod status;
+mod traffic;
+mod workload;
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+pub use status::*;
+pub use traffic::*;
+pub use workload::*;
+
+/// Port of the sidecar's client-facing `traffic` listener inside every pod.
+pub const SIDECAR_TRAFFIC_PORT: i32 = 7080;
+/// Port of the sidecar's `peer` listener (requests from other sidecars of the same stream).
+pub const SIDECAR_PEER_PORT: i32 = 7081;
+/// Port of the sidecar's `admin` listener (probes, metrics, config and endpoint introspection).
+pub const SIDECAR_ADMIN_PORT: i32 = 7082;
+
+/// A DataStream runs `replicas` copies of a data service, each fronted by a DataStream sidecar that
+/// routes, balances and fails over client traffic between the replicas according to `traffic`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "datastream.dev",
+    version = "v1alpha1",
+    kind = "DataStream",
+    namespaced,
+    plural = "datastreams",
+    shortname = "dst",
+    category = "datastream",
+    status = "DataStreamStatus",
+    derive = "PartialEq",
+    cel,
+    doc = "A DataStream runs replicas of a data service, each fronted by a sidecar that routes, balances and fails over traffic between them.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".spec.replicas",
+        description = "Desired replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Replicas ready to serve"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".spec.traffic.loadBalancing.policy",
+        description = "Load-balancing policy"
+    ),
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Summary of the conditions"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Available\")].reason",
+        priority = 1,
+        description = "Why the stream is or is not available"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.traffic) || !has(self.traffic.routes) || self.traffic.routes.all(r, !has(r.broadcast) || !has(r.broadcast.quorum) || r.broadcast.quorum <= self.replicas)"
+).message("traffic.routes[].broadcast.quorum must not exceed spec.replicas: the quorum could never be reached").field_path(".traffic.routes"))]
+#[serde(rename_all = "camelCase")]
+pub struct DataStreamSpec {
+    /// Number of replicas (pods) of the data service. Each pod runs the workload and a sidecar.
+    /// Supports `kubectl scale dst NAME --replicas=N` and HorizontalPodAutoscalers.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// The data service container that each sidecar fronts.
+    pub workload: WorkloadSpec,
+
+    /// The routing, load-balancing and failover policy that every sidecar of this stream applies.
+    /// Changes reach running sidecars live, without restarting pods.
+    #[serde(default)]
+    pub traffic: TrafficPolicy,
+
+    /// Settings of the sidecar container itself.
+    #[serde(default)]
+    pub sidecar: SidecarSpec,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// Settings of the DataStream sidecar container.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarSpec {
+    /// Sidecar image. Defaults to the image the operator was installed with (its `--sidecar-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Compute resources of the sidecar container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+
+    /// Log level of the sidecar: one of error, warn, info, debug, trace. Defaults to info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// Verbosity of a component's logs.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// Normal operation (the default).
+    #[default]
+    Info,
+    /// Verbose diagnostics.
+    Debug,
+    /// Everything, including per-request details.
+    Trace,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,70 @@
+//! `status`: what the operator observed, derived only from the stream's children.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: enough replicas are ready to serve traffic.
+pub const CONDITION_AVAILABLE: &str = "Available";
+/// Condition type: the children are being created or rolled out towards the latest spec.
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+/// Condition type: something is wrong (fewer ready replicas than desired, or a reconcile error).
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// Observed state of a DataStream.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DataStreamStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Pods currently created for the stream.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Pods ready to serve.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// Pods running the latest pod template.
+    #[serde(default)]
+    pub updated_replicas: i32,
+
+    /// Label selector of the stream's pods, serialized (used by `kubectl scale` and HPAs).
+    #[serde(default)]
+    pub selector: String,
+
+    /// Ready replicas as `ip:port` of their sidecar's peer listener, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
+
+    /// Short summary: Pending, Progressing, Available or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Standard conditions: Available, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// One-word summary of a DataStream's conditions.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing is ready yet.
+    Pending,
+    /// Rolling out or scaling towards the spec.
+    Progressing,
+    /// Every desired replica is ready on the latest spec.
+    Available,
+    /// Serving with fewer ready replicas than desired, or failing to reconcile.
+    Degraded,
+}
+
+impl DataStreamStatus {
+    /// The condition of the given type, if present.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
