@@ -1,2 +1,50 @@
-//! demo-replica
-fn main() {}
+//! Entry point of the `datastream-demo-replica` binary.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use datastream_demo_replica::cli::Args;
+use datastream_demo_replica::service::App;
+use datastream_demo_replica::{identity, server};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let fault = args
+        .initial_fault()
+        .map_err(anyhow::Error::msg)
+        .context("invalid fault flags")?;
+    let pod_name = std::env::var("POD_NAME").ok();
+    let id = identity::resolve(
+        args.replica_id.as_deref(),
+        pod_name.as_deref(),
+        identity::system_hostname,
+    );
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(replica = %id, addr = %listener.local_addr()?, ?fault, "demo replica listening");
+    let drain = CancellationToken::new();
+    let app = Arc::new(App::new(id, fault, args.max_value_bytes, drain.clone()));
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    server::serve(listener, app, shutdown, drain, args.shutdown_timeout).await;
+    tracing::info!("demo replica stopped");
+    Ok(())
+}

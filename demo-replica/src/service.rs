@@ -1,0 +1,476 @@
+//! Request routing and the handlers of every endpoint.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use tokio_util::sync::CancellationToken;
+
+use crate::fault::{Decision, Fault, FaultState};
+use crate::store::Store;
+
+/// Error type carried by response bodies (an echoed request body may fail mid-stream).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of every response.
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// Header naming the replica that answered, on every response.
+pub const REPLICA_HEADER: &str = "x-replica-id";
+
+/// Shared state of the service.
+#[derive(Debug)]
+pub struct App {
+    identity: String,
+    identity_header: HeaderValue,
+    store: Store,
+    faults: FaultState,
+    shutdown: CancellationToken,
+    max_value_bytes: usize,
+}
+
+impl App {
+    /// Builds the service state. `shutdown` is cancelled when the replica starts draining; it releases
+    /// hanging requests and turns `/ready` to 503.
+    pub fn new(
+        identity: String,
+        fault: Fault,
+        max_value_bytes: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let identity_header = HeaderValue::from_str(&identity)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-identity"));
+        Self {
+            identity,
+            identity_header,
+            store: Store::default(),
+            faults: FaultState::new(fault),
+            shutdown,
+            max_value_bytes,
+        }
+    }
+
+    /// The replica identity.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The fault state, for callers that configure it directly.
+    pub fn faults(&self) -> &FaultState {
+        &self.faults
+    }
+}
+
+/// Serves one request. Never fails: every error becomes an HTTP status.
+pub async fn handle<B>(
+    app: Arc<App>,
+    req: Request<B>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut resp = route(&app, req).await;
+    resp.headers_mut()
+        .insert(REPLICA_HEADER, app.identity_header.clone());
+    Ok(resp)
+}
+
+async fn route<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let path = req.uri().path().to_owned();
+    // Health and admin endpoints bypass faults so that liveness holds and a fault can always be cleared.
+    if path == "/healthz" {
+        return only(&req, &[Method::GET, Method::HEAD])
+            .unwrap_or_else(|| text(StatusCode::OK, "ok\n"));
+    }
+    if path == "/admin/fault" {
+        return admin_fault(app, req).await;
+    }
+    if let Some(resp) = apply_fault(app).await {
+        return resp;
+    }
+    match path.as_str() {
+        "/" => only(&req, &[Method::GET, Method::HEAD]).unwrap_or_else(|| identity_json(app)),
+        "/whoami" => only(&req, &[Method::GET, Method::HEAD])
+            .unwrap_or_else(|| text(StatusCode::OK, format!("{}\n", app.identity))),
+        "/ready" => only(&req, &[Method::GET, Method::HEAD]).unwrap_or_else(|| {
+            if app.shutdown.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }),
+        "/echo" => only(&req, &[Method::POST, Method::PUT]).unwrap_or_else(|| echo(req)),
+        p if p.starts_with("/kv/") => kv(app, req).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Applies latency, then the status or hang decision; `None` means "serve normally".
+async fn apply_fault(app: &App) -> Option<Response<ResponseBody>> {
+    let fault = app.faults.get();
+    if !fault.is_active() {
+        return None;
+    }
+    let latency = fault.latency();
+    if !latency.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = app.shutdown.cancelled() => {}
+        }
+    }
+    match fault.decide(rand::random::<f64>()) {
+        Decision::Pass => None,
+        Decision::Fail(code) => Some(text(code, "injected fault\n")),
+        Decision::Hang => {
+            app.shutdown.cancelled().await;
+            Some(text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"))
+        }
+    }
+}
+
+async fn admin_fault<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    match *req.method() {
+        Method::GET => json(StatusCode::OK, &app.faults.get()),
+        Method::DELETE => {
+            app.faults.clear();
+            json(StatusCode::OK, &app.faults.get())
+        }
+        Method::POST | Method::PUT => {
+            let body = match read_limited(req.into_body(), 64 * 1024).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let fault: Fault = match serde_json::from_slice(&body) {
+                Ok(f) => f,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid fault: {e}\n")),
+            };
+            if let Err(e) = fault.validate() {
+                return text(StatusCode::BAD_REQUEST, format!("invalid fault: {e}\n"));
+            }
+            tracing::info!(?fault, "fault configured through admin request");
+            app.faults.set(fault);
+            json(StatusCode::OK, &app.faults.get())
+        }
+        _ => method_not_allowed(&[Method::GET, Method::POST, Method::PUT, Method::DELETE]),
+    }
+}
+
+async fn kv<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let key = req.uri().path().trim_start_matches("/kv/").to_owned();
+    if key.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "empty key\n");
+    }
+    match *req.method() {
+        Method::GET | Method::HEAD => match app.store.get(&key) {
+            Some(value) => {
+                let mut resp = Response::new(full(value));
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, "no such key\n"),
+        },
+        Method::PUT => {
+            let value = match read_limited(req.into_body(), app.max_value_bytes).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            if app.store.put(&key, value) {
+                empty(StatusCode::CREATED)
+            } else {
+                empty(StatusCode::NO_CONTENT)
+            }
+        }
+        Method::DELETE => {
+            if app.store.delete(&key) {
+                empty(StatusCode::NO_CONTENT)
+            } else {
+                text(StatusCode::NOT_FOUND, "no such key\n")
+            }
+        }
+        _ => method_not_allowed(&[Method::GET, Method::HEAD, Method::PUT, Method::DELETE]),
+    }
+}
+
+/// Streams the request body back frame by frame, so a proxy in between must stream too.
+fn echo<B>(req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    let content_type = req.headers().get(CONTENT_TYPE).cloned();
+    let mut resp = Response::new(req.into_body().map_err(Into::into).boxed());
+    if let Some(ct) = content_type {
+        resp.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    resp
+}
+
+fn identity_json(app: &App) -> Response<ResponseBody> {
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "replica": app.identity,
+            "version": env!("CARGO_PKG_VERSION"),
+            "keys": app.store.len(),
+        }),
+    )
+}
+
+async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, Response<ResponseBody>>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body larger than {limit} bytes\n"),
+        )),
+        Err(e) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("reading body: {e}\n"),
+        )),
+    }
+}
+
+/// `Some(405)` when the method is not among `allowed`.
+fn only<B>(req: &Request<B>, allowed: &[Method]) -> Option<Response<ResponseBody>> {
+    (!allowed.contains(req.method())).then(|| method_not_allowed(allowed))
+}
+
+fn method_not_allowed(allowed: &[Method]) -> Response<ResponseBody> {
+    let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    let list = allowed
+        .iter()
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Ok(v) = HeaderValue::from_str(&list) {
+        resp.headers_mut().insert(ALLOW, v);
+    }
+    resp
+}
+
+fn full(b: impl Into<Bytes>) -> ResponseBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<ResponseBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> Arc<App> {
+        Arc::new(App::new(
+            "replica-7".into(),
+            Fault::default(),
+            16,
+            CancellationToken::new(),
+        ))
+    }
+
+    async fn call(
+        app: &Arc<App>,
+        method: Method,
+        path: &str,
+        body: &'static str,
+    ) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let resp = handle(app.clone(), req).await.unwrap();
+        assert_eq!(resp.headers()[REPLICA_HEADER], "replica-7");
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn whoami_and_root_report_identity() {
+        let a = app();
+        assert_eq!(
+            call(&a, Method::GET, "/whoami", "").await,
+            (StatusCode::OK, "replica-7\n".into())
+        );
+        let (status, body) = call(&a, Method::GET, "/", "").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["replica"], "replica-7");
+    }
+
+    #[tokio::test]
+    async fn kv_lifecycle_and_limits() {
+        let a = app();
+        assert_eq!(
+            call(&a, Method::GET, "/kv/x", "").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&a, Method::PUT, "/kv/x", "v1").await.0,
+            StatusCode::CREATED
+        );
+        assert_eq!(
+            call(&a, Method::PUT, "/kv/x", "v2").await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call(&a, Method::GET, "/kv/x", "").await,
+            (StatusCode::OK, "v2".into())
+        );
+        assert_eq!(
+            call(&a, Method::PUT, "/kv/big", "01234567890123456789")
+                .await
+                .0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, "/kv/x", "").await.0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, "/kv/x", "").await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&a, Method::PUT, "/kv/", "v").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            call(&a, Method::POST, "/kv/x", "v").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_fault_fails_data_and_ready_but_not_health() {
+        let a = app();
+        let (s, _) = call(&a, Method::POST, "/admin/fault", r#"{"status":503}"#).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(
+            call(&a, Method::GET, "/ready", "").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(&a, Method::GET, "/whoami", "").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(&a, Method::GET, "/healthz", "").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            call(&a, Method::DELETE, "/admin/fault", "").await.0,
+            StatusCode::OK
+        );
+        assert_eq!(call(&a, Method::GET, "/ready", "").await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn admin_fault_rejects_invalid_bodies() {
+        let a = app();
+        assert_eq!(
+            call(&a, Method::POST, "/admin/fault", "{").await.0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            call(&a, Method::POST, "/admin/fault", r#"{"rate":3}"#)
+                .await
+                .0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(a.faults().get(), Fault::default());
+    }
+
+    #[tokio::test]
+    async fn hang_released_by_shutdown() {
+        let token = CancellationToken::new();
+        let a = Arc::new(App::new(
+            "r".into(),
+            Fault {
+                hang: true,
+                ..Fault::default()
+            },
+            16,
+            token.clone(),
+        ));
+        let req = Request::get("/whoami")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let pending = tokio::spawn(handle(a.clone(), req));
+        tokio::task::yield_now().await;
+        assert!(!pending.is_finished());
+        token.cancel();
+        let resp = pending.await.unwrap().unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[tokio::test]
+    async fn echo_returns_body_and_ready_turns_unavailable_on_shutdown() {
+        let token = CancellationToken::new();
+        let a = Arc::new(App::new(
+            "replica-7".into(),
+            Fault::default(),
+            16,
+            token.clone(),
+        ));
+        assert_eq!(
+            call(&a, Method::POST, "/echo", "hello").await,
+            (StatusCode::OK, "hello".into())
+        );
+        token.cancel();
+        assert_eq!(
+            call(&a, Method::GET, "/ready", "").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            call(&a, Method::GET, "/nope", "").await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+}
