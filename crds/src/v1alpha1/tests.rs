@@ -1,1 +1,453 @@
+//! Admission rules, checked locally: CEL rules with kube's CEL evaluator, and schema bounds with
+//! a JSON-schema validator over the generated openAPIV3Schema. The e2e suite checks the same
+//! specs against a real kube-apiserver.
+
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
 use super::*;
+
+fn valid() -> Value {
+    json!({
+        "apiVersion": "datastream.dev/v1alpha1",
+        "kind": "DataStream",
+        "metadata": { "name": "catalog", "namespace": "shop" },
+        "spec": {
+            "replicas": 3,
+            "workload": { "image": "example.com/catalog:1", "port": 8080 },
+            "traffic": {
+                "routes": [
+                    { "name": "by-key", "match": { "path": { "prefix": "/kv" } }, "mode": "affinity",
+                      "affinity": { "key": { "pathSegment": 1 } } },
+                    { "name": "writes", "match": { "methods": ["POST"], "headers": [{ "name": "x-tenant", "present": true }] },
+                      "mode": "primary", "primary": { "holdDown": "5s" } },
+                    { "name": "fanout", "match": { "path": { "exact": "/invalidate" } }, "mode": "broadcast",
+                      "broadcast": { "quorum": 2 } }
+                ],
+                "loadBalancing": { "policy": "p2c-ewma", "localFirst": true },
+                "failover": { "requestTimeout": "10s", "perTryTimeout": "2s" }
+            }
+        }
+    })
+}
+
+/// Applies the defaults the apiserver would, by a round trip through the Rust types.
+fn defaulted(object: &Value) -> DataStream {
+    serde_json::from_value(object.clone()).expect("test object deserializes")
+}
+
+fn cel_errors(object: &Value) -> Vec<String> {
+    match defaulted(object).validate_cel() {
+        Ok(()) => vec![],
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn schema_errors(object: &Value) -> Vec<String> {
+    let crd = DataStream::crd();
+    let schema = serde_json::to_value(
+        crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema
+            .as_ref()
+            .unwrap(),
+    )
+    .unwrap();
+    let validator =
+        jsonschema::validator_for(&schema).expect("the CRD schema is a valid JSON schema");
+    validator
+        .iter_errors(object)
+        .map(|e| format!("{}: {}", e.instance_path, e))
+        .collect()
+}
+
+fn with(mut object: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    let target = object
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("no {parent} in test object"));
+    match target {
+        Value::Object(map) => {
+            map.insert(key.to_owned(), value);
+        }
+        Value::Array(items) => items[key.parse::<usize>().unwrap()] = value,
+        _ => panic!("{parent} is not a container"),
+    }
+    object
+}
+
+#[track_caller]
+fn assert_cel_rejects(object: Value, message: &str) {
+    let errors = cel_errors(&object);
+    assert!(
+        errors.iter().any(|e| e.contains(message)),
+        "expected a CEL error containing {message:?}, got {errors:?}"
+    );
+}
+
+#[track_caller]
+fn assert_schema_rejects(object: Value, path: &str) {
+    let errors = schema_errors(&object);
+    assert!(
+        errors.iter().any(|e| e.starts_with(path)),
+        "expected a schema error at {path}, got {errors:?}"
+    );
+}
+
+#[test]
+fn the_reference_spec_is_valid() {
+    assert_eq!(cel_errors(&valid()), Vec::<String>::new());
+    assert_eq!(schema_errors(&valid()), Vec::<String>::new());
+}
+
+#[test]
+fn defaults_are_safe_without_any_traffic_policy() {
+    let object = json!({
+        "apiVersion": "datastream.dev/v1alpha1", "kind": "DataStream",
+        "metadata": { "name": "minimal" },
+        "spec": { "workload": { "image": "demo" } }
+    });
+    let ds = defaulted(&object);
+    assert_eq!(ds.spec.replicas, 3);
+    assert_eq!(ds.spec.workload.port, 8080);
+    assert_eq!(ds.spec.workload.readiness_path, "/ready");
+    assert_eq!(
+        ds.spec.traffic.load_balancing.policy,
+        LoadBalancingPolicy::P2cEwma
+    );
+    assert_eq!(ds.spec.traffic.failover.retries.attempts, 2);
+    assert!(ds.spec.traffic.failover.circuit_breaker.enabled);
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+    assert_eq!(schema_errors(&object), Vec::<String>::new());
+}
+
+#[test]
+fn affinity_needs_a_key() {
+    let object = with(
+        valid(),
+        "/spec/traffic/routes/0",
+        json!({ "name": "by-key", "mode": "affinity" }),
+    );
+    assert_cel_rejects(object, "mode affinity needs affinity.key");
+}
+
+#[test]
+fn affinity_key_needs_exactly_one_source() {
+    let object = with(
+        valid(),
+        "/spec/traffic/routes/0/affinity/key",
+        json!({ "header": "x-user", "queryParam": "user" }),
+    );
+    assert_cel_rejects(
+        object,
+        "affinity.key needs exactly one of header, queryParam or pathSegment",
+    );
+    let object = with(valid(), "/spec/traffic/routes/0/affinity/key", json!({}));
+    assert_cel_rejects(
+        object,
+        "affinity.key needs exactly one of header, queryParam or pathSegment",
+    );
+}
+
+#[test]
+fn mode_specific_settings_need_their_mode() {
+    let object = with(valid(), "/spec/traffic/routes/1/mode", json!("balance"));
+    assert_cel_rejects(object, "primary is only used by routes with mode primary");
+    let object = with(valid(), "/spec/traffic/routes/2/mode", json!("balance"));
+    assert_cel_rejects(
+        object,
+        "broadcast is only used by routes with mode broadcast",
+    );
+    let object = with(valid(), "/spec/traffic/routes/0/mode", json!("balance"));
+    assert_cel_rejects(object, "affinity is only used by routes with mode affinity");
+}
+
+#[test]
+fn per_try_timeout_must_be_below_request_timeout() {
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/perTryTimeout",
+        json!("10s"),
+    );
+    assert_cel_rejects(
+        object,
+        "failover.perTryTimeout must be shorter than failover.requestTimeout",
+    );
+    let object = with(valid(), "/spec/traffic/failover/perTryTimeout", json!("1m"));
+    assert_cel_rejects(
+        object,
+        "failover.perTryTimeout must be shorter than failover.requestTimeout",
+    );
+}
+
+#[test]
+fn connect_timeout_must_not_exceed_request_timeout() {
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/connectTimeout",
+        json!("30s"),
+    );
+    assert_cel_rejects(
+        object,
+        "failover.connectTimeout must not exceed failover.requestTimeout",
+    );
+}
+
+#[test]
+fn retry_backoff_base_must_not_exceed_max() {
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/retries",
+        json!({ "backoffBase": "2s", "backoffMax": "100ms" }),
+    );
+    assert_cel_rejects(
+        object,
+        "failover.retries.backoffBase must not exceed backoffMax",
+    );
+}
+
+#[test]
+fn health_check_timeout_must_not_exceed_interval() {
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/healthCheck",
+        json!({ "interval": "1s", "timeout": "5s" }),
+    );
+    assert_cel_rejects(
+        object,
+        "failover.healthCheck.timeout must not exceed its interval",
+    );
+}
+
+#[test]
+fn quorum_must_not_exceed_replicas() {
+    let object = with(valid(), "/spec/traffic/routes/2/broadcast/quorum", json!(4));
+    assert_cel_rejects(object, "broadcast.quorum must not exceed spec.replicas");
+    let object = with(valid(), "/spec/replicas", json!(1));
+    assert_cel_rejects(object, "broadcast.quorum must not exceed spec.replicas");
+}
+
+#[test]
+fn route_names_must_be_unique() {
+    let object = with(valid(), "/spec/traffic/routes/1/name", json!("by-key"));
+    assert_cel_rejects(object, "traffic.routes[].name must be unique");
+}
+
+#[test]
+fn path_match_needs_exactly_one_kind() {
+    let object = with(
+        valid(),
+        "/spec/traffic/routes/0/match/path",
+        json!({ "exact": "/a", "prefix": "/a" }),
+    );
+    assert_cel_rejects(object, "match.path needs exactly one of exact or prefix");
+}
+
+#[test]
+fn header_match_needs_exactly_one_condition() {
+    let object = with(
+        valid(),
+        "/spec/traffic/routes/1/match/headers/0",
+        json!({ "name": "x-tenant" }),
+    );
+    assert_cel_rejects(
+        object,
+        "match.headers[] needs exactly one of exact, prefix or present",
+    );
+}
+
+#[test]
+fn workload_port_must_not_collide_with_the_sidecar() {
+    let object = with(valid(), "/spec/workload/port", json!(7081));
+    assert_cel_rejects(object, "workload.port must differ from the sidecar's ports");
+}
+
+#[test]
+fn reserved_pod_labels_are_rejected() {
+    let object = with(
+        valid(),
+        "/spec/workload/pod",
+        json!({ "labels": { "app.kubernetes.io/name": "x" } }),
+    );
+    assert_cel_rejects(object, "pod.labels must not set app.kubernetes.io/* labels");
+}
+
+#[test]
+fn load_shedding_bounds_must_be_ordered() {
+    let object = with(
+        valid(),
+        "/spec/traffic/limits",
+        json!({ "loadShedding": { "minConcurrency": 100, "maxConcurrency": 10 } }),
+    );
+    assert_cel_rejects(object, "minConcurrency must not exceed maxConcurrency");
+}
+
+#[test]
+fn schema_bounds_reject_out_of_range_numbers() {
+    assert_schema_rejects(with(valid(), "/spec/replicas", json!(-1)), "/spec/replicas");
+    assert_schema_rejects(
+        with(valid(), "/spec/replicas", json!(1001)),
+        "/spec/replicas",
+    );
+    assert_schema_rejects(
+        with(valid(), "/spec/workload/port", json!(70000)),
+        "/spec/workload/port",
+    );
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/outlierDetection",
+        json!({ "maxEjectedPercent": 150 }),
+    );
+    assert_schema_rejects(
+        object,
+        "/spec/traffic/failover/outlierDetection/maxEjectedPercent",
+    );
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/retries",
+        json!({ "budgetRatio": 1.5 }),
+    );
+    assert_schema_rejects(object, "/spec/traffic/failover/retries/budgetRatio");
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/retries",
+        json!({ "attempts": 11 }),
+    );
+    assert_schema_rejects(object, "/spec/traffic/failover/retries/attempts");
+}
+
+#[test]
+fn schema_rejects_unknown_enum_values() {
+    assert_schema_rejects(
+        with(
+            valid(),
+            "/spec/traffic/loadBalancing/policy",
+            json!("random"),
+        ),
+        "/spec/traffic/loadBalancing/policy",
+    );
+    assert_schema_rejects(
+        with(valid(), "/spec/traffic/routes/0/mode", json!("sticky")),
+        "/spec/traffic/routes/0/mode",
+    );
+    assert_schema_rejects(
+        with(
+            valid(),
+            "/spec/traffic/routes/1/match/methods",
+            json!(["FETCH"]),
+        ),
+        "/spec/traffic/routes/1/match/methods/0",
+    );
+}
+
+#[test]
+fn schema_rejects_malformed_durations_and_paths() {
+    for bad in ["10", "1.5s", "-1s", "ten seconds", "10 s", ""] {
+        let object = with(valid(), "/spec/traffic/failover/requestTimeout", json!(bad));
+        assert_schema_rejects(object, "/spec/traffic/failover/requestTimeout");
+    }
+    assert_schema_rejects(
+        with(
+            valid(),
+            "/spec/traffic/routes/0/match/path",
+            json!({ "prefix": "kv" }),
+        ),
+        "/spec/traffic/routes/0/match/path/prefix",
+    );
+    assert_schema_rejects(
+        with(valid(), "/spec/workload/readinessPath", json!("ready")),
+        "/spec/workload/readinessPath",
+    );
+    assert_schema_rejects(
+        with(valid(), "/spec/traffic/routes/0/name", json!("By Key")),
+        "/spec/traffic/routes/0/name",
+    );
+}
+
+#[test]
+fn schema_requires_an_image() {
+    let object = with(valid(), "/spec/workload", json!({ "port": 8080 }));
+    assert_schema_rejects(object, "/spec/workload");
+}
+
+#[test]
+fn durations_parse_like_the_schema_accepts() {
+    assert_eq!(
+        parse_duration("250ms").unwrap(),
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        parse_duration("1m30s").unwrap(),
+        std::time::Duration::from_secs(90)
+    );
+    assert_eq!(
+        parse_duration("2h").unwrap(),
+        std::time::Duration::from_secs(7200)
+    );
+    for bad in ["", "10", "s", "1.5s", "-1s", "1d", "99999999999s"] {
+        assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+    }
+}
+
+#[test]
+fn every_field_has_a_description() {
+    fn walk(path: &str, schema: &Value, missing: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, child) in props {
+                let child_path = format!("{path}.{name}");
+                if child.get("description").is_none() {
+                    missing.push(child_path.clone());
+                }
+                walk(&child_path, child, missing);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    let crd = serde_json::to_value(DataStream::crd()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut missing = vec![];
+    walk("", &schema["properties"]["spec"], &mut missing);
+    walk("", &schema["properties"]["status"], &mut missing);
+    assert_eq!(
+        missing,
+        Vec::<String>::new(),
+        "fields without a description"
+    );
+}
+
+#[test]
+fn crd_names_and_subresources() {
+    let crd = DataStream::crd();
+    assert_eq!(crd.spec.names.short_names, Some(vec!["dst".to_owned()]));
+    assert_eq!(
+        crd.spec.names.categories,
+        Some(vec!["datastream".to_owned()])
+    );
+    let version = &crd.spec.versions[0];
+    let scale = version
+        .subresources
+        .as_ref()
+        .unwrap()
+        .scale
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        scale.label_selector_path.as_deref(),
+        Some(".status.selector")
+    );
+    let columns: Vec<_> = version
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Replicas", "Ready", "Policy", "Status", "Reason", "Age"]
+    );
+}
