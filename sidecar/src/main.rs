@@ -1,2 +1,2 @@
-//! sidecar
+//! `datastream-sidecar`: see the library docs and docs/sidecar.md.
 fn main() {}

@@ -1,0 +1,177 @@
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config` and `/endpoints`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::endpoint::{Eligibility, LoadSnapshot};
+use crate::proxy::body::ResponseBody;
+use crate::state::Shared;
+
+/// One replica as `/endpoints` shows it: the figures that drive the balancer's choice, and why
+/// it is or is not eligible.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointView {
+    /// Stable name.
+    pub name: String,
+    /// Address requests go to.
+    pub address: String,
+    /// Whether it is the local workload.
+    pub local: bool,
+    /// Whether it can take new requests, and if not, why.
+    pub eligibility: Eligibility,
+    /// Peak-EWMA latency in milliseconds.
+    pub ewma_ms: f64,
+    /// Requests in flight.
+    pub inflight: u32,
+    /// The p2c-ewma cost, `ewmaMs × (inflight + 1)`.
+    pub cost: f64,
+    /// Latency samples seen.
+    pub samples: u32,
+    /// Whether slow start still limits it.
+    pub slow_start: bool,
+    /// Transport failures in a row.
+    pub consecutive_failures: u32,
+    /// Idle pooled HTTP/1 connections.
+    pub idle_connections: usize,
+}
+
+/// Serves the admin API until `close` turns true. `settings` is shown under `/config`.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    settings: Value,
+    mut close: watch::Receiver<bool>,
+) {
+    let settings = Arc::new(settings);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = close.wait_for(|c| *c) => break,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let settings = Arc::clone(&settings);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let resp = route(&shared, &settings, &req);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(shared: &Shared, settings: &Value, req: &Request<Incoming>) -> Response<ResponseBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n"),
+        "/ready" => {
+            if shared.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if !shared.endpoints_known() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "no endpoints known yet\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        "/metrics" => {
+            let body = shared.metrics.encode(&shared.endpoints());
+            let mut resp = Response::new(ResponseBody::full(body));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            resp
+        }
+        "/config" => {
+            let status = shared.config_status();
+            let policy = shared.policy();
+            json_response(&json!({
+                "version": status.version,
+                "source": status.source,
+                "lastError": status.last_error,
+                "traffic": policy.spec,
+                "routes": policy.routes.iter().map(|r| r.name()).collect::<Vec<_>>(),
+                "settings": settings,
+            }))
+        }
+        "/endpoints" => json_response(&endpoints_json(shared)),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// The `/endpoints` document.
+pub fn endpoints_json(shared: &Shared) -> Value {
+    let set = shared.endpoints();
+    let now = clock::now_ns();
+    let views: Vec<EndpointView> = set
+        .endpoints()
+        .iter()
+        .map(|e| {
+            let LoadSnapshot {
+                ewma_ms,
+                inflight,
+                samples,
+                cost,
+                warming,
+            } = e.load.snapshot(now);
+            EndpointView {
+                name: e.name().to_owned(),
+                address: e.addr().to_string(),
+                local: e.is_local(),
+                eligibility: e.eligibility(now),
+                ewma_ms,
+                inflight,
+                cost,
+                samples,
+                slow_start: warming,
+                consecutive_failures: e.health.consecutive_failures(),
+                idle_connections: e.pool.idle_count(),
+            }
+        })
+        .collect();
+    json!({ "version": set.version(), "endpoints": views })
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(value: &Value) -> Response<ResponseBody> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(ResponseBody::full(body));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}

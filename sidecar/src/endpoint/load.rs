@@ -1,0 +1,254 @@
+//! Peak-EWMA latency, in-flight count and latency-driven slow start for one endpoint.
+//!
+//! The estimate follows Finagle/Linkerd's peak EWMA: a sample above the estimate replaces it at
+//! once, a lower one is blended in with weight `1 - exp(-elapsed/decay)`, and the estimate decays
+//! towards zero while the endpoint is idle, so a replica that was slow long ago gets probed again.
+//! Every field is an atomic: the hot path never takes a lock to read or update a load figure.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::clock;
+
+/// Decay time constant of the estimate (Finagle, go-zero and Linkerd all use 10 s).
+pub const DECAY: Duration = Duration::from_secs(10);
+/// Estimate given to an endpoint when no other endpoint has one yet (Linkerd's default RTT).
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Smallest estimate, so a cost never collapses to zero (Linkerd's floor).
+pub const MIN_RTT: Duration = Duration::from_micros(50);
+/// Slow start needs at least this many samples before it may end.
+pub const SLOW_START_MIN_SAMPLES: u32 = 5;
+/// Slow start ends after this many samples even if latency keeps moving.
+pub const SLOW_START_MAX_SAMPLES: u32 = 100;
+/// Slow start ends once the fast and the slow estimate agree within this ratio.
+pub const SLOW_START_CONVERGED: f64 = 0.25;
+
+/// Load figures of one endpoint.
+#[derive(Debug)]
+pub struct Load {
+    /// Peak-EWMA estimate in nanoseconds, as `f64` bits.
+    rtt_bits: AtomicU64,
+    /// When the estimate was last updated ([`clock::now_ns`]).
+    stamp_ns: AtomicU64,
+    /// A fast EWMA (weight 1/2) that slow start compares against the main estimate.
+    fast_bits: AtomicU64,
+    inflight: AtomicU32,
+    samples: AtomicU32,
+    warming: AtomicBool,
+}
+
+/// A snapshot of the figures that drive balancing, for `/endpoints` and for tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LoadSnapshot {
+    /// The decayed peak-EWMA estimate, in milliseconds.
+    pub ewma_ms: f64,
+    /// Requests currently in flight.
+    pub inflight: u32,
+    /// Latency samples seen.
+    pub samples: u32,
+    /// The p2c cost: `ewma × (inflight + 1)`, in milliseconds.
+    pub cost: f64,
+    /// Whether the endpoint is still in slow start.
+    pub warming: bool,
+}
+
+// === impl Load ===
+
+impl Load {
+    /// A load seeded with `seed` as its latency estimate; `warming` starts slow start.
+    pub fn new(seed: Duration, warming: bool) -> Self {
+        let seed_ns = seed.max(MIN_RTT).as_nanos() as f64;
+        Self {
+            rtt_bits: AtomicU64::new(seed_ns.to_bits()),
+            stamp_ns: AtomicU64::new(clock::now_ns()),
+            fast_bits: AtomicU64::new(seed_ns.to_bits()),
+            inflight: AtomicU32::new(0),
+            samples: AtomicU32::new(0),
+            warming: AtomicBool::new(warming),
+        }
+    }
+
+    /// The decayed estimate in nanoseconds at `now_ns`.
+    pub fn rtt_ns(&self, now_ns: u64) -> f64 {
+        let est = f64::from_bits(self.rtt_bits.load(Ordering::Relaxed));
+        let elapsed = clock::since(self.stamp_ns.load(Ordering::Relaxed), now_ns);
+        let decayed = est * decay_weight(elapsed);
+        decayed.max(MIN_RTT.as_nanos() as f64)
+    }
+
+    /// The p2c cost at `now_ns`: the estimate weighted by the requests already waiting on it.
+    pub fn cost(&self, now_ns: u64) -> f64 {
+        self.rtt_ns(now_ns) * f64::from(self.inflight() + 1)
+    }
+
+    /// Requests in flight.
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Samples observed so far.
+    pub fn samples(&self) -> u32 {
+        self.samples.load(Ordering::Relaxed)
+    }
+
+    /// Whether slow start still limits this endpoint.
+    pub fn warming(&self) -> bool {
+        self.warming.load(Ordering::Relaxed)
+    }
+
+    /// The in-flight cap slow start imposes (one more per completed request), if warming.
+    pub fn slow_start_cap(&self) -> Option<u32> {
+        self.warming().then(|| 1 + self.samples())
+    }
+
+    /// Counts a request as started.
+    pub fn start(&self) {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request as finished (whatever its outcome).
+    pub fn finish(&self) {
+        // Saturate rather than wrap if a guard is ever dropped twice.
+        let _ = self
+            .inflight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Folds one latency sample into the estimate.
+    pub fn observe(&self, rtt: Duration) {
+        let now = clock::now_ns();
+        let rtt_ns = rtt.max(MIN_RTT).as_nanos() as f64;
+        let prev = self.rtt_ns(now);
+        let first = self.samples() == 0;
+        // The first sample replaces the seed outright (as go-zero does): a seed is a guess, and
+        // blending a real measurement into a guess with time-based weights would take seconds.
+        let next = if first || rtt_ns > prev {
+            rtt_ns
+        } else {
+            let elapsed = clock::since(self.stamp_ns.load(Ordering::Relaxed), now);
+            let w = decay_weight(elapsed);
+            prev * w + rtt_ns * (1.0 - w)
+        };
+        self.rtt_bits.store(next.to_bits(), Ordering::Relaxed);
+        self.stamp_ns.store(now, Ordering::Relaxed);
+        let fast = if first {
+            rtt_ns
+        } else {
+            f64::from_bits(self.fast_bits.load(Ordering::Relaxed)) * 0.5 + rtt_ns * 0.5
+        };
+        self.fast_bits.store(fast.to_bits(), Ordering::Relaxed);
+        let samples = self
+            .samples
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if self.warming() && converged(samples, fast, next) {
+            self.warming.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Restarts slow start (a returning replica), keeping the estimate as its seed.
+    pub fn restart_slow_start(&self) {
+        self.samples.store(0, Ordering::Relaxed);
+        self.warming.store(true, Ordering::Relaxed);
+    }
+
+    /// The figures of this load at `now_ns`.
+    pub fn snapshot(&self, now_ns: u64) -> LoadSnapshot {
+        let rtt = self.rtt_ns(now_ns);
+        let inflight = self.inflight();
+        LoadSnapshot {
+            ewma_ms: rtt / 1e6,
+            inflight,
+            samples: self.samples(),
+            cost: rtt * f64::from(inflight + 1) / 1e6,
+            warming: self.warming(),
+        }
+    }
+}
+
+/// The weight `exp(-elapsed/DECAY)` an old estimate keeps after `elapsed`.
+fn decay_weight(elapsed: Duration) -> f64 {
+    (-elapsed.as_secs_f64() / DECAY.as_secs_f64()).exp()
+}
+
+/// Slow start ends when the latency has converged: enough samples and a fast average that agrees
+/// with the slow one, or a hard cap on samples so that a noisy replica is not held back forever.
+fn converged(samples: u32, fast_ns: f64, slow_ns: f64) -> bool {
+    if samples >= SLOW_START_MAX_SAMPLES {
+        return true;
+    }
+    samples >= SLOW_START_MIN_SAMPLES
+        && ((fast_ns - slow_ns).abs() / slow_ns) <= SLOW_START_CONVERGED
+}
+
+/// The median of the given estimates, the seed for an endpoint that joins a running set.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_replaces_and_lower_samples_blend() {
+        let load = Load::new(Duration::from_millis(10), false);
+        load.observe(Duration::from_millis(50));
+        let now = clock::now_ns();
+        assert!((load.rtt_ns(now) / 1e6 - 50.0).abs() < 1.0);
+        load.observe(Duration::from_millis(1));
+        // Almost no time passed, so the old estimate keeps nearly all its weight.
+        assert!(load.rtt_ns(clock::now_ns()) / 1e6 > 40.0);
+    }
+
+    #[test]
+    fn cost_grows_with_inflight() {
+        let load = Load::new(Duration::from_millis(10), false);
+        let now = clock::now_ns();
+        let idle = load.cost(now);
+        load.start();
+        load.start();
+        assert!(load.cost(now) > 2.9 * idle);
+        load.finish();
+        load.finish();
+        load.finish();
+        assert_eq!(load.inflight(), 0);
+    }
+
+    #[test]
+    fn slow_start_ends_when_latency_converges() {
+        let load = Load::new(Duration::from_millis(10), true);
+        assert_eq!(load.slow_start_cap(), Some(1));
+        for _ in 0..SLOW_START_MIN_SAMPLES {
+            load.observe(Duration::from_millis(10));
+        }
+        assert!(!load.warming());
+    }
+
+    #[test]
+    fn slow_start_continues_while_latency_moves() {
+        let load = Load::new(Duration::from_millis(1), true);
+        // Doubling latency: every sample is a new peak, the fast EWMA lags a third behind it.
+        for i in 1..=10u32 {
+            load.observe(Duration::from_millis(1 << i));
+        }
+        assert!(load.warming());
+        assert_eq!(load.slow_start_cap(), Some(11));
+    }
+
+    #[test]
+    fn median_of_even_and_odd_sets() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+}

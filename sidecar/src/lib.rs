@@ -1,0 +1,28 @@
+//! The DataStream sidecar: a data-plane proxy that runs beside every replica of a DataStream and
+//! decides where each request goes.
+//!
+//! Requests from clients arrive on the *traffic* listener and are routed (an ordered route table:
+//! balance, affinity, primary), balanced (p2c over peak-EWMA by default) and forwarded to a
+//! replica: the local workload, or a peer sidecar's *peer* listener, which delivers to its own
+//! workload only. Replicas come from discovery (static flags and file, or Kubernetes
+//! EndpointSlices), the policy from the DataStream's `spec.traffic` (or the same shape in a
+//! YAML file); both swap in live.
+//!
+//! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`],
+//! [`endpoint`] (per-replica state and pools), [`balance`], [`route`], [`policy`],
+//! [`proxy`] (listeners and the request path), [`admin`], [`runtime`] (start, drain),
+//! [`state`], [`metrics`].
+
+pub mod admin;
+pub mod balance;
+pub mod clock;
+pub mod endpoint;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod runtime;
+pub mod state;
+
+pub use self::runtime::{RuntimeSettings, Sidecar};
+pub use self::state::Shared;

@@ -1,0 +1,235 @@
+//! Body types of the request path, as enums rather than boxed trait objects.
+//!
+//! [`RequestBody`] is what the sidecar sends upstream: the client's streaming body (with the size
+//! limit enforced while it streams) or a buffered one (the seam for replayable retries and
+//! broadcast). [`ResponseBody`] is what the client gets: the upstream's streaming body, carrying
+//! the guard that ends the request's in-flight accounting and returns the HTTP/1 connection to
+//! its pool at end of stream, or a small local body for errors and admin answers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::endpoint::Completion;
+
+/// A request body exceeded the configured limit while streaming.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The configured limit.
+    pub limit: u64,
+}
+
+/// The error of a [`RequestBody`].
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The body was over the limit.
+    #[error(transparent)]
+    TooLarge(#[from] BodyTooLarge),
+    /// Reading the client's body failed.
+    #[error("reading the request body failed")]
+    Client(#[source] hyper::Error),
+}
+
+/// The body of a request on its way upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    kind: RequestKind,
+    /// Bytes still allowed; `u64::MAX` when unlimited.
+    remaining: u64,
+    limit: u64,
+}
+
+#[derive(Debug)]
+enum RequestKind {
+    Incoming(Incoming),
+    Full(Option<Bytes>),
+}
+
+/// The body of a response on its way to the client.
+#[derive(Debug)]
+pub struct ResponseBody {
+    kind: ResponseKind,
+}
+
+#[derive(Debug)]
+enum ResponseKind {
+    Upstream {
+        inner: Incoming,
+        done: Option<Completion>,
+    },
+    Full(Option<Bytes>),
+}
+
+// === impl RequestBody ===
+
+impl RequestBody {
+    /// Streams the client's body, failing once more than `limit` bytes went through.
+    pub fn streaming(inner: Incoming, limit: Option<u64>) -> Self {
+        let limit = limit.unwrap_or(u64::MAX);
+        Self {
+            kind: RequestKind::Incoming(inner),
+            remaining: limit,
+            limit,
+        }
+    }
+
+    /// A buffered body (possibly empty).
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: RequestKind::Full((!bytes.is_empty()).then_some(bytes)),
+            remaining: u64::MAX,
+            limit: u64::MAX,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            RequestKind::Incoming(inner) => {
+                let frame = match Pin::new(inner).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Some(Err(RequestBodyError::Client(e))));
+                    }
+                    Poll::Ready(Some(Ok(frame))) => frame,
+                };
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.remaining = 0;
+                        let limit = this.limit;
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            RequestKind::Full(bytes) => bytes.is_none(),
+            RequestKind::Incoming(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            RequestKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            RequestKind::Incoming(inner) => inner.size_hint(),
+        }
+    }
+}
+
+// === impl ResponseBody ===
+
+impl ResponseBody {
+    /// The upstream's body; `done` completes when it ends (or is dropped).
+    pub fn upstream(inner: Incoming, done: Completion) -> Self {
+        let mut body = Self {
+            kind: ResponseKind::Upstream {
+                inner,
+                done: Some(done),
+            },
+        };
+        body.complete_if_ended();
+        body
+    }
+
+    /// A small local body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: ResponseKind::Full(None),
+        }
+    }
+
+    /// Hyper's server stops polling once `is_end_stream` says so, so completion must happen as
+    /// soon as the stream is known to be over, not only on a final `None`.
+    fn complete_if_ended(&mut self) {
+        if let ResponseKind::Upstream { inner, done } = &mut self.kind
+            && inner.is_end_stream()
+            && let Some(done) = done.take()
+        {
+            done.complete();
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match &mut this.kind {
+            ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseKind::Upstream { inner, done } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => {
+                        if let Some(done) = done.take() {
+                            done.complete();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(done) = done.take() {
+                            done.fail();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) => this.complete_if_ended(),
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            ResponseKind::Full(bytes) => bytes.is_none(),
+            ResponseKind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            ResponseKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ResponseKind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

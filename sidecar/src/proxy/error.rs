@@ -1,0 +1,110 @@
+//! Every response the sidecar makes up itself comes from here: one error type, one mapping to
+//! status, `x-datastream-error` code and body.
+
+use std::error::Error as StdError;
+
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::{BodyTooLarge, RequestBodyError, ResponseBody};
+use crate::endpoint::ConnectError;
+
+/// Header naming the sidecar's own error, so clients can tell it from the workload's answers.
+pub const ERROR_HEADER: &str = "x-datastream-error";
+
+/// Why the sidecar answered instead of a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No replica can take the request.
+    #[error("no healthy endpoint is available")]
+    NoHealthyEndpoints,
+    /// The peer listener has no local workload to deliver to.
+    #[error("no local workload is configured or known")]
+    NoLocalWorkload,
+    /// Every connection attempt failed.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The upstream failed after the request was sent.
+    #[error("the upstream failed")]
+    Upstream(#[source] hyper::Error),
+    /// The request body was larger than allowed.
+    #[error(transparent)]
+    BodyTooLarge(#[from] BodyTooLarge),
+    /// The request was malformed.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request framing was ambiguous (request smuggling).
+    #[error("ambiguous message framing")]
+    AmbiguousFraming,
+    /// A deadline expired (used by the resilience layer).
+    #[error("the request timed out")]
+    Timeout,
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// The status, error code and whether the connection must close.
+    pub fn classify(&self) -> (StatusCode, &'static str, bool) {
+        match self {
+            ProxyError::NoHealthyEndpoints => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-healthy-endpoints",
+                false,
+            ),
+            ProxyError::NoLocalWorkload => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no-local-workload", false)
+            }
+            ProxyError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream-connect-failed", false),
+            ProxyError::Upstream(e) => {
+                if let Some(RequestBodyError::TooLarge(_)) = find_cause::<RequestBodyError>(e) {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true)
+                } else if e.is_user() {
+                    // The client's side failed (its body broke off): nothing to blame upstream for.
+                    (StatusCode::BAD_REQUEST, "client-body-failed", true)
+                } else {
+                    (StatusCode::BAD_GATEWAY, "upstream-failed", false)
+                }
+            }
+            ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true),
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", true),
+            ProxyError::AmbiguousFraming => (StatusCode::BAD_REQUEST, "ambiguous-framing", true),
+            ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+        }
+    }
+
+    /// Whether the failure lies with the upstream replica (for health accounting).
+    pub fn blames_upstream(&self) -> bool {
+        matches!(self, ProxyError::Connect(_))
+            || matches!(self, ProxyError::Upstream(e) if !e.is_user())
+    }
+
+    /// The response to send.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let (status, code, close) = self.classify();
+        let mut resp = Response::new(ResponseBody::full(format!("{code}: {self}\n")));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if close {
+            h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// The first error of type `E` in the chain starting at `err`.
+pub fn find_cause<'a, E: StdError + 'static>(err: &'a (dyn StdError + 'static)) -> Option<&'a E> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        cur = e.source();
+    }
+    None
+}

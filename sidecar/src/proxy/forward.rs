@@ -1,0 +1,418 @@
+//! The request path, from a request accepted on the traffic or peer listener to the response.
+//!
+//! Stages, in order (each a seam where the resilience layer inserts its mechanism):
+//!
+//! 1. **admit** ([`admit`]): body-size limit, unsupported methods. Rate limiting and adaptive
+//!    shedding go here, before any routing work.
+//! 2. **route** ([`RouteTable::find`](crate::route::RouteTable::find)): the first matching
+//!    route; its mode decides how a replica is chosen. Per-route timeouts, retry policy and
+//!    broadcast hang off the route.
+//! 3. **prepare** ([`prepare`]): hop-by-hop headers, forwarding headers, URI form for the
+//!    upstream protocol. Done once, so any later attempt reuses the same request.
+//! 4. **select** ([`select`]): a replica, skipping those an earlier attempt of this request
+//!    failed on (`exclude`). Outlier ejection and breakers act through
+//!    [`Endpoint::eligibility`](crate::endpoint::Endpoint::eligibility).
+//! 5. **attempt** ([`attempt`]): one try on one replica: connection from the pool, send,
+//!    response headers. It returns the request untouched when it provably never reached the
+//!    replica (connect failure, stale pooled connection), which is what makes the built-in
+//!    connect-failure retry safe for every method; per-try timeouts wrap this call.
+//! 6. **respond**: hop-by-hop headers removed, the body streamed back carrying the
+//!    completion that ends the in-flight count and returns the connection to its pool.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use super::body::{BodyTooLarge, RequestBody, ResponseBody};
+use super::error::ProxyError;
+use super::headers::{append_forwarded, strip_hop_by_hop, wants_upgrade};
+use crate::balance::{self, hash};
+use crate::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
+use crate::metrics::RouteMetrics;
+use crate::policy::Policy;
+use crate::route::{Mode, Route};
+use crate::state::Shared;
+
+/// Replicas a request tries when connections fail, before it answers 502.
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Clients: routed and balanced across replicas.
+    Traffic,
+    /// Other sidecars: delivered to the local workload only, never routed again.
+    Peer,
+}
+
+/// What the request path needs to know about the client connection.
+#[derive(Debug)]
+pub struct ConnMeta {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The listener.
+    pub listener: ListenerKind,
+}
+
+/// A connection ready to carry one request.
+enum Sender {
+    H1 {
+        sender: http1::SendRequest<RequestBody>,
+        reused: bool,
+    },
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// The outcome of one attempt.
+enum AttemptError {
+    /// The request never reached the replica; here it is back. Boxed: this is the rare path
+    /// and the request is large.
+    NotSent(Box<Request<RequestBody>>, ConnectError),
+    /// The request may have reached the replica.
+    Failed(ProxyError),
+}
+
+/// Serves one request: never fails, errors become responses.
+pub async fn handle(
+    shared: Arc<Shared>,
+    meta: Arc<ConnMeta>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let downstream_h1 = req.version() != Version::HTTP_2;
+    let policy = shared.policy();
+    let (resp, metrics) = match meta.listener {
+        ListenerKind::Traffic => {
+            let (parts, body) = req.into_parts();
+            let route = policy.routes.find(&parts);
+            let resp = proxy_traffic(&shared, &policy, route, &meta, parts, body).await;
+            (resp, &route.metrics)
+        }
+        ListenerKind::Peer => (
+            proxy_peer(&shared, &policy, &meta, req).await,
+            &shared.peer_metrics,
+        ),
+    };
+    let mut resp = resp.unwrap_or_else(|e| respond_error(&shared, e));
+    if shared.is_draining() && downstream_h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // Draining: ask HTTP/1 clients to reconnect (elsewhere, once readiness propagated)
+        // before the listener closes, so no request races a closing keep-alive connection.
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    observe(metrics, resp.status(), started);
+    Ok(resp)
+}
+
+fn observe(metrics: &RouteMetrics, status: StatusCode, started: Instant) {
+    metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
+}
+
+fn respond_error(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
+    let (_, code, _) = error.classify();
+    shared.metrics.local_error(code);
+    tracing::debug!(%error, code, "answering with a local error");
+    error.into_response()
+}
+
+async fn proxy_traffic(
+    shared: &Shared,
+    policy: &Policy,
+    route: &Route,
+    meta: &ConnMeta,
+    mut parts: Parts,
+    body: Incoming,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    admit(policy, &parts)?;
+    let endpoints = shared.endpoints();
+    let upgrade = wants_upgrade(parts.version, &parts.headers);
+    let client_upgrade = take_upgrade(&mut parts, upgrade);
+    let key = route_key(route, &parts, meta.client);
+    prepare(&mut parts, meta.client, upgrade);
+    let mut req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
+    // Allocates only when a connect fails.
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    loop {
+        let Some(endpoint) = select(route, &endpoints, key, &tried) else {
+            return Err(ProxyError::NoHealthyEndpoints);
+        };
+        match attempt(endpoint, req, upgrade).await {
+            Ok((resp, guard, h1)) => return Ok(respond(resp, guard, h1, client_upgrade)),
+            Err(AttemptError::Failed(e)) => return Err(e),
+            Err(AttemptError::NotSent(back, error)) => {
+                tried.push(endpoint.addr());
+                if tried.len() >= MAX_CONNECT_ATTEMPTS {
+                    return Err(ProxyError::Connect(error));
+                }
+                tracing::debug!(%error, "connect failed; trying another replica");
+                req = *back;
+            }
+        }
+    }
+}
+
+/// The client side of a protocol switch (hyper keeps it in the request's extensions).
+fn take_upgrade(parts: &mut Parts, upgrade: bool) -> Option<hyper::upgrade::OnUpgrade> {
+    if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    }
+}
+
+async fn proxy_peer(
+    shared: &Shared,
+    policy: &Policy,
+    meta: &ConnMeta,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    admit(policy, &parts)?;
+    let endpoints = shared.endpoints();
+    let local = endpoints.local().ok_or(ProxyError::NoLocalWorkload)?;
+    let upgrade = wants_upgrade(parts.version, &parts.headers);
+    let client_upgrade = take_upgrade(&mut parts, upgrade);
+    prepare(&mut parts, meta.client, upgrade);
+    let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
+    match attempt(local, req, upgrade).await {
+        Ok((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade)),
+        Err(AttemptError::Failed(e)) => Err(e),
+        Err(AttemptError::NotSent(_, e)) => Err(ProxyError::Connect(e)),
+    }
+}
+
+/// Stage 1: checks that need no replica.
+fn admit(policy: &Policy, parts: &Parts) -> Result<(), ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    }
+    if let Some(limit) = policy.max_body
+        && let Some(len) = parts.headers.get(CONTENT_LENGTH)
+    {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(ProxyError::BadRequest("invalid content-length"))?;
+        if len > limit {
+            return Err(BodyTooLarge { limit }.into());
+        }
+    }
+    Ok(())
+}
+
+/// The hash key of the request: the route's affinity key, or the client address for hashing
+/// policies on balance routes.
+fn route_key(route: &Route, parts: &Parts, client: SocketAddr) -> Option<u64> {
+    match &route.mode {
+        Mode::Affinity(a) => a.key.hash(parts),
+        _ => Some(client_key(client)),
+    }
+}
+
+fn client_key(client: SocketAddr) -> u64 {
+    match client.ip() {
+        std::net::IpAddr::V4(v4) => hash::hash_bytes(&v4.octets(), 0),
+        std::net::IpAddr::V6(v6) => hash::hash_bytes(&v6.octets(), 0),
+    }
+}
+
+/// Stage 3: rewrites the request for the upstream. HTTP/2 requests go upstream over HTTP/2 (gRPC
+/// needs it end to end), HTTP/1 ones over HTTP/1.1.
+fn prepare(parts: &mut Parts, client: SocketAddr, upgrade: bool) {
+    let h2 = parts.version == Version::HTTP_2;
+    strip_hop_by_hop(&mut parts.headers, upgrade, h2);
+    append_forwarded(&mut parts.headers, client);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if h2 {
+        let authority = parts
+            .uri
+            .authority()
+            .cloned()
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(HOST)
+                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            })
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        parts.headers.remove(HOST);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(path);
+        if let Ok(uri) = Uri::from_parts(uri) {
+            parts.uri = uri;
+        }
+    } else {
+        if !parts.headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(HOST, v);
+        }
+        parts.uri = Uri::from(path);
+        parts.version = Version::HTTP_11;
+    }
+}
+
+/// Stage 4: the replica for this request, or none.
+fn select<'a>(
+    route: &Route,
+    set: &'a EndpointSet,
+    key: Option<u64>,
+    exclude: &[SocketAddr],
+) -> Option<&'a Arc<Endpoint>> {
+    match &route.mode {
+        Mode::Balance(b) => b.pick(set, key.unwrap_or(0), exclude),
+        Mode::Affinity(a) => match key {
+            Some(k) => balance::pick_hashed(set, a.algorithm, k, a.load_bound, exclude),
+            None => a.keyless.pick(set, 0, exclude),
+        },
+        Mode::Primary { hold_down } => balance::pick_primary(set, *hold_down, exclude),
+    }
+}
+
+/// Stage 5: one attempt on `endpoint`.
+async fn attempt(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<RequestBody>,
+    upgrade: bool,
+) -> Result<
+    (
+        Response<Incoming>,
+        InflightGuard,
+        Option<http1::SendRequest<RequestBody>>,
+    ),
+    AttemptError,
+> {
+    let guard = endpoint.start();
+    let started = Instant::now();
+    let h2 = req.version() == Version::HTTP_2;
+    // A stale pooled connection hands the request back unsent; then a fresh one is opened. The
+    // bound keeps a pool full of dead connections from looping for long.
+    for _ in 0..4 {
+        let sender = match acquire(endpoint, h2, upgrade).await {
+            Ok(s) => s,
+            Err(e) => {
+                guard.failed(Failure::Connect);
+                return Err(AttemptError::NotSent(Box::new(req), e));
+            }
+        };
+        let (result, h1, reused) = match sender {
+            Sender::H1 { mut sender, reused } => {
+                let r = sender.try_send_request(req).await;
+                (r, (!upgrade).then_some(sender), reused)
+            }
+            Sender::H2(mut sender) => (sender.try_send_request(req).await, None, true),
+        };
+        match result {
+            Ok(resp) => {
+                guard.responded(started.elapsed());
+                return Ok((resp, guard, h1));
+            }
+            Err(mut e) => match e.take_message() {
+                Some(back) if reused => {
+                    if h2 {
+                        endpoint.pool.reset_h2();
+                    }
+                    req = back;
+                }
+                _ => {
+                    let error = e.into_error();
+                    if !error.is_user() {
+                        guard.failed(Failure::Transport);
+                        if h2 {
+                            endpoint.pool.reset_h2();
+                        }
+                    }
+                    return Err(AttemptError::Failed(ProxyError::Upstream(error)));
+                }
+            },
+        }
+    }
+    guard.failed(Failure::Transport);
+    Err(AttemptError::Failed(ProxyError::BadRequest(
+        "upstream connections keep closing",
+    )))
+}
+
+async fn acquire(endpoint: &Endpoint, h2: bool, upgrade: bool) -> Result<Sender, ConnectError> {
+    if h2 {
+        return endpoint.pool.h2().await.map(Sender::H2);
+    }
+    if !upgrade {
+        while let Some(mut sender) = endpoint.pool.take_idle_h1() {
+            if sender.ready().await.is_ok() {
+                return Ok(Sender::H1 {
+                    sender,
+                    reused: true,
+                });
+            }
+        }
+    }
+    let sender = endpoint.pool.connect_h1(upgrade).await?;
+    Ok(Sender::H1 {
+        sender,
+        reused: false,
+    })
+}
+
+/// Stage 6: the response for the client.
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: InflightGuard,
+    h1: Option<http1::SendRequest<RequestBody>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ResponseBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && let Some(client_upgrade) = client_upgrade {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true, false);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+        return Response::from_parts(parts, ResponseBody::empty());
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false, false);
+    Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, guard.into_completion(h1)),
+    )
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection; the request
+/// stays in flight on its replica until the tunnel closes.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: InflightGuard,
+) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    match (client, upstream) {
+        (Ok(client), Ok(upstream)) => {
+            let mut client = TokioIo::new(client);
+            let mut upstream = TokioIo::new(upstream);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(%error, "upgraded tunnel ended with an error");
+            }
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::debug!(%error, "protocol upgrade failed");
+        }
+    }
+    drop(guard);
+}

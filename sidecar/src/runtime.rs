@@ -1,0 +1,165 @@
+//! Running a sidecar: binding the listeners, serving, and the drain sequence on shutdown.
+//!
+//! Drain, in one setting's worth of steps: readiness turns 503 at once (so Kubernetes takes
+//! the pod out of its peers' EndpointSlices), the listeners keep accepting for `drain_delay`
+//! while responses ask HTTP/1 clients to reconnect, then the listeners close and open
+//! connections are shut down gracefully, in-flight requests finishing up to `drain_timeout`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin;
+use crate::proxy::ServerLimits;
+use crate::proxy::forward::ListenerKind;
+use crate::proxy::server;
+use crate::state::Shared;
+
+/// Default time listeners keep accepting after draining starts.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+/// Default time in-flight requests get to finish once listeners closed.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Accept backlog of every listener.
+const BACKLOG: u32 = 1024;
+
+/// Addresses and process-level settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Traffic listener.
+    pub traffic: SocketAddr,
+    /// Peer listener, if any.
+    pub peer: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    /// Connection limits of the traffic and peer listeners.
+    pub limits: ServerLimits,
+    /// Time listeners keep accepting after draining starts.
+    pub drain_delay: Duration,
+    /// Time in-flight requests get after the listeners close.
+    pub drain_timeout: Duration,
+}
+
+/// A running sidecar.
+#[derive(Debug)]
+pub struct Sidecar {
+    shared: Arc<Shared>,
+    traffic: SocketAddr,
+    peer: Option<SocketAddr>,
+    admin: SocketAddr,
+    close_proxy: watch::Sender<bool>,
+    close_admin: watch::Sender<bool>,
+    _grace: watch::Sender<Duration>,
+    proxies: Vec<JoinHandle<()>>,
+    admin_task: JoinHandle<()>,
+    drain_delay: Duration,
+}
+
+// === impl Sidecar ===
+
+impl Sidecar {
+    /// Binds every listener and starts serving.
+    pub async fn start(
+        settings: &RuntimeSettings,
+        shared: Arc<Shared>,
+        settings_json: Value,
+    ) -> io::Result<Self> {
+        let traffic_listener = bind(settings.traffic)?;
+        let traffic = traffic_listener.local_addr()?;
+        let peer_listener = settings.peer.map(bind).transpose()?;
+        let peer = peer_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let admin_listener = bind(settings.admin)?;
+        let admin = admin_listener.local_addr()?;
+        let (close_proxy, close_rx) = watch::channel(false);
+        let (close_admin, admin_rx) = watch::channel(false);
+        let (grace, grace_rx) = watch::channel(settings.drain_timeout);
+        let mut proxies = vec![tokio::spawn(server::serve(
+            traffic_listener,
+            ListenerKind::Traffic,
+            Arc::clone(&shared),
+            settings.limits,
+            close_rx.clone(),
+            grace_rx.clone(),
+        ))];
+        if let Some(l) = peer_listener {
+            proxies.push(tokio::spawn(server::serve(
+                l,
+                ListenerKind::Peer,
+                Arc::clone(&shared),
+                settings.limits,
+                close_rx,
+                grace_rx,
+            )));
+        }
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            Arc::clone(&shared),
+            settings_json,
+            admin_rx,
+        ));
+        tracing::info!(%traffic, ?peer, %admin, "sidecar listening");
+        Ok(Self {
+            shared,
+            traffic,
+            peer,
+            admin,
+            close_proxy,
+            close_admin,
+            _grace: grace,
+            proxies,
+            admin_task,
+            drain_delay: settings.drain_delay,
+        })
+    }
+
+    /// The shared state (to apply discovery and config updates).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The bound traffic address.
+    pub fn traffic_addr(&self) -> SocketAddr {
+        self.traffic
+    }
+
+    /// The bound peer address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// Drains and stops: see the module docs. Returns when every listener is done.
+    pub async fn drain(self) {
+        tracing::info!(delay = ?self.drain_delay, "draining");
+        self.shared.start_draining();
+        tokio::time::sleep(self.drain_delay).await;
+        let _ = self.close_proxy.send(true);
+        for task in self.proxies {
+            let _ = task.await;
+        }
+        let _ = self.close_admin.send(true);
+        let _ = self.admin_task.await;
+        tracing::info!("drained");
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}

@@ -1,0 +1,136 @@
+//! The live state every request reads: the compiled policy and the endpoint set, each behind an
+//! `ArcSwap` so that updates replace them atomically while requests in flight keep the version
+//! they started with.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::endpoint::{EndpointSet, EndpointSpec};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::policy::Policy;
+
+/// Shared state of one sidecar.
+#[derive(Debug)]
+pub struct Shared {
+    policy: ArcSwap<Policy>,
+    endpoints: ArcSwap<EndpointSet>,
+    /// Serialises endpoint updates, which read the previous set to carry endpoints over.
+    endpoints_update: Mutex<()>,
+    endpoints_version: AtomicU64,
+    /// Whether any endpoint set was ever received (readiness waits for it).
+    endpoints_known: AtomicBool,
+    draining: AtomicBool,
+    config_status: Mutex<ConfigStatus>,
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    /// Response counters of the peer listener.
+    pub peer_metrics: RouteMetrics,
+}
+
+/// What `/config` reports about configuration updates.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Version of the live policy.
+    pub version: u64,
+    /// Where the live policy came from.
+    pub source: String,
+    /// The last rejected update, if it came after the live one.
+    pub last_error: Option<String>,
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// State with `policy` and no endpoints yet.
+    pub fn new(policy: Policy, metrics: Metrics) -> Self {
+        metrics
+            .config_version
+            .set(i64::try_from(policy.version).unwrap_or(i64::MAX));
+        let status = ConfigStatus {
+            version: policy.version,
+            source: policy.source.clone(),
+            last_error: None,
+        };
+        Self {
+            policy: ArcSwap::from_pointee(policy),
+            endpoints: ArcSwap::from_pointee(EndpointSet::default()),
+            endpoints_update: Mutex::new(()),
+            endpoints_version: AtomicU64::new(0),
+            endpoints_known: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            config_status: Mutex::new(status),
+            peer_metrics: metrics.route("peer", "local"),
+            metrics,
+        }
+    }
+
+    /// The live policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The live endpoint set.
+    pub fn endpoints(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    /// Swaps in a new policy. Requests in flight finish under the one they started with.
+    pub fn set_policy(&self, policy: Policy) {
+        let mut status = self.config_status.lock();
+        status.version = policy.version;
+        status.source = policy.source.clone();
+        status.last_error = None;
+        self.metrics
+            .config_version
+            .set(i64::try_from(policy.version).unwrap_or(i64::MAX));
+        tracing::info!(version = policy.version, source = %policy.source, "policy applied");
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Records a rejected configuration update; the live policy stays.
+    pub fn reject_config(&self, error: String) {
+        tracing::warn!(%error, "configuration rejected; keeping the last good one");
+        self.metrics.config_rejected.inc();
+        self.config_status.lock().last_error = Some(error);
+    }
+
+    /// The configuration status for `/config`.
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config_status.lock().clone()
+    }
+
+    /// Replaces the endpoint set, carrying over endpoints that stay.
+    pub fn set_endpoints(&self, specs: &[EndpointSpec]) {
+        let _serial = self.endpoints_update.lock();
+        let version = self.endpoints_version.fetch_add(1, Ordering::Relaxed) + 1;
+        let previous = self.endpoints.load();
+        let next = EndpointSet::build(&previous, specs, version, &self.metrics);
+        tracing::info!(version, endpoints = next.len(), "endpoint set updated");
+        self.endpoints.store(Arc::new(next));
+        self.endpoints_known.store(true, Ordering::Release);
+    }
+
+    /// Whether an endpoint set has been received.
+    pub fn endpoints_known(&self) -> bool {
+        self.endpoints_known.load(Ordering::Acquire)
+    }
+
+    /// Starts draining: readiness fails and responses ask HTTP/1 clients to reconnect.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether the sidecar is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether `/ready` should succeed.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.endpoints_known()
+    }
+}
