@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit build demo crd
+.PHONY: test lint unit build demo crd cluster-up cluster-down
 test: lint unit
 
 lint:
@@ -17,3 +17,10 @@ build:
 
 demo:
 	./scripts/demo.sh
+
+# Local e2e cluster (root; netns dse2e): see e2e/README.md.
+cluster-up:
+	./e2e/scripts/cluster-up.sh
+
+cluster-down:
+	./e2e/scripts/cluster-down.sh

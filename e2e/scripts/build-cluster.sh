@@ -38,8 +38,16 @@ place() {
   ln "$1" "$2" 2>/dev/null || cp "$1" "$2"
 }
 
+# Version stamps for `kubectl version`, /version and Helm's kubeVersion checks. The upstream commit
+# is not part of the module zip, so gitCommit is left empty rather than "$Format:%H$".
+v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
+stamp=""
+for p in $v $c; do
+  stamp+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
+  stamp+=" -X $p.gitTreeState=clean -X $p.gitCommit="
+done
 key="$( { cd "$src"; cat go.mod go.sum; for f in $(ls ./*.go | LC_ALL=C sort); do echo "$f"; cat "$f"; done
-          echo "$go_version $k8s_version"; } | sha256sum | cut -c1-16)"
+          echo "$go_version $k8s_version $stamp"; } | sha256sum | cut -c1-16)"
 k8s_bin="$cache/k8s-e2e/$key/k8s-e2e"
 if [[ -x "$k8s_bin" ]]; then
   echo "build-cluster: k8s-e2e $k8s_version cached ($k8s_bin)"
@@ -49,12 +57,13 @@ else
   (cd "$src" && go mod download)
   echo "build-cluster: modules ready in $(elapsed "$t0")"
   t1="$(now)"
-  v=k8s.io/component-base/version c=k8s.io/client-go/pkg/version
-  stamp="-X $v.gitVersion=$k8s_version -X $v.gitMajor=$k8s_major -X $v.gitMinor=$k8s_minor -X $v.gitTreeState=clean"
-  stamp+=" -X $c.gitVersion=$k8s_version -X $c.gitMajor=$k8s_major -X $c.gitMinor=$k8s_minor -X $c.gitTreeState=clean"
+  build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  stamp+=" -X $v.buildDate=$build_date -X $c.buildDate=$build_date"
   mkdir -p "$(dirname "$k8s_bin")"
   (cd "$src" && go build -p "${GO_BUILD_PARALLELISM:-2}" -trimpath -ldflags "-s -w $stamp" -o "$k8s_bin.tmp" .)
   mv "$k8s_bin.tmp" "$k8s_bin"
+  # Older keys are dead weight (130 MB each); Go's build cache keeps rebuilds fast anyway.
+  find "$cache/k8s-e2e" -mindepth 1 -maxdepth 1 -type d ! -name "$key" -exec rm -rf {} +
   echo "build-cluster: k8s-e2e built in $(elapsed "$t1") ($(du -h "$k8s_bin" | cut -f1))"
 fi
 place "$k8s_bin" "$bin/k8s-e2e"
