@@ -1,2 +1,199 @@
-//! operator
-fn main() {}
+//! `datastream-operator`: runs the controller, or prints the CRD.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::{Parser, Subcommand};
+use datastream_operator::{admin, controller, desired, leader, metrics};
+use kube::Client;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(
+    name = "datastream-operator",
+    version,
+    about = "Reconciles DataStreams into sidecar-fronted replicas"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the DataStream CustomResourceDefinition as YAML.
+    Crd,
+    /// Run the controller (the default).
+    Run,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Sidecar image for DataStreams that do not set spec.sidecar.image.
+    #[arg(
+        long,
+        env = "DATASTREAM_SIDECAR_IMAGE",
+        default_value = "ghcr.io/datastream-dev/datastream-sidecar:0.1.0"
+    )]
+    sidecar_image: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "DATASTREAM_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Elect a leader among operator replicas through a Lease (needed with more than one replica).
+    #[arg(long, env = "DATASTREAM_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "DATASTREAM_LEASE_NAME",
+        default_value = "datastream-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the leader Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "DATASTREAM_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines (default) or human-readable text.
+    #[arg(long, env = "DATASTREAM_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Crd) = cli.command {
+        print!("{}", datastream_api::crd_yaml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let args = cli.run;
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into());
+    if args.log_format == "text" {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    } else {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::try_default().await?;
+    let streams: kube::Api<datastream_api::DataStream> = kube::Api::all(client.clone());
+    if let Err(e) = streams
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        return Err(format!(
+            "cannot list DataStreams ({e}); is the CRD installed? kubectl apply -f crds/"
+        )
+        .into());
+    }
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(metrics::Metrics::register(&mut registry));
+    let health = Arc::new(controller::WatchHealth::default());
+    let standby = Arc::new(AtomicBool::new(args.leader_elect));
+    let admin = Arc::new(admin::Admin {
+        registry,
+        health: health.clone(),
+        standby: standby.clone(),
+    });
+    let admin_addr = args.admin_addr;
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(admin_addr, admin).await {
+            error!(error = %e, "admin server failed");
+        }
+    });
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let settings = desired::Settings {
+        sidecar_image: args.sidecar_image.clone(),
+    };
+
+    let elector = args.leader_elect.then(|| {
+        leader::Elector::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            leader::Timing::default(),
+        )
+    });
+    if let Some(elector) = &elector {
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown_signal() => return Ok(()),
+        }
+        standby.store(false, Ordering::Release);
+    }
+    metrics.leader.set(1);
+    info!(%identity, "reconciling DataStreams");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(controller::run(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        health,
+        identity,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    let outcome: Result<(), Box<dyn std::error::Error>> = match &elector {
+        Some(elector) => tokio::select! {
+            lost = elector.hold() => Err(Box::new(lost)),
+            _ = shutdown_signal() => Ok(()),
+        },
+        None => {
+            shutdown_signal().await;
+            Ok(())
+        }
+    };
+    metrics.leader.set(0);
+    let _ = stop_tx.send(());
+    if outcome.is_ok() {
+        // Let in-flight reconciles finish before giving up the Lease.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
+        if let Some(elector) = &elector {
+            elector.release().await;
+        }
+    }
+    outcome
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "operator".into())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

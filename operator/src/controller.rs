@@ -1,0 +1,575 @@
+//! The DataStream controller: watches, reconcile and error policy.
+//!
+//! `reconcile` turns one DataStream into its children (see [`crate::desired`]), applies only the
+//! children whose live copy differs, deletes children no longer wanted, and writes status only
+//! when it changed. Child objects are read from reflector caches, never fetched, so a steady
+//! DataStream costs no API request at all.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use datastream_api::v1alpha1::DataStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, instrument, warn};
+
+use crate::apply::{Outcome, up_to_date};
+use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
+use crate::error::{Error, Result};
+use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
+use crate::status::{self, Observed};
+
+/// Field manager of every server-side apply the operator sends.
+pub const FIELD_MANAGER: &str = "datastream-operator";
+
+/// How often a DataStream is reconciled with no event at all: watches can miss events, and a
+/// reconcile of an unchanged stream costs no request.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Cached children, by kind. Filled by watches restricted to objects this operator manages.
+#[derive(Clone)]
+pub struct Stores {
+    /// Deployments.
+    pub deployments: Store<Deployment>,
+    /// Client and peer Services.
+    pub services: Store<Service>,
+    /// Sidecar ServiceAccounts.
+    pub service_accounts: Store<ServiceAccount>,
+    /// Sidecar Roles.
+    pub roles: Store<Role>,
+    /// Sidecar RoleBindings.
+    pub role_bindings: Store<RoleBinding>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Store<PodDisruptionBudget>,
+    /// NetworkPolicies.
+    pub network_policies: Store<NetworkPolicy>,
+    /// EndpointSlices of the peer Services (they inherit the Services' labels).
+    pub endpoint_slices: Store<EndpointSlice>,
+}
+
+impl Stores {
+    /// Waits until every cache has been filled by its first list.
+    pub async fn wait_until_ready(&self) {
+        let _ = self.deployments.wait_until_ready().await;
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.service_accounts.wait_until_ready().await;
+        let _ = self.roles.wait_until_ready().await;
+        let _ = self.role_bindings.wait_until_ready().await;
+        let _ = self.pdbs.wait_until_ready().await;
+        let _ = self.network_policies.wait_until_ready().await;
+        let _ = self.endpoint_slices.wait_until_ready().await;
+    }
+}
+
+/// Watch health, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct WatchHealth {
+    last_error: Mutex<Option<Instant>>,
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl WatchHealth {
+    /// Records a watch error now.
+    pub fn error(&self) {
+        *self.last_error.lock() = Some(Instant::now());
+    }
+    /// Marks the caches as filled.
+    pub fn set_ready(&self) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    }
+    /// Ready when every cache was filled and no watch failed in the last 30 seconds.
+    pub fn is_ready(&self) -> bool {
+        let recent_error = self
+            .last_error
+            .lock()
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
+        self.ready.load(std::sync::atomic::Ordering::Acquire) && !recent_error
+    }
+}
+
+/// Everything reconcile needs.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Installation settings.
+    pub settings: Settings,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Child caches.
+    pub stores: Stores,
+}
+
+impl Context {
+    /// A context with the given stores.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        stores: Stores,
+        instance: String,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(instance),
+            },
+        );
+        Context {
+            client,
+            settings,
+            recorder,
+            metrics,
+            stores,
+        }
+    }
+}
+
+fn cached<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store.get(&ObjectRef::new(name).within(namespace))
+}
+
+/// Applies one child if its cached copy differs from the desired one.
+async fn apply_child<K>(
+    ctx: &Context,
+    ns: &str,
+    store: &Store<K>,
+    desired: &K,
+) -> Result<(Outcome, Option<K>)>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let live = cached(store, ns, &name);
+    if up_to_date(live.as_deref(), desired) {
+        return Ok((Outcome::Unchanged, live.map(|l| (*l).clone())));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    let kind = kind_of::<K>();
+    ctx.metrics.wrote(kind, "apply");
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+    let outcome = if live.is_some() {
+        Outcome::Updated
+    } else {
+        Outcome::Created
+    };
+    Ok((outcome, Some(applied)))
+}
+
+fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds are compile-time constants of k8s-openapi types; leak-free because K::kind(&()) is a
+    // borrowed 'static string for every built-in type.
+    match K::kind(&()).as_ref() {
+        "Deployment" => "Deployment",
+        "Service" => "Service",
+        "ServiceAccount" => "ServiceAccount",
+        "Role" => "Role",
+        "RoleBinding" => "RoleBinding",
+        "PodDisruptionBudget" => "PodDisruptionBudget",
+        "NetworkPolicy" => "NetworkPolicy",
+        _ => "Other",
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    ds: &DataStream,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &ds.object_ref(&())).await {
+        // Events are best effort: failing to record one must not fail the reconcile.
+        warn!(%error, reason, "could not publish event");
+    }
+}
+
+async fn note_outcome(ctx: &Context, ds: &DataStream, kind: &str, name: &str, outcome: Outcome) {
+    match outcome {
+        Outcome::Unchanged => {}
+        Outcome::Created => {
+            publish(
+                ctx,
+                ds,
+                EventType::Normal,
+                "Created",
+                "Create",
+                format!("Created {kind} {name}"),
+            )
+            .await
+        }
+        Outcome::Updated => {
+            publish(
+                ctx,
+                ds,
+                EventType::Normal,
+                "Updated",
+                "Update",
+                format!("Updated {kind} {name} to the desired state"),
+            )
+            .await
+        }
+    }
+}
+
+/// Applies every child and deletes unwanted ones; returns the Deployment as last seen.
+async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Option<Deployment>> {
+    let children = desired::children(ds, &ctx.settings);
+    let stores = &ctx.stores;
+
+    macro_rules! apply {
+        ($store:expr, $object:expr) => {{
+            let object = $object;
+            let (outcome, live) = apply_child(ctx, ns, $store, object).await?;
+            note_outcome(
+                ctx,
+                ds,
+                kind_of_val(object),
+                object.meta().name.as_deref().unwrap_or_default(),
+                outcome,
+            )
+            .await;
+            live
+        }};
+    }
+
+    // RBAC first: the pods' sidecars need it the moment they start.
+    apply!(&stores.service_accounts, &children.service_account);
+    apply!(&stores.roles, &children.role);
+    apply!(&stores.role_bindings, &children.role_binding);
+    apply!(&stores.services, &children.peer_service);
+    apply!(&stores.services, &children.client_service);
+    apply!(&stores.network_policies, &children.network_policy);
+
+    let previous_replicas = cached(&stores.deployments, ns, &children.deployment.name_any())
+        .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
+    let deployment = apply!(&stores.deployments, &children.deployment);
+    if let Some(previous) = previous_replicas.filter(|p| *p != ds.spec.replicas) {
+        let note = format!("Scaled from {previous} to {} replicas", ds.spec.replicas);
+        publish(ctx, ds, EventType::Normal, "Scaled", "Scale", note).await;
+    }
+
+    match &children.pdb {
+        Some(pdb) => {
+            apply!(&stores.pdbs, pdb);
+        }
+        None => {
+            let name = Names::of(&ds.name_any()).base;
+            if cached(&stores.pdbs, ns, &name).is_some() {
+                let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
+                ctx.metrics.wrote("PodDisruptionBudget", "delete");
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(source) => {
+                        return Err(Error::Delete {
+                            kind: "PodDisruptionBudget",
+                            name,
+                            source,
+                        });
+                    }
+                }
+                publish(
+                    ctx,
+                    ds,
+                    EventType::Normal,
+                    "Deleted",
+                    "Delete",
+                    format!("Deleted PodDisruptionBudget {name}: one replica needs none"),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(deployment)
+}
+
+fn kind_of_val<K: Resource<DynamicType = ()>>(_: &K) -> &'static str {
+    kind_of::<K>()
+}
+
+/// Reconciles one DataStream.
+#[instrument(skip_all, fields(namespace = ds.namespace().unwrap_or_default(), name = ds.name_any()))]
+pub async fn reconcile(ds: Arc<DataStream>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.in_flight.inc();
+    let result = reconcile_inner(&ds, &ctx).await;
+    ctx.metrics.in_flight.dec();
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_ok() { "success" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels { result: label })
+        .inc();
+    result
+}
+
+async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
+    let ns = ds.namespace().ok_or(Error::MissingNamespace)?;
+    ctx.stores.wait_until_ready().await;
+    let applied = apply_children(ctx, ds, &ns).await;
+
+    let names = Names::of(&ds.name_any());
+    let cached_deployment = cached(&ctx.stores.deployments, &ns, &names.base).map(|d| (*d).clone());
+    let deployment = match &applied {
+        Ok(Some(d)) => Some(d.clone()),
+        _ => cached_deployment,
+    };
+    let slices: Vec<Arc<EndpointSlice>> = ctx
+        .stores
+        .endpoint_slices
+        .state()
+        .into_iter()
+        .filter(|s| {
+            s.namespace().as_deref() == Some(ns.as_str())
+                && s.labels().get("kubernetes.io/service-name") == Some(&names.peers)
+        })
+        .collect();
+    let observed = Observed {
+        deployment: deployment.as_ref(),
+        peer_slices: slices.iter().map(|s| s.as_ref()).collect(),
+        apply_error: applied.as_ref().err().map(|e| e.to_string()),
+    };
+    let status = status::derive(ds, &observed, Time(jiff::Timestamp::now()));
+    if ds.status.as_ref() != Some(&status) {
+        write_status(ctx, ds, &ns, &status).await?;
+    }
+    if let Err(error) = &applied {
+        let note = error.to_string();
+        publish(
+            ctx,
+            ds,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    }
+    applied?;
+    Ok(Action::requeue(RESYNC))
+}
+
+async fn write_status(
+    ctx: &Context,
+    ds: &DataStream,
+    ns: &str,
+    status: &datastream_api::DataStreamStatus,
+) -> Result<()> {
+    let api: Api<DataStream> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": "datastream.dev/v1alpha1",
+        "kind": "DataStream",
+        "status": status,
+    });
+    ctx.metrics.wrote("DataStream", "status");
+    api.patch_status(
+        &ds.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Status)?;
+    info!(phase = ?status.phase, ready = status.ready_replicas, "status updated");
+    Ok(())
+}
+
+/// Requeues failed reconciles with backoff, counting the failure.
+pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(name = %ds.name_any(), %error, "reconcile failed");
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            reason: error.metric_label(),
+        })
+        .inc();
+    // The controller's trigger backoff spaces repeated failures further; this is the ceiling of
+    // a single retry delay.
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// A managed-objects watcher for one kind, feeding a cache and counting errors.
+fn managed<K>(
+    client: &Client,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    selector: &str,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let metrics = metrics.clone();
+    let health = health.clone();
+    let kind = kind_label::<K>();
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(selector)).default_backoff(),
+    )
+    .inspect(move |event| {
+        if event.is_err() {
+            metrics
+                .watch_errors
+                .get_or_create(&WatchLabels { kind })
+                .inc();
+            health.error();
+        }
+    })
+    .applied_objects();
+    (reader, stream)
+}
+
+fn kind_label<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "EndpointSlice" => "EndpointSlice",
+        "DataStream" => "DataStream",
+        _ => kind_of::<K>(),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<WatchHealth>,
+    instance: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
+    let (deployments, deployment_events) =
+        managed::<Deployment>(&client, &metrics, &health, &selector);
+    let (services, service_events) = managed::<Service>(&client, &metrics, &health, &selector);
+    let (service_accounts, sa_events) =
+        managed::<ServiceAccount>(&client, &metrics, &health, &selector);
+    let (roles, role_events) = managed::<Role>(&client, &metrics, &health, &selector);
+    let (role_bindings, binding_events) =
+        managed::<RoleBinding>(&client, &metrics, &health, &selector);
+    let (pdbs, pdb_events) = managed::<PodDisruptionBudget>(&client, &metrics, &health, &selector);
+    let (network_policies, netpol_events) =
+        managed::<NetworkPolicy>(&client, &metrics, &health, &selector);
+    let (endpoint_slices, slice_events) =
+        managed::<EndpointSlice>(&client, &metrics, &health, &selector);
+
+    let stores = Stores {
+        deployments,
+        services,
+        service_accounts,
+        roles,
+        role_bindings,
+        pdbs,
+        network_policies,
+        endpoint_slices,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        stores.clone(),
+        instance,
+    ));
+
+    let streams: Api<DataStream> = Api::all(client.clone());
+    let controller = Controller::new(streams, watcher::Config::default())
+        .owns_stream(deployment_events)
+        .owns_stream(service_events)
+        .owns_stream(sa_events)
+        .owns_stream(role_events)
+        .owns_stream(binding_events)
+        .owns_stream(pdb_events)
+        .owns_stream(netpol_events)
+        .watches_stream(slice_events, |slice: EndpointSlice| {
+            let ns = slice.namespace()?;
+            let name = slice.labels().get(INSTANCE_LABEL)?.clone();
+            Some(ObjectRef::<DataStream>::new(&name).within(&ns))
+        })
+        .graceful_shutdown_on(shutdown);
+    let main_store = controller.store();
+
+    // Children caches must be complete before the first reconcile, or it would re-create
+    // objects that merely have not been listed yet.
+    let waiter = {
+        let stores = stores.clone();
+        let health = health.clone();
+        let metrics = metrics.clone();
+        let main_store = main_store.clone();
+        async move {
+            let _ = main_store.wait_until_ready().await;
+            stores.wait_until_ready().await;
+            health.set_ready();
+            loop {
+                metrics.streams.set(main_store.state().len() as i64);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let waiter = tokio::spawn(waiter);
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(name = %object.name, "reconciled"),
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) => {}
+                Err(error) => warn!(%error, "controller"),
+            }
+        })
+        .await;
+    waiter.abort();
+}

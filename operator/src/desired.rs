@@ -1,0 +1,518 @@
+//! The pure half of reconciliation: a DataStream's spec in, the child objects it needs out.
+//!
+//! Nothing here talks to the API server, so every object the operator applies can be checked by
+//! golden tests. The objects carry only the fields the operator owns (server-side apply semantics):
+//! whatever Kubernetes defaults stays out of them.
+
+use std::collections::BTreeMap;
+
+use datastream_api::v1alpha1::{
+    DataStream, SIDECAR_ADMIN_PORT, SIDECAR_PEER_PORT, SIDECAR_TRAFFIC_PORT,
+};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use sha2::{Digest, Sha256};
+
+/// Value of `app.kubernetes.io/managed-by` on everything the operator creates.
+pub const MANAGER: &str = "datastream-operator";
+/// Value of `app.kubernetes.io/name` on everything the operator creates.
+pub const APP_NAME: &str = "datastream";
+/// Label holding the owning DataStream's name.
+pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// Label marking objects created by this operator.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Pod-template annotation fingerprinting every setting that needs a pod restart.
+pub const POD_CONFIG_HASH: &str = "datastream.dev/pod-config-hash";
+/// Name of the workload container in every pod.
+pub const WORKLOAD_CONTAINER: &str = "workload";
+/// Name of the sidecar container in every pod.
+pub const SIDECAR_CONTAINER: &str = "sidecar";
+/// Port the client Service exposes.
+pub const CLIENT_SERVICE_PORT: i32 = 80;
+
+/// Settings of the operator installation that shape the children (not part of any DataStream).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Sidecar image used when a DataStream does not override it.
+    pub sidecar_image: String,
+}
+
+/// Everything the operator applies for one DataStream. `pdb` is `None` when the stream has a
+/// single replica: a PodDisruptionBudget there would block node drains forever.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Children {
+    /// The replicas: workload + sidecar per pod.
+    pub deployment: Deployment,
+    /// The client Service, to the sidecars' traffic port.
+    pub client_service: Service,
+    /// The headless peer Service, whose EndpointSlices list the ready replicas for the sidecars.
+    pub peer_service: Service,
+    /// Identity of the sidecars.
+    pub service_account: ServiceAccount,
+    /// What the sidecars may read.
+    pub role: Role,
+    /// Grants `role` to `service_account`.
+    pub role_binding: RoleBinding,
+    /// Keeps all but one replica up during voluntary disruptions.
+    pub pdb: Option<PodDisruptionBudget>,
+    /// Admits the peer port only from the stream's own pods.
+    pub network_policy: NetworkPolicy,
+}
+
+/// Names of a DataStream's children, derived from the stream's name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Deployment, client Service, PodDisruptionBudget.
+    pub base: String,
+    /// Headless peer Service and NetworkPolicy.
+    pub peers: String,
+    /// ServiceAccount, Role and RoleBinding of the sidecars.
+    pub sidecar: String,
+}
+
+impl Names {
+    /// Child names for the stream called `name`.
+    pub fn of(name: &str) -> Self {
+        Names {
+            base: name.to_owned(),
+            peers: format!("{name}-peers"),
+            sidecar: format!("{name}-sidecar"),
+        }
+    }
+}
+
+/// Labels that select a stream's pods (stable for the stream's whole life: selectors are immutable).
+pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), APP_NAME.to_owned()),
+        (INSTANCE_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The serialized label selector, as `status.selector` exposes it for scaling.
+pub fn selector_string(name: &str) -> String {
+    selector_labels(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(name);
+    labels.insert(
+        "app.kubernetes.io/component".to_owned(),
+        component.to_owned(),
+    );
+    labels.insert("app.kubernetes.io/part-of".to_owned(), APP_NAME.to_owned());
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned());
+    labels
+}
+
+fn meta(ds: &DataStream, name: &str, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: ds.metadata.namespace.clone(),
+        labels: Some(labels(&ds.name_any_or_empty(), component)),
+        owner_references: ds.controller_owner_ref(&()).map(|r| vec![r]),
+        ..ObjectMeta::default()
+    }
+}
+
+trait NameOrEmpty {
+    fn name_any_or_empty(&self) -> String;
+}
+
+impl NameOrEmpty for DataStream {
+    fn name_any_or_empty(&self) -> String {
+        self.metadata.name.clone().unwrap_or_default()
+    }
+}
+
+/// Builds every child of `ds`.
+pub fn children(ds: &DataStream, settings: &Settings) -> Children {
+    let name = ds.name_any_or_empty();
+    let names = Names::of(&name);
+    Children {
+        deployment: deployment(ds, &names, settings),
+        client_service: client_service(ds, &names),
+        peer_service: peer_service(ds, &names),
+        service_account: ServiceAccount {
+            metadata: meta(ds, &names.sidecar, "sidecar"),
+            ..ServiceAccount::default()
+        },
+        role: role(ds, &names),
+        role_binding: role_binding(ds, &names),
+        pdb: (ds.spec.replicas > 1).then(|| pdb(ds, &names)),
+        network_policy: network_policy(ds, &names),
+    }
+}
+
+/// Fingerprint of every setting that needs new pods. The traffic policy is deliberately left out:
+/// sidecars watch it and apply changes live, so editing it must never roll the pods.
+pub fn pod_config_hash(ds: &DataStream, settings: &Settings) -> String {
+    let mut hasher = Sha256::new();
+    let workload = serde_json::to_vec(&ds.spec.workload).expect("workload serializes");
+    let sidecar = serde_json::to_vec(&ds.spec.sidecar).expect("sidecar serializes");
+    hasher.update(&workload);
+    hasher.update([0]);
+    hasher.update(&sidecar);
+    hasher.update([0]);
+    hasher.update(settings.sidecar_image.as_bytes());
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn restricted_container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_owned(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_from: None,
+    }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: number,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(1),
+        ..Probe::default()
+    }
+}
+
+fn default_sidecar_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("50m".to_owned())),
+            ("memory".to_owned(), Quantity("32Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("256Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment {
+    let name = &names.base;
+    let spec = &ds.spec;
+    let overrides = spec.workload.pod.clone().unwrap_or_default();
+
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(labels(name, "replica"));
+    let mut pod_annotations = overrides.annotations.clone();
+    pod_annotations.insert(POD_CONFIG_HASH.to_owned(), pod_config_hash(ds, settings));
+
+    let workload = Container {
+        name: WORKLOAD_CONTAINER.to_owned(),
+        image: Some(spec.workload.image.clone()),
+        image_pull_policy: spec
+            .workload
+            .image_pull_policy
+            .map(|p| p.as_str().to_owned()),
+        command: (!spec.workload.command.is_empty()).then(|| spec.workload.command.clone()),
+        args: (!spec.workload.args.is_empty()).then(|| spec.workload.args.clone()),
+        env: (!spec.workload.env.is_empty()).then(|| spec.workload.env.clone()),
+        resources: spec.workload.resources.clone(),
+        ports: Some(vec![port("workload", spec.workload.port)]),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+
+    let sidecar = Container {
+        name: SIDECAR_CONTAINER.to_owned(),
+        image: Some(
+            spec.sidecar
+                .image
+                .clone()
+                .unwrap_or_else(|| settings.sidecar_image.clone()),
+        ),
+        args: Some(vec!["kubernetes".to_owned()]),
+        env: Some(vec![
+            value_env("DATASTREAM_NAME", name.clone()),
+            value_env("DATASTREAM_PEER_SERVICE", names.peers.clone()),
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("POD_IP", "status.podIP"),
+            value_env("WORKLOAD_PORT", spec.workload.port.to_string()),
+            value_env(
+                "WORKLOAD_READINESS_PATH",
+                spec.workload.readiness_path.clone(),
+            ),
+            value_env(
+                "DATASTREAM_LOG",
+                spec.sidecar.log_level.unwrap_or_default().as_str(),
+            ),
+        ]),
+        ports: Some(vec![
+            port("traffic", SIDECAR_TRAFFIC_PORT),
+            port("peer", SIDECAR_PEER_PORT),
+            port("admin", SIDECAR_ADMIN_PORT),
+        ]),
+        readiness_probe: Some(admin_probe("/ready", 2, 1)),
+        liveness_probe: Some(admin_probe("/live", 10, 3)),
+        resources: Some(
+            spec.sidecar
+                .resources
+                .clone()
+                .unwrap_or_else(default_sidecar_resources),
+        ),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+
+    Deployment {
+        metadata: meta(ds, name, "replica"),
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                match_expressions: None,
+            },
+            // One extra pod at a time and never one fewer: a rollout keeps full capacity, and the
+            // sidecars drain the replaced pod before it stops.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names.sidecar.clone()),
+                    automount_service_account_token: Some(true),
+                    containers: vec![workload, sidecar],
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        fs_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: overrides
+                        .termination_grace_period_seconds
+                        .or(Some(30)),
+                    node_selector: (!overrides.node_selector.is_empty())
+                        .then(|| overrides.node_selector.clone()),
+                    tolerations: (!overrides.tolerations.is_empty())
+                        .then(|| overrides.tolerations.clone()),
+                    affinity: overrides.affinity.clone(),
+                    priority_class_name: overrides.priority_class_name.clone(),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn service_port(name: &str, number: i32, target: &str) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_owned()),
+        port: number,
+        target_port: Some(IntOrString::String(target.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    }
+}
+
+fn client_service(ds: &DataStream, names: &Names) -> Service {
+    Service {
+        metadata: meta(ds, &names.base, "client"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            selector: Some(selector_labels(&names.base)),
+            ports: Some(vec![service_port("http", CLIENT_SERVICE_PORT, "traffic")]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn peer_service(ds: &DataStream, names: &Names) -> Service {
+    Service {
+        metadata: meta(ds, &names.peers, "peers"),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            selector: Some(selector_labels(&names.base)),
+            ports: Some(vec![service_port("peer", SIDECAR_PEER_PORT, "peer")]),
+            // Only ready replicas are peers: an unready one must not get routed traffic.
+            publish_not_ready_addresses: Some(false),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn role(ds: &DataStream, names: &Names) -> Role {
+    Role {
+        metadata: meta(ds, &names.sidecar, "sidecar"),
+        rules: Some(vec![
+            // Sidecars read their own stream only: resourceNames confines list/watch to a
+            // metadata.name field selector on this one object.
+            PolicyRule {
+                api_groups: Some(vec![datastream_api::GROUP.to_owned()]),
+                resources: Some(vec!["datastreams".to_owned()]),
+                resource_names: Some(vec![names.base.clone()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["discovery.k8s.io".to_owned()]),
+                resources: Some(vec!["endpointslices".to_owned()]),
+                verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
+                ..PolicyRule::default()
+            },
+        ]),
+    }
+}
+
+fn role_binding(ds: &DataStream, names: &Names) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(ds, &names.sidecar, "sidecar"),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names.sidecar.clone(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: names.sidecar.clone(),
+            namespace: ds.metadata.namespace.clone(),
+            api_group: None,
+        }]),
+    }
+}
+
+fn pdb(ds: &DataStream, names: &Names) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(ds, &names.base, "replica"),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&names.base)),
+                match_expressions: None,
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn network_policy(ds: &DataStream, names: &Names) -> NetworkPolicy {
+    let tcp = |port: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(port.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        end_port: None,
+    };
+    NetworkPolicy {
+        metadata: meta(ds, &names.peers, "peers"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&names.base)),
+                match_expressions: None,
+            }),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                // Peer traffic is trusted only from the stream's own sidecars.
+                NetworkPolicyIngressRule {
+                    from: Some(vec![NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(&names.base)),
+                            match_expressions: None,
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    }]),
+                    ports: Some(vec![tcp("peer")]),
+                },
+                // Clients reach the traffic port; kubelets and Prometheus reach the admin port.
+                // The workload port is not listed, so nothing outside the pod reaches it.
+                NetworkPolicyIngressRule {
+                    from: None,
+                    ports: Some(vec![tcp("traffic"), tcp("admin")]),
+                },
+            ]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+/// The owner reference every child carries.
+pub fn owner_reference(ds: &DataStream) -> Option<OwnerReference> {
+    ds.controller_owner_ref(&())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+//! Golden tests: the children of representative DataStreams, compared with checked-in YAML.
+//! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p datastream-operator desired`.
+
+use std::path::PathBuf;
+
+use datastream_api::v1alpha1::DataStream;
+
+use super::*;
+
+fn settings() -> Settings {
+    Settings {
+        sidecar_image: "example.com/datastream-sidecar:0.1.0".into(),
+    }
+}
+
+fn stream(yaml: &str) -> DataStream {
+    let mut ds: DataStream = serde_yaml::from_str(yaml).expect("fixture parses");
+    ds.metadata.uid = Some("5b3e1f6c-0000-4000-8000-000000000001".into());
+    ds
+}
+
+fn render(children: &Children) -> String {
+    let mut out = String::new();
+    let mut push = |value: serde_json::Value| {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&value).unwrap());
+    };
+    push(serde_json::to_value(&children.deployment).unwrap());
+    push(serde_json::to_value(&children.client_service).unwrap());
+    push(serde_json::to_value(&children.peer_service).unwrap());
+    push(serde_json::to_value(&children.service_account).unwrap());
+    push(serde_json::to_value(&children.role).unwrap());
+    push(serde_json::to_value(&children.role_binding).unwrap());
+    if let Some(pdb) = &children.pdb {
+        push(serde_json::to_value(pdb).unwrap());
+    }
+    push(serde_json::to_value(&children.network_policy).unwrap());
+    out
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("src/desired/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("missing golden file {}", path.display()));
+    pretty_assertions::assert_eq!(expected, actual, "children differ from {}", path.display());
+}
+
+const MINIMAL: &str = r#"
+apiVersion: datastream.dev/v1alpha1
+kind: DataStream
+metadata: { name: catalog, namespace: shop }
+spec:
+  workload: { image: example.com/catalog:1.0 }
+"#;
+
+const FULL: &str = r#"
+apiVersion: datastream.dev/v1alpha1
+kind: DataStream
+metadata: { name: ledger, namespace: bank }
+spec:
+  replicas: 1
+  workload:
+    image: example.com/ledger:2.3
+    imagePullPolicy: IfNotPresent
+    command: [/bin/ledger]
+    args: [--listen, "127.0.0.1:9000"]
+    env: [{ name: MODE, value: strict }]
+    resources: { requests: { cpu: 250m, memory: 128Mi } }
+    port: 9000
+    readinessPath: /healthz
+    pod:
+      labels: { team: payments }
+      annotations: { prometheus.io/scrape: "true" }
+      nodeSelector: { disk: ssd }
+      tolerations: [{ key: dedicated, operator: Equal, value: ledger, effect: NoSchedule }]
+      priorityClassName: high
+      terminationGracePeriodSeconds: 60
+  sidecar:
+    image: example.com/custom-sidecar:dev
+    logLevel: debug
+    resources: { limits: { memory: 64Mi } }
+  traffic:
+    loadBalancing: { policy: least-request }
+"#;
+
+#[test]
+fn minimal_stream_children() {
+    golden(
+        "minimal.yaml",
+        &render(&children(&stream(MINIMAL), &settings())),
+    );
+}
+
+#[test]
+fn full_stream_children() {
+    golden("full.yaml", &render(&children(&stream(FULL), &settings())));
+}
+
+#[test]
+fn one_replica_gets_no_disruption_budget() {
+    assert!(children(&stream(FULL), &settings()).pdb.is_none());
+    assert!(children(&stream(MINIMAL), &settings()).pdb.is_some());
+}
+
+#[test]
+fn every_child_is_owned_and_labelled() {
+    let ds = stream(MINIMAL);
+    let c = children(&ds, &settings());
+    let metas = [
+        &c.deployment.metadata,
+        &c.client_service.metadata,
+        &c.peer_service.metadata,
+        &c.service_account.metadata,
+        &c.role.metadata,
+        &c.role_binding.metadata,
+        &c.pdb.as_ref().unwrap().metadata,
+        &c.network_policy.metadata,
+    ];
+    for meta in metas {
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "DataStream");
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(meta.labels.as_ref().unwrap()[MANAGED_BY_LABEL], MANAGER);
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+    }
+    let pod_labels = c
+        .deployment
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert_eq!(pod_labels[MANAGED_BY_LABEL], MANAGER);
+}
+
+#[test]
+fn traffic_changes_do_not_roll_pods() {
+    let before = stream(MINIMAL);
+    let mut after = before.clone();
+    after.spec.traffic.load_balancing.policy =
+        datastream_api::v1alpha1::LoadBalancingPolicy::RoundRobin;
+    after.spec.replicas = 7;
+    assert_eq!(
+        pod_config_hash(&before, &settings()),
+        pod_config_hash(&after, &settings())
+    );
+    assert_eq!(
+        children(&before, &settings())
+            .deployment
+            .spec
+            .unwrap()
+            .template,
+        children(&after, &settings())
+            .deployment
+            .spec
+            .unwrap()
+            .template
+    );
+    let mut image = before.clone();
+    image.spec.workload.image = "example.com/catalog:1.1".into();
+    assert_ne!(
+        pod_config_hash(&before, &settings()),
+        pod_config_hash(&image, &settings())
+    );
+}
+
+#[test]
+fn containers_are_locked_down() {
+    let c = children(&stream(MINIMAL), &settings());
+    let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(
+        pod.security_context.as_ref().unwrap().run_as_non_root,
+        Some(true)
+    );
+    for container in &pod.containers {
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{}",
+            container.name
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{}",
+            container.name
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+    }
+}
+
+#[test]
+fn sidecar_role_is_least_privilege() {
+    let c = children(&stream(MINIMAL), &settings());
+    let rules = c.role.rules.unwrap();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&["catalog".to_owned()][..])
+    );
+    for rule in &rules {
+        assert_eq!(rule.verbs, ["get", "list", "watch"]);
+    }
+}

@@ -1,0 +1,49 @@
+//! Reconcile errors. Variant names are stable: they become the `reason` label of the error metric.
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Server-side apply of a child was refused or failed.
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting a child that is no longer wanted failed.
+    #[error("deleting {kind} {name}: {source}")]
+    Delete {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// Writing the DataStream's status failed.
+    #[error("writing status: {0}")]
+    Status(#[source] kube::Error),
+    /// The DataStream has no namespace (it is namespaced, so this means a corrupt object).
+    #[error("the DataStream has no namespace")]
+    MissingNamespace,
+}
+
+impl Error {
+    /// Bounded label for metrics: the variant name.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Apply { .. } => "Apply",
+            Error::Delete { .. } => "Delete",
+            Error::Status(_) => "Status",
+            Error::MissingNamespace => "MissingNamespace",
+        }
+    }
+}
+
+/// Result of reconcile steps.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,17 @@
+//! The DataStream operator: reconciles `DataStream` resources into sidecar-fronted replicas.
+//!
+//! - [`desired`]: pure spec → child objects (Deployment, Services, RBAC, PDB, NetworkPolicy).
+//! - [`status`]: pure observed children → status and conditions.
+//! - [`apply`]: compare-then-apply, so that a steady stream costs no API request.
+//! - [`controller`]: watches, reconcile, error policy.
+//! - [`leader`]: Lease-based leader election.
+//! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+
+pub mod admin;
+pub mod apply;
+pub mod controller;
+pub mod desired;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod status;
