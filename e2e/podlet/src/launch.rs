@@ -1,0 +1,200 @@
+//! Starting a container process inside its pod's namespaces.
+//!
+//! The podlet re-executes itself as `datastream-podlet container-init <spec.json>`. That helper is a fresh,
+//! single-threaded process, so it may join the pod's network namespace, unshare a private mount and UTS
+//! namespace, bind-mount the container's volumes, set the pod's host name, and finally `exec` the
+//! container's program: the pid the podlet records is the container's main process.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+use serde::{Deserialize, Serialize};
+
+/// Name of the hidden subcommand that runs [`container_init`].
+pub const INIT_SUBCOMMAND: &str = "container-init";
+
+/// A bind mount of a prepared volume into the container's view of the file system.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    /// Directory or file prepared by the podlet.
+    pub source: PathBuf,
+    /// `mountPath` inside the container.
+    pub target: PathBuf,
+    /// Remount read-only after binding.
+    pub read_only: bool,
+}
+
+/// Everything the helper needs to become the container process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    /// Bind mount of the pod's network namespace (`/var/run/netns/dsp-...`).
+    pub netns_path: PathBuf,
+    /// Host name of the pod (its name, as in Kubernetes).
+    pub hostname: String,
+    /// Volume mounts in spec order.
+    pub mounts: Vec<BindMount>,
+    /// `workingDir`, if set.
+    pub working_dir: Option<PathBuf>,
+    /// Program to exec.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Complete environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Writes `spec` to `spec_path` (mode 0600: it holds the environment, secrets included) and spawns the
+/// helper with stdout and stderr appended to `log_path`. The child leads its own process group so that
+/// signals reach everything the container started.
+pub fn spawn(
+    spec: &LaunchSpec,
+    spec_path: &Path,
+    log_path: &Path,
+) -> anyhow::Result<tokio::process::Child> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(spec_path)
+        .with_context(|| format!("writing {}", spec_path.display()))?;
+    serde_json::to_writer(&mut f, spec)?;
+    drop(f);
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let log_err = log.try_clone()?;
+    let exe = std::env::current_exe().context("locating the podlet binary")?;
+    let child = tokio::process::Command::new(exe)
+        .arg(INIT_SUBCOMMAND)
+        .arg(spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log_err))
+        .process_group(0)
+        .spawn()
+        .context("spawning the container helper")?;
+    Ok(child)
+}
+
+/// Body of the helper process: enters the pod's namespaces and execs the container program.
+/// Returns only on failure (the error is printed to the container log by the caller).
+pub fn container_init(spec_path: &Path) -> anyhow::Error {
+    match enter_and_exec(spec_path) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn enter_and_exec(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> {
+    let raw =
+        std::fs::read(spec_path).with_context(|| format!("reading {}", spec_path.display()))?;
+    // The spec holds secrets; nobody needs it once read.
+    let _ = std::fs::remove_file(spec_path);
+    let spec: LaunchSpec = serde_json::from_slice(&raw).context("parsing the launch spec")?;
+
+    let netns = File::open(&spec.netns_path)
+        .with_context(|| format!("opening {}", spec.netns_path.display()))?;
+    setns(&netns, CloneFlags::CLONE_NEWNET).context("joining the pod network namespace")?;
+    drop(netns);
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+        .context("unsharing mount and UTS namespaces")?;
+    // Keep our mounts from propagating back to the host, as `ip netns exec` does.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )
+    .context("making / a slave mount")?;
+    // A fresh sysfs shows the pod's interfaces under /sys/class/net; failing that is harmless.
+    if umount2("/sys", MntFlags::MNT_DETACH).is_ok() {
+        let _ = mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        );
+    }
+    nix::unistd::sethostname(&spec.hostname).context("setting the host name")?;
+    for m in &spec.mounts {
+        bind(m).with_context(|| {
+            format!("mounting {} at {}", m.source.display(), m.target.display())
+        })?;
+    }
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    cmd.current_dir(spec.working_dir.as_deref().unwrap_or(Path::new("/")));
+    let err = cmd.exec();
+    Err(anyhow::Error::new(err).context(format!("exec {}", spec.program.display())))
+}
+
+fn bind(m: &BindMount) -> anyhow::Result<()> {
+    if m.source.is_dir() {
+        std::fs::create_dir_all(&m.target)?;
+    } else {
+        if let Some(parent) = m.target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if !m.target.exists() {
+            File::create(&m.target)?;
+        }
+    }
+    mount(
+        Some(&m.source),
+        &m.target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    if m.read_only {
+        mount(
+            None::<&str>,
+            &m.target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let spec = LaunchSpec {
+            netns_path: "/var/run/netns/dsp-1".into(),
+            hostname: "web-0".into(),
+            mounts: vec![BindMount {
+                source: "/a".into(),
+                target: "/b".into(),
+                read_only: true,
+            }],
+            working_dir: Some("/w".into()),
+            program: "/bin/true".into(),
+            args: vec!["x".into()],
+            env: vec![("A".into(), "1".into())],
+        };
+        let back: LaunchSpec =
+            serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+}

@@ -1,0 +1,104 @@
+//! Entry point of `datastream-podlet` (and of its hidden `container-init` helper).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use clap::Parser;
+use datastream_podlet::cli::Args;
+use datastream_podlet::context::Context;
+use datastream_podlet::imagemap::ImageMap;
+use datastream_podlet::ipam::Ipam;
+use datastream_podlet::launch::{INIT_SUBCOMMAND, container_init};
+use datastream_podlet::node::{self, NodeInfo};
+use datastream_podlet::{cleanup, controller};
+use jiff::Timestamp;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(INIT_SUBCOMMAND) {
+        // Must stay single-threaded until exec: setns/unshare act on the calling thread only.
+        let spec = argv
+            .get(2)
+            .map(PathBuf::from)
+            .context("container-init needs a spec path")?;
+        let err = container_init(&spec);
+        eprintln!("datastream-podlet container-init: {err:#}");
+        std::process::exit(127);
+    }
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let state_dir = std::path::absolute(&args.state_dir)?;
+    let bin_dir = std::path::absolute(&args.bin_dir)?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
+    let client = kube::Client::try_from(config)?;
+    let info = NodeInfo {
+        name: args.node_name.clone(),
+        ip: args.node_ip,
+        pod_cidr: args.pod_cidr.to_string(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        node: info.clone(),
+        bridge: args.bridge.clone(),
+        cluster_prefix: args.cluster_cidr.prefix,
+        images: ImageMap::new(bin_dir),
+        ipam: Mutex::new(Ipam::new(args.pod_cidr)),
+        state_dir,
+        apiserver_host: args.apiserver_host,
+        apiserver_port: args.apiserver_port,
+    });
+    std::fs::create_dir_all(ctx.pods_run_dir())?;
+    std::fs::create_dir_all(ctx.state_dir.join("logs").join("pods"))?;
+    cleanup::leftovers(&ctx.pods_run_dir()).await;
+
+    let since = Timestamp::now();
+    let node_uid = node::register(&client, &info, since)
+        .await
+        .context("registering the node")?;
+    node::renew_lease(&client, &info, &node_uid)
+        .await
+        .context("creating the node lease")?;
+    tracing::info!(node = %info.name, ip = %info.ip, bin_dir = %ctx.images.bin_dir().display(), "node registered");
+
+    let stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        info,
+        node_uid,
+        since,
+        stop.clone(),
+    ));
+    let signals = {
+        let stop = stop.clone();
+        let mut term = signal(SignalKind::terminate())?;
+        async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+            stop.cancel();
+        }
+    };
+    tokio::spawn(signals);
+    let result = controller::run(ctx, stop.clone()).await;
+    stop.cancel();
+    let _ = heartbeat.await;
+    result
+}

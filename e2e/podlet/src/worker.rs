@@ -1,0 +1,890 @@
+//! One task per pod: sandbox, volumes, container processes, probes, restarts, status and deletion.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::{Backoff, CRASH_LOOP_BACK_OFF};
+use crate::context::Context;
+use crate::env::{self, PodFacts};
+use crate::imagemap::IMAGE_NOT_MAPPED;
+use crate::launch::{self, LaunchSpec};
+use crate::netns::{self, SandboxNames};
+use crate::probe::{self, ProbeKind, ProbeTiming, ProbeTracker};
+use crate::process::{signal_group, write_pid_file};
+use crate::status::{self, ContainerView, PodView, RunState, Termination};
+use crate::volumes::Volumes;
+
+/// Delay before retrying a sandbox, volume or config failure.
+const RETRY: Duration = Duration::from_secs(5);
+/// Grace used when the podlet itself shuts down or the pod vanished from the API.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a pod worker learns from its helper tasks.
+#[derive(Debug)]
+enum Event {
+    Exited {
+        idx: usize,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    Probe {
+        idx: usize,
+        generation: u64,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    },
+}
+
+/// Per-container runtime state.
+struct Ctr {
+    spec: Container,
+    init: bool,
+    view: ContainerView,
+    generation: u64,
+    pid: Option<u32>,
+    started_instant: Option<Instant>,
+    backoff: Backoff,
+    next_start: Option<Instant>,
+    probes: Option<CancellationToken>,
+    startup: Option<ProbeTracker>,
+    liveness: Option<ProbeTracker>,
+    readiness: Option<ProbeTracker>,
+    /// Set when the podlet killed the process (liveness/startup failure), to explain the exit.
+    kill_reason: Option<String>,
+}
+
+impl Ctr {
+    fn new(spec: Container, init: bool, restart_count: i32) -> Self {
+        let view = ContainerView {
+            name: spec.name.clone(),
+            image: spec.image.clone().unwrap_or_default(),
+            image_id: String::new(),
+            state: RunState::Waiting {
+                reason: "ContainerCreating".into(),
+                message: None,
+            },
+            last_state: None,
+            restart_count,
+            ready: false,
+            started: false,
+        };
+        Self {
+            spec,
+            init,
+            view,
+            generation: 0,
+            pid: None,
+            started_instant: None,
+            backoff: Backoff::default(),
+            next_start: Some(Instant::now()),
+            probes: None,
+            startup: None,
+            liveness: None,
+            readiness: None,
+            kill_reason: None,
+        }
+    }
+
+    fn running(&self) -> bool {
+        matches!(self.view.state, RunState::Running { .. })
+    }
+
+    fn waiting(&mut self, reason: &str, message: impl Into<String>) {
+        self.view.state = RunState::Waiting {
+            reason: reason.into(),
+            message: Some(message.into()),
+        };
+    }
+}
+
+struct Sandbox {
+    names: SandboxNames,
+    ip: Ipv4Addr,
+    volumes: Volumes,
+}
+
+/// The pod worker.
+pub struct Worker {
+    ctx: Arc<Context>,
+    pod: Pod,
+    uid: String,
+    ns: String,
+    name: String,
+    sandbox: Option<Sandbox>,
+    sandbox_retry: Option<Instant>,
+    ctrs: Vec<Ctr>,
+    start_time: Timestamp,
+    last_sent: Option<PodStatus>,
+    status_retry: Option<Instant>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Worker {
+    /// A worker for `pod` (as first seen by the watch).
+    pub fn new(ctx: Arc<Context>, pod: Pod) -> Self {
+        let meta = &pod.metadata;
+        let uid = meta.uid.clone().unwrap_or_default();
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = meta.name.clone().unwrap_or_default();
+        let previous = pod.status.clone().unwrap_or_default();
+        let prev_count = |list: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>,
+                          n: &str| {
+            list.iter()
+                .flatten()
+                .find(|s| s.name == n)
+                .map(|s| s.restart_count)
+                .unwrap_or(0)
+        };
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut ctrs: Vec<Ctr> = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                let n = prev_count(&previous.init_container_statuses, &c.name);
+                Ctr::new(c, true, n)
+            })
+            .collect();
+        ctrs.extend(spec.containers.into_iter().map(|c| {
+            let n = prev_count(&previous.container_statuses, &c.name);
+            Ctr::new(c, false, n)
+        }));
+        let start_time = previous
+            .start_time
+            .map(|t| t.0)
+            .unwrap_or_else(Timestamp::now);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Self {
+            ctx,
+            pod,
+            uid,
+            ns,
+            name,
+            sandbox: None,
+            sandbox_retry: None,
+            ctrs,
+            start_time,
+            last_sent: None,
+            status_retry: None,
+            events_tx,
+            events_rx,
+        }
+    }
+
+    /// Runs the pod until it is deleted (then finalises the deletion in the API), until the pod vanishes
+    /// from the watch, or until `shutdown` (then processes stop but the pod stays in the API).
+    pub async fn run(mut self, mut pod_rx: watch::Receiver<Pod>, shutdown: CancellationToken) {
+        tracing::info!(pod = %self.key(), uid = %self.uid, "pod worker started");
+        let terminal_at_start = matches!(
+            self.pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Succeeded") | Some("Failed")
+        );
+        loop {
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                let grace = self.grace_period();
+                self.terminate(grace).await;
+                self.teardown().await;
+                self.finalize_deletion().await;
+                return;
+            }
+            if !terminal_at_start {
+                self.reconcile().await;
+            }
+            self.sync_status().await;
+            let wake = self.next_wakeup();
+            tokio::select! {
+                changed = pod_rx.changed() => match changed {
+                    Ok(()) => self.pod = pod_rx.borrow_and_update().clone(),
+                    Err(_) => {
+                        tracing::info!(pod = %self.key(), "pod gone from the API; stopping its processes");
+                        self.terminate(SHUTDOWN_GRACE).await;
+                        self.teardown().await;
+                        return;
+                    }
+                },
+                Some(ev) = self.events_rx.recv() => self.on_event(ev),
+                () = sleep_until_opt(wake) => {}
+                () = shutdown.cancelled() => {
+                    self.terminate(SHUTDOWN_GRACE.min(self.grace_period())).await;
+                    self.teardown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn key(&self) -> String {
+        format!("{}/{}", self.ns, self.name)
+    }
+
+    fn grace_period(&self) -> Duration {
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
+    }
+
+    fn facts(&self) -> PodFacts {
+        let meta = &self.pod.metadata;
+        PodFacts {
+            name: self.name.clone(),
+            namespace: self.ns.clone(),
+            uid: self.uid.clone(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            annotations: meta.annotations.clone().unwrap_or_default(),
+            node_name: self.ctx.node.name.clone(),
+            service_account: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            pod_ip: self
+                .sandbox
+                .as_ref()
+                .map(|s| s.ip.to_string())
+                .unwrap_or_default(),
+            host_ip: self.ctx.node.ip.to_string(),
+        }
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        let mut wake = [self.sandbox_retry, self.status_retry]
+            .into_iter()
+            .chain(self.ctrs.iter().map(|c| c.next_start))
+            .flatten()
+            .min();
+        if let Some(at) = self.sandbox.as_ref().and_then(|s| s.volumes.next_refresh()) {
+            let secs = at.duration_since(Timestamp::now()).as_secs().max(0);
+            let token_wake = Instant::now() + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+            wake = Some(wake.map_or(token_wake, |w| w.min(token_wake)));
+        }
+        wake
+    }
+
+    /// Brings the pod closer to running: sandbox first, then init containers in order, then the rest.
+    async fn reconcile(&mut self) {
+        if self.sandbox.is_none() {
+            if self.sandbox_retry.is_some_and(|t| t > Instant::now()) {
+                return;
+            }
+            if let Err(e) = self.create_sandbox().await {
+                tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "sandbox setup failed; will retry");
+                for c in &mut self.ctrs {
+                    c.waiting("ContainerCreating", format!("{e:#}"));
+                }
+                self.sandbox_retry = Some(Instant::now() + RETRY);
+                return;
+            }
+            self.sandbox_retry = None;
+        }
+        if let Some(sb) = self.sandbox.as_mut()
+            && sb
+                .volumes
+                .next_refresh()
+                .is_some_and(|t| t <= Timestamp::now())
+        {
+            let facts = self.facts();
+            let sb = self.sandbox.as_mut().expect("checked above");
+            if let Err(e) = sb
+                .volumes
+                .refresh_tokens(&self.ctx.client, &self.pod, &facts)
+                .await
+            {
+                tracing::warn!(pod = %self.key(), error = %e, "token refresh failed");
+            }
+        }
+        if self.terminal() {
+            return;
+        }
+        let now = Instant::now();
+        // Init containers run one at a time; app containers only once all of them completed.
+        for idx in 0..self.ctrs.len() {
+            let c = &self.ctrs[idx];
+            if c.init && matches!(&c.view.state, RunState::Terminated(t) if t.exit_code == 0) {
+                continue;
+            }
+            if c.running() || matches!(c.view.state, RunState::Terminated(_)) {
+                if c.init {
+                    break;
+                }
+                continue;
+            }
+            if c.next_start.is_some_and(|t| t <= now) {
+                self.start(idx).await;
+            }
+            if self.ctrs[idx].init {
+                break;
+            }
+        }
+    }
+
+    fn initialized(&self) -> bool {
+        self.ctrs
+            .iter()
+            .filter(|c| c.init)
+            .all(|c| matches!(&c.view.state, RunState::Terminated(t) if t.exit_code == 0))
+    }
+
+    fn terminal(&self) -> bool {
+        matches!(status::phase(&self.view()), "Succeeded" | "Failed")
+    }
+
+    async fn create_sandbox(&mut self) -> anyhow::Result<()> {
+        let names = SandboxNames::for_uid(&self.uid);
+        let preferred = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok());
+        let ip = self
+            .ctx
+            .ipam
+            .lock()
+            .expect("ipam lock poisoned")
+            .allocate(preferred)
+            .ok_or_else(|| anyhow::anyhow!("pod CIDR exhausted"))?;
+        let result = async {
+            netns::create(&names, &self.ctx.bridge, ip, self.ctx.cluster_prefix).await?;
+            let dir = self.ctx.pod_dir(&self.uid);
+            std::fs::create_dir_all(dir.join("volumes"))?;
+            let mut facts = self.facts();
+            facts.pod_ip = ip.to_string();
+            let volumes =
+                Volumes::prepare(&self.ctx.client, &self.pod, &facts, &dir.join("volumes")).await?;
+            anyhow::Ok(volumes)
+        }
+        .await;
+        match result {
+            Ok(volumes) => {
+                tracing::info!(pod = %self.key(), %ip, netns = %names.netns, "sandbox ready");
+                self.sandbox = Some(Sandbox { names, ip, volumes });
+                Ok(())
+            }
+            Err(e) => {
+                netns::destroy(&names).await;
+                self.ctx
+                    .ipam
+                    .lock()
+                    .expect("ipam lock poisoned")
+                    .release(ip);
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&mut self, idx: usize) {
+        let Some(sb) = self.sandbox.as_ref() else {
+            return;
+        };
+        let facts = self.facts();
+        let spec = self.ctrs[idx].spec.clone();
+        let (cms, secrets) = env::referenced_objects(&spec);
+        let sources =
+            match crate::objects::env_sources(&self.ctx.client, &self.ns, cms, secrets).await {
+                Ok(s) => s,
+                Err(e) => return self.hold(idx, "CreateContainerConfigError", e.to_string()),
+            };
+        let mut env = match env::resolve(&spec, &facts, &sources, &self.ctx.service_env()) {
+            Ok(env) => env,
+            Err(e) => return self.hold(idx, "CreateContainerConfigError", e.to_string()),
+        };
+        for (k, v) in [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+            ("HOSTNAME", self.name.as_str()),
+            ("HOME", "/root"),
+        ] {
+            if !env.iter().any(|(name, _)| name == k) {
+                env.push((k.into(), v.into()));
+            }
+        }
+        let command = env::expand_all(spec.command.as_deref().unwrap_or_default(), &env);
+        let args = env::expand_all(spec.args.as_deref().unwrap_or_default(), &env);
+        let image = spec.image.clone().unwrap_or_default();
+        let entry = match self.ctx.images.entrypoint(&image, &command, &args) {
+            Ok(e) => e,
+            Err(e) => return self.hold(idx, IMAGE_NOT_MAPPED, e.to_string()),
+        };
+        if entry.program.is_absolute() && !entry.program.exists() {
+            let msg = format!(
+                "{} does not exist (build it with cargo first)",
+                entry.program.display()
+            );
+            return self.hold(idx, "ErrImageNeverPull", msg);
+        }
+        let mounts = match sb.volumes.mounts_for(&spec) {
+            Ok(m) => m,
+            Err(e) => return self.hold(idx, "CreateContainerConfigError", e),
+        };
+        let launch_spec = LaunchSpec {
+            netns_path: sb.names.netns_path(),
+            hostname: self.name.clone(),
+            mounts,
+            working_dir: spec
+                .working_dir
+                .clone()
+                .filter(|w| !w.is_empty())
+                .map(PathBuf::from),
+            program: entry.program.clone(),
+            args: entry.args,
+            env,
+        };
+        let dir = self.ctx.pod_dir(&self.uid);
+        let log = self.ctx.log_path(&self.ns, &self.name, &spec.name);
+        let mut child = match launch::spawn(
+            &launch_spec,
+            &dir.join(format!("{}.launch.json", spec.name)),
+            &log,
+        ) {
+            Ok(c) => c,
+            Err(e) => return self.hold(idx, "RunContainerError", format!("{e:#}")),
+        };
+        let Some(pid) = child.id() else {
+            return self.hold(
+                idx,
+                "RunContainerError",
+                "process exited before it could be tracked",
+            );
+        };
+        if let Err(e) = write_pid_file(&dir.join(format!("{}.pid", spec.name)), pid) {
+            tracing::warn!(pod = %self.key(), error = %e, "writing pid file failed");
+        }
+        let c = &mut self.ctrs[idx];
+        c.generation += 1;
+        let generation = c.generation;
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let (code, signal) = match child.wait().await {
+                Ok(st) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (st.code(), st.signal())
+                }
+                Err(_) => (Some(255), None),
+            };
+            let _ = tx.send(Event::Exited {
+                idx,
+                generation,
+                code,
+                signal,
+            });
+        });
+        c.pid = Some(pid);
+        c.started_instant = Some(Instant::now());
+        c.next_start = None;
+        c.kill_reason = None;
+        c.view.image_id = format!("podlet://{}", entry.program.display());
+        c.view.state = RunState::Running {
+            pid,
+            started_at: Timestamp::now(),
+        };
+        let probe_of =
+            |p: &Option<Probe>| p.as_ref().map(|p| ProbeTracker::new(ProbeTiming::of(p)));
+        c.startup = probe_of(&c.spec.startup_probe);
+        c.liveness = probe_of(&c.spec.liveness_probe);
+        c.readiness = probe_of(&c.spec.readiness_probe);
+        c.view.started = c.startup.is_none();
+        c.view.ready = c.view.started && c.readiness.is_none() && !c.init;
+        let token = CancellationToken::new();
+        c.probes = Some(token.clone());
+        let restarts = c.view.restart_count;
+        let is_init = c.init;
+        tracing::info!(pod = %format!("{}/{}", self.ns, self.name), container = %spec.name, pid, restarts, "container started");
+        if !is_init {
+            let ip = IpAddr::V4(sb.ip);
+            for (kind, probe) in [
+                (ProbeKind::Startup, &spec.startup_probe),
+                (ProbeKind::Liveness, &spec.liveness_probe),
+                (ProbeKind::Readiness, &spec.readiness_probe),
+            ] {
+                if let Some(p) = probe.clone() {
+                    let tx = self.events_tx.clone();
+                    tokio::spawn(probe_loop(
+                        p,
+                        spec.clone(),
+                        ip,
+                        kind,
+                        idx,
+                        generation,
+                        tx,
+                        token.clone(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Keeps a container waiting with `reason` and retries later.
+    fn hold(&mut self, idx: usize, reason: &str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(pod = %self.key(), container = %self.ctrs[idx].spec.name, reason, %message, "container cannot start");
+        let c = &mut self.ctrs[idx];
+        c.waiting(reason, message);
+        c.next_start = Some(Instant::now() + RETRY * 2);
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Exited {
+                idx,
+                generation,
+                code,
+                signal,
+            } => self.on_exit(idx, generation, code, signal),
+            Event::Probe {
+                idx,
+                generation,
+                kind,
+                result,
+            } => self.on_probe(idx, generation, kind, result),
+        }
+    }
+
+    fn on_exit(&mut self, idx: usize, generation: u64, code: Option<i32>, signal: Option<i32>) {
+        let policy = self.restart_policy();
+        let key = self.key();
+        let dir = self.ctx.pod_dir(&self.uid);
+        let c = &mut self.ctrs[idx];
+        if c.generation != generation {
+            return;
+        }
+        if let Some(t) = c.probes.take() {
+            t.cancel();
+        }
+        let _ = std::fs::remove_file(dir.join(format!("{}.pid", c.spec.name)));
+        let started_at = match &c.view.state {
+            RunState::Running { started_at, .. } => *started_at,
+            _ => Timestamp::now(),
+        };
+        let container_id = c.pid.map(|p| format!("process://{p}")).unwrap_or_default();
+        c.pid = None;
+        let ran_for = c
+            .started_instant
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let term = Termination::new(code, signal, started_at, Timestamp::now(), container_id);
+        tracing::info!(pod = %key, container = %c.spec.name, exit_code = term.exit_code, ?signal,
+            reason = c.kill_reason.as_deref().unwrap_or("exited"), "container terminated");
+        c.view.ready = false;
+        c.view.started = false;
+        let succeeded = term.exit_code == 0;
+        let restart = match policy.as_str() {
+            "Never" => false,
+            "OnFailure" => !succeeded,
+            _ => !(c.init && succeeded),
+        };
+        if !restart {
+            c.view.state = RunState::Terminated(term);
+            c.next_start = None;
+            return;
+        }
+        let delay = c.backoff.next_delay(ran_for);
+        c.view.restart_count += 1;
+        c.view.last_state = Some(term);
+        if delay.is_zero() {
+            c.waiting("ContainerCreating", "restarting");
+        } else {
+            let msg = format!(
+                "back-off {}s restarting failed container={} pod={}",
+                delay.as_secs(),
+                c.spec.name,
+                key
+            );
+            c.waiting(CRASH_LOOP_BACK_OFF, msg);
+        }
+        c.next_start = Some(Instant::now() + delay);
+    }
+
+    fn on_probe(
+        &mut self,
+        idx: usize,
+        generation: u64,
+        kind: ProbeKind,
+        result: Result<(), String>,
+    ) {
+        let key = self.key();
+        let c = &mut self.ctrs[idx];
+        if c.generation != generation || !c.running() {
+            return;
+        }
+        if let Err(why) = &result {
+            tracing::debug!(pod = %key, container = %c.spec.name, ?kind, %why, "probe failed");
+        }
+        let ok = result.is_ok();
+        match kind {
+            ProbeKind::Startup => match c.startup.as_mut().and_then(|t| t.record(ok)) {
+                Some(true) => {
+                    c.view.started = true;
+                    c.view.ready = c.readiness.is_none();
+                }
+                Some(false) => kill_for(c, &key, "startup probe failed"),
+                None => {}
+            },
+            // Liveness and readiness only count once the container has started, as in the kubelet.
+            ProbeKind::Liveness
+                if c.view.started
+                    && c.liveness.as_mut().and_then(|t| t.record(ok)) == Some(false) =>
+            {
+                kill_for(c, &key, "liveness probe failed");
+            }
+            ProbeKind::Readiness if c.view.started => {
+                if let Some(r) = c.readiness.as_mut().and_then(|t| t.record(ok)) {
+                    tracing::info!(pod = %key, container = %c.spec.name, ready = r, "readiness changed");
+                    c.view.ready = r;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn view(&self) -> PodView {
+        PodView {
+            generation: self.pod.metadata.generation,
+            sandbox_ready: self.sandbox.is_some(),
+            initialized: self.initialized(),
+            pod_ip: self.sandbox.as_ref().map(|s| s.ip),
+            host_ip: self.ctx.node.ip,
+            start_time: self.start_time,
+            restart_policy: self.restart_policy(),
+            init_containers: self
+                .ctrs
+                .iter()
+                .filter(|c| c.init)
+                .map(|c| c.view.clone())
+                .collect(),
+            containers: self
+                .ctrs
+                .iter()
+                .filter(|c| !c.init)
+                .map(|c| c.view.clone())
+                .collect(),
+        }
+    }
+
+    /// PATCHes `pods/status` when the computed status differs from what was last written.
+    async fn sync_status(&mut self) {
+        if self.status_retry.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        let previous = self.last_sent.clone().or_else(|| self.pod.status.clone());
+        let mut status = status::build(&self.view(), previous.as_ref(), Timestamp::now());
+        if self.sandbox.is_none() {
+            // Keep the IP the pod had until a new sandbox exists, rather than flapping it to empty.
+            status.pod_ip = None;
+            status.pod_ips = None;
+        }
+        if self.last_sent.as_ref() == Some(&status) {
+            return;
+        }
+        let api = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.ns);
+        let patch = serde_json::json!({ "status": status });
+        match api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.status_retry = None;
+                self.last_sent = Some(status);
+            }
+            Err(e) => {
+                tracing::warn!(pod = %self.key(), error = %e, "patching pod status failed; will retry");
+                self.status_retry = Some(Instant::now() + Duration::from_secs(2));
+            }
+        }
+        // A terminal pod keeps its status but gives its network back.
+        if self.terminal() && self.ctrs.iter().all(|c| !c.running()) && self.sandbox.is_some() {
+            self.teardown().await;
+        }
+    }
+
+    /// SIGTERM every running container, wait up to `grace`, then SIGKILL what is left.
+    async fn terminate(&mut self, grace: Duration) {
+        let running: Vec<u32> = self.ctrs.iter().filter_map(|c| c.pid).collect();
+        if running.is_empty() {
+            return;
+        }
+        tracing::info!(pod = %self.key(), ?grace, processes = running.len(), "stopping containers");
+        for c in &mut self.ctrs {
+            c.next_start = None;
+            if let Some(t) = c.probes.take() {
+                t.cancel();
+            }
+        }
+        for pid in &running {
+            signal_group(*pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + grace;
+        if !self.wait_all_exited(deadline).await {
+            for pid in self.ctrs.iter().filter_map(|c| c.pid) {
+                signal_group(pid, Signal::SIGKILL);
+            }
+            self.wait_all_exited(Instant::now() + Duration::from_secs(10))
+                .await;
+        }
+        // Group members that outlived their leader get no grace either.
+        for pid in running {
+            signal_group(pid, Signal::SIGKILL);
+        }
+    }
+
+    async fn wait_all_exited(&mut self, deadline: Instant) -> bool {
+        while self.ctrs.iter().any(|c| c.pid.is_some()) {
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(Event::Exited {
+                    idx,
+                    generation,
+                    code,
+                    signal,
+                })) => {
+                    let c = &mut self.ctrs[idx];
+                    if c.generation == generation {
+                        c.pid = None;
+                        let started_at = match &c.view.state {
+                            RunState::Running { started_at, .. } => *started_at,
+                            _ => Timestamp::now(),
+                        };
+                        let t = Termination::new(
+                            code,
+                            signal,
+                            started_at,
+                            Timestamp::now(),
+                            String::new(),
+                        );
+                        c.view.state = RunState::Terminated(t);
+                        c.view.ready = false;
+                    }
+                }
+                Ok(Some(Event::Probe { .. })) => {}
+                Ok(None) | Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Removes the network namespace, releases the IP and deletes the pod directory.
+    async fn teardown(&mut self) {
+        if let Some(sb) = self.sandbox.take() {
+            netns::destroy(&sb.names).await;
+            self.ctx
+                .ipam
+                .lock()
+                .expect("ipam lock poisoned")
+                .release(sb.ip);
+            tracing::info!(pod = %self.key(), ip = %sb.ip, "sandbox removed");
+        }
+        let _ = std::fs::remove_dir_all(self.ctx.pod_dir(&self.uid));
+    }
+
+    /// Deletes the pod for good (grace 0, guarded by its uid), as the kubelet does after termination.
+    async fn finalize_deletion(&self) {
+        let api = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.ns);
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(self.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&self.name, &dp).await {
+            Ok(_) => tracing::info!(pod = %self.key(), "pod deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => tracing::warn!(pod = %self.key(), error = %e, "final pod delete failed"),
+        }
+    }
+}
+
+fn kill_for(c: &mut Ctr, pod: &str, reason: &str) {
+    if let Some(pid) = c.pid {
+        tracing::info!(%pod, container = %c.spec.name, reason, "container will be restarted");
+        c.kill_reason = Some(reason.to_owned());
+        if let Some(t) = c.probes.take() {
+            t.cancel();
+        }
+        let grace = Duration::from_secs(10);
+        signal_group(pid, Signal::SIGTERM);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            signal_group(pid, Signal::SIGKILL);
+        });
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn probe_loop(
+    probe: Probe,
+    container: Container,
+    ip: IpAddr,
+    kind: ProbeKind,
+    idx: usize,
+    generation: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+) {
+    let timing = ProbeTiming::of(&probe);
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = tokio::time::sleep(timing.initial_delay) => {}
+    }
+    loop {
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = probe::check(&probe, &container, ip) => r,
+        };
+        if tx
+            .send(Event::Probe {
+                idx,
+                generation,
+                kind,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(timing.period) => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
