@@ -14,8 +14,11 @@
 //! [`state`], [`metrics`].
 
 pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod clock;
+pub mod config;
+pub mod discovery;
 pub mod endpoint;
 pub mod metrics;
 pub mod policy;

@@ -1,0 +1,224 @@
+//! Command-line flags (and the environment variables Kubernetes mode reads).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use datastream_api::v1alpha1::{SIDECAR_ADMIN_PORT, SIDECAR_PEER_PORT, SIDECAR_TRAFFIC_PORT};
+
+use super::Overrides;
+
+/// DataStream sidecar: routes, balances and fails over requests between the replicas of a
+/// DataStream.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "datastream-sidecar", version, about, long_about = None)]
+pub struct Cli {
+    /// `kubernetes` runs Kubernetes mode (same as `--mode kubernetes`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Where replicas and policy come from.
+    #[arg(long, value_enum, default_value_t = Mode::Local, global = true)]
+    pub mode: Mode,
+
+    /// Traffic listener address (local mode default 127.0.0.1:7080).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub listen: Option<String>,
+
+    /// Admin listener address (local mode default 127.0.0.1:7082).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin: Option<String>,
+
+    /// Peer listener address: requests from other sidecars, delivered to the local workload.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub peer_listen: Option<String>,
+
+    /// Replicas, comma separated (local mode).
+    #[arg(
+        long,
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub endpoints: Option<Vec<String>>,
+
+    /// Which endpoint is the local workload (added to the endpoints if missing).
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    pub local_endpoint: Option<String>,
+
+    /// Load-balancing policy: p2c-ewma, round-robin, least-request, ring-hash or maglev.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub policy: Option<String>,
+
+    /// YAML config file (listeners, endpoints, limits and `traffic`); reloaded when it changes.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive list.
+    #[arg(long, value_name = "LEVEL", env = "DATASTREAM_LOG", global = true)]
+    pub log_level: Option<String>,
+
+    /// Time listeners keep accepting after SIGTERM (e.g. 5s).
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub drain_delay: Option<String>,
+
+    /// Time in-flight requests get once listeners closed (e.g. 20s).
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub drain_timeout: Option<String>,
+
+    /// Open connections per listener.
+    #[arg(long, value_name = "N", global = true)]
+    pub max_connections: Option<usize>,
+
+    /// Largest request header section in bytes (431 above).
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub max_header_bytes: Option<usize>,
+
+    /// Time a client has to send a request head (e.g. 10s).
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub header_read_timeout: Option<String>,
+
+    /// Largest request body in bytes (413 above); overrides traffic.limits.maxRequestBodyBytes.
+    #[arg(long, value_name = "BYTES", global = true)]
+    pub max_body_bytes: Option<u64>,
+
+    /// Worker threads; 1 runs a single-threaded runtime, which is fastest for a sidecar.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "DATASTREAM_THREADS",
+        default_value_t = 1,
+        global = true
+    )]
+    pub threads: usize,
+
+    /// Kubernetes settings.
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Kubernetes mode: policy from the own DataStream, replicas from the peer EndpointSlices.
+    Kubernetes,
+}
+
+/// Discovery mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Flags and config file.
+    Local,
+    /// Kubernetes API.
+    Kubernetes,
+}
+
+/// Kubernetes-mode settings, normally from the pod's environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeArgs {
+    /// Name of the own DataStream.
+    #[arg(long, env = "DATASTREAM_NAME", global = true)]
+    pub datastream: Option<String>,
+
+    /// Headless peer Service whose EndpointSlices list the replicas (default `<name>-peers`).
+    #[arg(long, env = "DATASTREAM_PEER_SERVICE", global = true)]
+    pub peer_service: Option<String>,
+
+    /// Namespace of the pod and the DataStream.
+    #[arg(long, env = "POD_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+
+    /// The pod's IP: the EndpointSlice entry with it is the local replica.
+    #[arg(long, env = "POD_IP", global = true)]
+    pub pod_ip: Option<String>,
+
+    /// The pod's name (for logs and the local endpoint's name).
+    #[arg(long, env = "POD_NAME", global = true)]
+    pub pod_name: Option<String>,
+
+    /// Port of the workload on 127.0.0.1 inside the pod.
+    #[arg(long, env = "WORKLOAD_PORT", global = true)]
+    pub workload_port: Option<u16>,
+
+    /// Readiness path of the workload (used by health checking).
+    #[arg(long, env = "WORKLOAD_READINESS_PATH", global = true)]
+    pub workload_readiness_path: Option<String>,
+
+    /// Traffic port (listens on 0.0.0.0).
+    #[arg(long, default_value_t = SIDECAR_TRAFFIC_PORT as u16, global = true)]
+    pub traffic_port: u16,
+
+    /// Peer port (listens on 0.0.0.0; the peer Service's `peer` port).
+    #[arg(long, default_value_t = SIDECAR_PEER_PORT as u16, global = true)]
+    pub peer_port: u16,
+
+    /// Admin port (listens on 0.0.0.0).
+    #[arg(long, default_value_t = SIDECAR_ADMIN_PORT as u16, global = true)]
+    pub admin_port: u16,
+}
+
+// === impl Cli ===
+
+impl Cli {
+    /// Whether Kubernetes mode was asked for.
+    pub fn kubernetes(&self) -> bool {
+        matches!(self.command, Some(Command::Kubernetes)) || self.mode == Mode::Kubernetes
+    }
+
+    /// The flags that override the file.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            peer_listen: self.peer_listen.clone(),
+            admin: self.admin.clone(),
+            endpoints: self.endpoints.clone(),
+            local_endpoint: self.local_endpoint.clone(),
+            policy: self.policy.clone(),
+            log_level: self.log_level.clone(),
+            drain_delay: self.drain_delay.clone(),
+            drain_timeout: self.drain_timeout.clone(),
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_read_timeout: self.header_read_timeout.clone(),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_mode_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "datastream-sidecar",
+            "--listen",
+            "127.0.0.1:8080",
+            "--admin",
+            "127.0.0.1:9901",
+            "--endpoints",
+            "127.0.0.1:8081,127.0.0.1:8082",
+            "--policy",
+            "p2c-ewma",
+        ])
+        .unwrap();
+        assert!(!cli.kubernetes());
+        assert_eq!(cli.endpoints.as_ref().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn kubernetes_subcommand_takes_flags_after_it() {
+        let cli = Cli::try_parse_from([
+            "datastream-sidecar",
+            "kubernetes",
+            "--workload-port",
+            "8080",
+            "--datastream",
+            "orders",
+        ])
+        .unwrap();
+        assert!(cli.kubernetes());
+        assert_eq!(cli.kube.workload_port, Some(8080));
+        assert_eq!(cli.kube.traffic_port, 7080);
+    }
+}

@@ -1,0 +1,344 @@
+//! Compiling the API's `TrafficPolicy` into the sidecar's [`Policy`]: every string parsed, every
+//! cross-field rule checked, all problems reported together. The hot path only ever sees the
+//! result.
+
+use std::time::Duration;
+
+use datastream_api::v1alpha1::{
+    self as api, HashingAlgorithm, LoadBalancingPolicy, RouteMode, TrafficPolicy, parse_duration,
+};
+use http::{HeaderName, HeaderValue, Method};
+
+use crate::balance::{self, Balancer, HashAlgorithm};
+use crate::metrics::Metrics;
+use crate::policy::{DEFAULT_ROUTE, Policy};
+use crate::route::{
+    Affinity, HeaderCondition, HeaderMatch, KeySource, Mode, PathMatch, Route, RouteMatch,
+    RouteTable,
+};
+
+/// Compiles `traffic`. `version` and `source` label the result; errors name the field.
+pub fn compile(
+    traffic: &TrafficPolicy,
+    version: u64,
+    source: &str,
+    metrics: &Metrics,
+) -> Result<Policy, Vec<String>> {
+    let mut errors = Vec::new();
+    let lb = &traffic.load_balancing;
+    let policy = balancer_policy(lb.policy);
+    let mut routes = Vec::with_capacity(traffic.routes.len());
+    for (i, r) in traffic.routes.iter().enumerate() {
+        let at = format!("traffic.routes[{i}] ({})", r.name);
+        if r.name.is_empty() || r.name == DEFAULT_ROUTE {
+            errors.push(format!(
+                "{at}: name must be non-empty and not {DEFAULT_ROUTE:?}"
+            ));
+        }
+        if traffic.routes[..i].iter().any(|o| o.name == r.name) {
+            errors.push(format!("{at}: duplicate route name"));
+        }
+        let matcher = compile_match(&r.matches, &at, &mut errors);
+        let mode = compile_mode(r, policy, lb.local_first, &at, &mut errors);
+        if let Some(t) = &r.timeout
+            && let Err(e) = parse_duration(t)
+        {
+            errors.push(format!("{at}.timeout: {e}"));
+        }
+        if let Some(mode) = mode {
+            routes.push(Route::new(
+                &r.name,
+                matcher,
+                mode,
+                metrics.route("traffic", &r.name),
+            ));
+        }
+    }
+    check_failover(&traffic.failover, &mut errors);
+    let max_body = traffic.limits.max_request_body_bytes;
+    if max_body < 0 {
+        errors.push(format!(
+            "traffic.limits.maxRequestBodyBytes: must not be negative, got {max_body}"
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let default = Route::new(
+        DEFAULT_ROUTE,
+        RouteMatch::default(),
+        Mode::Balance(Balancer::new(policy, lb.local_first)),
+        metrics.route("traffic", DEFAULT_ROUTE),
+    );
+    Ok(Policy {
+        version,
+        source: source.to_owned(),
+        routes: RouteTable::new(routes, default),
+        max_body: u64::try_from(max_body).ok(),
+        spec: serde_json::to_value(traffic).unwrap_or_default(),
+    })
+}
+
+/// The sidecar's balancer for an API policy.
+pub fn balancer_policy(p: LoadBalancingPolicy) -> balance::Policy {
+    match p {
+        LoadBalancingPolicy::P2cEwma => balance::Policy::P2cEwma,
+        LoadBalancingPolicy::RoundRobin => balance::Policy::RoundRobin,
+        LoadBalancingPolicy::LeastRequest => balance::Policy::LeastRequest,
+        LoadBalancingPolicy::RingHash => balance::Policy::RingHash,
+        LoadBalancingPolicy::Maglev => balance::Policy::Maglev,
+    }
+}
+
+/// The API policy for a sidecar balancer name (for the `--policy` flag).
+pub fn api_policy(name: &str) -> Option<LoadBalancingPolicy> {
+    Some(match balance::Policy::parse(name)? {
+        balance::Policy::P2cEwma => LoadBalancingPolicy::P2cEwma,
+        balance::Policy::RoundRobin => LoadBalancingPolicy::RoundRobin,
+        balance::Policy::LeastRequest => LoadBalancingPolicy::LeastRequest,
+        balance::Policy::RingHash => LoadBalancingPolicy::RingHash,
+        balance::Policy::Maglev => LoadBalancingPolicy::Maglev,
+    })
+}
+
+fn compile_match(m: &api::RouteMatch, at: &str, errors: &mut Vec<String>) -> RouteMatch {
+    let path = match &m.path {
+        None => PathMatch::Any,
+        Some(p) => match (&p.exact, &p.prefix) {
+            (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e.clone()),
+            (None, Some(pre)) if pre.starts_with('/') => PathMatch::Prefix(pre.clone()),
+            (Some(_), None) | (None, Some(_)) => {
+                errors.push(format!("{at}.match.path: must start with '/'"));
+                PathMatch::Any
+            }
+            _ => {
+                errors.push(format!(
+                    "{at}.match.path: needs exactly one of exact or prefix"
+                ));
+                PathMatch::Any
+            }
+        },
+    };
+    let methods = m
+        .methods
+        .iter()
+        .filter_map(|meth| Method::from_bytes(meth.as_str().as_bytes()).ok())
+        .collect();
+    let mut headers = Vec::with_capacity(m.headers.len());
+    for (j, h) in m.headers.iter().enumerate() {
+        let hat = format!("{at}.match.headers[{j}]");
+        let Ok(name) = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) else {
+            errors.push(format!(
+                "{hat}.name: {:?} is not a valid header name",
+                h.name
+            ));
+            continue;
+        };
+        let condition = match (&h.exact, &h.prefix, h.present) {
+            (Some(v), None, None) => match HeaderValue::from_str(v) {
+                Ok(v) => HeaderCondition::Exact(v),
+                Err(_) => {
+                    errors.push(format!("{hat}.exact: not a valid header value"));
+                    continue;
+                }
+            },
+            (None, Some(p), None) => HeaderCondition::Prefix(p.as_bytes().to_vec()),
+            (None, None, Some(present)) => HeaderCondition::Present(present),
+            _ => {
+                errors.push(format!(
+                    "{hat}: needs exactly one of exact, prefix or present"
+                ));
+                continue;
+            }
+        };
+        headers.push(HeaderMatch { name, condition });
+    }
+    RouteMatch {
+        path,
+        methods,
+        headers,
+    }
+}
+
+fn compile_mode(
+    r: &api::Route,
+    policy: balance::Policy,
+    local_first: bool,
+    at: &str,
+    errors: &mut Vec<String>,
+) -> Option<Mode> {
+    match r.mode {
+        RouteMode::Balance => Some(Mode::Balance(Balancer::new(policy, local_first))),
+        RouteMode::Affinity => {
+            let Some(a) = &r.affinity else {
+                errors.push(format!(
+                    "{at}: mode affinity needs affinity.key (a header, queryParam or pathSegment)"
+                ));
+                return None;
+            };
+            let key = match (&a.key.header, &a.key.query_param, a.key.path_segment) {
+                (Some(h), None, None) => {
+                    match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
+                        Ok(h) => KeySource::Header(h),
+                        Err(_) => {
+                            errors.push(format!(
+                                "{at}.affinity.key.header: {h:?} is not a valid header name"
+                            ));
+                            return None;
+                        }
+                    }
+                }
+                (None, Some(q), None) if !q.is_empty() => KeySource::QueryParam(q.clone()),
+                (None, None, Some(s)) if s >= 0 => KeySource::PathSegment(s as usize),
+                _ => {
+                    errors.push(format!(
+                        "{at}.affinity.key: needs exactly one of header, queryParam or pathSegment (>= 0)"
+                    ));
+                    return None;
+                }
+            };
+            if !(0.0..=10.0).contains(&a.load_bound) || (a.load_bound > 0.0 && a.load_bound < 1.0) {
+                errors.push(format!(
+                    "{at}.affinity.loadBound: must be 0 (unbounded) or between 1 and 10, got {}",
+                    a.load_bound
+                ));
+            }
+            let algorithm = match a.hashing {
+                HashingAlgorithm::RingHash => HashAlgorithm::RingHash,
+                HashingAlgorithm::Maglev => HashAlgorithm::Maglev,
+            };
+            // Requests without a key have no owner; they are balanced like the default route,
+            // minus hashing (a hashing policy there would just pin them by client address).
+            let keyless = match policy {
+                balance::Policy::RingHash | balance::Policy::Maglev => balance::Policy::P2cEwma,
+                p => p,
+            };
+            Some(Mode::Affinity(Affinity {
+                key,
+                algorithm,
+                load_bound: a.load_bound,
+                keyless: Balancer::new(keyless, local_first),
+            }))
+        }
+        RouteMode::Primary => {
+            let hold_down = match &r.primary {
+                None => Duration::from_secs(10),
+                Some(p) => match parse_duration(&p.hold_down) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        errors.push(format!("{at}.primary.holdDown: {e}"));
+                        return None;
+                    }
+                },
+            };
+            Some(Mode::Primary { hold_down })
+        }
+        RouteMode::Broadcast => {
+            errors.push(format!(
+                "{at}: mode broadcast is not supported by this sidecar version (it comes with the resilience layer)"
+            ));
+            None
+        }
+    }
+}
+
+/// Checks the failover durations now, so a bad value is rejected with the rest of the policy
+/// (the resilience layer reads them).
+fn check_failover(f: &api::Failover, errors: &mut Vec<String>) {
+    let mut dur = |field: &str, v: &str| match parse_duration(v) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            errors.push(format!("traffic.failover.{field}: {e}"));
+            None
+        }
+    };
+    let connect = dur("connectTimeout", &f.connect_timeout);
+    let request = dur("requestTimeout", &f.request_timeout);
+    let per_try = f
+        .per_try_timeout
+        .as_deref()
+        .and_then(|v| dur("perTryTimeout", v));
+    dur("retries.backoffBase", &f.retries.backoff_base);
+    dur("retries.backoffMax", &f.retries.backoff_max);
+    dur("outlierDetection.interval", &f.outlier_detection.interval);
+    dur(
+        "outlierDetection.baseEjectionTime",
+        &f.outlier_detection.base_ejection_time,
+    );
+    dur("healthCheck.interval", &f.health_check.interval);
+    dur("healthCheck.timeout", &f.health_check.timeout);
+    dur("circuitBreaker.window", &f.circuit_breaker.window);
+    if let (Some(p), Some(r)) = (per_try, request)
+        && p >= r
+    {
+        errors
+            .push("traffic.failover.perTryTimeout: must be shorter than requestTimeout".to_owned());
+    }
+    if let (Some(c), Some(r)) = (connect, request)
+        && c > r
+    {
+        errors.push("traffic.failover.connectTimeout: must not exceed requestTimeout".to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> TrafficPolicy {
+        serde_yaml::from_str(yaml).expect("valid YAML for TrafficPolicy")
+    }
+
+    #[test]
+    fn compiles_every_mode() {
+        let t = parse(
+            r#"
+loadBalancing: { policy: round-robin, localFirst: true }
+routes:
+  - name: kv
+    match: { path: { prefix: /kv }, methods: [GET, PUT], headers: [{ name: X-Tenant, present: true }] }
+    mode: affinity
+    affinity: { key: { pathSegment: 1 }, hashing: maglev }
+  - name: leader
+    match: { path: { exact: /leader } }
+    mode: primary
+    primary: { holdDown: 500ms }
+"#,
+        );
+        let p = compile(&t, 3, "test", &Metrics::new()).expect("compiles");
+        let names: Vec<&str> = p.routes.iter().map(|r| r.name()).collect();
+        assert_eq!(names, vec!["kv", "leader", DEFAULT_ROUTE]);
+        assert_eq!(p.version, 3);
+        assert_eq!(p.max_body, Some(10 << 20));
+    }
+
+    #[test]
+    fn reports_every_error_at_once() {
+        let t = parse(
+            r#"
+routes:
+  - name: a
+    mode: affinity
+  - name: a
+    match: { path: { prefix: nope } }
+    mode: primary
+    primary: { holdDown: soon }
+  - name: b
+    mode: broadcast
+failover: { perTryTimeout: 20s, requestTimeout: 10s }
+"#,
+        );
+        let errors = compile(&t, 1, "test", &Metrics::new()).expect_err("invalid");
+        let all = errors.join("\n");
+        for needle in [
+            "needs affinity.key",
+            "duplicate route name",
+            "must start with '/'",
+            "primary.holdDown",
+            "broadcast",
+            "perTryTimeout",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Kubernetes discovery: the own DataStream (its `spec.traffic` is the policy) and the
+//! EndpointSlices of the stream's headless peer Service (the replicas), both watched with
+//! kube-rs under the pod's service account.
+//!
+//! The local workload is always part of the set, at `127.0.0.1:<workload port>`, even before
+//! this pod turns ready and appears in the slices; the slice entry with the pod's own IP is
+//! that same replica and is not added again. Peers are reached at their pod IP on the port
+//! named `peer` (their sidecar's peer listener).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use datastream_api::v1alpha1::DataStream;
+use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::config::compile::compile;
+use crate::endpoint::EndpointSpec;
+use crate::state::Shared;
+
+/// Name of the EndpointSlice port that leads to a peer's sidecar.
+pub const PEER_PORT_NAME: &str = "peer";
+
+/// Who this sidecar is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Namespace of the pod and the DataStream.
+    pub namespace: String,
+    /// The DataStream's name.
+    pub datastream: String,
+    /// The headless peer Service.
+    pub peer_service: String,
+    /// The pod's IP.
+    pub pod_ip: IpAddr,
+    /// The pod's name.
+    pub pod_name: String,
+    /// The local workload.
+    pub workload: SocketAddr,
+}
+
+/// Watches the DataStream and the peer EndpointSlices until `close` turns true.
+pub async fn run(client: Client, me: Identity, shared: Arc<Shared>, close: watch::Receiver<bool>) {
+    let policy = watch_policy(client.clone(), me.clone(), Arc::clone(&shared));
+    let endpoints = watch_endpoints(client, me, shared);
+    let mut close = close;
+    tokio::select! {
+        _ = policy => {}
+        _ = endpoints => {}
+        _ = close.wait_for(|c| *c) => {}
+    }
+}
+
+async fn watch_policy(client: Client, me: Identity, shared: Arc<Shared>) {
+    let api: Api<DataStream> = Api::namespaced(client, &me.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", me.datastream));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(ds) | Event::InitApply(ds)) => apply_policy(&shared, &ds),
+            Ok(Event::Delete(ds)) => tracing::warn!(
+                name = %ds.name_any(),
+                "own DataStream deleted; keeping the last policy"
+            ),
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(error) => tracing::warn!(%error, "DataStream watch failed; retrying"),
+        }
+    }
+}
+
+fn apply_policy(shared: &Shared, ds: &DataStream) {
+    let generation = ds.metadata.generation.unwrap_or(0);
+    let live = shared.config_status();
+    let source = format!(
+        "datastream {}/{} generation {generation}",
+        ds.namespace().unwrap_or_default(),
+        ds.name_any()
+    );
+    if live.source == source {
+        return;
+    }
+    match compile(&ds.spec.traffic, live.version + 1, &source, &shared.metrics) {
+        Ok(policy) => shared.set_policy(policy),
+        Err(errors) => shared.reject_config(format!("{source}: {}", errors.join("; "))),
+    }
+}
+
+async fn watch_endpoints(client: Client, me: Identity, shared: Arc<Shared>) {
+    let api: Api<EndpointSlice> = Api::namespaced(client, &me.namespace);
+    let config = watcher::Config::default()
+        .labels(&format!("kubernetes.io/service-name={}", me.peer_service));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut slices: BTreeMap<String, Vec<EndpointSpec>> = BTreeMap::new();
+    let mut buffer: Option<BTreeMap<String, Vec<EndpointSpec>>> = None;
+    let mut last: Option<Vec<EndpointSpec>> = None;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => {
+                buffer = Some(BTreeMap::new());
+                continue;
+            }
+            Ok(Event::InitApply(s)) => {
+                if let Some(b) = buffer.as_mut() {
+                    b.insert(s.name_any(), slice_endpoints(&s, &me));
+                }
+                continue;
+            }
+            Ok(Event::InitDone) => slices = buffer.take().unwrap_or_default(),
+            Ok(Event::Apply(s)) => {
+                slices.insert(s.name_any(), slice_endpoints(&s, &me));
+            }
+            Ok(Event::Delete(s)) => {
+                slices.remove(&s.name_any());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "EndpointSlice watch failed; retrying");
+                continue;
+            }
+        }
+        let set = endpoint_set(&slices, &me);
+        if last.as_ref() != Some(&set) {
+            shared.set_endpoints(&set);
+            last = Some(set);
+        }
+    }
+}
+
+/// The replicas of all slices plus the local workload, deduplicated by address.
+pub fn endpoint_set(
+    slices: &BTreeMap<String, Vec<EndpointSpec>>,
+    me: &Identity,
+) -> Vec<EndpointSpec> {
+    let mut set = vec![EndpointSpec {
+        addr: me.workload,
+        name: me.pod_name.clone(),
+        local: true,
+        serving: true,
+    }];
+    for spec in slices.values().flatten() {
+        if !set.iter().any(|e| e.addr == spec.addr) {
+            set.push(spec.clone());
+        }
+    }
+    set
+}
+
+/// The peers one slice lists: ready or still-serving entries, on the `peer` port, without the
+/// pod itself.
+pub fn slice_endpoints(slice: &EndpointSlice, me: &Identity) -> Vec<EndpointSpec> {
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some(PEER_PORT_NAME))
+        .or_else(|| ports.first())
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok());
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for ep in slice.endpoints.iter().flatten() {
+        let cond = ep.conditions.as_ref();
+        let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+        let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+        let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+        if !serving {
+            continue;
+        }
+        let Some(ip) = ep.addresses.first().and_then(|a| a.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        if ip == me.pod_ip {
+            continue;
+        }
+        let name = ep
+            .target_ref
+            .as_ref()
+            .and_then(|r| r.name.clone())
+            .or_else(|| ep.hostname.clone())
+            .unwrap_or_else(|| ip.to_string());
+        out.push(EndpointSpec {
+            addr: SocketAddr::new(ip, port),
+            name,
+            local: false,
+            serving: ready && !terminating,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Identity {
+        Identity {
+            namespace: "ns".into(),
+            datastream: "orders".into(),
+            peer_service: "orders-peers".into(),
+            pod_ip: "10.244.1.2".parse().unwrap(),
+            pod_name: "orders-a".into(),
+            workload: "127.0.0.1:8080".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn slices_become_peers_and_the_local_workload() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "orders-peers-x" },
+            "addressType": "IPv4",
+            "ports": [{ "name": "peer", "port": 7081 }],
+            "endpoints": [
+                { "addresses": ["10.244.1.2"], "conditions": { "ready": true }, "targetRef": { "kind": "Pod", "name": "orders-a" } },
+                { "addresses": ["10.244.1.3"], "conditions": { "ready": true }, "targetRef": { "kind": "Pod", "name": "orders-b" } },
+                { "addresses": ["10.244.1.4"], "conditions": { "ready": false, "serving": true, "terminating": true }, "targetRef": { "kind": "Pod", "name": "orders-c" } },
+                { "addresses": ["10.244.1.5"], "conditions": { "ready": false, "serving": false } }
+            ]
+        }))
+        .unwrap();
+        let peers = slice_endpoints(&slice, &me());
+        assert_eq!(peers.len(), 2);
+        assert_eq!(peers[0].addr, "10.244.1.3:7081".parse().unwrap());
+        assert_eq!(peers[0].name, "orders-b");
+        assert!(peers[0].serving);
+        assert!(!peers[1].serving, "terminating peers drain");
+        let mut slices = BTreeMap::new();
+        slices.insert("x".to_owned(), peers);
+        let set = endpoint_set(&slices, &me());
+        assert_eq!(set.len(), 3);
+        assert!(set[0].local);
+        assert_eq!(set[0].addr, "127.0.0.1:8080".parse().unwrap());
+    }
+}
