@@ -178,7 +178,27 @@ pub async fn register(client: &Client, info: &NodeInfo, since: Timestamp) -> kub
         }
     };
     post_status(client, info, since).await?;
+    clear_taints(client, &info.name, &node).await?;
     Ok(node.metadata.uid.unwrap_or_default())
+}
+
+/// Removes every taint. The TaintNodesByCondition admission plugin puts `node.kubernetes.io/not-ready`
+/// on a new Node, and only the node lifecycle controller would lift it once the node reports Ready; this
+/// cluster does not run that controller, so the podlet lifts it itself after posting a Ready status.
+async fn clear_taints(client: &Client, name: &str, node: &Node) -> kube::Result<()> {
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| !t.is_empty());
+    if tainted {
+        let api = Api::<Node>::all(client.clone());
+        let patch = serde_json::json!({ "spec": { "taints": null } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        tracing::info!(node = name, "removed node taints");
+    }
+    Ok(())
 }
 
 /// Posts a fresh node status (heartbeat).
