@@ -228,30 +228,33 @@ async fn publish(
     }
 }
 
-async fn note_outcome(ctx: &Context, ds: &DataStream, kind: &str, name: &str, outcome: Outcome) {
-    match outcome {
-        Outcome::Unchanged => {}
-        Outcome::Created => {
+/// Publishes one event per kind of change, listing the children concerned: the event recorder
+/// folds events with the same reason into one series, so one event per child would hide all but
+/// the last name.
+async fn note_outcomes(
+    ctx: &Context,
+    ds: &DataStream,
+    outcomes: &[(&'static str, String, Outcome)],
+) {
+    for (wanted, reason, action, verb) in [
+        (Outcome::Created, "Created", "Create", "Created"),
+        (Outcome::Updated, "Updated", "Update", "Restored or updated"),
+    ] {
+        let names: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, _, o)| *o == wanted)
+            .map(|(kind, name, _)| format!("{kind} {name}"))
+            .collect();
+        if !names.is_empty() {
             publish(
                 ctx,
                 ds,
                 EventType::Normal,
-                "Created",
-                "Create",
-                format!("Created {kind} {name}"),
+                reason,
+                action,
+                format!("{verb} {}", names.join(", ")),
             )
-            .await
-        }
-        Outcome::Updated => {
-            publish(
-                ctx,
-                ds,
-                EventType::Normal,
-                "Updated",
-                "Update",
-                format!("Updated {kind} {name} to the desired state"),
-            )
-            .await
+            .await;
         }
     }
 }
@@ -261,18 +264,22 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
     let children = desired::children(ds, &ctx.settings);
     let stores = &ctx.stores;
 
+    let mut outcomes: Vec<(&'static str, String, Outcome)> = Vec::new();
     macro_rules! apply {
         ($store:expr, $object:expr) => {{
             let object = $object;
-            let (outcome, live) = apply_child(ctx, ns, $store, object).await?;
-            note_outcome(
-                ctx,
-                ds,
+            let (outcome, live) = match apply_child(ctx, ns, $store, object).await {
+                Ok(done) => done,
+                Err(error) => {
+                    note_outcomes(ctx, ds, &outcomes).await;
+                    return Err(error);
+                }
+            };
+            outcomes.push((
                 kind_of_val(object),
-                object.meta().name.as_deref().unwrap_or_default(),
+                object.meta().name.clone().unwrap_or_default(),
                 outcome,
-            )
-            .await;
+            ));
             live
         }};
     }
@@ -296,8 +303,10 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
     match &children.pdb {
         Some(pdb) => {
             apply!(&stores.pdbs, pdb);
+            note_outcomes(ctx, ds, &outcomes).await;
         }
         None => {
+            note_outcomes(ctx, ds, &outcomes).await;
             let name = Names::of(&ds.name_any()).base;
             if cached(&stores.pdbs, ns, &name).is_some() {
                 let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);

@@ -24,6 +24,8 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 
 /// A DataStream runs `replicas` copies of a data service, each fronted by a DataStream sidecar that
 /// routes, balances and fails over client traffic between the replicas according to `traffic`.
+// Several printer columns share a type, which clippy mistakes for repeated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "datastream.dev",

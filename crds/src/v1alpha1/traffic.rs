@@ -359,7 +359,7 @@ fn default_broadcast_body() -> i64 {
 }
 
 /// Load-balancing settings.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     /// Policy choosing among eligible replicas: `p2c-ewma` (default: power of two choices over
@@ -372,14 +372,6 @@ pub struct LoadBalancing {
     pub local_first: bool,
 }
 
-impl Default for LoadBalancing {
-    fn default() -> Self {
-        LoadBalancing {
-            policy: LoadBalancingPolicy::default(),
-            local_first: false,
-        }
-    }
-}
 
 /// Load-balancing policies.
 #[derive(

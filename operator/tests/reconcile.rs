@@ -1,0 +1,403 @@
+//! Reconcile branches against a fake API server: create, no-op, drift, error and status writes.
+//!
+//! The fake records every request and answers the way kube-apiserver does for the verbs the
+//! operator uses (apply echoes the object, events are created). Child caches are filled by hand,
+//! as the watches would fill them. The e2e suite repeats these against a real kube-apiserver.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datastream_api::v1alpha1::DataStream;
+use datastream_operator::controller::{Context, Stores, reconcile};
+use datastream_operator::desired::{self, Settings};
+use datastream_operator::metrics::Metrics;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use kube::Client;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use parking_lot::Mutex;
+
+/// One request the operator sent.
+#[derive(Clone, Debug)]
+struct Recorded {
+    method: Method,
+    path: String,
+    body: serde_json::Value,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi {
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    /// When set, applies of this kind's plural fail with 500.
+    fail_plural: Arc<Mutex<Option<&'static str>>>,
+}
+
+impl FakeApi {
+    fn client(&self) -> Client {
+        let fake = self.clone();
+        let service = tower::service_fn(move |request: Request<kube::client::Body>| {
+            let fake = fake.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect().await.unwrap().to_bytes();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let path = parts.uri.path().to_owned();
+                fake.requests.lock().push(Recorded {
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    body: body.clone(),
+                });
+                let failing = *fake.fail_plural.lock();
+                let (status, answer) = if failing.is_some_and(|p| path.contains(&format!("/{p}/")))
+                {
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
+                    )
+                } else if path.ends_with("/status") {
+                    // The real server answers a status patch with the whole object.
+                    let mut object = serde_json::to_value(stream()).unwrap();
+                    object["status"] = body["status"].clone();
+                    (StatusCode::OK, object)
+                } else if parts.method == Method::POST {
+                    (StatusCode::CREATED, body)
+                } else {
+                    (StatusCode::OK, body)
+                };
+                let response = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(serde_json::to_vec(&answer).unwrap())))
+                    .unwrap();
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    fn take(&self) -> Vec<Recorded> {
+        std::mem::take(&mut *self.requests.lock())
+    }
+}
+
+struct Caches {
+    deployments: Writer<Deployment>,
+    services: Writer<k8s_openapi::api::core::v1::Service>,
+    service_accounts: Writer<k8s_openapi::api::core::v1::ServiceAccount>,
+    roles: Writer<k8s_openapi::api::rbac::v1::Role>,
+    role_bindings: Writer<k8s_openapi::api::rbac::v1::RoleBinding>,
+    pdbs: Writer<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    network_policies: Writer<k8s_openapi::api::networking::v1::NetworkPolicy>,
+}
+
+fn caches() -> (Stores, Caches) {
+    fn ready<K>() -> (reflector::Store<K>, Writer<K>)
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + 'static,
+    {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (reader, writer)
+    }
+    let (deployments, dw) = ready();
+    let (services, sw) = ready();
+    let (service_accounts, saw) = ready();
+    let (roles, rw) = ready();
+    let (role_bindings, rbw) = ready();
+    let (pdbs, pw) = ready();
+    let (network_policies, nw) = ready();
+    let (endpoint_slices, _ew) = ready();
+    std::mem::forget(_ew);
+    (
+        Stores {
+            deployments,
+            services,
+            service_accounts,
+            roles,
+            role_bindings,
+            pdbs,
+            network_policies,
+            endpoint_slices,
+        },
+        Caches {
+            deployments: dw,
+            services: sw,
+            service_accounts: saw,
+            roles: rw,
+            role_bindings: rbw,
+            pdbs: pw,
+            network_policies: nw,
+        },
+    )
+}
+
+fn settings() -> Settings {
+    Settings {
+        sidecar_image: "example.com/datastream-sidecar:0.1.0".into(),
+    }
+}
+
+fn stream() -> DataStream {
+    let mut ds: DataStream = serde_yaml::from_str(
+        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata: {name: catalog, namespace: shop, generation: 1, uid: 0000-1}\nspec:\n  workload: {image: demo}\n",
+    )
+    .unwrap();
+    ds.metadata.resource_version = Some("1".into());
+    ds
+}
+
+/// Fills the caches with exactly what the operator would have applied, plus server defaults.
+fn settle(caches: &mut Caches, ds: &DataStream) {
+    let c = desired::children(ds, &settings());
+    let mut deployment = c.deployment.clone();
+    deployment.metadata.uid = Some("d-1".into());
+    deployment.metadata.generation = Some(1);
+    deployment.spec.as_mut().unwrap().revision_history_limit = Some(10);
+    deployment.status = Some(DeploymentStatus {
+        observed_generation: Some(1),
+        replicas: Some(3),
+        ready_replicas: Some(3),
+        updated_replicas: Some(3),
+        available_replicas: Some(3),
+        ..DeploymentStatus::default()
+    });
+    caches
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(deployment));
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(c.client_service.clone()));
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(c.peer_service.clone()));
+    caches
+        .service_accounts
+        .apply_watcher_event(&watcher::Event::Apply(c.service_account.clone()));
+    caches
+        .roles
+        .apply_watcher_event(&watcher::Event::Apply(c.role.clone()));
+    caches
+        .role_bindings
+        .apply_watcher_event(&watcher::Event::Apply(c.role_binding.clone()));
+    caches
+        .pdbs
+        .apply_watcher_event(&watcher::Event::Apply(c.pdb.clone().unwrap()));
+    caches
+        .network_policies
+        .apply_watcher_event(&watcher::Event::Apply(c.network_policy.clone()));
+}
+
+fn context(fake: &FakeApi, stores: Stores) -> Arc<Context> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    Arc::new(Context::new(
+        fake.client(),
+        settings(),
+        metrics,
+        stores,
+        "test".into(),
+    ))
+}
+
+fn applies(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| {
+            r.method == Method::PATCH && !r.path.ends_with("/status") && !r.path.contains("/events")
+        })
+        .map(|r| r.path.clone())
+        .collect()
+}
+
+fn events(requests: &[Recorded]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|r| r.path.contains("/events"))
+        .map(|r| r.body["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn status_writes(requests: &[Recorded]) -> Vec<&Recorded> {
+    requests
+        .iter()
+        .filter(|r| r.path.ends_with("/status"))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_applies_every_child_and_reports_progress() {
+    let fake = FakeApi::default();
+    let (stores, _caches) = caches();
+    let ctx = context(&fake, stores);
+    reconcile(Arc::new(stream()), ctx)
+        .await
+        .expect("reconcile succeeds");
+    let requests = fake.take();
+    assert_eq!(
+        applies(&requests),
+        [
+            "/api/v1/namespaces/shop/serviceaccounts/catalog-sidecar",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/catalog-sidecar",
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/catalog-sidecar",
+            "/api/v1/namespaces/shop/services/catalog-peers",
+            "/api/v1/namespaces/shop/services/catalog",
+            "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/catalog-peers",
+            "/apis/apps/v1/namespaces/shop/deployments/catalog",
+            "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/catalog",
+        ]
+    );
+    assert_eq!(events(&requests), ["Created"]);
+    let note = requests
+        .iter()
+        .find(|r| r.path.contains("/events"))
+        .unwrap()
+        .body["note"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        note.contains("Deployment catalog") && note.contains("Role catalog-sidecar"),
+        "{note}"
+    );
+    let status = status_writes(&requests);
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].body["status"]["phase"], "Pending");
+    let apply = requests.iter().find(|r| r.method == Method::PATCH).unwrap();
+    assert_eq!(
+        apply.body["apiVersion"], "v1",
+        "apply bodies carry apiVersion and kind"
+    );
+}
+
+#[tokio::test]
+async fn steady_stream_costs_no_request() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let mut ds = stream();
+    settle(&mut caches, &ds);
+    // First pass writes the status once ...
+    reconcile(Arc::new(ds.clone()), ctx.clone()).await.unwrap();
+    let first = fake.take();
+    assert_eq!(applies(&first), Vec::<String>::new());
+    let status = status_writes(&first);
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].body["status"]["phase"], "Available");
+    // ... and once the status is what it says, a reconcile sends nothing at all.
+    ds.status = Some(serde_json::from_value(status[0].body["status"].clone()).unwrap());
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    let second = fake.take();
+    assert!(second.is_empty(), "a no-op reconcile sent {second:?}");
+}
+
+#[tokio::test]
+async fn drift_is_corrected_and_deleted_children_restored() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = stream();
+    settle(&mut caches, &ds);
+    // Someone edits the client Service's port by hand and deletes the Role.
+    let mut edited = desired::children(&ds, &settings()).client_service;
+    edited.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8081;
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(edited));
+    let role = desired::children(&ds, &settings()).role;
+    caches
+        .roles
+        .apply_watcher_event(&watcher::Event::Delete(role));
+
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    let requests = fake.take();
+    assert_eq!(
+        applies(&requests),
+        [
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/catalog-sidecar",
+            "/api/v1/namespaces/shop/services/catalog",
+        ]
+    );
+    let service = requests
+        .iter()
+        .find(|r| r.path.ends_with("/services/catalog"))
+        .unwrap();
+    assert_eq!(service.body["spec"]["ports"][0]["port"], 80);
+    assert_eq!(events(&requests), ["Created", "Updated"]);
+}
+
+#[tokio::test]
+async fn scaling_applies_the_deployment_and_records_an_event() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let mut ds = stream();
+    settle(&mut caches, &ds);
+    ds.spec.replicas = 5;
+    ds.metadata.generation = Some(2);
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    let requests = fake.take();
+    assert_eq!(
+        applies(&requests),
+        ["/apis/apps/v1/namespaces/shop/deployments/catalog"]
+    );
+    assert!(events(&requests).contains(&"Scaled".to_owned()));
+    let status = status_writes(&requests);
+    assert_eq!(status[0].body["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn one_replica_removes_the_disruption_budget() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let mut ds = stream();
+    settle(&mut caches, &ds);
+    ds.spec.replicas = 1;
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    let requests = fake.take();
+    let deletes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| r.path.as_str())
+        .collect();
+    assert_eq!(
+        deletes,
+        ["/apis/policy/v1/namespaces/shop/poddisruptionbudgets/catalog"]
+    );
+}
+
+#[tokio::test]
+async fn apply_errors_surface_as_condition_event_and_error() {
+    let fake = FakeApi::default();
+    *fake.fail_plural.lock() = Some("deployments");
+    let (stores, _caches) = caches();
+    let ctx = context(&fake, stores);
+    let error = reconcile(Arc::new(stream()), ctx)
+        .await
+        .expect_err("the apply failure is returned for backoff");
+    assert_eq!(error.metric_label(), "Apply");
+    let requests = fake.take();
+    let status = status_writes(&requests);
+    assert_eq!(status.len(), 1);
+    assert_eq!(status[0].body["status"]["phase"], "Degraded");
+    let degraded = status[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["reason"], "ReconcileFailed");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("applying Deployment catalog")
+    );
+    assert!(events(&requests).contains(&"ReconcileFailed".to_owned()));
+}
