@@ -1,0 +1,192 @@
+//! Balancing through a running sidecar, against real backends on loopback.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::time::Instant;
+
+#[tokio::test]
+async fn round_robin_spreads_evenly_within_one_request() {
+    let bs = backends(3).await;
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: round-robin }", &specs).await;
+    let client = h1_client();
+    for _ in 0..301 {
+        assert_eq!(get(&client, sc.traffic_addr(), "/", &[]).await.status, 200);
+    }
+    let counts: Vec<u64> = bs.iter().map(|b| b.count()).collect();
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 1, "uneven round robin: {counts:?}");
+}
+
+#[tokio::test]
+async fn p2c_ewma_sends_little_to_a_replica_twenty_times_slower() {
+    let bs = backends(3).await;
+    bs[0].set_latency(2);
+    bs[1].set_latency(2);
+    bs[2].set_latency(40);
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: p2c-ewma }", &specs).await;
+    let addr = sc.traffic_addr();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let client = h1_client();
+            for _ in 0..75 {
+                assert_eq!(get(&client, addr, "/", &[]).await.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total: u64 = bs.iter().map(|b| b.count()).sum();
+    let slow = bs[2].count();
+    assert_eq!(total, 600);
+    assert!(
+        slow * 100 <= total * 15,
+        "slow replica got {slow} of {total} requests"
+    );
+}
+
+#[tokio::test]
+async fn least_request_follows_inflight_counts() {
+    let bs = backends(2).await;
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: least-request }", &specs).await;
+    let addr = sc.traffic_addr();
+    let long = tokio::spawn(async move { get(&h1_client(), addr, "/slow/1500", &[]).await });
+    // Wait until the long request sits on one replica.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let busy = loop {
+        if let Some(b) = bs
+            .iter()
+            .find(|b| b.inflight.load(std::sync::atomic::Ordering::Relaxed) == 1)
+        {
+            break Arc::clone(b);
+        }
+        assert!(Instant::now() < deadline, "long request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let client = h1_client();
+    for _ in 0..20 {
+        let a = get(&client, addr, "/", &[]).await;
+        assert_ne!(a.backend(), busy.name, "a request joined the busy replica");
+    }
+    assert_eq!(long.await.unwrap().backend(), busy.name);
+}
+
+const AFFINITY: &str = r#"
+routes:
+  - name: by-user
+    match: { path: { prefix: /users } }
+    mode: affinity
+    affinity: { key: { header: x-user } }
+  - name: by-segment
+    match: { path: { prefix: /kv } }
+    mode: affinity
+    affinity: { key: { pathSegment: 1 }, hashing: maglev }
+"#;
+
+async fn owners(
+    client: &H1Client,
+    addr: std::net::SocketAddr,
+    keys: &[String],
+    maglev: bool,
+) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for k in keys {
+        let a = if maglev {
+            get(client, addr, &format!("/kv/{k}"), &[]).await
+        } else {
+            get(client, addr, "/users", &[("x-user", k)]).await
+        };
+        assert_eq!(a.status, 200);
+        out.insert(k.clone(), a.backend().to_owned());
+    }
+    out
+}
+
+#[tokio::test]
+async fn affinity_is_stable_and_only_a_departed_replicas_keys_move() {
+    let bs = backends(4).await;
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar(AFFINITY, &specs).await;
+    let addr = sc.traffic_addr();
+    let client = h1_client();
+    let keys: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
+    for maglev in [false, true] {
+        sc.shared().set_endpoints(&specs);
+        let first = owners(&client, addr, &keys, maglev).await;
+        let again = owners(&client, addr, &keys, maglev).await;
+        assert_eq!(first, again, "same key, same replica (maglev: {maglev})");
+        let spread: std::collections::HashSet<_> = first.values().collect();
+        assert_eq!(spread.len(), 4, "keys spread over every replica");
+        // r1 leaves.
+        let remaining: Vec<_> = specs.iter().filter(|s| s.name != "r1").cloned().collect();
+        sc.shared().set_endpoints(&remaining);
+        let after = owners(&client, addr, &keys, maglev).await;
+        let moved = keys
+            .iter()
+            .filter(|k| first[*k] != "r1" && first[*k] != after[*k])
+            .count();
+        let allowed = if maglev { keys.len() / 20 } else { 0 };
+        assert!(
+            moved <= allowed,
+            "{moved} keys of remaining replicas moved (maglev: {maglev})"
+        );
+        assert!(after.values().all(|o| o != "r1"));
+    }
+}
+
+#[tokio::test]
+async fn primary_fails_over_and_takes_back_after_hold_down() {
+    let bs = backends(3).await;
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar(
+        r#"
+routes:
+  - name: leader
+    mode: primary
+    primary: { holdDown: 1500ms }
+"#,
+        &specs,
+    )
+    .await;
+    let addr = sc.traffic_addr();
+    let client = h1_client();
+    for _ in 0..10 {
+        assert_eq!(get(&client, addr, "/", &[]).await.backend(), "r0");
+    }
+    bs[0].kill();
+    let failed_at = Instant::now();
+    // Takeover: the connect failure is retried on the next replica, so no request fails.
+    for _ in 0..10 {
+        let a = get(&client, addr, "/", &[]).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.backend(), "r1");
+    }
+    let back = Backend::start_on("r0", bs[0].addr).await;
+    // Within the hold-down the recovered primary gets nothing back.
+    while failed_at.elapsed() < Duration::from_millis(1200) {
+        assert_eq!(get(&client, addr, "/", &[]).await.backend(), "r1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // After it, the primary takes back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if get(&client, addr, "/", &[]).await.backend() == "r0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "primary never took back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(get(&client, addr, "/", &[]).await.backend(), "r0");
+    }
+    assert!(back.count() >= 6);
+}
