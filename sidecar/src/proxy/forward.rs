@@ -22,6 +22,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
 use http::request::Parts;
@@ -34,6 +35,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyTooLarge, RequestBody, ResponseBody};
 use super::error::ProxyError;
+use super::framing::Verdict;
 use super::headers::{append_forwarded, strip_hop_by_hop, wants_upgrade};
 use crate::balance::{self, hash};
 use crate::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
@@ -61,6 +63,10 @@ pub struct ConnMeta {
     pub client: SocketAddr,
     /// The listener.
     pub listener: ListenerKind,
+    /// HTTP/1 requests seen so far on this connection (they are strictly sequential).
+    pub requests: AtomicU64,
+    /// The smuggling guard's verdict for this connection.
+    pub framing: Arc<Verdict>,
 }
 
 /// A connection ready to carry one request.
@@ -90,6 +96,13 @@ pub async fn handle(
     let started = Instant::now();
     let downstream_h1 = req.version() != Version::HTTP_2;
     let policy = shared.policy();
+    if downstream_h1 {
+        let seq = meta.requests.fetch_add(1, Ordering::Relaxed);
+        if meta.framing.is_flagged(seq) {
+            // Never forwarded; hyper closes the connection after this answer.
+            return Ok(respond_error(&shared, ProxyError::AmbiguousFraming));
+        }
+    }
     let (resp, metrics) = match meta.listener {
         ListenerKind::Traffic => {
             let (parts, body) = req.into_parts();
@@ -141,9 +154,11 @@ async fn proxy_traffic(
     let mut req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
     // Allocates only when a connect fails.
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error = None;
     loop {
         let Some(endpoint) = select(route, &endpoints, key, &tried) else {
-            return Err(ProxyError::NoHealthyEndpoints);
+            // Every candidate refused: say so rather than "no endpoints".
+            return Err(last_error.map_or(ProxyError::NoHealthyEndpoints, ProxyError::Connect));
         };
         match attempt(endpoint, req, upgrade).await {
             Ok((resp, guard, h1)) => return Ok(respond(resp, guard, h1, client_upgrade)),
@@ -154,6 +169,7 @@ async fn proxy_traffic(
                     return Err(ProxyError::Connect(error));
                 }
                 tracing::debug!(%error, "connect failed; trying another replica");
+                last_error = Some(error);
                 req = *back;
             }
         }

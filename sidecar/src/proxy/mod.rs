@@ -3,6 +3,7 @@
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod server;
 

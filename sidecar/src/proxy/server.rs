@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -13,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::forward::{ConnMeta, ListenerKind, handle};
+use super::framing::{FramingGuard, Verdict};
 use crate::metrics::ListenerMetrics;
 use crate::state::Shared;
 
@@ -90,6 +92,7 @@ pub async fn serve(
             shared: Arc::clone(&shared),
             builder: Arc::clone(&builder),
             first_byte_timeout: limits.header_read_timeout,
+            max_head: limits.max_header_bytes.max(MIN_BUF_SIZE),
             metrics: metrics.clone(),
         };
         let watcher = graceful.watcher();
@@ -138,6 +141,7 @@ struct Conn {
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     first_byte_timeout: Duration,
+    max_head: usize,
     metrics: ListenerMetrics,
 }
 
@@ -150,6 +154,7 @@ impl Conn {
             shared,
             builder,
             first_byte_timeout,
+            max_head,
             metrics,
         } = self;
         metrics.total.inc();
@@ -159,10 +164,14 @@ impl Conn {
         let mut probe = [0u8; 1];
         match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
             Ok(Ok(n)) if n > 0 => {
+                let framing = Verdict::new();
                 let meta = Arc::new(ConnMeta {
                     client,
                     listener: kind,
+                    requests: AtomicU64::new(0),
+                    framing: Arc::clone(&framing),
                 });
+                let stream = FramingGuard::new(stream, framing, max_head);
                 let svc =
                     service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&meta), req));
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
