@@ -19,16 +19,30 @@ use crate::state::Shared;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Watches `path` until `close` turns true. `initial` is the configuration the sidecar started
-/// with; `flags` are re-applied over every new version of the file.
-pub async fn watch_file(
+/// with; `flags` are re-applied over every new version of the file. The file's current content
+/// is read now, as the baseline, so a change made before the returned future first runs is
+/// still seen as a change.
+pub fn watch_file(
+    path: PathBuf,
+    flags: Overrides,
+    initial: Resolved,
+    shared: Arc<Shared>,
+    interval: Duration,
+    close: watch::Receiver<bool>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let baseline = std::fs::read_to_string(&path).ok();
+    poll_file(path, flags, initial, shared, interval, close, baseline)
+}
+
+async fn poll_file(
     path: PathBuf,
     flags: Overrides,
     initial: Resolved,
     shared: Arc<Shared>,
     interval: Duration,
     mut close: watch::Receiver<bool>,
+    mut last_text: Option<String>,
 ) {
-    let mut last_text = std::fs::read_to_string(&path).ok();
     let mut live = initial;
     loop {
         tokio::select! {

@@ -1,0 +1,361 @@
+//! Adaptive client-side circuit breaking per replica (Google SRE "client-side throttling"),
+//! plus hard caps on concurrent and pending requests per replica.
+//!
+//! Over a sliding window, `requests` counts attempts actually sent to the replica and `accepts`
+//! those it answered without a server-side failure. A new attempt is dropped locally with
+//! probability `max(0, (requests − K·accepts) / (requests + 1))`: while the replica accepts
+//! everything, nothing is dropped; as its accept rate falls below 1/K, the client sheds
+//! proportionally, so a struggling replica sees less load instead of a retry flood.
+//!
+//! Two departures from go-zero's breaker, both deliberate:
+//!
+//! - **Drops are never counted as requests.** go-zero counts its own rejections in `total`,
+//!   which keeps the drop probability high long after the replica recovered (go-zero#4101,
+//!   #5551). Here only attempts that reached the replica count, so recovery is seen as fast as
+//!   the replica's answers show it.
+//! - **No drop below [`MIN_REQUESTS`] attempts** in the window: a handful of failures on a quiet
+//!   replica proves too little to throttle it (go-zero's "protection" constant plays this role).
+//!
+//! A request is also let through when none has been for [`PROBE_INTERVAL`], so a replica that
+//! recovered while fully throttled is noticed (go-zero's forced pass).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::window::{Tally, Window};
+
+/// Fewest attempts in the window before the breaker may drop anything.
+pub const MIN_REQUESTS: u64 = 5;
+/// A request passes at least this often, whatever the drop probability.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Buckets of the breaker window (go-zero's 40).
+pub const BUCKETS: usize = 40;
+
+/// Compiled breaker settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Whether adaptive throttling is on.
+    pub enabled: bool,
+    /// Accept multiplier K.
+    pub k: f64,
+    /// Window over which requests and accepts are counted.
+    pub window: Duration,
+}
+
+/// The adaptive throttle of one replica.
+#[derive(Debug)]
+pub struct Breaker {
+    state: Mutex<Inner>,
+    last_pass_ns: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    window: Window<Tally>,
+    span: Duration,
+}
+
+/// Why the breaker stopped an attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dropped {
+    /// The drop probability at the time.
+    pub probability: f64,
+}
+
+/// What `/endpoints` shows of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerSnapshot {
+    /// Attempts sent in the window.
+    pub requests: u64,
+    /// Of which accepted.
+    pub accepts: u64,
+    /// Current drop probability.
+    pub drop_probability: f64,
+}
+
+// === impl Breaker ===
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new() -> Self {
+        let span = Duration::from_secs(10);
+        Self {
+            state: Mutex::new(Inner {
+                window: Window::new(span, BUCKETS),
+                span,
+            }),
+            last_pass_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Decides whether an attempt may go to the replica, given a uniform random `unit` in
+    /// `[0, 1)`. The decision itself is not counted anywhere.
+    pub fn allow(&self, now_ns: u64, unit: f64, config: &BreakerConfig) -> Result<(), Dropped> {
+        if !config.enabled {
+            return Ok(());
+        }
+        let probability = self.drop_probability(now_ns, config);
+        if probability <= 0.0 || unit >= probability {
+            self.last_pass_ns.store(now_ns, Ordering::Relaxed);
+            return Ok(());
+        }
+        let last = self.last_pass_ns.load(Ordering::Relaxed);
+        let probe_ns = u64::try_from(PROBE_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
+        if now_ns.saturating_sub(last) >= probe_ns
+            && self
+                .last_pass_ns
+                .compare_exchange(last, now_ns, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Ok(());
+        }
+        Err(Dropped { probability })
+    }
+
+    /// Records an attempt that reached the replica: `accepted` unless it failed on the
+    /// replica's side (5xx, 429, reset, timeout, connect failure).
+    pub fn record(&self, now_ns: u64, accepted: bool, config: &BreakerConfig) {
+        if !config.enabled {
+            return;
+        }
+        let mut inner = self.state.lock();
+        inner.resize(config.window);
+        inner.window.update(now_ns, |t| {
+            t.total += 1;
+            t.good += u64::from(accepted);
+        });
+    }
+
+    /// The current drop probability.
+    pub fn drop_probability(&self, now_ns: u64, config: &BreakerConfig) -> f64 {
+        let t = {
+            let mut inner = self.state.lock();
+            inner.resize(config.window);
+            inner.window.sum(now_ns)
+        };
+        probability(t, config.k)
+    }
+
+    /// The window's figures.
+    pub fn snapshot(&self, now_ns: u64, config: &BreakerConfig) -> BreakerSnapshot {
+        let t = {
+            let mut inner = self.state.lock();
+            inner.resize(config.window);
+            inner.window.sum(now_ns)
+        };
+        BreakerSnapshot {
+            requests: t.total,
+            accepts: t.good,
+            drop_probability: if config.enabled {
+                probability(t, config.k)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inner {
+    /// A changed policy window starts the count afresh rather than mixing bucket widths.
+    fn resize(&mut self, span: Duration) {
+        if span != self.span {
+            self.window = Window::new(span, BUCKETS);
+            self.span = span;
+        }
+    }
+}
+
+fn probability(t: Tally, k: f64) -> f64 {
+    if t.total < MIN_REQUESTS {
+        return 0.0;
+    }
+    let requests = t.total as f64;
+    ((requests - k * t.good as f64) / (requests + 1.0)).max(0.0)
+}
+
+/// A counted slot limit: at most `max` holders at once (unlimited when `None`).
+#[derive(Debug, Default)]
+pub struct Slots {
+    held: Arc<AtomicU32>,
+}
+
+/// Holds one of a [`Slots`]' places until dropped.
+#[derive(Debug)]
+pub struct SlotGuard {
+    held: Arc<AtomicU32>,
+}
+
+// === impl Slots ===
+
+impl Slots {
+    /// Takes a place if fewer than `max` are held.
+    pub fn try_acquire(&self, max: Option<u32>) -> Option<SlotGuard> {
+        let ok = match max {
+            None => {
+                self.held.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        };
+        ok.then(|| SlotGuard {
+            held: Arc::clone(&self.held),
+        })
+    }
+
+    /// Places held now.
+    pub fn held(&self) -> u32 {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const SEC: u64 = 1_000 * MS;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            enabled: true,
+            k: 1.5,
+            window: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn healthy_replica_is_never_throttled() {
+        let c = config();
+        let b = Breaker::new();
+        for i in 0..1000 {
+            b.record(SEC + i * MS, true, &c);
+        }
+        assert_eq!(b.drop_probability(2 * SEC, &c), 0.0);
+        assert!(b.allow(2 * SEC, 0.0, &c).is_ok());
+    }
+
+    #[test]
+    fn probability_follows_the_sre_formula() {
+        let c = config();
+        let b = Breaker::new();
+        // 100 sent, 20 accepted: (100 - 1.5*20) / 101.
+        for i in 0..100 {
+            b.record(SEC, i < 20, &c);
+        }
+        let p = b.drop_probability(SEC, &c);
+        assert!((p - 70.0 / 101.0).abs() < 1e-9, "{p}");
+        assert!(b.allow(SEC, 0.69, &c).is_err());
+        assert!(b.allow(SEC, 0.70, &c).is_ok());
+        // Moderately failing (K·accepts ≥ requests): nothing dropped.
+        let b = Breaker::new();
+        for i in 0..100 {
+            b.record(SEC, i < 67, &c);
+        }
+        assert_eq!(b.drop_probability(SEC, &c), 0.0);
+    }
+
+    #[test]
+    fn few_requests_never_throttle() {
+        let c = config();
+        let b = Breaker::new();
+        for _ in 0..(MIN_REQUESTS - 1) {
+            b.record(SEC, false, &c);
+        }
+        assert_eq!(b.drop_probability(SEC, &c), 0.0);
+    }
+
+    #[test]
+    fn drops_do_not_count_so_recovery_is_quick() {
+        let c = config();
+        let b = Breaker::new();
+        for _ in 0..50 {
+            b.record(SEC, false, &c);
+        }
+        let before = b.drop_probability(SEC, &c);
+        // Thousands of dropped attempts leave the probability unchanged (go-zero's would climb).
+        for _ in 0..5000 {
+            let _ = b.allow(SEC, 0.0, &c);
+        }
+        assert_eq!(b.drop_probability(SEC, &c), before);
+        // The replica recovers: the successes that pass bring the probability to 0 after
+        // 2× the failures (K·accepts ≥ requests), not after a window of drops.
+        for _ in 0..99 {
+            b.record(SEC, true, &c);
+        }
+        assert!(b.drop_probability(SEC, &c) > 0.0);
+        b.record(SEC, true, &c);
+        assert_eq!(b.drop_probability(SEC, &c), 0.0);
+    }
+
+    #[test]
+    fn failures_expire_with_the_window() {
+        let c = config();
+        let b = Breaker::new();
+        for _ in 0..50 {
+            b.record(SEC, false, &c);
+        }
+        assert!(b.drop_probability(SEC, &c) > 0.9);
+        assert_eq!(b.drop_probability(12 * SEC, &c), 0.0);
+    }
+
+    #[test]
+    fn a_probe_passes_each_interval_even_when_fully_throttled() {
+        let c = config();
+        let b = Breaker::new();
+        for _ in 0..1000 {
+            b.record(SEC, false, &c);
+        }
+        // The unit 0.0 would always be dropped; the first probe still passes.
+        assert!(b.allow(SEC, 0.0, &c).is_ok());
+        assert!(b.allow(SEC + 10 * MS, 0.0, &c).is_err());
+        assert!(b.allow(SEC + 500 * MS, 0.0, &c).is_err());
+        assert!(b.allow(2 * SEC + 10 * MS, 0.0, &c).is_ok());
+    }
+
+    #[test]
+    fn disabled_breaker_lets_everything_through() {
+        let mut c = config();
+        c.enabled = false;
+        let b = Breaker::new();
+        for _ in 0..100 {
+            b.record(SEC, false, &c);
+        }
+        assert!(b.allow(SEC, 0.0, &c).is_ok());
+        assert_eq!(b.snapshot(SEC, &c).drop_probability, 0.0);
+    }
+
+    #[test]
+    fn slots_cap_concurrent_holders() {
+        let s = Slots::default();
+        let a = s.try_acquire(Some(2)).expect("first");
+        let b = s.try_acquire(Some(2)).expect("second");
+        assert!(s.try_acquire(Some(2)).is_none());
+        drop(a);
+        let _c = s.try_acquire(Some(2)).expect("freed");
+        assert_eq!(s.held(), 2);
+        drop(b);
+        let _unlimited: Vec<_> = (0..10).map(|_| s.try_acquire(None).unwrap()).collect();
+        assert_eq!(s.held(), 11);
+    }
+}
