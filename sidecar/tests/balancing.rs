@@ -190,3 +190,63 @@ routes:
     }
     assert!(back.count() >= 6);
 }
+
+#[tokio::test]
+async fn a_joining_replica_starts_from_the_median_in_slow_start_until_its_latency_converges() {
+    let bs = backends(3).await;
+    for b in &bs {
+        b.set_latency(3);
+    }
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("{}", &specs[..2]).await;
+    let addr = sc.traffic_addr();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = h1_client();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert_eq!(get(&client, addr, "/", &[]).await.status, 200);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sc.shared().set_endpoints(&specs);
+    let view = |v: &serde_json::Value, name: &str| {
+        v["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let eps = datastream_sidecar::admin::endpoints_json(sc.shared());
+    let newcomer = view(&eps, "r2");
+    let old = view(&eps, "r0");
+    assert_eq!(newcomer["slowStart"], true);
+    let (n, o) = (
+        newcomer["ewmaMs"].as_f64().unwrap(),
+        old["ewmaMs"].as_f64().unwrap(),
+    );
+    assert!(
+        n > 1.0 && n < 30.0,
+        "seeded near the others ({o} ms), not the 30 ms default: {n}"
+    );
+    // It takes load, and leaves slow start once its latency settled.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let eps = datastream_sidecar::admin::endpoints_json(sc.shared());
+        if view(&eps, "r2")["slowStart"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slow start never ended: {eps}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(bs[2].count() >= 5);
+}

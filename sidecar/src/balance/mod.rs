@@ -333,11 +333,17 @@ pub fn pick_primary<'a>(
 ) -> Option<&'a Arc<Endpoint>> {
     let now = clock::now_ns();
     let eps = set.endpoints();
+    // Slow start limits how fast load moves onto a replica; a primary takes all of it anyway.
+    let up = |e: &Endpoint| {
+        !exclude.contains(&e.addr())
+            && matches!(
+                e.eligibility(now),
+                Eligibility::Eligible | Eligibility::SlowStartFull { .. }
+            )
+    };
     eps.iter()
-        .find(|e| {
-            usable(e, now, exclude) && e.health.since_failure(now).is_none_or(|d| d >= hold_down)
-        })
-        .or_else(|| eps.iter().find(|e| usable(e, now, exclude)))
+        .find(|e| up(e) && e.health.since_failure(now).is_none_or(|d| d >= hold_down))
+        .or_else(|| eps.iter().find(|e| up(e)))
         .or_else(|| fallback(eps, now, exclude))
 }
 

@@ -40,14 +40,13 @@ pub enum Failure {
 // === impl Health ===
 
 impl Health {
-    /// Records a success: the endpoint is healthy again.
-    pub fn success(&self) {
+    /// Records a success: the endpoint is healthy again. Returns whether it had been marked
+    /// down, i.e. whether this success ends its probation (it is a returning replica).
+    pub fn success(&self) -> bool {
         if self.consecutive.load(Ordering::Relaxed) != 0 {
             self.consecutive.store(0, Ordering::Relaxed);
         }
-        if self.downs.load(Ordering::Relaxed) != 0 {
-            self.downs.store(0, Ordering::Relaxed);
-        }
+        self.downs.load(Ordering::Relaxed) != 0 && self.downs.swap(0, Ordering::Relaxed) != 0
     }
 
     /// Records a failure, marking the endpoint down when the failure is decisive.

@@ -190,7 +190,10 @@ impl InflightGuard {
     /// Records the time to response headers and that the attempt reached the endpoint.
     pub fn responded(&self, latency: Duration) {
         self.endpoint.load.observe(latency);
-        self.endpoint.health.success();
+        if self.endpoint.health.success() {
+            // A returning replica ramps up again until its latency has converged.
+            self.endpoint.load.restart_slow_start();
+        }
     }
 
     /// Records a failed attempt.
@@ -351,6 +354,22 @@ mod tests {
             "seeded from the median, got {ewma}"
         );
         assert!(newcomer.load.warming());
+    }
+
+    #[test]
+    fn a_replica_returning_from_down_restarts_slow_start() {
+        let metrics = Metrics::new();
+        let set = EndpointSet::build(&EndpointSet::default(), &[spec(1)], 1, &metrics);
+        let e = &set.endpoints()[0];
+        assert!(!e.load.warming());
+        e.health.failure(Failure::Connect);
+        assert!(matches!(
+            e.eligibility(clock::now_ns()),
+            Eligibility::Down { .. }
+        ));
+        e.start().responded(Duration::from_millis(5));
+        assert!(e.load.warming(), "probation passed: ramp up again");
+        assert_eq!(e.load.slow_start_cap(), Some(1));
     }
 
     #[test]

@@ -1,0 +1,239 @@
+//! The caller's deadline, bounding the whole attempt chain.
+//!
+//! A request's deadline is the earliest of: its route's (or the policy's) request timeout, a
+//! gRPC caller's `grpc-timeout` header, and the documented [`DEADLINE_HEADER`]
+//! (`x-datastream-deadline-ms: <milliseconds>`) for plain HTTP callers. Every attempt is bounded
+//! by what remains, no retry starts once the time left is shorter than the replica's expected
+//! latency, and the remaining time is written back into the forwarded request's headers so
+//! the workload (and any service it calls) sees the same deadline.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+
+/// Request header carrying the caller's remaining time in milliseconds.
+pub const DEADLINE_HEADER: &str = "x-datastream-deadline-ms";
+/// gRPC's deadline header.
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The deadline of one request, on the [`crate::clock`] time line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at_ns: u64,
+    /// Whether the caller set it (rather than the sidecar's own timeout).
+    from_caller: bool,
+}
+
+// === impl Deadline ===
+
+impl Deadline {
+    /// The deadline of a request that arrived at `now_ns` with `headers`, under the route's
+    /// `timeout`.
+    pub fn new(now_ns: u64, timeout: Duration, headers: &HeaderMap) -> Self {
+        let caller = caller_timeout(headers);
+        let (budget, from_caller) = match caller {
+            Some(c) if c < timeout => (c, true),
+            _ => (timeout, false),
+        };
+        Self {
+            at_ns: now_ns.saturating_add(u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX)),
+            from_caller,
+        }
+    }
+
+    /// Time left at `now_ns` (zero once passed).
+    pub fn remaining(&self, now_ns: u64) -> Duration {
+        Duration::from_nanos(self.at_ns.saturating_sub(now_ns))
+    }
+
+    /// Whether the deadline has passed.
+    pub fn expired(&self, now_ns: u64) -> bool {
+        now_ns >= self.at_ns
+    }
+
+    /// Whether the caller's header set the deadline.
+    pub fn from_caller(&self) -> bool {
+        self.from_caller
+    }
+
+    /// The timeout of the next attempt: the per-try timeout if set, never beyond the deadline.
+    pub fn attempt_timeout(&self, now_ns: u64, per_try: Option<Duration>) -> Duration {
+        let left = self.remaining(now_ns);
+        per_try.map_or(left, |p| p.min(left))
+    }
+
+    /// Whether an attempt expected to take `expected` (a replica's latency estimate), after
+    /// waiting `backoff`, can still finish before the deadline.
+    pub fn can_start(&self, now_ns: u64, backoff: Duration, expected: Duration) -> bool {
+        self.remaining(now_ns) > backoff.saturating_add(expected)
+    }
+
+    /// Writes the time left into the forwarded request: `grpc-timeout` when the caller used
+    /// it, and the DataStream header when the caller used that. A deadline the sidecar set
+    /// itself is not advertised, so the workload's own behaviour does not change.
+    pub fn propagate(&self, now_ns: u64, headers: &mut HeaderMap) {
+        let left = self.remaining(now_ns);
+        if headers.contains_key(GRPC_TIMEOUT) {
+            headers.insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
+        }
+        if headers.contains_key(DEADLINE_HEADER) {
+            let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            headers.insert(DEADLINE_HEADER, HeaderValue::from(ms));
+        }
+    }
+}
+
+/// The shortest caller-supplied timeout among the request's headers, if any is valid.
+pub fn caller_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let grpc = headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+    let ours = headers
+        .get(DEADLINE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis);
+    match (grpc, ours) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Parses a `grpc-timeout` value: 1 to 8 ASCII digits and a unit among `H M S m u n`.
+pub fn parse_grpc_timeout(value: &[u8]) -> Option<Duration> {
+    let (unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => Duration::from_secs(n.checked_mul(3600)?),
+        b'M' => Duration::from_secs(n.checked_mul(60)?),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes a duration as a `grpc-timeout` value, in the finest unit whose value fits 8 digits.
+pub fn encode_grpc_timeout(d: Duration) -> HeaderValue {
+    const MAX: u128 = 99_999_999;
+    let candidates = [
+        (d.as_nanos(), 'n'),
+        (d.as_micros(), 'u'),
+        (d.as_millis(), 'm'),
+        (u128::from(d.as_secs()), 'S'),
+        (u128::from(d.as_secs() / 60), 'M'),
+        (u128::from(d.as_secs() / 3600), 'H'),
+    ];
+    let (n, unit) = candidates
+        .into_iter()
+        .find(|(n, _)| *n <= MAX)
+        .unwrap_or((MAX, 'H'));
+    HeaderValue::from_str(&format!("{n}{unit}")).unwrap_or(HeaderValue::from_static("0n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout(b"9n"), Some(Duration::from_nanos(9)));
+        for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1.5S", b" 1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips_within_eight_digits() {
+        for d in [
+            Duration::from_nanos(5),
+            Duration::from_millis(1500),
+            Duration::from_secs(86_400),
+            Duration::ZERO,
+        ] {
+            let v = encode_grpc_timeout(d);
+            assert!(v.len() <= 9, "{v:?}");
+            let back = parse_grpc_timeout(v.as_bytes()).unwrap();
+            assert!(back <= d && d - back < Duration::from_secs(1), "{d:?} -> {v:?}");
+        }
+    }
+
+    #[test]
+    fn the_earliest_deadline_wins() {
+        let t = Duration::from_secs(15);
+        let d = Deadline::new(MS, t, &HeaderMap::new());
+        assert_eq!(d.remaining(MS), t);
+        assert!(!d.from_caller());
+        let d = Deadline::new(MS, t, &headers(&[("grpc-timeout", "200m")]));
+        assert_eq!(d.remaining(MS), Duration::from_millis(200));
+        assert!(d.from_caller());
+        let d = Deadline::new(
+            MS,
+            t,
+            &headers(&[("grpc-timeout", "2S"), (DEADLINE_HEADER, "300")]),
+        );
+        assert_eq!(d.remaining(MS), Duration::from_millis(300));
+        let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "60000")]));
+        assert_eq!(d.remaining(MS), t, "the sidecar's own timeout is shorter");
+        let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "soon")]));
+        assert_eq!(d.remaining(MS), t, "an invalid header is ignored");
+    }
+
+    #[test]
+    fn attempts_and_retries_respect_what_is_left() {
+        let d = Deadline::new(0, Duration::from_millis(500), &HeaderMap::new());
+        let per_try = Some(Duration::from_millis(200));
+        assert_eq!(d.attempt_timeout(0, per_try), Duration::from_millis(200));
+        assert_eq!(
+            d.attempt_timeout(400 * MS, per_try),
+            Duration::from_millis(100)
+        );
+        assert_eq!(d.attempt_timeout(400 * MS, None), Duration::from_millis(100));
+        assert!(d.can_start(300 * MS, Duration::from_millis(50), Duration::from_millis(100)));
+        assert!(!d.can_start(
+            400 * MS,
+            Duration::from_millis(50),
+            Duration::from_millis(100)
+        ));
+        assert!(d.expired(500 * MS));
+        assert_eq!(d.remaining(600 * MS), Duration::ZERO);
+    }
+
+    #[test]
+    fn propagation_rewrites_only_the_callers_headers() {
+        let mut h = headers(&[("grpc-timeout", "1S")]);
+        let d = Deadline::new(0, Duration::from_secs(15), &h);
+        d.propagate(400 * MS, &mut h);
+        assert_eq!(
+            parse_grpc_timeout(h["grpc-timeout"].as_bytes()),
+            Some(Duration::from_millis(600))
+        );
+        assert!(!h.contains_key(DEADLINE_HEADER));
+        let mut h = headers(&[(DEADLINE_HEADER, "1000")]);
+        let d = Deadline::new(0, Duration::from_secs(15), &h);
+        d.propagate(250 * MS, &mut h);
+        assert_eq!(h[DEADLINE_HEADER], "750");
+        let mut h = HeaderMap::new();
+        Deadline::new(0, Duration::from_secs(15), &h).propagate(MS, &mut h);
+        assert!(h.is_empty());
+    }
+}
