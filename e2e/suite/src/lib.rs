@@ -1,0 +1,276 @@
+//! Support for the end-to-end suite: the local cluster's client and kubectl, operator processes,
+//! bounded waits that print the cluster's state when they expire, and a small HTTP client.
+//!
+//! The suite must run inside the cluster's network namespace (`make e2e` does that): the
+//! apiserver and every pod IP are reachable only there. It fails, never skips, when the cluster
+//! is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// Root of the repository.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+/// The cluster's state directory (`e2e/.state`).
+pub fn state_dir() -> PathBuf {
+    repo().join("e2e/.state")
+}
+
+/// Path of the admin kubeconfig written by `make cluster-up`.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| state_dir().join("kubeconfig"))
+}
+
+/// A client for the local cluster, or a clear error saying how to start it.
+pub async fn client() -> Result<Client> {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .with_context(|| format!("no kubeconfig at {}: run `make cluster-up` first", path.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let client = Client::try_from(config)?;
+    client
+        .apiserver_version()
+        .await
+        .context("the local apiserver does not answer: is the cluster up, and is this running inside `ip netns exec dse2e`?")?;
+    Ok(client)
+}
+
+/// Output of one kubectl run.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit status was zero.
+    pub ok: bool,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+/// Runs the cluster's kubectl with the admin kubeconfig.
+pub fn kubectl(args: &[&str]) -> Output {
+    kubectl_stdin(args, None)
+}
+
+/// Runs kubectl with `stdin` piped in.
+pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> Output {
+    let bin = state_dir().join("bin/kubectl");
+    let mut command = Command::new(&bin);
+    command.arg("--kubeconfig").arg(kubeconfig_path()).args(args);
+    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs kubectl and fails the test with its stderr when it fails.
+#[track_caller]
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let out = kubectl(args);
+    assert!(out.ok, "kubectl {} failed: {}", args.join(" "), out.stderr);
+    out.stdout
+}
+
+/// Prints what a human would look at when a wait expires.
+pub fn dump_state(namespace: &str) {
+    eprintln!("===== cluster state of namespace {namespace} =====");
+    for args in [
+        vec!["get", "dst,deploy,rs,pods,svc,endpointslices,pdb,networkpolicy", "-o", "wide", "-n", namespace],
+        vec!["describe", "dst", "-n", namespace],
+        vec!["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"],
+        vec!["get", "nodes", "-o", "wide"],
+    ] {
+        let out = kubectl(&args);
+        eprintln!("$ kubectl {}\n{}{}", args.join(" "), out.stdout, out.stderr);
+    }
+    if let Ok(entries) = std::fs::read_dir(state_dir().join("logs/pods")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{namespace}_")) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                eprintln!("--- {name} (last lines) ---");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Polls `check` every 250 ms until it returns `Some`, or fails after `timeout` printing the
+/// namespace's state.
+pub async fn wait_for<T, F, Fut>(namespace: &str, what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if started.elapsed() > timeout {
+            dump_state(namespace);
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A namespace created for one test and deleted when dropped.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace named `prefix-<random>`.
+    pub fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+        kubectl_ok(&["create", "namespace", &name]);
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("E2E_KEEP").is_none() {
+            let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        }
+    }
+}
+
+/// A built binary of the workspace (`target/debug/<name>`).
+pub fn binary(name: &str) -> PathBuf {
+    let path = repo().join("target/debug").join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+/// An operator running as a local process with the admin kubeconfig.
+pub struct Operator {
+    child: Child,
+    /// Its admin address (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: String,
+    /// Its leader-election identity.
+    pub identity: String,
+}
+
+/// Image name the process kubelet maps to the sidecar binary.
+pub const SIDECAR_IMAGE: &str = "localhost/datastream-sidecar:dev";
+/// Image name the process kubelet maps to the demo replica binary.
+pub const DEMO_IMAGE: &str = "localhost/datastream-demo-replica:dev";
+
+impl Operator {
+    /// Starts an operator electing its leader through a Lease in `lease_namespace`.
+    pub fn start(identity: &str, lease_namespace: &str) -> Self {
+        let port = free_port();
+        let admin = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(state_dir().join(format!("logs/operator-{identity}.log"))).unwrap();
+        let child = Command::new(binary("datastream-operator"))
+            .env("KUBECONFIG", kubeconfig_path())
+            .args(["--sidecar-image", SIDECAR_IMAGE, "--admin-addr", &admin, "--lease-namespace", lease_namespace])
+            .args(["--identity", identity, "--log", "info,datastream_operator=debug"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("operator starts");
+        Operator { child, admin, identity: identity.to_owned() }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        let (status, body) = http_get(&format!("http://{}/metrics", self.admin), &[]).await?;
+        if status != 200 {
+            bail!("metrics answered {status}");
+        }
+        Ok(body)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends one HTTP/1.1 GET (or other request) and returns the status and body.
+pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, String)> {
+    http_request("GET", url, headers, "").await
+}
+
+/// Sends one HTTP/1.1 request with a 5 s timeout.
+pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String)> {
+    use http_body_util::BodyExt;
+    let uri: http::Uri = url.parse()?;
+    let authority = uri.authority().context("url without host")?.clone();
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut request = http::Request::builder().method(method).uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        request = request.header("host", authority.as_str());
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = sender.send_request(request.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))?).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut).await.context("request timed out")?
+}
+
+/// Write requests (create/update/patch/delete) recorded in the apiserver's audit log for
+/// `namespace` on the resources in `resources`, after `since`.
+pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<serde_json::Value> {
+    let path = state_dir().join("logs/audit.log");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete")))
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .filter(|e| resources.contains(&e["objectRef"]["resource"].as_str().unwrap_or_default()))
+        .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
+        .collect()
+}
+
+/// The current time as the audit log writes it (RFC 3339, UTC).
+pub fn audit_now() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let ts = k8s_openapi::jiff::Timestamp::from_nanosecond(now.as_nanos() as i128).unwrap();
+    ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+}
+
+/// Reads a YAML file of the repository.
+pub fn repo_file(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(repo().join(path.as_ref())).unwrap()
+}
