@@ -208,3 +208,55 @@ async fn admin_api_reports_readiness_config_endpoints_and_metrics() {
         .unwrap();
     assert_eq!(dead["eligibility"]["state"], "down", "{eps}");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_and_reused() {
+    let bs = backends(1).await;
+    let sc = sidecar("{}", &[bs[0].spec()]).await;
+    let client = h1_client();
+    for _ in 0..50 {
+        assert_eq!(get(&client, sc.traffic_addr(), "/", &[]).await.status, 200);
+    }
+    assert_eq!(
+        bs[0].connections.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let addr = sc.traffic_addr();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = h1_client();
+                for _ in 0..20 {
+                    assert_eq!(get(&client, addr, "/slow/1", &[]).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let conns = bs[0].connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        conns <= 9,
+        "{conns} upstream connections for 8 concurrent clients"
+    );
+    // HTTP/2 clients share one upstream HTTP/2 connection.
+    let h2 = h2_client();
+    for _ in 0..20 {
+        assert_eq!(get(&h2, addr, "/", &[]).await.status, 200);
+    }
+    assert_eq!(
+        bs[0].connections.load(std::sync::atomic::Ordering::Relaxed),
+        conns + 1
+    );
+}
+
+#[tokio::test]
+async fn oversized_http2_headers_are_refused() {
+    let bs = backends(1).await;
+    let sc = sidecar("{}", &[bs[0].spec()]).await;
+    let big = "a".repeat(20 * 1024);
+    let r = try_get(&h2_client(), sc.traffic_addr(), "/", &[("x-big", &big)]).await;
+    assert_eq!(r.expect("an answer").status, 431);
+    assert_eq!(bs[0].count(), 0);
+}

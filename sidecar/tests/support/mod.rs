@@ -39,6 +39,7 @@ pub struct Backend {
     pub status: AtomicU16,
     pub requests: AtomicU64,
     pub inflight: AtomicU64,
+    pub connections: AtomicU64,
     pub last_headers: Mutex<Option<HeaderMap>>,
     task: tokio::task::JoinHandle<()>,
     kill: tokio::sync::watch::Sender<bool>,
@@ -68,6 +69,7 @@ impl Backend {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                me.connections.fetch_add(1, Ordering::Relaxed);
                 let me = Arc::clone(&me);
                 let mut killed = killed.clone();
                 tokio::spawn(async move {
@@ -92,6 +94,7 @@ impl Backend {
             status: AtomicU16::new(200),
             requests: AtomicU64::new(0),
             inflight: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             last_headers: Mutex::new(None),
             task,
             kill,
