@@ -19,7 +19,9 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         (Value::Object(live), Value::Object(desired)) => {
             desired.iter().all(|(key, want)| match live.get(key) {
                 Some(have) => contains(have, want),
-                None => want.is_null(),
+                // The API server omits zero values (Go's `omitempty`), so a missing field
+                // matches a desired false, 0, "" or empty collection.
+                None => is_zero(want),
             })
         }
         (Value::Array(live), Value::Array(desired)) => {
@@ -31,6 +33,17 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
         }
         (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
         (live, desired) => live == desired,
+    }
+}
+
+fn is_zero(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
     }
 }
 
@@ -99,6 +112,13 @@ mod tests {
             &live,
             &json!({"ports": [{"port": 80}, {"port": 81}]})
         ));
+    }
+
+    #[test]
+    fn omitted_zero_values_match() {
+        let live = json!({"spec": {"clusterIP": "None"}});
+        assert!(contains(&live, &json!({"spec": {"clusterIP": "None", "publishNotReadyAddresses": false}})));
+        assert!(!contains(&live, &json!({"spec": {"publishNotReadyAddresses": true}})));
     }
 
     #[test]

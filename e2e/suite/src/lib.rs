@@ -259,6 +259,10 @@ pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<s
         .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete")))
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .filter(|e| resources.contains(&e["objectRef"]["resource"].as_str().unwrap_or_default()))
+        // The operator authenticates as the admin user here; controllers have their own users.
+        .filter(|e| e["user"]["username"] == "kubernetes-admin")
+        // Token requests are the process kubelet's, not the operator's.
+        .filter(|e| e["objectRef"]["subresource"].is_null() || e["objectRef"]["subresource"] == "status")
         .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
         .collect()
 }
