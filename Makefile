@@ -2,21 +2,33 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test lint unit build demo crd cluster-up cluster-down
-test: lint unit
+.PHONY: test lint unit e2e build demo demo-down crd cluster-up cluster-down
+# Every test: formatting, lints, unit and integration tests, then the end-to-end suites on a
+# real local control plane (needs root for network namespaces; see e2e/README.md).
+test: lint unit e2e
 
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --exclude datastream-e2e
+
+e2e:
+	./e2e/scripts/run-e2e.sh
+
+# Regenerates the CRD YAML from the Rust types (a test fails when it is stale).
+crd:
+	$(CARGO) run -q -p datastream-operator -- crd > crds/datastream.yaml
 
 build:
 	$(CARGO) build --workspace
 
 demo:
 	./scripts/demo.sh
+
+demo-down:
+	./e2e/scripts/cluster-down.sh
 
 # Local e2e cluster (root; netns dse2e): see e2e/README.md.
 cluster-up:

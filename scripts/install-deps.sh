@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian packages and toolchain components the build and tests need.
-# Idempotent: every step checks before it installs, so warm machines pay nothing.
+# Installs the Debian packages and toolchain components the build and tests need on a fresh
+# machine. Idempotent: every step checks before it installs, so warm machines pay nothing.
 set -euo pipefail
 need=()
-for bin in ip:iproute2 nsenter:util-linux curl:curl; do
+for bin in ip:iproute2 nsenter:util-linux unshare:util-linux flock:util-linux curl:curl; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
 done
 if ((${#need[@]})); then
@@ -11,4 +11,7 @@ if ((${#need[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+for component in clippy rustfmt; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+command -v go >/dev/null || { echo "install-deps: Go 1.26+ is required to build the e2e control plane" >&2; exit 1; }
