@@ -23,6 +23,7 @@ pub mod endpoint;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod resilience;
 pub mod route;
 pub mod runtime;
 pub mod state;

@@ -265,6 +265,8 @@ mod tests {
         }
         let p = b.drop_probability(SEC, &c);
         assert!((p - 70.0 / 101.0).abs() < 1e-9, "{p}");
+        // The first call after a quiet second is let through as a probe whatever the draw.
+        assert!(b.allow(SEC, 0.0, &c).is_ok());
         assert!(b.allow(SEC, 0.69, &c).is_err());
         assert!(b.allow(SEC, 0.70, &c).is_ok());
         // Moderately failing (K·accepts ≥ requests): nothing dropped.

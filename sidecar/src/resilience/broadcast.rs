@@ -88,14 +88,7 @@ where
             first_ok.get_or_insert(result);
             if acks >= quorum {
                 let ok = first_ok.take().map(|r| (r, acks));
-                return ok.ok_or((
-                    BroadcastError::QuorumFailed {
-                        acks,
-                        sent,
-                        quorum,
-                    },
-                    None,
-                ));
+                return ok.ok_or((BroadcastError::QuorumFailed { acks, sent, quorum }, None));
             }
         } else {
             failures += 1;
@@ -106,11 +99,7 @@ where
         }
     }
     Err((
-        BroadcastError::QuorumFailed {
-            acks,
-            sent,
-            quorum,
-        },
+        BroadcastError::QuorumFailed { acks, sent, quorum },
         last_failed,
     ))
 }
@@ -151,9 +140,17 @@ mod tests {
         ];
         let ((id, _), acks) = fan_out(attempts, 2, |r: &(u32, bool)| r.1).await.unwrap();
         assert_eq!((id, acks), (2, 2));
-        assert_eq!(done.load(Ordering::SeqCst), 2, "answered before the slowest");
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            2,
+            "answered before the slowest"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(done.load(Ordering::SeqCst), 3, "the slowest still got the request");
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            3,
+            "the slowest still got the request"
+        );
     }
 
     #[tokio::test(start_paused = true)]

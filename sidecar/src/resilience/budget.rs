@@ -146,7 +146,10 @@ impl RetryBudget {
 
     /// Counts a request's first attempt: each one earns `ratio` of a retry.
     pub fn deposit(&self, now_ns: u64) {
-        self.inner.lock().traffic.update(now_ns, |t| t.requests += 1);
+        self.inner
+            .lock()
+            .traffic
+            .update(now_ns, |t| t.requests += 1);
     }
 
     /// Records how an attempt (first or retry) on the replica identified by `replica` ended,
@@ -223,7 +226,9 @@ impl Inner {
         {
             return false;
         }
-        let needed = (CORRELATED_REPLICA_SHARE * replicas as f64).ceil().clamp(2.0, 64.0);
+        let needed = (CORRELATED_REPLICA_SHARE * replicas as f64)
+            .ceil()
+            .clamp(2.0, 64.0);
         f64::from(f.replicas.count_ones()) >= needed
     }
 }
@@ -299,7 +304,10 @@ mod tests {
         for _ in 0..100 {
             b.record_retry(true);
         }
-        assert!((b.snapshot(SEC, 3).ratio - 0.2).abs() < 1e-9, "never above configured");
+        assert!(
+            (b.snapshot(SEC, 3).ratio - 0.2).abs() < 1e-9,
+            "never above configured"
+        );
     }
 
     #[test]

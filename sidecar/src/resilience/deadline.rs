@@ -154,10 +154,21 @@ mod tests {
         assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout(b"250m"), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_grpc_timeout(b"250m"),
+            Some(Duration::from_millis(250))
+        );
         assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse_grpc_timeout(b"9n"), Some(Duration::from_nanos(9)));
-        for bad in [&b""[..], b"S", b"123456789S", b"1x", b"-1S", b"1.5S", b" 1S"] {
+        for bad in [
+            &b""[..],
+            b"S",
+            b"123456789S",
+            b"1x",
+            b"-1S",
+            b"1.5S",
+            b" 1S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
@@ -173,7 +184,10 @@ mod tests {
             let v = encode_grpc_timeout(d);
             assert!(v.len() <= 9, "{v:?}");
             let back = parse_grpc_timeout(v.as_bytes()).unwrap();
-            assert!(back <= d && d - back < Duration::from_secs(1), "{d:?} -> {v:?}");
+            assert!(
+                back <= d && d - back < Duration::from_secs(1),
+                "{d:?} -> {v:?}"
+            );
         }
     }
 
@@ -207,8 +221,15 @@ mod tests {
             d.attempt_timeout(400 * MS, per_try),
             Duration::from_millis(100)
         );
-        assert_eq!(d.attempt_timeout(400 * MS, None), Duration::from_millis(100));
-        assert!(d.can_start(300 * MS, Duration::from_millis(50), Duration::from_millis(100)));
+        assert_eq!(
+            d.attempt_timeout(400 * MS, None),
+            Duration::from_millis(100)
+        );
+        assert!(d.can_start(
+            300 * MS,
+            Duration::from_millis(50),
+            Duration::from_millis(100)
+        ));
         assert!(!d.can_start(
             400 * MS,
             Duration::from_millis(50),

@@ -103,7 +103,11 @@ impl HealthStatus {
     }
 
     /// Records a check's result; returns the new verdict if it changed.
-    pub fn record(&self, result: Result<(), String>, config: &HealthCheckConfig) -> Option<Verdict> {
+    pub fn record(
+        &self,
+        result: Result<(), String>,
+        config: &HealthCheckConfig,
+    ) -> Option<Verdict> {
         let mut d = self.detail.lock();
         d.checks += 1;
         let before = self.verdict();
@@ -240,10 +244,17 @@ mod tests {
         assert_eq!(s.record(Err("x".into()), &c), None);
         assert_eq!(s.record(Err("x".into()), &c), Some(Verdict::Unhealthy));
         assert_eq!(s.detail().last_error.as_deref(), Some("x"));
-        assert_eq!(s.record(Ok(()), &c), None, "one pass is not enough to return");
+        assert_eq!(
+            s.record(Ok(()), &c),
+            None,
+            "one pass is not enough to return"
+        );
         assert_eq!(s.record(Ok(()), &c), Some(Verdict::Healthy));
         let fresh = HealthStatus::new();
-        assert_eq!(fresh.record(Err("down".into()), &c), Some(Verdict::Unhealthy));
+        assert_eq!(
+            fresh.record(Err("down".into()), &c),
+            Some(Verdict::Unhealthy)
+        );
     }
 
     /// A tiny HTTP/1 server answering every request with `status` and closing.

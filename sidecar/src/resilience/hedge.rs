@@ -95,7 +95,11 @@ mod tests {
         for _ in 0..100 {
             fast.record(Duration::from_millis(1));
         }
-        assert_eq!(fast.hedge_delay(&c), Some(Duration::from_millis(10)), "min delay");
+        assert_eq!(
+            fast.hedge_delay(&c),
+            Some(Duration::from_millis(10)),
+            "min delay"
+        );
     }
 
     #[test]

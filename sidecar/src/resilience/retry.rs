@@ -288,7 +288,11 @@ mod tests {
 
     #[test]
     fn sent_requests_need_idempotence_and_a_listed_condition() {
-        let p = policy(&[RetryOn::GatewayError, RetryOn::Reset, RetryOn::PerTryTimeout]);
+        let p = policy(&[
+            RetryOn::GatewayError,
+            RetryOn::Reset,
+            RetryOn::PerTryTimeout,
+        ]);
         let get = Method::GET;
         assert_eq!(
             p.classify(&get, Outcome::Status(StatusCode::SERVICE_UNAVAILABLE)),

@@ -232,8 +232,7 @@ impl Shedder {
             s.uncontended.push(latency_ns);
         }
         let interval = u64::try_from(UPDATE_INTERVAL.as_nanos()).unwrap_or(u64::MAX);
-        if now_ns.saturating_sub(s.interval_start_ns) < interval || s.samples.len() < MIN_SAMPLES
-        {
+        if now_ns.saturating_sub(s.interval_start_ns) < interval || s.samples.len() < MIN_SAMPLES {
             return;
         }
         self.update(&mut s, now_ns, inflight, config);
@@ -256,9 +255,9 @@ impl Shedder {
         s.last_median_ns = Some(median);
         let (lo, hi) = s.bounds;
         let limit = self.limit();
-        let target = min_rtt.unwrap_or(median).saturating_add(
-            u64::try_from(config.latency_target.as_nanos()).unwrap_or(u64::MAX),
-        );
+        let target = min_rtt
+            .unwrap_or(median)
+            .saturating_add(u64::try_from(config.latency_target.as_nanos()).unwrap_or(u64::MAX));
         let next = if median > target {
             let gradient = (target as f64 / median as f64).max(MIN_GRADIENT);
             let base = limit.min(s.peak.max(1));
@@ -348,9 +347,8 @@ mod tests {
     /// `latency_ms`; returns the time after them.
     fn drive(s: &Arc<Shedder>, c: &ShedConfig, mut now: u64, n: usize, conc: u32, lat: u64) -> u64 {
         for _ in 0..n {
-            let admitted: Vec<Admission> = (0..conc)
-                .filter_map(|_| s.try_admit(now, c).ok())
-                .collect();
+            let admitted: Vec<Admission> =
+                (0..conc).filter_map(|_| s.try_admit(now, c).ok()).collect();
             now += lat * MS;
             for a in admitted {
                 a.finish(now, c);
@@ -374,9 +372,18 @@ mod tests {
         let a = s.try_admit(MS, &c).expect("first");
         let _b = s.try_admit(MS, &c).expect("second");
         let err = s.try_admit(MS, &c).expect_err("third is shed");
-        assert_eq!(err, Overloaded { limit: 2, inflight: 2 });
+        assert_eq!(
+            err,
+            Overloaded {
+                limit: 2,
+                inflight: 2
+            }
+        );
         drop(a);
-        assert!(s.try_admit(MS, &c).is_ok(), "a cancelled request frees its slot");
+        assert!(
+            s.try_admit(MS, &c).is_ok(),
+            "a cancelled request frees its slot"
+        );
     }
 
     #[test]
@@ -389,9 +396,16 @@ mod tests {
         // Saturation: 200 in flight, 100 ms each (target is 5 + 20 = 25 ms).
         let now = drive(&s, &c, now, 1, 200, 100);
         let after_one = s.limit();
-        assert!(after_one <= 100, "cut from the peak in use, not from 1000: {after_one}");
+        assert!(
+            after_one <= 100,
+            "cut from the peak in use, not from 1000: {after_one}"
+        );
         let _ = drive(&s, &c, now, 10, 200, 100);
-        assert_eq!(s.limit(), c.min_concurrency, "keeps shrinking while latency stays high");
+        assert_eq!(
+            s.limit(),
+            c.min_concurrency,
+            "keeps shrinking while latency stays high"
+        );
     }
 
     #[test]
@@ -402,11 +416,14 @@ mod tests {
         };
         let s = Arc::new(Shedder::new(&c));
         let now = drive(&s, &c, MS, 3, 2, 5);
-        let _ = drive(&s, &c, now, 1, 400, 200);
+        let now = drive(&s, &c, now, 1, 400, 200);
+        // One quiet interval flushes the overload's samples into the limit.
+        let now = drive(&s, &c, now, 1, 2, 6);
         let low = s.limit();
         assert!(low < 400);
         // Latency back to normal while the limit is in full use: it grows by √limit steps.
-        let now = drive(&s, &c, now + 1000 * MS, 5, low, 6);
+        let now = drive(&s, &c, now, 5, low, 6);
+        let now = drive(&s, &c, now, 1, 2, 6);
         let grown = s.limit();
         assert!(grown > low, "{grown} > {low}");
         // Idle traffic (2 in flight) leaves it alone.
