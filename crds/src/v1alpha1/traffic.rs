@@ -372,7 +372,6 @@ pub struct LoadBalancing {
     pub local_first: bool,
 }
 
-
 /// Load-balancing policies.
 #[derive(
     schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
@@ -669,6 +668,12 @@ pub struct HealthCheck {
     /// Also probe peer replicas (through their sidecars' admin `/ready`), not only the local workload.
     #[serde(default)]
     pub probe_peers: bool,
+
+    /// HTTP path of the local workload's readiness endpoint, checked with `GET` (a 2xx or 3xx
+    /// answer passes). Unset: a check passes when a TCP connection to the workload opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^\s#]*$"))]
+    pub path: Option<String>,
 }
 
 impl Default for HealthCheck {
@@ -679,6 +684,7 @@ impl Default for HealthCheck {
             unhealthy_threshold: default_unhealthy_threshold(),
             healthy_threshold: default_healthy_threshold(),
             probe_peers: false,
+            path: None,
         }
     }
 }

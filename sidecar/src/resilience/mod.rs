@@ -190,7 +190,7 @@ impl Settings {
                 timeout: hc_timeout,
                 unhealthy_threshold: positive(h.unhealthy_threshold).max(1),
                 healthy_threshold: positive(h.healthy_threshold).max(1),
-                path: None,
+                path: h.path.clone(),
             },
             breaker: BreakerConfig {
                 enabled: cb.enabled,
