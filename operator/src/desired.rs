@@ -235,7 +235,7 @@ fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
-        timeout_seconds: Some(1),
+        timeout_seconds: Some(2),
         ..Probe::default()
     }
 }
@@ -310,7 +310,7 @@ fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment
             port("peer", SIDECAR_PEER_PORT),
             port("admin", SIDECAR_ADMIN_PORT),
         ]),
-        readiness_probe: Some(admin_probe("/ready", 2, 1)),
+        readiness_probe: Some(admin_probe("/ready", 2, 2)),
         liveness_probe: Some(admin_probe("/live", 10, 3)),
         resources: Some(
             spec.sidecar
