@@ -8,7 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -18,6 +18,9 @@ use crate::clock;
 use crate::endpoint::{Eligibility, LoadSnapshot};
 use crate::proxy::body::ResponseBody;
 use crate::state::Shared;
+
+/// Time an admin client has to send a request head (also its idle keep-alive limit).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One replica as `/endpoints` shows it: the figures that drive the balancer's choice, and why
 /// it is or is not eligible.
@@ -74,7 +77,10 @@ pub async fn serve(
                 let resp = route(&shared, &settings, &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
+            // Probes and scrapes are quick; a client that stalls mid-head is dropped.
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .keep_alive(true)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use super::body::{BodyTooLarge, RequestBody, ResponseBody};
 use super::error::ProxyError;
 use super::framing::Verdict;
-use super::headers::{append_forwarded, strip_hop_by_hop, wants_upgrade};
+use super::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use crate::balance::{self, hash};
 use crate::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 use crate::metrics::RouteMetrics;
@@ -67,6 +67,8 @@ pub struct ConnMeta {
     pub requests: AtomicU64,
     /// The smuggling guard's verdict for this connection.
     pub framing: Arc<Verdict>,
+    /// The client's forwarding-header entries.
+    pub forwarding: Forwarding,
 }
 
 /// A connection ready to carry one request.
@@ -150,7 +152,7 @@ async fn proxy_traffic(
     let upgrade = wants_upgrade(parts.version, &parts.headers);
     let client_upgrade = take_upgrade(&mut parts, upgrade);
     let key = route_key(route, &parts, meta.client);
-    prepare(&mut parts, meta.client, upgrade);
+    prepare(&mut parts, &meta.forwarding, upgrade);
     let mut req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
     // Allocates only when a connect fails.
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -197,7 +199,7 @@ async fn proxy_peer(
     let local = endpoints.local().ok_or(ProxyError::NoLocalWorkload)?;
     let upgrade = wants_upgrade(parts.version, &parts.headers);
     let client_upgrade = take_upgrade(&mut parts, upgrade);
-    prepare(&mut parts, meta.client, upgrade);
+    prepare(&mut parts, &meta.forwarding, upgrade);
     let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
     match attempt(local, req, upgrade).await {
         Ok((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade)),
@@ -244,10 +246,10 @@ fn client_key(client: SocketAddr) -> u64 {
 
 /// Stage 3: rewrites the request for the upstream. HTTP/2 requests go upstream over HTTP/2 (gRPC
 /// needs it end to end), HTTP/1 ones over HTTP/1.1.
-fn prepare(parts: &mut Parts, client: SocketAddr, upgrade: bool) {
+fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
     let h2 = parts.version == Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers, upgrade, h2);
-    append_forwarded(&mut parts.headers, client);
+    forwarding.apply(&mut parts.headers);
     let path = parts
         .uri
         .path_and_query()

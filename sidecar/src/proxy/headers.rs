@@ -50,32 +50,62 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     }
 }
 
-/// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto` when
-/// absent.
+/// The forwarding entries of one client, formatted once per connection so that a request
+/// without earlier entries costs no allocation.
+#[derive(Debug, Clone)]
+pub struct Forwarding {
+    ip: String,
+    node: String,
+    xff: HeaderValue,
+    forwarded: HeaderValue,
+}
+
+impl Forwarding {
+    /// The entries for `client`.
+    pub fn new(client: SocketAddr) -> Self {
+        let ip = client.ip().to_string();
+        let node = match client.ip() {
+            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        // Both are built from an IP address and ASCII literals: always valid header values.
+        let xff =
+            HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        let forwarded = HeaderValue::from_str(&node)
+            .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        Self {
+            ip,
+            node,
+            xff,
+            forwarded,
+        }
+    }
+
+    /// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`
+    /// when absent.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        append(headers, &X_FORWARDED_FOR, &self.xff, &self.ip);
+        append(headers, &FORWARDED, &self.forwarded, &self.node);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        }
+    }
+}
+
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue, text: &str) {
+    let joined = match joined(headers, name) {
+        None => value.clone(),
+        Some(prev) => match HeaderValue::from_str(&format!("{prev}, {text}")) {
+            Ok(v) => v,
+            Err(_) => value.clone(),
+        },
+    };
+    headers.insert(name.clone(), joined);
+}
+
+/// Appends `client` to the forwarding headers (see [`Forwarding::apply`]).
 pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    let ip = client.ip();
-    let ip_text = ip.to_string();
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
-        Some(prev) => format!("{prev}, {ip_text}"),
-        None => ip_text,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    let node = match ip {
-        IpAddr::V4(v4) => format!("for={v4};proto=http"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-    };
-    let fwd = match joined(headers, &FORWARDED) {
-        Some(prev) => format!("{prev}, {node}"),
-        None => node,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
-        headers.insert(FORWARDED.clone(), v);
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
+    Forwarding::new(client).apply(headers);
 }
 
 /// All field lines of `name` joined as one list value, as RFC 9110 section 5.3 allows.

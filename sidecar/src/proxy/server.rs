@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 
 use super::forward::{ConnMeta, ListenerKind, handle};
 use super::framing::{FramingGuard, Verdict};
+use super::headers::Forwarding;
 use crate::metrics::ListenerMetrics;
 use crate::state::Shared;
 
@@ -170,6 +171,7 @@ impl Conn {
                     listener: kind,
                     requests: AtomicU64::new(0),
                     framing: Arc::clone(&framing),
+                    forwarding: Forwarding::new(client),
                 });
                 let stream = FramingGuard::new(stream, framing, max_head);
                 let svc =
