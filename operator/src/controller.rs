@@ -115,6 +115,20 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Child caches.
     pub stores: Stores,
+    /// Consecutive failures per stream, for exponential requeue backoff.
+    failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, u32>>,
+}
+
+/// First requeue delay after a failed reconcile; doubles per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest requeue delay after failures.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Requeue delay after `failures` consecutive failures: 1 s, 2 s, 4 s ... capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
 }
 
 impl Context {
@@ -139,6 +153,7 @@ impl Context {
             recorder,
             metrics,
             stores,
+            failures: Mutex::default(),
         }
     }
 }
@@ -402,6 +417,7 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
         .await;
     }
     applied?;
+    ctx.failures.lock().remove(&ObjectRef::from(ds));
     Ok(Action::requeue(RESYNC))
 }
 
@@ -431,16 +447,21 @@ async fn write_status(
 
 /// Requeues failed reconciles with backoff, counting the failure.
 pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(name = %ds.name_any(), %error, "reconcile failed");
+    let failures = {
+        let mut failures = ctx.failures.lock();
+        let count = failures.entry(ObjectRef::from(ds.as_ref())).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay = backoff(failures);
+    warn!(name = %ds.name_any(), %error, failures, ?delay, "reconcile failed; requeueing");
     ctx.metrics
         .errors
         .get_or_create(&ErrorLabels {
             reason: error.metric_label(),
         })
         .inc();
-    // The controller's trigger backoff spaces repeated failures further; this is the ceiling of
-    // a single retry delay.
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 /// A managed-objects watcher for one kind, feeding a cache and counting errors.
@@ -581,4 +602,16 @@ pub async fn run(
         })
         .await;
     waiter.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let delays: Vec<u64> = (1..=11).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
 }

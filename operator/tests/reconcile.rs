@@ -401,3 +401,30 @@ async fn apply_errors_surface_as_condition_event_and_error() {
     );
     assert!(events(&requests).contains(&"ReconcileFailed".to_owned()));
 }
+
+#[tokio::test]
+async fn repeated_failures_back_off_exponentially_and_success_resets() {
+    use datastream_operator::controller::error_policy;
+    use kube::runtime::controller::Action;
+    let fake = FakeApi::default();
+    let (stores, _caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = Arc::new(stream());
+    let error = datastream_operator::error::Error::MissingNamespace;
+    let delays: Vec<Action> = (0..3)
+        .map(|_| error_policy(ds.clone(), &error, ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [
+            Action::requeue(std::time::Duration::from_secs(1)),
+            Action::requeue(std::time::Duration::from_secs(2)),
+            Action::requeue(std::time::Duration::from_secs(4))
+        ]
+    );
+    reconcile(ds.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(
+        error_policy(ds, &error, ctx),
+        Action::requeue(std::time::Duration::from_secs(1))
+    );
+}
