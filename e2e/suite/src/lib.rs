@@ -200,6 +200,11 @@ impl Operator {
         let _ = self.child.wait();
     }
 
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its `/metrics` text.
     pub async fn metrics(&self) -> Result<String> {
         let (status, body) = http_get(&format!("http://{}/metrics", self.admin), &[]).await?;
