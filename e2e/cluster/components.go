@@ -93,6 +93,10 @@ func apiserverArgs(o options, l layout, etcdURL string) []string {
 		"--service-cluster-ip-range=" + o.serviceCIDR.String(),
 		"--authorization-mode=Node,RBAC",
 		"--allow-privileged=true",
+		// TaintNodesByCondition taints every new Node not-ready:NoSchedule and relies on the
+		// node-lifecycle controller to lift the taint; that controller is not run here (see
+		// controllers), so the taint would stay forever and nothing would schedule.
+		"--disable-admission-plugins=TaintNodesByCondition",
 		// APF would queue the harness's bursts behind per-user fairness limits; a one-node test
 		// cluster gains nothing from it.
 		"--enable-priority-and-fairness=false",

@@ -4,20 +4,29 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ "$(id -u)" == 0 ]] || { echo "cluster-down: must run as root (network namespaces)" >&2; exit 1; }
+lock_cluster
 
 # The podlet first, so it stops its pods while the apiserver can still record it.
 stop_pidfile podlet "$run_dir/podlet.pid" 30
+# Pods the podlet could not stop (it was killed, or crashed): it records each container as
+# run/pods/<pod uid>/<container>.pid holding "<pid> <start time>"; the start time (field 22 of
+# /proc/<pid>/stat) guards against killing an unrelated process that reused the pid.
+proc_start_time() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  awk '{ print $20 }' <<<"$stat"
+}
 if [[ -d "$run_dir/pods" ]]; then
-  for f in "$run_dir/pods"/*; do
-    [[ -f "$f" ]] || continue
-    for pid in $(grep -oE '[0-9]+' "$f" 2>/dev/null || true); do
-      if kill -0 "$pid" 2>/dev/null; then
-        echo "killing leftover pod process $pid ($(basename "$f"))"
-        kill -KILL "$pid" 2>/dev/null || true
-      fi
-    done
-    rm -f "$f"
-  done
+  while IFS= read -r -d '' f; do
+    read -r pid recorded _ <"$f" || true
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    if [[ -n "${recorded:-}" && "$(proc_start_time "$pid" || true)" == "$recorded" ]]; then
+      echo "killing leftover pod process group $pid (${f#"$run_dir/pods/"})"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done < <(find "$run_dir/pods" -name '*.pid' -type f -print0)
+  rm -rf "${run_dir:?}/pods"
 fi
 stop_pidfile "control plane" "$run_dir/cluster.pid" 60
 rm -f "$state/ready"

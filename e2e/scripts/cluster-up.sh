@@ -12,6 +12,7 @@ elapsed() { awk -v a="$t_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1fs", b
 [[ "$(id -u)" == 0 ]] || { echo "cluster-up: must run as root (network namespaces)" >&2; exit 1; }
 command -v ip >/dev/null || { echo "cluster-up: 'ip' (iproute2) is required" >&2; exit 1; }
 mkdir -p "$run_dir" "$log_dir"
+lock_cluster
 
 # Sandbox network: a namespace with only lo and a bridge. No uplink and no default route, so no
 # packet sent to a 10.x (or any other non-local) address can leave the machine.
@@ -48,9 +49,8 @@ else
   else
     rm -f "$state/ready"
     echo "cluster-up: starting the control plane (log $log_dir/cluster.log)"
-    in_netns nohup "$bin/k8s-e2e" up --state "$state" --advertise-address "$advertise" \
-      --pid-file "$run_dir/cluster.pid" >>"$log_dir/cluster.log" 2>&1 </dev/null &
-    echo $! >"$run_dir/cluster.pid"
+    start_in_netns "$run_dir/cluster.pid" "$log_dir/cluster.log" "$bin/k8s-e2e" up --state "$state" \
+      --advertise-address "$advertise" --pid-file "$run_dir/cluster.pid"
   fi
   for ((i = 0; i < ready_timeout * 4; i++)); do
     [[ -f "$state/ready" ]] && break
@@ -78,10 +78,10 @@ if [[ -f "$root/e2e/podlet/Cargo.toml" && -z "${CLUSTER_NO_PODLET:-}" ]]; then
     (cd "$root" && cargo build -p datastream-podlet -p datastream-sidecar -p datastream-demo-replica -p datastream-operator)
     echo "cluster-up: starting the podlet (log $log_dir/podlet.log)"
     # Relative paths as in the shared contract, so run from the repository root.
-    (cd "$root" && in_netns nohup target/debug/datastream-podlet --kubeconfig e2e/.state/kubeconfig \
-      --node-name "$node_name" --bridge "$bridge" --pod-cidr 10.244.1.0/24 --state-dir e2e/.state \
-      --bin-dir target/debug >>"$log_dir/podlet.log" 2>&1 </dev/null &
-     echo $! >"$run_dir/podlet.pid")
+    cd "$root"
+    start_in_netns "$run_dir/podlet.pid" "$log_dir/podlet.log" target/debug/datastream-podlet \
+      --kubeconfig e2e/.state/kubeconfig --node-name "$node_name" --bridge "$bridge" \
+      --pod-cidr 10.244.1.0/24 --state-dir e2e/.state --bin-dir target/debug
   fi
   ok=
   for ((i = 0; i < node_timeout * 2; i++)); do

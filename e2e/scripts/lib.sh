@@ -34,3 +34,25 @@ stop_pidfile() {
 }
 
 in_netns() { ip netns exec "$netns" "$@"; }
+
+# lock_cluster: serialise cluster-up and cluster-down (several agents or CI jobs may call them at
+# once); the lock is released when the calling script exits. Bounded, so a stuck holder is reported.
+lock_cluster() {
+  mkdir -p "$run_dir"
+  exec 8>"$run_dir/cluster.lock"
+  if ! flock -w "${CLUSTER_LOCK_TIMEOUT:-900}" 8; then
+    echo "$(basename "$0"): another cluster-up/cluster-down holds $run_dir/cluster.lock" >&2
+    exit 1
+  fi
+}
+
+# start_in_netns PIDFILE LOGFILE CMD...: starts CMD inside the netns, detached from the caller
+# (nohup, stdin from /dev/null, output to LOGFILE) and records its pid. `ip netns exec` and nohup
+# both exec, so $! is the pid of CMD itself. The lock fd is closed so a long-running child never
+# holds the cluster lock.
+start_in_netns() {
+  local pidfile="$1" logfile="$2"
+  shift 2
+  ip netns exec "$netns" nohup "$@" >>"$logfile" 2>&1 </dev/null 8>&- &
+  echo $! >"$pidfile"
+}
