@@ -117,8 +117,14 @@ mod tests {
     #[test]
     fn omitted_zero_values_match() {
         let live = json!({"spec": {"clusterIP": "None"}});
-        assert!(contains(&live, &json!({"spec": {"clusterIP": "None", "publishNotReadyAddresses": false}})));
-        assert!(!contains(&live, &json!({"spec": {"publishNotReadyAddresses": true}})));
+        assert!(contains(
+            &live,
+            &json!({"spec": {"clusterIP": "None", "publishNotReadyAddresses": false}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"spec": {"publishNotReadyAddresses": true}})
+        ));
     }
 
     #[test]

@@ -115,6 +115,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Child caches.
     pub stores: Stores,
+    /// Our recent applies, until the caches have seen them.
+    pub expectations: crate::expectations::Expectations,
     /// Consecutive failures per stream, for exponential requeue backoff.
     failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, u32>>,
 }
@@ -153,6 +155,7 @@ impl Context {
             recorder,
             metrics,
             stores,
+            expectations: Default::default(),
             failures: Mutex::default(),
         }
     }
@@ -184,8 +187,19 @@ where
     if up_to_date(live.as_deref(), desired) {
         return Ok((Outcome::Unchanged, live.map(|l| (*l).clone())));
     }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     let kind = kind_of::<K>();
+    let desired_json = serde_json::to_value(desired).expect("Kubernetes objects serialize");
+    let live_json = live
+        .as_deref()
+        .map(|l| serde_json::to_value(l).expect("Kubernetes objects serialize"));
+    if let Some(applied) =
+        ctx.expectations
+            .pending(kind, ns, &name, &desired_json, live_json.as_ref())
+    {
+        // The cache has not caught up with our own last apply of this very object.
+        return Ok((Outcome::Unchanged, serde_json::from_value(applied).ok()));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     ctx.metrics.wrote(kind, "apply");
     let applied = api
         .patch(
@@ -199,6 +213,13 @@ where
             name: name.clone(),
             source,
         })?;
+    ctx.expectations.record(
+        kind,
+        ns,
+        &name,
+        &desired_json,
+        serde_json::to_value(&applied).expect("Kubernetes objects serialize"),
+    );
     let outcome = if live.is_some() {
         Outcome::Updated
     } else {
@@ -490,7 +511,10 @@ where
     let kind = kind_label::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().labels(selector)).default_backoff(),
+        watcher(api, watcher::Config::default().labels(selector))
+            .default_backoff()
+            // managedFields are most of an object's size and never read here.
+            .modify(|object| object.managed_fields_mut().clear()),
     )
     .inspect(move |event| {
         if event.is_err() {

@@ -12,6 +12,7 @@ pub mod apply;
 pub mod controller;
 pub mod desired;
 pub mod error;
+pub mod expectations;
 pub mod leader;
 pub mod metrics;
 pub mod status;
