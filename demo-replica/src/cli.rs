@@ -11,6 +11,9 @@ use crate::fault::Fault;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "datastream-demo-replica", version)]
 pub struct Args {
+    /// A client mode instead of the server (the server runs when none is given).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -35,6 +38,13 @@ pub struct Args {
     /// How long open connections may keep running after SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+}
+
+/// Client modes of the binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Send a request through every ready replica's sidecar of a DataStream (what `helm test` runs).
+    Probe(crate::probe::ProbeArgs),
 }
 
 impl Args {

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod fault;
 pub mod identity;
+pub mod probe;
 pub mod server;
 pub mod service;
 pub mod store;

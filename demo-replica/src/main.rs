@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use datastream_demo_replica::cli::Args;
+use datastream_demo_replica::cli::{Args, Command};
 use datastream_demo_replica::service::App;
 use datastream_demo_replica::{identity, server};
 use tokio::net::TcpListener;
@@ -22,6 +22,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(Command::Probe(probe)) = &args.command {
+        return run_probe(probe).await;
+    }
     let fault = args
         .initial_fault()
         .map_err(anyhow::Error::msg)
@@ -47,5 +50,22 @@ async fn main() -> anyhow::Result<()> {
     };
     server::serve(listener, app, shutdown, drain, args.shutdown_timeout).await;
     tracing::info!("demo replica stopped");
+    Ok(())
+}
+
+/// Runs the `probe` client and reports each sidecar's answer (the exit status tells `helm test`).
+async fn run_probe(probe: &datastream_demo_replica::probe::ProbeArgs) -> anyhow::Result<()> {
+    let answers = datastream_demo_replica::probe::run(probe).await?;
+    for a in &answers {
+        println!(
+            "sidecar {} answered through replica {}",
+            a.sidecar, a.replica
+        );
+    }
+    println!(
+        "probe: DataStream {} answered through all {} sidecars",
+        probe.datastream,
+        answers.len()
+    );
     Ok(())
 }
