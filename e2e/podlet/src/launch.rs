@@ -75,8 +75,8 @@ pub fn spawn(
         .open(log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let log_err = log.try_clone()?;
-    let exe = std::env::current_exe().context("locating the podlet binary")?;
-    let child = tokio::process::Command::new(exe)
+    // `/proc/self/exe` is the running podlet even after `cargo build` replaced the file on disk.
+    let child = tokio::process::Command::new("/proc/self/exe")
         .arg(INIT_SUBCOMMAND)
         .arg(spec_path)
         .stdin(Stdio::null())

@@ -45,6 +45,22 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let state_dir = std::path::absolute(&args.state_dir)?;
+    std::fs::create_dir_all(state_dir.join("run"))?;
+    // Two podlets for one state dir would kill each other's containers and fight over sandboxes.
+    let lock_path = state_dir.join("run").join("podlet.lock");
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another podlet is running ({} is locked: {e})",
+                lock_path.display()
+            )
+        })?;
     let bin_dir = std::path::absolute(&args.bin_dir)?;
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;

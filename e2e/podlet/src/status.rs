@@ -250,7 +250,6 @@ pub fn build(view: &PodView, previous: Option<&PodStatus>, now: Timestamp) -> Po
         pod_ip: ips.clone(),
         pod_ips: ips.map(|ip| vec![PodIP { ip }]),
         start_time: Some(Time(view.start_time)),
-        qos_class: Some("BestEffort".to_owned()),
         init_container_statuses: (!view.init_containers.is_empty()).then(|| {
             view.init_containers
                 .iter()

@@ -1,0 +1,697 @@
+//! End-to-end tests of the podlet against the real local cluster (`make cluster-up`).
+//!
+//! Run inside the sandbox namespace, where pod IPs are reachable over the bridge:
+//! `ip netns exec dse2e cargo test -p datastream-podlet --features cluster-tests`.
+//! They fail (never skip) when the cluster is unreachable. Every wait is bounded and dumps the state of
+//! the namespace and the podlet log tail when it expires.
+#![cfg(feature = "cluster-tests")]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec,
+    Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use tokio::net::TcpStream;
+
+const IMAGE: &str = "registry.example/e2e/datastream-demo-replica:dev";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn client() -> Client {
+    let path = std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("e2e/.state/kubeconfig"));
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "cluster not available: cannot read {}: {e} (run `make cluster-up`)",
+            path.display()
+        )
+    });
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    client.apiserver_version().await.unwrap_or_else(|e| {
+        panic!(
+            "cluster not reachable: {e} (run `make cluster-up`; run the tests inside netns dse2e)"
+        )
+    });
+    client
+}
+
+/// A fresh namespace, deleted (best effort) when dropped at the end of a passing test.
+struct TestNs {
+    client: Client,
+    name: String,
+}
+
+impl TestNs {
+    async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        // Pods need the default ServiceAccount (created asynchronously by the controller manager).
+        let sa =
+            Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &name);
+        wait_for(
+            &name,
+            client,
+            "default service account",
+            Duration::from_secs(30),
+            || async { sa.get_opt("default").await.ok().flatten().map(|_| ()) },
+        )
+        .await;
+        Self {
+            client: client.clone(),
+            name,
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("leaving namespace {} for inspection", self.name);
+            return;
+        }
+        let api = Api::<Namespace>::all(self.client.clone());
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        });
+    }
+}
+
+fn rand_u32() -> u32 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    t.subsec_nanos() ^ std::process::id().rotate_left(16)
+}
+
+/// Polls `f` every 250 ms until it yields `Some`, or panics after `limit` with a dump of the namespace.
+async fn wait_for<T, F, Fut>(ns: &str, client: &Client, what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            dump(client, ns).await;
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn dump(client: &Client, ns: &str) {
+    eprintln!("===== state of namespace {ns}");
+    if let Ok(pods) = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    {
+        for p in pods {
+            eprintln!(
+                "pod {} deleting={} status={}",
+                p.metadata.name.unwrap_or_default(),
+                p.metadata.deletion_timestamp.is_some(),
+                serde_json::to_string(&p.status).unwrap_or_default()
+            );
+        }
+    }
+    if let Ok(slices) = Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+    {
+        for s in slices {
+            eprintln!(
+                "endpointslice {} {}",
+                s.metadata.name.unwrap_or_default(),
+                serde_json::to_string(&s.endpoints).unwrap_or_default()
+            );
+        }
+    }
+    let log = repo_root().join("e2e/.state/logs/podlet.log");
+    if let Ok(text) = std::fs::read_to_string(&log) {
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("===== tail {}", log.display());
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// One HTTP/1.1 request; returns status and body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .map_err(|_| "request timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn labels(app: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("app".to_string(), app.to_string())])
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn demo_container() -> Container {
+    Container {
+        name: "replica".into(),
+        image: Some(IMAGE.into()),
+        env: Some(vec![field_env("POD_NAME", "metadata.name")]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: 8080,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::String("http".into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn pod_ip(p: &Pod) -> Option<IpAddr> {
+    p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
+}
+
+fn container_pid(p: &Pod) -> Option<u32> {
+    let id = p
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .container_id
+        .clone()?;
+    id.strip_prefix("process://")?.parse().ok()
+}
+
+/// Ready/not-ready addresses of the EndpointSlices of `service`.
+async fn slice_addresses(ns: &TestNs, service: &str) -> (Vec<String>, Vec<String>) {
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let slices = ns
+        .api::<EndpointSlice>()
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    let (mut ready, mut unready) = (Vec::new(), Vec::new());
+    for ep in slices.iter().flat_map(|s| s.endpoints.iter().flatten()) {
+        let ok = ep
+            .conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(false);
+        for a in &ep.addresses {
+            if ok {
+                ready.push(a.clone())
+            } else {
+                unready.push(a.clone())
+            }
+        }
+    }
+    ready.sort();
+    unready.sort();
+    (ready, unready)
+}
+
+#[tokio::test]
+async fn deployment_pods_run_serve_and_follow_readiness_and_deletion() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-e2e").await;
+    let deploy = Deployment {
+        metadata: ObjectMeta {
+            name: Some("demo".into()),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(2),
+            selector: LabelSelector {
+                match_labels: Some(labels("demo")),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels("demo")),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![demo_container()],
+                    termination_grace_period_seconds: Some(5),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ns.api::<Deployment>()
+        .create(&PostParams::default(), &deploy)
+        .await
+        .unwrap();
+    let svc = Service {
+        metadata: ObjectMeta {
+            name: Some("demo".into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(labels("demo")),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                target_port: Some(IntOrString::String("http".into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ns.api::<Service>()
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+
+    let pods_api = ns.api::<Pod>();
+    let lp = ListParams::default().labels("app=demo");
+    let pods = wait_for(
+        &ns.name,
+        &client,
+        "2 Running+Ready demo pods",
+        Duration::from_secs(90),
+        || async {
+            let pods = pods_api.list(&lp).await.ok()?.items;
+            let live: Vec<Pod> = pods
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let all_ok = live.len() == 2
+                && live.iter().all(|p| {
+                    is_ready(p)
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+            all_ok.then_some(live)
+        },
+    )
+    .await;
+    let mut ips = Vec::new();
+    for p in &pods {
+        let ip = pod_ip(p).expect("pod IP");
+        assert!(
+            ip.to_string().starts_with("10.244.1."),
+            "pod IP {ip} outside 10.244.1.0/24"
+        );
+        assert_eq!(
+            p.status.as_ref().unwrap().host_ip.as_deref(),
+            Some("10.244.0.1")
+        );
+        ips.push(ip.to_string());
+    }
+    ips.sort();
+    assert_ne!(ips[0], ips[1], "pods share an IP");
+
+    let got = wait_for(
+        &ns.name,
+        &client,
+        "EndpointSlice listing both pods as ready",
+        Duration::from_secs(60),
+        || async {
+            let (ready, _) = slice_addresses(&ns, "demo").await;
+            (ready == ips).then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(got, ips);
+
+    for p in &pods {
+        let addr = SocketAddr::new(pod_ip(p).unwrap(), 8080);
+        let (status, body) = http(addr, "GET", "/whoami", "").await.expect("GET /whoami");
+        assert_eq!(status, 200);
+        assert_eq!(body.trim(), p.metadata.name.as_deref().unwrap());
+    }
+
+    // Readiness: make one replica fail /ready; it must leave the ready endpoints, then come back.
+    let sick = &pods[0];
+    let sick_ip = pod_ip(sick).unwrap();
+    let (status, _) = http(
+        SocketAddr::new(sick_ip, 8080),
+        "POST",
+        "/admin/fault",
+        r#"{"status":503}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let healthy_ip = pod_ip(&pods[1]).unwrap().to_string();
+    wait_for(
+        &ns.name,
+        &client,
+        "unready pod dropped from ready endpoints",
+        Duration::from_secs(60),
+        || async {
+            let (ready, unready) = slice_addresses(&ns, "demo").await;
+            (ready == vec![healthy_ip.clone()] && unready == vec![sick_ip.to_string()])
+                .then_some(())
+        },
+    )
+    .await;
+    let sick_name = sick.metadata.name.clone().unwrap();
+    let now = pods_api.get(&sick_name).await.unwrap();
+    assert!(
+        !is_ready(&now),
+        "pod still Ready after its readiness probe failed"
+    );
+    let (status, _) = http(SocketAddr::new(sick_ip, 8080), "DELETE", "/admin/fault", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    wait_for(
+        &ns.name,
+        &client,
+        "recovered pod back in ready endpoints",
+        Duration::from_secs(60),
+        || async {
+            let (ready, _) = slice_addresses(&ns, "demo").await;
+            (ready == ips).then_some(())
+        },
+    )
+    .await;
+
+    // Deletion: the podlet stops the process and finalises; the ReplicaSet replaces the pod.
+    let victim = pods[1].clone();
+    let victim_name = victim.metadata.name.clone().unwrap();
+    let victim_pid = container_pid(&victim).expect("containerID process://<pid>");
+    assert!(
+        PathBuf::from(format!("/proc/{victim_pid}")).exists(),
+        "container process {victim_pid} not running"
+    );
+    pods_api
+        .delete(&victim_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        &ns.name,
+        &client,
+        "deleted pod finalised by the podlet",
+        Duration::from_secs(60),
+        || async {
+            pods_api
+                .get_opt(&victim_name)
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !PathBuf::from(format!("/proc/{victim_pid}")).exists(),
+        "process {victim_pid} outlived its pod"
+    );
+    wait_for(
+        &ns.name,
+        &client,
+        "replacement pod Running+Ready",
+        Duration::from_secs(90),
+        || async {
+            let pods = pods_api.list(&lp).await.ok()?.items;
+            let ready: Vec<&Pod> = pods
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+                .collect();
+            (ready.len() == 2
+                && ready
+                    .iter()
+                    .all(|p| p.metadata.name.as_deref() != Some(victim_name.as_str())))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn exited_container_is_restarted_with_backoff() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-restart").await;
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("crasher".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "replica".into(),
+                image: Some(IMAGE.into()),
+                // An invalid flag makes the demo replica exit with status 1 right away.
+                args: Some(vec!["--fail-rate".into(), "2".into()]),
+                ..Default::default()
+            }],
+            restart_policy: Some("Always".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = ns.api::<Pod>();
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    let status = wait_for(
+        &ns.name,
+        &client,
+        "two restarts and CrashLoopBackOff",
+        Duration::from_secs(60),
+        || async {
+            let p = api.get("crasher").await.ok()?;
+            let cs = p.status?.container_statuses?.into_iter().next()?;
+            let waiting = cs.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+            (cs.restart_count >= 2 && waiting == "CrashLoopBackOff").then_some(cs)
+        },
+    )
+    .await;
+    let last = status.last_state.unwrap().terminated.unwrap();
+    assert_eq!(last.exit_code, 1);
+    assert_eq!(last.reason.as_deref(), Some("Error"));
+}
+
+#[tokio::test]
+async fn pod_environment_volumes_and_service_account_token() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-env").await;
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("settings".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "greeting".to_string(),
+            "hello-from-configmap".to_string(),
+        )])),
+        ..Default::default()
+    };
+    ns.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "echo NS=$(cat {sa_dir}/namespace); \
+         test -s {sa_dir}/token && echo TOKEN=present; \
+         grep -q 'BEGIN CERTIFICATE' {sa_dir}/ca.crt && echo CA=present; \
+         echo CFG=$(cat /etc/podlet-test/greeting); \
+         echo GREETING=$GREETING POD_IP=$POD_IP HOST=$KUBERNETES_SERVICE_HOST PORT=$KUBERNETES_SERVICE_PORT; \
+         echo HOSTNAME=$(hostname) PWD=$(pwd); \
+         echo ROUTES=$(ip -4 route | tr '\\n' ';'); \
+         echo DONE; sleep 3600"
+    );
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("envcheck".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "check".into(),
+                image: Some(IMAGE.into()),
+                command: Some(vec!["sh".into(), "-c".into(), script]),
+                working_dir: Some("/tmp".into()),
+                env: Some(vec![
+                    EnvVar {
+                        name: "GREETING".into(),
+                        value_from: Some(EnvVarSource {
+                            config_map_key_ref: Some(ConfigMapKeySelector {
+                                name: "settings".into(),
+                                key: "greeting".into(),
+                                optional: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    field_env("POD_IP", "status.podIP"),
+                ]),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "settings".into(),
+                    mount_path: "/etc/podlet-test".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "settings".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: "settings".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            termination_grace_period_seconds: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = ns.api::<Pod>();
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    let running = wait_for(
+        &ns.name,
+        &client,
+        "envcheck Running",
+        Duration::from_secs(60),
+        || async {
+            let p = api.get("envcheck").await.ok()?;
+            (p.status.as_ref()?.phase.as_deref() == Some("Running")).then_some(p)
+        },
+    )
+    .await;
+    let ip = pod_ip(&running).unwrap().to_string();
+    let log = repo_root().join(format!(
+        "e2e/.state/logs/pods/{}_envcheck_check.log",
+        ns.name
+    ));
+    let text = wait_for(
+        &ns.name,
+        &client,
+        "container output in its log file",
+        Duration::from_secs(30),
+        || async {
+            let t = std::fs::read_to_string(&log).ok()?;
+            t.contains("DONE").then_some(t)
+        },
+    )
+    .await;
+    let expect = [
+        format!("NS={}", ns.name),
+        "TOKEN=present".to_string(),
+        "CA=present".to_string(),
+        "CFG=hello-from-configmap".to_string(),
+        format!("GREETING=hello-from-configmap POD_IP={ip} HOST=10.244.0.1 PORT=6443"),
+        "HOSTNAME=envcheck PWD=/tmp".to_string(),
+    ];
+    for line in expect {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in container log:\n{text}"
+        );
+    }
+    let routes = text
+        .lines()
+        .find(|l| l.starts_with("ROUTES="))
+        .unwrap_or_default();
+    assert!(routes.contains("10.244.0.0/16 dev eth0"), "{routes}");
+    assert!(
+        !routes.contains("default"),
+        "pod must have no default route: {routes}"
+    );
+    api.delete("envcheck", &DeleteParams::default())
+        .await
+        .unwrap();
+}
