@@ -695,3 +695,65 @@ async fn pod_environment_volumes_and_service_account_token() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn failing_liveness_probe_restarts_the_container() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-liveness").await;
+    let mut c = demo_container();
+    c.readiness_probe = None;
+    // Nothing listens on 9999, so every liveness check fails once the initial delay is over.
+    c.liveness_probe = Some(Probe {
+        tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+            port: IntOrString::Int(9999),
+            host: None,
+        }),
+        initial_delay_seconds: Some(1),
+        period_seconds: Some(1),
+        failure_threshold: Some(2),
+        ..Default::default()
+    });
+    let pod = Pod {
+        metadata: ObjectMeta {
+            name: Some("unlively".into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![c],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let api = ns.api::<Pod>();
+    api.create(&PostParams::default(), &pod).await.unwrap();
+    let first_pid = wait_for(
+        &ns.name,
+        &client,
+        "unlively running",
+        Duration::from_secs(30),
+        || async { container_pid(&api.get("unlively").await.ok()?) },
+    )
+    .await;
+    let status = wait_for(
+        &ns.name,
+        &client,
+        "restart after liveness failure",
+        Duration::from_secs(60),
+        || async {
+            let p = api.get("unlively").await.ok()?;
+            let cs = p.status?.container_statuses?.into_iter().next()?;
+            (cs.restart_count >= 1 && cs.last_state.as_ref()?.terminated.is_some()).then_some(cs)
+        },
+    )
+    .await;
+    // The demo replica exits cleanly on the SIGTERM the podlet sends; it is restarted all the same.
+    let last = status.last_state.unwrap().terminated.unwrap();
+    assert_eq!(
+        last.container_id.as_deref(),
+        Some(format!("process://{first_pid}").as_str())
+    );
+    assert!(
+        !PathBuf::from(format!("/proc/{first_pid}")).exists(),
+        "killed process {first_pid} still exists"
+    );
+}
