@@ -1,0 +1,308 @@
+//! The Helm chart without a cluster: `helm lint`, the values schema, and golden renders of
+//! `helm template` with default and with full values.
+//!
+//! Set `UPDATE_GOLDEN=1` to rewrite the goldens after an intended chart change, then review the
+//! diff.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use datastream_e2e::{repo, state_dir};
+
+const KUBE_VERSION: &str = "1.36.3";
+
+fn chart() -> PathBuf {
+    repo().join("charts/datastream")
+}
+
+/// Runs the cluster's helm (built by `make cluster-up`); returns success, stdout and stderr.
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let bin = state_dir().join("bin/helm");
+    assert!(
+        bin.exists(),
+        "{} is missing: `make cluster-up` builds it",
+        bin.display()
+    );
+    let out = Command::new(&bin)
+        .args(args)
+        // Helm's own state directories, kept out of the user's home.
+        .env("HELM_CACHE_HOME", state_dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", state_dir().join("helm/config"))
+        .env("HELM_DATA_HOME", state_dir().join("helm/data"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn template(extra: &[&str]) -> (bool, String, String) {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "datastream",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "datastream-system",
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    args.extend_from_slice(extra);
+    helm(&args)
+}
+
+fn full_values() -> String {
+    chart()
+        .join("tests/full-values.yaml")
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn check_golden(name: &str, rendered: &str) {
+    let path = chart().join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, rendered).unwrap();
+        return;
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    if golden != rendered {
+        let line = golden
+            .lines()
+            .zip(rendered.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| golden.lines().count().min(rendered.lines().count()));
+        panic!(
+            "helm template differs from {} from line {}:\n  golden:   {:?}\n  rendered: {:?}\n\
+             run `UPDATE_GOLDEN=1 cargo test -p datastream-e2e --test chart` and review the diff",
+            path.display(),
+            line + 1,
+            golden.lines().nth(line),
+            rendered.lines().nth(line)
+        );
+    }
+}
+
+fn documents(rendered: &str) -> Vec<serde_yaml::Value> {
+    serde_yaml::Deserializer::from_str(rendered)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+#[test]
+fn chart_lints_clean_with_default_and_full_values() {
+    let chart = chart();
+    let full = full_values();
+    for extra in [vec![], vec!["-f", full.as_str()]] {
+        let mut args = vec![
+            "lint",
+            "--strict",
+            chart.to_str().unwrap(),
+            "--kube-version",
+            KUBE_VERSION,
+        ];
+        args.extend_from_slice(&extra);
+        let (ok, out, err) = helm(&args);
+        assert!(ok, "helm lint {extra:?} failed:\n{out}{err}");
+        assert!(
+            !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn default_render_matches_its_golden() {
+    let (ok, out, err) = template(&[]);
+    assert!(ok, "{err}");
+    check_golden("default.yaml", &out);
+}
+
+#[test]
+fn full_render_matches_its_golden() {
+    let (ok, out, err) = template(&["-f", &full_values()]);
+    assert!(ok, "{err}");
+    check_golden("full.yaml", &out);
+}
+
+#[test]
+fn values_schema_rejects_wrong_types() {
+    // Each case sets one value to the wrong type or shape.
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "replicaCount as a string",
+            &["--set-string", "replicaCount=two"],
+        ),
+        ("negative replicaCount", &["--set", "replicaCount=-1"]),
+        (
+            "leaderElection.enabled as a string",
+            &["--set-string", "leaderElection.enabled=yes"],
+        ),
+        ("adminPort out of range", &["--set", "adminPort=70000"]),
+        ("unknown log format", &["--set", "log.format=xml"]),
+        (
+            "malformed scrape interval",
+            &["--set", "metrics.serviceMonitor.interval=soon"],
+        ),
+        (
+            "nodeSelector value not a string",
+            &["--set", "nodeSelector.zone=1"],
+        ),
+        ("tolerations not a list", &["--set", "tolerations=none"]),
+        ("misspelled top-level value", &["--set", "replicas=2"]),
+        (
+            "unknown pull policy",
+            &["--set", "image.pullPolicy=Sometimes"],
+        ),
+        ("empty image repository", &["--set", "image.repository="]),
+        (
+            "dashboard.enabled as a string",
+            &["--set-string", "dashboard.enabled=true"],
+        ),
+    ];
+    let mut accepted = vec![];
+    for (what, args) in cases {
+        let (ok, _, err) = template(args);
+        if ok {
+            accepted.push(*what);
+        } else {
+            assert!(
+                err.contains("schema"),
+                "{what}: failed for another reason: {err}"
+            );
+        }
+    }
+    assert!(accepted.is_empty(), "wrong values accepted: {accepted:?}");
+}
+
+#[test]
+fn several_replicas_need_leader_election() {
+    let (ok, _, err) = template(&[
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "leaderElection.enabled=false",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("replicaCount > 1 needs leaderElection.enabled=true"),
+        "{err}"
+    );
+}
+
+#[test]
+fn operator_rbac_is_exactly_what_it_uses() {
+    let (ok, out, err) = template(&[]);
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let role = find(&docs, "ClusterRole", "datastream-operator");
+    let mut rules: Vec<String> = role["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let list = |v: &serde_yaml::Value| {
+                v.as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_str().unwrap())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            format!(
+                "{} {} {}",
+                list(&r["apiGroups"]),
+                list(&r["resources"]),
+                list(&r["verbs"])
+            )
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(
+        rules,
+        [
+            " services,serviceaccounts get,list,watch,create,patch",
+            "apps deployments get,list,watch,create,patch",
+            "datastream.dev datastreams get,list,watch",
+            "datastream.dev datastreams/status get,patch",
+            "discovery.k8s.io endpointslices get,list,watch",
+            "events.k8s.io events create,patch",
+            "networking.k8s.io networkpolicies get,list,watch,create,patch",
+            "policy poddisruptionbudgets get,list,watch,create,patch,delete",
+            "rbac.authorization.k8s.io roles,rolebindings get,list,watch,create,patch",
+        ]
+    );
+    // Leases only in the release namespace, and only the operator's own for get/update.
+    let lease_role = find(&docs, "Role", "datastream-operator-leader-election");
+    assert_eq!(lease_role["metadata"]["namespace"], "datastream-system");
+    let rules = lease_role["rules"].as_sequence().unwrap();
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_yaml::from_str::<serde_yaml::Value>("[create]").unwrap()
+    );
+    assert_eq!(rules[1]["resourceNames"][0], "datastream-operator");
+    assert_eq!(
+        rules[1]["verbs"],
+        serde_yaml::from_str::<serde_yaml::Value>("[get, update]").unwrap()
+    );
+}
+
+#[test]
+fn operator_pod_is_restricted_and_wired() {
+    let (ok, out, err) = template(&["--set", "image.tag=dev"]);
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    let deploy = find(&docs, "Deployment", "datastream-operator");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["image"], "ghcr.io/datastream-dev/datastream-operator:dev");
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--leader-elect=true"), "{args:?}");
+    assert!(
+        args.contains(&"--sidecar-image=ghcr.io/datastream-dev/datastream-sidecar:0.1.0"),
+        "{args:?}"
+    );
+    let env: Vec<(&str, &str)> = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap(),
+                e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("POD_NAME", "metadata.name"),
+            ("POD_NAMESPACE", "metadata.namespace")
+        ]
+    );
+}
