@@ -200,10 +200,11 @@ impl Worker {
                 self.finalize_deletion().await;
                 return;
             }
+            // A pod that already finished (before a podlet restart) keeps its final status untouched.
             if !terminal_at_start {
                 self.reconcile().await;
+                self.sync_status().await;
             }
-            self.sync_status().await;
             let wake = self.next_wakeup();
             tokio::select! {
                 changed = pod_rx.changed() => match changed {
@@ -661,7 +662,9 @@ impl Worker {
                 kill_for(c, &key, "liveness probe failed");
             }
             ProbeKind::Readiness if c.view.started => {
-                if let Some(r) = c.readiness.as_mut().and_then(|t| t.record(ok)) {
+                if let Some(r) = c.readiness.as_mut().and_then(|t| t.record(ok))
+                    && r != c.view.ready
+                {
                     tracing::info!(pod = %key, container = %c.spec.name, ready = r, "readiness changed");
                     c.view.ready = r;
                 }

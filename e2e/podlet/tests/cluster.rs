@@ -56,7 +56,7 @@ async fn client() -> Client {
     client
 }
 
-/// A fresh namespace, deleted (best effort) when dropped at the end of a passing test.
+/// A fresh namespace per test.
 struct TestNs {
     client: Client,
     name: String,
@@ -102,17 +102,30 @@ impl TestNs {
     }
 }
 
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("leaving namespace {} for inspection", self.name);
-            return;
-        }
+impl TestNs {
+    /// Deletes the namespace at the end of a passing test (a failing one leaves it for inspection, and
+    /// the panic message names it) and waits until its pods are gone, so tests do not pile up pods.
+    async fn delete(self) {
         let api = Api::<Namespace>::all(self.client.clone());
-        let name = self.name.clone();
-        tokio::spawn(async move {
-            let _ = api.delete(&name, &DeleteParams::default()).await;
-        });
+        api.delete(&self.name, &DeleteParams::default())
+            .await
+            .unwrap();
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.name);
+        wait_for(
+            &self.name,
+            &self.client,
+            "namespace pods deleted",
+            Duration::from_secs(60),
+            || async {
+                pods.list(&ListParams::default())
+                    .await
+                    .ok()?
+                    .items
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await;
     }
 }
 
@@ -136,7 +149,9 @@ where
         }
         if tokio::time::Instant::now() >= deadline {
             dump(client, ns).await;
-            panic!("timed out after {limit:?} waiting for {what}");
+            panic!(
+                "timed out after {limit:?} waiting for {what} (namespace {ns} left for inspection)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -519,6 +534,7 @@ async fn deployment_pods_run_serve_and_follow_readiness_and_deletion() {
         },
     )
     .await;
+    ns.delete().await;
 }
 
 #[tokio::test]
@@ -561,6 +577,7 @@ async fn exited_container_is_restarted_with_backoff() {
     let last = status.last_state.unwrap().terminated.unwrap();
     assert_eq!(last.exit_code, 1);
     assert_eq!(last.reason.as_deref(), Some("Error"));
+    ns.delete().await;
 }
 
 #[tokio::test]
@@ -694,6 +711,7 @@ async fn pod_environment_volumes_and_service_account_token() {
     api.delete("envcheck", &DeleteParams::default())
         .await
         .unwrap();
+    ns.delete().await;
 }
 
 #[tokio::test]
@@ -756,4 +774,5 @@ async fn failing_liveness_probe_restarts_the_container() {
         !PathBuf::from(format!("/proc/{first_pid}")).exists(),
         "killed process {first_pid} still exists"
     );
+    ns.delete().await;
 }
