@@ -47,6 +47,10 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// Complete environment.
     pub env: Vec<(String, String)>,
+    /// `securityContext.readOnlyRootFilesystem`: every mount except writable volumes, `/proc`, `/sys`
+    /// and `/dev` is remounted read-only in the container's mount namespace.
+    #[serde(default)]
+    pub read_only_root: bool,
 }
 
 /// Writes `spec` to `spec_path` (mode 0600: it holds the environment, secrets included) and spawns the
@@ -135,6 +139,9 @@ fn enter_and_exec(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> 
             format!("mounting {} at {}", m.source.display(), m.target.display())
         })?;
     }
+    if spec.read_only_root {
+        make_root_read_only(&spec.mounts);
+    }
     let mut cmd = std::process::Command::new(&spec.program);
     cmd.args(&spec.args)
         .env_clear()
@@ -142,6 +149,73 @@ fn enter_and_exec(spec_path: &Path) -> anyhow::Result<std::convert::Infallible> 
     cmd.current_dir(spec.working_dir.as_deref().unwrap_or(Path::new("/")));
     let err = cmd.exec();
     Err(anyhow::Error::new(err).context(format!("exec {}", spec.program.display())))
+}
+
+/// Remounts every mount point read-only (this namespace only), keeping its nosuid/nodev/noexec flags.
+/// Failures are reported on the container's stderr and do not stop the container.
+fn make_root_read_only(mounts: &[BindMount]) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        eprintln!(
+            "datastream-podlet container-init: cannot read mountinfo; root file system left writable"
+        );
+        return;
+    };
+    for (mount_point, options) in info.lines().filter_map(parse_mountinfo_line) {
+        let target = Path::new(&mount_point);
+        let kernel = ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|p| target.starts_with(p));
+        let writable_volume = mounts
+            .iter()
+            .any(|m| !m.read_only && target.starts_with(&m.target));
+        if kernel || writable_volume {
+            continue;
+        }
+        let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        for (name, flag) in [
+            ("nosuid", MsFlags::MS_NOSUID),
+            ("nodev", MsFlags::MS_NODEV),
+            ("noexec", MsFlags::MS_NOEXEC),
+        ] {
+            if options.split(',').any(|o| o == name) {
+                flags |= flag;
+            }
+        }
+        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+            eprintln!("datastream-podlet container-init: cannot make {mount_point} read-only: {e}");
+        }
+    }
+}
+
+/// Mount point (unescaped) and per-mount options of one `/proc/self/mountinfo` line.
+pub fn parse_mountinfo_line(line: &str) -> Option<(String, String)> {
+    let mut fields = line.split(' ');
+    let mount_point = fields.nth(4)?;
+    let options = fields.next()?;
+    Some((unescape_octal(mount_point), options.to_owned()))
+}
+
+/// Undoes the kernel's `\ooo` escaping of spaces, tabs, newlines and backslashes in mountinfo.
+fn unescape_octal(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let digits = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        if bytes[i] == b'\\'
+            && let Some(d) = digits
+        {
+            let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(u8::try_from(value).unwrap_or(b'?'));
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn bind(m: &BindMount) -> anyhow::Result<()> {
@@ -192,9 +266,25 @@ mod tests {
             program: "/bin/true".into(),
             args: vec!["x".into()],
             env: vec![("A".into(), "1".into())],
+            read_only_root: true,
         };
         let back: LaunchSpec =
             serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let line = "36 35 98:0 /mnt1 /mnt/with\\040space rw,nosuid,noatime master:1 - ext3 /dev/root rw,errors=continue";
+        assert_eq!(
+            parse_mountinfo_line(line),
+            Some((
+                "/mnt/with space".to_string(),
+                "rw,nosuid,noatime".to_string()
+            ))
+        );
+        assert_eq!(parse_mountinfo_line("short line"), None);
+        assert_eq!(unescape_octal("a\\134b"), "a\\b");
+        assert_eq!(unescape_octal("trailing\\04"), "trailing\\04");
     }
 }

@@ -462,6 +462,11 @@ impl Worker {
             program: entry.program.clone(),
             args: entry.args,
             env,
+            read_only_root: spec
+                .security_context
+                .as_ref()
+                .and_then(|sc| sc.read_only_root_filesystem)
+                .unwrap_or(false),
         };
         let dir = self.ctx.pod_dir(&self.uid);
         let log = self.ctx.log_path(&self.ns, &self.name, &spec.name);

@@ -19,7 +19,7 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec,
-    Probe, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -608,6 +608,8 @@ async fn pod_environment_volumes_and_service_account_token() {
          echo GREETING=$GREETING POD_IP=$POD_IP HOST=$KUBERNETES_SERVICE_HOST PORT=$KUBERNETES_SERVICE_PORT; \
          echo HOSTNAME=$(hostname) PWD=$(pwd); \
          echo ROUTES=$(ip -4 route | tr '\\n' ';'); \
+         touch /tmp/podlet-ro-check 2>/dev/null && echo ROOT=rw || echo ROOT=ro; \
+         touch /scratch/file && echo SCRATCH=rw; \
          echo DONE; sleep 3600"
     );
     let pod = Pod {
@@ -636,21 +638,39 @@ async fn pod_environment_volumes_and_service_account_token() {
                     },
                     field_env("POD_IP", "status.podIP"),
                 ]),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "settings".into(),
-                    mount_path: "/etc/podlet-test".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "settings".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: "settings".into(),
+                volume_mounts: Some(vec![
+                    VolumeMount {
+                        name: "settings".into(),
+                        mount_path: "/etc/podlet-test".into(),
+                        ..Default::default()
+                    },
+                    VolumeMount {
+                        name: "scratch".into(),
+                        mount_path: "/scratch".into(),
+                        ..Default::default()
+                    },
+                ]),
+                security_context: Some(SecurityContext {
+                    read_only_root_filesystem: Some(true),
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]),
+            }],
+            volumes: Some(vec![
+                Volume {
+                    name: "settings".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: "settings".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "scratch".into(),
+                    empty_dir: Some(Default::default()),
+                    ..Default::default()
+                },
+            ]),
             termination_grace_period_seconds: Some(1),
             ..Default::default()
         }),
@@ -692,6 +712,8 @@ async fn pod_environment_volumes_and_service_account_token() {
         "CFG=hello-from-configmap".to_string(),
         format!("GREETING=hello-from-configmap POD_IP={ip} HOST=10.244.0.1 PORT=6443"),
         "HOSTNAME=envcheck PWD=/tmp".to_string(),
+        "ROOT=ro".to_string(),
+        "SCRATCH=rw".to_string(),
     ];
     for line in expect {
         assert!(
