@@ -1,0 +1,393 @@
+#!/usr/bin/env bash
+# Data-plane benchmark: datastream-sidecar against a backend directly, nginx and HAProxy, all in
+# one run, same load, same backends, each proxy pinned to the same single core.
+#
+#   bench/run.sh                 # build release binaries, run every scenario, print the report
+#   bench/run.sh --skip-build    # reuse target/release binaries
+#
+# Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
+# PROXY_CPU (default 1), LOAD_CPU (wrk, load clients and backends; default 0).
+# Scenarios: 1 peak throughput and latency, 1b half of HAProxy's peak (added p99), 2 one replica
+# 20x slower, 3 a replica killed and a replica frozen (SIGSTOP) mid-run, 4 idle RSS and RSS with
+# 10,000 open idle client connections. Everything listens on 127.0.0.1 only and is bounded.
+# Writes bench/results/<timestamp>.md (gitignored) and prints it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH=$ROOT/bench
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+SKIP_BUILD=0
+for arg in "$@"; do
+  case $arg in
+    --skip-build) SKIP_BUILD=1 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+B_PORTS=(18081 18082 18083)
+ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+SIDECAR_PORT=17080 SIDECAR_ADMIN=17082 NGINX_PORT=17180 HAPROXY_PORT=17280
+PER_TRY_MS=200          # sidecar per-try timeout; nginx/HAProxy connect+read timeouts match it
+SLOW_MS=2 SLOWER_MS=40  # scenario 2: two replicas answer in 2 ms, one in 40 ms (20x)
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# --- tools -----------------------------------------------------------------------------------
+need_install=()
+command -v wrk >/dev/null || need_install+=(wrk)
+command -v haproxy >/dev/null || need_install+=(haproxy)
+command -v nginx >/dev/null || need_install+=(nginx-light)
+command -v curl >/dev/null || need_install+=(curl)
+command -v python3 >/dev/null || need_install+=(python3)
+command -v taskset >/dev/null || need_install+=(util-linux)
+if ((${#need_install[@]})); then
+  log "installing ${need_install[*]} from Debian"
+  apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}"; then
+    # nginx-light is gone from newer releases; the full package serves the same purpose.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]/nginx-light/nginx}"
+  fi
+fi
+# 10,000 client connections need about 10,100 descriptors in the proxy and in the client.
+ulimit -n "$(ulimit -Hn)"
+(( $(ulimit -n) >= 10240 )) || { echo "open-file limit $(ulimit -n) is below 10240" >&2; exit 1; }
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=${BENCH_BIN:-$TARGET_DIR/release}
+if ((SKIP_BUILD == 0)); then
+  log "building release binaries (fat LTO: the first build takes minutes)"
+  (cd "$ROOT" && cargo build --release -p datastream-sidecar -p datastream-demo-replica)
+fi
+for b in datastream-sidecar datastream-demo-replica; do
+  [[ -x $BIN/$b ]] || { echo "missing $BIN/$b (build first)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d /tmp/datastream-bench.XXXXXX)
+DATA=$WORK/data
+mkdir -p "$DATA" "$BENCH/results"
+TS=$(date -u +%Y%m%dT%H%M%SZ)
+REPORT=$BENCH/results/$TS.md
+CLK_TCK=$(getconf CLK_TCK)
+
+# --- process bookkeeping: only the processes this script started are ever signalled ----------
+declare -a OWN_PIDS=()
+cleanup() {
+  local pid
+  for pid in "${OWN_PIDS[@]}"; do
+    kill -CONT "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_http() { # url [tries]
+  local i
+  for ((i = 0; i < ${2:-100}; i++)); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "not answering: $1" >&2
+  return 1
+}
+
+stop_pid() {
+  local pid=$1
+  kill -CONT "$pid" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  local i
+  for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+declare -a BACKEND_PIDS=()
+start_backends() {
+  BACKEND_PIDS=()
+  local i
+  for i in 0 1 2; do
+    taskset -c "$LOAD_CPU" "$BIN/datastream-demo-replica" --listen "127.0.0.1:${B_PORTS[$i]}" \
+      --replica-id "r$((i + 1))" >"$WORK/backend-$i.log" 2>&1 &
+    BACKEND_PIDS+=($!)
+    OWN_PIDS+=($!)
+  done
+  for i in 0 1 2; do wait_http "http://127.0.0.1:${B_PORTS[$i]}/healthz"; done
+}
+stop_backends() {
+  local pid
+  for pid in "${BACKEND_PIDS[@]}"; do stop_pid "$pid"; done
+  BACKEND_PIDS=()
+}
+set_latency() { # port ms
+  curl -fsS -o /dev/null -X POST -H 'content-type: application/json' \
+    --data "{\"latency_ms\":$2}" "http://127.0.0.1:$1/admin/fault"
+}
+clear_faults() {
+  local p
+  for p in "${B_PORTS[@]}"; do curl -fsS -o /dev/null -X DELETE "http://127.0.0.1:$p/admin/fault"; done
+}
+
+# --- proxies ---------------------------------------------------------------------------------
+SIDECAR_TIMEOUT_ARGS=()
+if "$BIN/datastream-sidecar" --help 2>/dev/null | grep -q -- '--per-try-timeout'; then
+  SIDECAR_TIMEOUT_ARGS=(--per-try-timeout "${PER_TRY_MS}ms")
+else
+  # Older binaries take the per-try timeout from the config file's traffic policy only.
+  printf 'traffic:\n  failover:\n    perTryTimeout: %sms\n' "$PER_TRY_MS" >"$WORK/sidecar.yaml"
+  SIDECAR_TIMEOUT_ARGS=(--config "$WORK/sidecar.yaml")
+fi
+
+PROXY_PID=
+start_sidecar() {
+  taskset -c "$PROXY_CPU" "$BIN/datastream-sidecar" --listen "127.0.0.1:$SIDECAR_PORT" \
+    --admin "127.0.0.1:$SIDECAR_ADMIN" --endpoints "$ENDPOINTS" --policy p2c-ewma \
+    "${SIDECAR_TIMEOUT_ARGS[@]}" --log-level warn >"$WORK/sidecar.log" 2>&1 &
+  PROXY_PID=$!
+  OWN_PIDS+=($!)
+  wait_http "http://127.0.0.1:$SIDECAR_ADMIN/ready"
+}
+
+start_nginx() { # balance: rr | least_conn
+  local balance=""
+  [[ $1 == least_conn ]] && balance="least_conn;"
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<CONF
+# One single-process worker so that its CPU time and RSS are the whole proxy's.
+daemon off;
+master_process off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 12000; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body;
+  proxy_temp_path $WORK/nginx/proxy;
+  upstream backends {
+    $balance
+    server 127.0.0.1:${B_PORTS[0]} max_fails=1 fail_timeout=10s;
+    server 127.0.0.1:${B_PORTS[1]} max_fails=1 fail_timeout=10s;
+    server 127.0.0.1:${B_PORTS[2]} max_fails=1 fail_timeout=10s;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=4096;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_connect_timeout ${PER_TRY_MS}ms;
+      proxy_read_timeout ${PER_TRY_MS}ms;
+      proxy_send_timeout ${PER_TRY_MS}ms;
+      proxy_next_upstream error timeout http_503;
+      proxy_next_upstream_tries 3;
+    }
+  }
+}
+CONF
+  taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+  PROXY_PID=$!
+  OWN_PIDS+=($!)
+  wait_http "http://127.0.0.1:$NGINX_PORT/healthz"
+}
+
+start_haproxy() { # balance: roundrobin | leastconn
+  cat >"$WORK/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  # HAProxy reserves two descriptors per connection; idle client connections need only one, so
+  # the machine's hard limit (20000) is enough for 10,000 of them.
+  ulimit-n 20000
+  no strict-limits
+  maxconn 10200
+defaults
+  mode http
+  timeout connect ${PER_TRY_MS}ms
+  timeout server ${PER_TRY_MS}ms
+  timeout client 60s
+  timeout http-keep-alive 60s
+  timeout check 500ms
+  http-reuse always
+  retries 2
+  option redispatch 1
+  retry-on conn-failure empty-response response-timeout 503
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  maxconn 10200
+  default_backend be
+backend be
+  balance $1
+  option httpchk GET /healthz
+  default-server check inter 1s fall 2 rise 2
+  server r1 127.0.0.1:${B_PORTS[0]}
+  server r2 127.0.0.1:${B_PORTS[1]}
+  server r3 127.0.0.1:${B_PORTS[2]}
+CONF
+  taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  PROXY_PID=$!
+  OWN_PIDS+=($!)
+  wait_http "http://127.0.0.1:$HAPROXY_PORT/healthz"
+}
+
+start_proxy() { # name [balance]
+  case $1 in
+    sidecar) start_sidecar ;;
+    nginx) start_nginx "${2:-rr}" ;;
+    haproxy) start_haproxy "${2:-roundrobin}" ;;
+  esac
+}
+proxy_port() {
+  case $1 in
+    direct) echo "${B_PORTS[0]}" ;;
+    sidecar) echo "$SIDECAR_PORT" ;;
+    nginx) echo "$NGINX_PORT" ;;
+    haproxy) echo "$HAPROXY_PORT" ;;
+  esac
+}
+stop_proxy() { [[ -n $PROXY_PID ]] && stop_pid "$PROXY_PID"; PROXY_PID=; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+
+# wrk against one target; writes DATA/<label>.kv. Args: label name conns [delay_ms]
+measure() {
+  local label=$1 name=$2 conns=$3 delay=${4:-0}
+  local url="http://127.0.0.1:$(proxy_port "$name")/whoami"
+  # Warm-up: fills upstream pools and lets balancers settle; not counted.
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s "$url" >/dev/null 2>&1 || true
+  local pid=${PROXY_PID:-} before=0
+  [[ $name != direct ]] && before=$(cpu_ticks "$pid")
+  local out
+  out=$(WRK_DELAY_MS=$delay taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s \
+    --latency -s "$BENCH/wrk-report.lua" "$url" 2>&1)
+  {
+    echo "$out" | sed -n 's/^RESULT //p'
+    echo "conns=$conns"
+    echo "delay_ms=$delay"
+    if [[ $name != direct ]]; then
+      local after requests
+      after=$(cpu_ticks "$pid")
+      requests=$(echo "$out" | sed -n 's/^RESULT requests=//p')
+      echo "cpu_ticks=$((after - before))"
+      awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$requests" \
+        'BEGIN { printf "cpu_us_per_req=%.2f\n", (n > 0 ? t / hz * 1e6 / n : 0) }'
+      echo "hwm_kib=$(status_kib "$pid" VmHWM)"
+      echo "rss_kib=$(status_kib "$pid" VmRSS)"
+    fi
+  } >"$DATA/$label.kv"
+  log "$label: $(tr '\n' ' ' <"$DATA/$label.kv")"
+}
+
+load_snapshot() { # label
+  {
+    echo "uptime=$(uptime)"
+    top -bn1 | sed -n '8,14p' | awk '{printf "top=%s %s %s %s\n", $9, $10, $11, $12}'
+  } >"$DATA/load-$1.kv"
+}
+
+# --- run ---------------------------------------------------------------------------------------
+{
+  echo "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "cpus=$(nproc)"
+  echo "cpu_model=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+  echo "kernel=$(uname -r)"
+  echo "mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+  echo "nginx=$(nginx -v 2>&1 | sed 's/.*: //')"
+  echo "haproxy=$(haproxy -v | head -1 | awk '{print $3}')"
+  echo "wrk=$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+  echo "git=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- sidecar 2>/dev/null || echo '+dirty sidecar/')"
+  echo "duration=$DURATION"
+  echo "conns=$CONNS"
+  echo "proxy_cpu=$PROXY_CPU"
+  echo "load_cpu=$LOAD_CPU"
+  echo "per_try_ms=$PER_TRY_MS"
+  echo "sidecar_timeout_args=${SIDECAR_TIMEOUT_ARGS[*]}"
+} >"$DATA/meta.kv"
+load_snapshot start
+
+log "scenario 1: peak throughput, $CONNS connections, ${DURATION}s each"
+start_backends
+measure peak-direct direct "$CONNS"
+for p in sidecar nginx haproxy; do
+  start_proxy "$p"
+  measure "peak-$p" "$p" "$CONNS"
+  stop_proxy
+done
+
+# Half of HAProxy's peak as a fixed offered load: each connection waits DELAY ms between requests.
+half=$(awk -F= '$1 == "rps" {printf "%d", $2 / 2}' "$DATA/peak-haproxy.kv")
+delay=$(awk -v r="$half" 'BEGIN { d = int(64 * 1000 / r + 0.5); if (d < 1) d = 1; print d }')
+hconns=$(awk -v r="$half" -v d="$delay" 'BEGIN { c = int(r * d / 1000 + 0.5); if (c < 1) c = 1; print c }')
+echo "half_target_rps=$half" >>"$DATA/meta.kv"
+log "scenario 1b: fixed load ~$half req/s ($hconns connections, ${delay} ms between requests)"
+measure half-direct direct "$hconns" "$delay"
+for p in sidecar nginx haproxy; do
+  start_proxy "$p"
+  measure "half-$p" "$p" "$hconns" "$delay"
+  stop_proxy
+done
+
+log "scenario 2: r3 answers in ${SLOWER_MS} ms, r1 and r2 in ${SLOW_MS} ms"
+set_latency "${B_PORTS[0]}" "$SLOW_MS"
+set_latency "${B_PORTS[1]}" "$SLOW_MS"
+set_latency "${B_PORTS[2]}" "$SLOWER_MS"
+start_proxy sidecar; measure slow-sidecar sidecar "$CONNS"; stop_proxy
+start_proxy nginx least_conn; measure slow-nginx nginx "$CONNS"; stop_proxy
+start_proxy haproxy leastconn; measure slow-haproxy haproxy "$CONNS"; stop_proxy
+clear_faults
+stop_backends
+
+log "scenario 3: r3 killed / frozen 3 s into a ${DURATION}s run, 8 keep-alive clients"
+for fault in kill freeze; do
+  for p in sidecar nginx haproxy; do
+    start_backends
+    start_proxy "$p"
+    sleep 1.5
+    victim=${BACKEND_PIDS[2]}
+    if [[ $fault == kill ]]; then cmd="kill -KILL $victim"; else cmd="kill -STOP $victim"; fi
+    taskset -c "$LOAD_CPU" python3 "$BENCH/faultload.py" --target "127.0.0.1:$(proxy_port "$p")" \
+      --duration "$DURATION" --concurrency 8 --fault-at 3 --fault-cmd "$cmd" \
+      >"$DATA/fault-$fault-$p.json"
+    log "fault $fault $p: $(cat "$DATA/fault-$fault-$p.json")"
+    stop_proxy
+    stop_backends
+  done
+done
+
+log "scenario 4: idle RSS, then RSS with 10,000 open idle client connections"
+start_backends
+for p in sidecar nginx haproxy; do
+  start_proxy "$p"
+  sleep 2
+  idle=$(status_kib "$PROXY_PID" VmRSS)
+  : >"$WORK/idle-$p.out"
+  taskset -c "$LOAD_CPU" python3 "$BENCH/idleconns.py" --target "127.0.0.1:$(proxy_port "$p")" \
+    --connections 10000 --hold 8 >"$WORK/idle-$p.out" &
+  client=$!
+  OWN_PIDS+=($client)
+  for ((i = 0; i < 600; i++)); do grep -q READY "$WORK/idle-$p.out" && break; sleep 0.1; done
+  sleep 1
+  {
+    echo "idle_rss_kib=$idle"
+    echo "conn_rss_kib=$(status_kib "$PROXY_PID" VmRSS)"
+    echo "conn_hwm_kib=$(status_kib "$PROXY_PID" VmHWM)"
+    echo "opened=$(awk '/READY/ {print $2}' "$WORK/idle-$p.out")"
+    echo "failed=$(awk '/READY/ {print $3}' "$WORK/idle-$p.out")"
+  } >"$DATA/idle-$p.kv"
+  wait "$client" || true
+  log "idle $p: $(tr '\n' ' ' <"$DATA/idle-$p.kv")"
+  stop_proxy
+done
+stop_backends
+load_snapshot end
+
+python3 "$BENCH/report.py" "$DATA" >"$REPORT"
+cat "$REPORT"
+log "report: $REPORT (raw data: $DATA)"
