@@ -12,6 +12,7 @@ pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod env;
+pub mod events;
 pub mod imagemap;
 pub mod ipam;
 pub mod launch;

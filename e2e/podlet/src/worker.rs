@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::{Backoff, CRASH_LOOP_BACK_OFF};
 use crate::context::Context;
 use crate::env::{self, PodFacts};
+use crate::events::PodEvents;
 use crate::imagemap::IMAGE_NOT_MAPPED;
 use crate::launch::{self, LaunchSpec};
 use crate::netns::{self, SandboxNames};
@@ -130,6 +131,7 @@ pub struct Worker {
     status_retry: Option<Instant>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
+    recorder: PodEvents,
 }
 
 impl Worker {
@@ -167,6 +169,7 @@ impl Worker {
             .map(|t| t.0)
             .unwrap_or_else(Timestamp::now);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let recorder = PodEvents::new(ctx.client.clone(), &ctx.node.name, &pod);
         Self {
             ctx,
             pod,
@@ -181,6 +184,7 @@ impl Worker {
             status_retry: None,
             events_tx,
             events_rx,
+            recorder,
         }
     }
 
@@ -300,6 +304,8 @@ impl Worker {
             }
             if let Err(e) = self.create_sandbox().await {
                 tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "sandbox setup failed; will retry");
+                self.recorder
+                    .warning("FailedCreatePodSandBox", "CreateSandbox", format!("{e:#}"));
                 for c in &mut self.ctrs {
                     c.waiting("ContainerCreating", format!("{e:#}"));
                 }
@@ -528,6 +534,11 @@ impl Worker {
         let restarts = c.view.restart_count;
         let is_init = c.init;
         tracing::info!(pod = %format!("{}/{}", self.ns, self.name), container = %spec.name, pid, restarts, "container started");
+        self.recorder.normal(
+            "Started",
+            "StartContainer",
+            format!("Started container {} (pid {pid})", spec.name),
+        );
         if !is_init {
             let ip = IpAddr::V4(sb.ip);
             for (kind, probe) in [
@@ -556,6 +567,11 @@ impl Worker {
     fn hold(&mut self, idx: usize, reason: &str, message: impl Into<String>) {
         let message = message.into();
         tracing::warn!(pod = %self.key(), container = %self.ctrs[idx].spec.name, reason, %message, "container cannot start");
+        self.recorder.warning(
+            "Failed",
+            "StartContainer",
+            format!("Error: {reason}: {message}"),
+        );
         let c = &mut self.ctrs[idx];
         c.waiting(reason, message);
         c.next_start = Some(Instant::now() + RETRY * 2);
@@ -629,6 +645,8 @@ impl Worker {
                 c.spec.name,
                 key
             );
+            let note = format!("Back-off restarting failed container {}", c.spec.name);
+            self.recorder.warning("BackOff", "StartContainer", note);
             c.waiting(CRASH_LOOP_BACK_OFF, msg);
         }
         c.next_start = Some(Instant::now() + delay);
@@ -650,13 +668,19 @@ impl Worker {
             tracing::debug!(pod = %key, container = %c.spec.name, ?kind, %why, "probe failed");
         }
         let ok = result.is_ok();
+        let why = result.err().unwrap_or_default();
+        let unhealthy = |what: &str| format!("{what} probe failed: {why}");
         match kind {
             ProbeKind::Startup => match c.startup.as_mut().and_then(|t| t.record(ok)) {
                 Some(true) => {
                     c.view.started = true;
                     c.view.ready = c.readiness.is_none();
                 }
-                Some(false) => kill_for(c, &key, "startup probe failed"),
+                Some(false) => {
+                    self.recorder
+                        .warning("Unhealthy", "Probe", unhealthy("Startup"));
+                    kill_for(c, &key, "startup probe failed");
+                }
                 None => {}
             },
             // Liveness and readiness only count once the container has started, as in the kubelet.
@@ -664,6 +688,8 @@ impl Worker {
                 if c.view.started
                     && c.liveness.as_mut().and_then(|t| t.record(ok)) == Some(false) =>
             {
+                self.recorder
+                    .warning("Unhealthy", "Probe", unhealthy("Liveness"));
                 kill_for(c, &key, "liveness probe failed");
             }
             ProbeKind::Readiness if c.view.started => {
@@ -671,6 +697,10 @@ impl Worker {
                     && r != c.view.ready
                 {
                     tracing::info!(pod = %key, container = %c.spec.name, ready = r, "readiness changed");
+                    if !r {
+                        self.recorder
+                            .warning("Unhealthy", "Probe", unhealthy("Readiness"));
+                    }
                     c.view.ready = r;
                 }
             }
@@ -745,6 +775,14 @@ impl Worker {
             return;
         }
         tracing::info!(pod = %self.key(), ?grace, processes = running.len(), "stopping containers");
+        for c in self.ctrs.iter().filter(|c| c.pid.is_some()) {
+            let note = format!(
+                "Stopping container {} (grace {}s)",
+                c.spec.name,
+                grace.as_secs()
+            );
+            self.recorder.normal("Killing", "KillContainer", note);
+        }
         for c in &mut self.ctrs {
             c.next_start = None;
             if let Some(t) = c.probes.take() {
