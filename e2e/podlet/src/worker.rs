@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus, Probe};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use nix::sys::signal::Signal;
@@ -67,7 +67,12 @@ struct Ctr {
 }
 
 impl Ctr {
-    fn new(spec: Container, init: bool, restart_count: i32) -> Self {
+    fn new(
+        spec: Container,
+        init: bool,
+        restart_count: i32,
+        last_state: Option<Termination>,
+    ) -> Self {
         let view = ContainerView {
             name: spec.name.clone(),
             image: spec.image.clone().unwrap_or_default(),
@@ -76,7 +81,7 @@ impl Ctr {
                 reason: "ContainerCreating".into(),
                 message: None,
             },
-            last_state: None,
+            last_state,
             restart_count,
             ready: false,
             started: false,
@@ -142,27 +147,19 @@ impl Worker {
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
         let name = meta.name.clone().unwrap_or_default();
         let previous = pod.status.clone().unwrap_or_default();
-        let prev_count = |list: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>,
-                          n: &str| {
-            list.iter()
-                .flatten()
-                .find(|s| s.name == n)
-                .map(|s| s.restart_count)
-                .unwrap_or(0)
-        };
         let spec = pod.spec.clone().unwrap_or_default();
         let mut ctrs: Vec<Ctr> = spec
             .init_containers
             .unwrap_or_default()
             .into_iter()
             .map(|c| {
-                let n = prev_count(&previous.init_container_statuses, &c.name);
-                Ctr::new(c, true, n)
+                let (n, last) = carried_over(previous.init_container_statuses.as_ref(), &c.name);
+                Ctr::new(c, true, n, last)
             })
             .collect();
         ctrs.extend(spec.containers.into_iter().map(|c| {
-            let n = prev_count(&previous.container_statuses, &c.name);
-            Ctr::new(c, false, n)
+            let (n, last) = carried_over(previous.container_statuses.as_ref(), &c.name);
+            Ctr::new(c, false, n, last)
         }));
         let start_time = previous
             .start_time
@@ -873,6 +870,29 @@ impl Worker {
     }
 }
 
+/// Restart count and last state a container starts with when a pod is (re)taken over, e.g. after a
+/// podlet restart: a container the API still shows running was killed by the restart's cleanup, so that
+/// counts as a restart, recorded as terminated by SIGKILL with reason `PodletRestarted`.
+fn carried_over(list: Option<&Vec<ContainerStatus>>, name: &str) -> (i32, Option<Termination>) {
+    let Some(prev) = list.into_iter().flatten().find(|s| s.name == name) else {
+        return (0, None);
+    };
+    match prev.state.as_ref().and_then(|s| s.running.as_ref()) {
+        Some(running) => {
+            let started = running
+                .started_at
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now);
+            let id = prev.container_id.clone().unwrap_or_default();
+            let mut t = Termination::new(Some(137), Some(9), started, Timestamp::now(), id);
+            t.reason = "PodletRestarted".into();
+            (prev.restart_count + 1, Some(t))
+        }
+        None => (prev.restart_count, None),
+    }
+}
+
 fn kill_for(c: &mut Ctr, pod: &str, reason: &str) {
     if let Some(pid) = c.pid {
         tracing::info!(%pod, container = %c.spec.name, reason, "container will be restarted");
@@ -932,5 +952,63 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateRunning, ContainerStateWaiting,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn status(name: &str, count: i32, state: ContainerState) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            restart_count: count,
+            state: Some(state),
+            container_id: Some("process://42".into()),
+            ..ContainerStatus::default()
+        }
+    }
+
+    #[test]
+    fn restart_counts_carry_over_and_a_killed_running_container_counts() {
+        let t0 = Timestamp::from_second(1_700_000_000).unwrap();
+        let list = vec![
+            status(
+                "running",
+                2,
+                ContainerState {
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(Time(t0)),
+                    }),
+                    ..ContainerState::default()
+                },
+            ),
+            status(
+                "waiting",
+                5,
+                ContainerState {
+                    waiting: Some(ContainerStateWaiting::default()),
+                    ..ContainerState::default()
+                },
+            ),
+        ];
+        let (n, last) = carried_over(Some(&list), "running");
+        assert_eq!(n, 3);
+        let last = last.unwrap();
+        assert_eq!(
+            (last.exit_code, last.signal, last.reason.as_str()),
+            (137, Some(9), "PodletRestarted")
+        );
+        assert_eq!(
+            (last.started_at, last.container_id.as_str()),
+            (t0, "process://42")
+        );
+        assert_eq!(carried_over(Some(&list), "waiting"), (5, None));
+        assert_eq!(carried_over(Some(&list), "new"), (0, None));
+        assert_eq!(carried_over(None, "running"), (0, None));
     }
 }
