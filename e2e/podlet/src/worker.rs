@@ -661,45 +661,52 @@ impl Worker {
         if c.generation != generation || !c.running() {
             return;
         }
-        if let Err(why) = &result {
-            tracing::debug!(pod = %key, container = %c.spec.name, ?kind, %why, "probe failed");
+        let what = match kind {
+            ProbeKind::Startup => "Startup",
+            ProbeKind::Liveness => "Liveness",
+            ProbeKind::Readiness => "Readiness",
+        };
+        // Liveness and readiness only count once the container has started, as in the kubelet.
+        if kind != ProbeKind::Startup && !c.view.started {
+            return;
         }
         let ok = result.is_ok();
-        let why = result.err().unwrap_or_default();
-        let unhealthy = |what: &str| format!("{what} probe failed: {why}");
-        match kind {
-            ProbeKind::Startup => match c.startup.as_mut().and_then(|t| t.record(ok)) {
-                Some(true) => {
-                    c.view.started = true;
-                    c.view.ready = c.readiness.is_none();
-                }
-                Some(false) => {
-                    self.recorder
-                        .warning("Unhealthy", "Probe", unhealthy("Startup"));
-                    kill_for(c, &key, "startup probe failed");
-                }
-                None => {}
-            },
-            // Liveness and readiness only count once the container has started, as in the kubelet.
-            ProbeKind::Liveness
-                if c.view.started
-                    && c.liveness.as_mut().and_then(|t| t.record(ok)) == Some(false) =>
-            {
-                self.recorder
-                    .warning("Unhealthy", "Probe", unhealthy("Liveness"));
-                kill_for(c, &key, "liveness probe failed");
+        if let Err(why) = &result {
+            // One event per failed check, as the kubelet does; the recorder folds repeats into a series.
+            tracing::debug!(pod = %key, container = %c.spec.name, probe = what, %why, "probe failed");
+            self.recorder
+                .warning("Unhealthy", "Probe", format!("{what} probe failed: {why}"));
+        }
+        let tracker = match kind {
+            ProbeKind::Startup => c.startup.as_mut(),
+            ProbeKind::Liveness => c.liveness.as_mut(),
+            ProbeKind::Readiness => c.readiness.as_mut(),
+        };
+        let Some(outcome) = tracker.and_then(|t| t.record(ok)) else {
+            return;
+        };
+        match (kind, outcome) {
+            (ProbeKind::Startup, true) => {
+                c.view.started = true;
+                c.view.ready = c.readiness.is_none();
             }
-            ProbeKind::Readiness if c.view.started => {
-                if let Some(r) = c.readiness.as_mut().and_then(|t| t.record(ok))
-                    && r != c.view.ready
-                {
-                    tracing::info!(pod = %key, container = %c.spec.name, ready = r, "readiness changed");
-                    if !r {
-                        self.recorder
-                            .warning("Unhealthy", "Probe", unhealthy("Readiness"));
-                    }
-                    c.view.ready = r;
-                }
+            (ProbeKind::Startup | ProbeKind::Liveness, false) => {
+                let note = format!(
+                    "Container {} failed {} probe, will be restarted",
+                    c.spec.name,
+                    what.to_lowercase()
+                );
+                self.recorder.normal("Killing", "KillContainer", note);
+                kill_for(c, &key, &format!("{} probe failed", what.to_lowercase()));
+            }
+            (ProbeKind::Readiness, ready) if ready != c.view.ready => {
+                let why = if ready {
+                    String::new()
+                } else {
+                    result.err().unwrap_or_default()
+                };
+                tracing::info!(pod = %key, container = %c.spec.name, ready, %why, "readiness changed");
+                c.view.ready = ready;
             }
             _ => {}
         }
