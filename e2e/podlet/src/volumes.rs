@@ -213,10 +213,17 @@ impl Volumes {
         facts: &PodFacts,
     ) -> Result<(), VolumeError> {
         let now = Timestamp::now();
+        let mut result = Ok(());
         for t in self.tokens.iter_mut().filter(|t| t.refresh_at <= now) {
-            request_token(client, pod, facts, t, None).await?;
+            if let Err(e) = request_token(client, pod, facts, t, None).await {
+                // Retry soon, but not in a tight loop; the old token stays valid until it expires.
+                t.refresh_at = now
+                    .checked_add(jiff::SignedDuration::from_secs(10))
+                    .unwrap_or(now);
+                result = Err(e);
+            }
         }
-        Ok(())
+        result
     }
 
     /// Bind mounts for `container`'s `volumeMounts`.

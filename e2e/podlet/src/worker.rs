@@ -859,6 +859,7 @@ impl Worker {
     }
 
     /// Deletes the pod for good (grace 0, guarded by its uid), as the kubelet does after termination.
+    /// Retried for a minute: a pod nobody finalises would stay Terminating forever.
     async fn finalize_deletion(&self) {
         let api = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.ns);
         let dp = DeleteParams {
@@ -869,10 +870,19 @@ impl Worker {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&self.name, &dp).await {
-            Ok(_) => tracing::info!(pod = %self.key(), "pod deleted"),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => tracing::warn!(pod = %self.key(), error = %e, "final pod delete failed"),
+        for attempt in 1..=30 {
+            match api.delete(&self.name, &dp).await {
+                Ok(_) => {
+                    tracing::info!(pod = %self.key(), "pod deleted");
+                    return;
+                }
+                // Gone already, or a new pod with the same name (uid precondition failed).
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %self.key(), attempt, error = %e, "final pod delete failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
         }
     }
 }
