@@ -55,6 +55,32 @@ fn helm_ok(args: &[&str]) -> String {
     stdout
 }
 
+/// A Helm release uninstalled when the test ends, even by a panic, so that its cluster-scoped
+/// objects (ClusterRole, ClusterRoleBinding) never outlive the test's namespaces.
+struct Release {
+    name: String,
+    namespace: String,
+    installed: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.installed && std::env::var_os("E2E_KEEP").is_none() {
+            let _ = Command::new(state_dir().join("bin/helm"))
+                .env("KUBECONFIG", kubeconfig_path())
+                .args([
+                    "uninstall",
+                    &self.name,
+                    "-n",
+                    &self.namespace,
+                    "--timeout",
+                    "60s",
+                ])
+                .output();
+        }
+    }
+}
+
 /// The chart's values that point every image at the binaries the process kubelet maps.
 fn local_images() -> Vec<String> {
     [
@@ -64,7 +90,6 @@ fn local_images() -> Vec<String> {
         "sidecar.image.tag=dev",
         "test.image.repository=localhost/datastream-demo-replica",
         "test.image.tag=dev",
-        "log.level=info,datastream_operator=debug",
     ]
     .iter()
     .flat_map(|v| ["--set".to_owned(), (*v).to_owned()])
@@ -394,21 +419,85 @@ async fn a_users_whole_journey() {
         chart.to_str().unwrap(),
         "-n",
         &ops.name,
-        "--wait",
-        "--timeout",
-        "180s",
     ];
     let images = local_images();
     install.extend(images.iter().map(String::as_str));
     let test_ns = format!("test.namespace={}", app.name);
     install.extend(["--set", test_ns.as_str()]);
     let installed = Instant::now();
+    let mut guard = Release {
+        name: release.clone(),
+        namespace: ops.name.clone(),
+        installed: true,
+    };
     helm_ok(&install);
-    eprintln!(
-        "journey: helm install --wait took {:?}",
-        installed.elapsed()
-    );
     let operator_name = format!("{release}-datastream-operator");
+    let op_pods: Api<Pod> = Api::namespaced(client.clone(), &ops.name);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ops.name);
+    // Operator pods whose container runs, by name, with their Ready condition.
+    let operator_pods = || async {
+        op_pods
+            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+            .await
+            .map(|l| {
+                l.items
+                    .into_iter()
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| {
+                        let s = p.status.as_ref();
+                        s.and_then(|s| s.container_statuses.as_ref())
+                            .is_some_and(|c| {
+                                c.iter()
+                                    .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                            })
+                    })
+                    .map(|p| {
+                        let ready = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|c| {
+                                c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                        (p.metadata.name.unwrap_or_default(), ready)
+                    })
+                    .collect::<BTreeMap<_, _>>()
+            })
+            .unwrap_or_default()
+    };
+    // The operator pod holds the Lease: it authenticated with its service account, passed its
+    // start-up check (list DataStreams) and may reconcile.
+    wait_for(
+        &ops.name,
+        "the operator pod to run and hold the leader Lease",
+        Duration::from_secs(120),
+        || async {
+            let names = operator_pods().await;
+            let holder = leases
+                .get_opt(&operator_name)
+                .await
+                .ok()??
+                .spec?
+                .holder_identity?;
+            names.contains_key(&holder).then_some(())
+        },
+    )
+    .await;
+    report.push(format!(
+        "helm install: operator pod running and leading {:?} after helm install",
+        installed.elapsed()
+    ));
+    // Readiness (/readyz: watches synced) is recorded here and asserted at the end, so that a
+    // readiness bug does not hide the rest of the journey.
+    let ready_deadline = Instant::now() + Duration::from_secs(30);
+    let mut operator_ready = false;
+    while Instant::now() < ready_deadline && !operator_ready {
+        operator_ready = operator_pods().await.values().all(|r| *r);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report.push(format!(
+        "operator pod Ready (/readyz) within 30 s of leading: {operator_ready}"
+    ));
     let sa = kubectl_ok(&[
         "get",
         "pods",
@@ -581,6 +670,29 @@ async fn a_users_whole_journey() {
     )
     .await;
     let failover = deleted.elapsed();
+    // Every surviving sidecar settles on one primary (a replacement pod may join meanwhile).
+    let agreed = wait_for(
+        &app.name,
+        "surviving sidecars agreeing on one primary",
+        Duration::from_secs(30),
+        || {
+            let survivors = survivors.clone();
+            async move {
+                let mut seen = BTreeSet::new();
+                for s in &survivors {
+                    for _ in 0..5 {
+                        let a = send(*s, "GET", "/", &[("x-consistency", "strong")], "")
+                            .await
+                            .ok()?;
+                        seen.insert(a.replica.filter(|_| a.status < 500)?);
+                    }
+                }
+                (seen.len() == 1).then(|| seen.into_iter().next().unwrap())
+            }
+        },
+    )
+    .await;
+    assert_ne!(agreed, primary, "the deleted pod cannot stay primary");
     let agreed = primary_of(survivors.clone()).await;
     assert_eq!(
         agreed,
@@ -641,7 +753,10 @@ async fn a_users_whole_journey() {
     let pid_file = state_dir().join("run/pods").join(&uid).join("workload.pid");
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
-        .trim()
+        // "<pid> <start time>": the start time guards against pid reuse.
+        .split_whitespace()
+        .next()
+        .unwrap()
         .parse()
         .unwrap();
     let restarts = |p: &Pod| {
@@ -895,31 +1010,13 @@ async fn a_users_whole_journey() {
         "--reuse-values",
         "--set",
         "replicaCount=2",
-        "--wait",
-        "--timeout",
-        "180s",
     ];
     upgrade.extend(images.iter().map(String::as_str));
     helm_ok(&upgrade);
-    let op_pods: Api<Pod> = Api::namespaced(client.clone(), &ops.name);
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ops.name);
-    let operator_pods = || async {
-        op_pods
-            .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
-            .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_none())
-                    .filter_map(|p| p.metadata.name)
-                    .collect::<BTreeSet<_>>()
-            })
-            .unwrap_or_default()
-    };
     let leader = wait_for(
         &ops.name,
-        "two operator pods and a leader among them",
-        Duration::from_secs(60),
+        "two running operator pods and a leader among them",
+        Duration::from_secs(120),
         || async {
             let names = operator_pods().await;
             let holder = leases
@@ -928,7 +1025,7 @@ async fn a_users_whole_journey() {
                 .ok()??
                 .spec?
                 .holder_identity?;
-            (names.len() == 2 && names.contains(&holder)).then_some(holder)
+            (names.len() == 2 && names.contains_key(&holder)).then_some(holder)
         },
     )
     .await;
@@ -1009,6 +1106,7 @@ async fn a_users_whole_journey() {
         "--timeout",
         "120s",
     ]);
+    guard.installed = false;
     let instance = format!("app.kubernetes.io/instance={release}");
     wait_for(&ops.name, "no object of the release left", Duration::from_secs(60), || async {
         let namespaced = kubectl(&["get", "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,configmaps", "-n", &ops.name, "-l", &instance, "-o", "name"]);
@@ -1023,4 +1121,8 @@ async fn a_users_whole_journey() {
     for line in &report {
         eprintln!("- {line}");
     }
+    assert!(
+        operator_ready,
+        "the operator pod never reported Ready (/readyz) although it reconciled"
+    );
 }
