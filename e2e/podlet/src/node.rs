@@ -260,7 +260,7 @@ pub async fn renew_lease(client: &Client, info: &NodeInfo, node_uid: &str) -> ku
 pub async fn heartbeat(
     client: Client,
     info: NodeInfo,
-    node_uid: String,
+    mut node_uid: String,
     since: Timestamp,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -274,11 +274,18 @@ pub async fn heartbeat(
                     tracing::warn!(error = %e, "renewing the node lease failed");
                 }
             }
-            _ = status_tick.tick() => {
-                if let Err(e) = post_status(&client, &info, since).await {
-                    tracing::warn!(error = %e, "posting node status failed");
-                }
-            }
+            _ = status_tick.tick() => match post_status(&client, &info, since).await {
+                Ok(()) => {}
+                // Someone deleted the Node: register it again, as a kubelet would.
+                Err(kube::Error::Api(e)) if e.code == 404 => match register(&client, &info, since).await {
+                    Ok(uid) => {
+                        tracing::info!(node = %info.name, "node re-registered after it was deleted");
+                        node_uid = uid;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-registering the node failed"),
+                },
+                Err(e) => tracing::warn!(error = %e, "posting node status failed"),
+            },
         }
     }
 }
