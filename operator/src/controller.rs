@@ -38,6 +38,9 @@ use crate::status::{self, Observed};
 /// Field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "datastream-operator";
 
+/// Streams reconciled at the same time.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// How often a DataStream is reconciled with no event at all: watches can miss events, and a
 /// reconcile of an unchanged stream costs no request.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -593,6 +596,11 @@ pub async fn run(
             let name = slice.labels().get(INSTANCE_LABEL)?.clone();
             Some(ObjectRef::<DataStream>::new(&name).within(&ns))
         })
+        // Bounded parallelism keeps peak memory and apiserver load flat when many streams change
+        // at once (a fresh install with hundreds of streams); each reconcile is a few requests.
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .graceful_shutdown_on(shutdown);
     let main_store = controller.store();
 

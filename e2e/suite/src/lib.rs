@@ -15,7 +15,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Root of the repository.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// The cluster's state directory (`e2e/.state`).
@@ -25,15 +28,22 @@ pub fn state_dir() -> PathBuf {
 
 /// Path of the admin kubeconfig written by `make cluster-up`.
 pub fn kubeconfig_path() -> PathBuf {
-    std::env::var_os("KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| state_dir().join("kubeconfig"))
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| state_dir().join("kubeconfig"))
 }
 
 /// A client for the local cluster, or a clear error saying how to start it.
 pub async fn client() -> Result<Client> {
     let path = kubeconfig_path();
-    let kubeconfig = Kubeconfig::read_from(&path)
-        .with_context(|| format!("no kubeconfig at {}: run `make cluster-up` first", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    let kubeconfig = Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "no kubeconfig at {}: run `make cluster-up` first",
+            path.display()
+        )
+    })?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     let client = Client::try_from(config)?;
     client
         .apiserver_version()
@@ -62,13 +72,27 @@ pub fn kubectl(args: &[&str]) -> Output {
 pub fn kubectl_stdin(args: &[&str], stdin: Option<&str>) -> Output {
     let bin = state_dir().join("bin/kubectl");
     let mut command = Command::new(&bin);
-    command.arg("--kubeconfig").arg(kubeconfig_path()).args(args);
-    command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig_path())
+        .args(args);
+    command.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
     if let Some(input) = stdin {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     let out = child.wait_with_output().unwrap();
     Output {
@@ -90,7 +114,14 @@ pub fn kubectl_ok(args: &[&str]) -> String {
 pub fn dump_state(namespace: &str) {
     eprintln!("===== cluster state of namespace {namespace} =====");
     for args in [
-        vec!["get", "dst,deploy,rs,pods,svc,endpointslices,pdb,networkpolicy", "-o", "wide", "-n", namespace],
+        vec![
+            "get",
+            "dst,deploy,rs,pods,svc,endpointslices,pdb,networkpolicy",
+            "-o",
+            "wide",
+            "-n",
+            namespace,
+        ],
         vec!["describe", "dst", "-n", namespace],
         vec!["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"],
         vec!["get", "nodes", "-o", "wide"],
@@ -156,10 +187,18 @@ impl Drop for TestNamespace {
     }
 }
 
-/// A built binary of the workspace (`target/debug/<name>`).
+/// A built binary of the workspace: `target/debug/<name>`, or `$E2E_BIN_DIR/<name>` (benchmarks
+/// point it at `target/release`).
 pub fn binary(name: &str) -> PathBuf {
-    let path = repo().join("target/debug").join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    let dir = std::env::var_os("E2E_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        path.display()
+    );
     path
 }
 
@@ -182,16 +221,33 @@ impl Operator {
     pub fn start(identity: &str, lease_namespace: &str) -> Self {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(state_dir().join(format!("logs/operator-{identity}.log"))).unwrap();
+        let log = std::fs::File::create(state_dir().join(format!("logs/operator-{identity}.log")))
+            .unwrap();
         let child = Command::new(binary("datastream-operator"))
             .env("KUBECONFIG", kubeconfig_path())
-            .args(["--sidecar-image", SIDECAR_IMAGE, "--admin-addr", &admin, "--lease-namespace", lease_namespace])
-            .args(["--identity", identity, "--log", "info,datastream_operator=debug"])
+            .args([
+                "--sidecar-image",
+                SIDECAR_IMAGE,
+                "--admin-addr",
+                &admin,
+                "--lease-namespace",
+                lease_namespace,
+            ])
+            .args([
+                "--identity",
+                identity,
+                "--log",
+                "info,datastream_operator=debug",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("operator starts");
-        Operator { child, admin, identity: identity.to_owned() }
+        Operator {
+            child,
+            admin,
+            identity: identity.to_owned(),
+        }
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -223,7 +279,11 @@ impl Drop for Operator {
 
 /// A TCP port free on loopback right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Sends one HTTP/1.1 GET (or other request) and returns the status and body.
@@ -232,49 +292,73 @@ pub async fn http_get(url: &str, headers: &[(&str, &str)]) -> Result<(u16, Strin
 }
 
 /// Sends one HTTP/1.1 request with a 5 s timeout.
-pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, String)> {
+pub async fn http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
     use http_body_util::BodyExt;
     let uri: http::Uri = url.parse()?;
     let authority = uri.authority().context("url without host")?.clone();
     let fut = async {
         let stream = tokio::net::TcpStream::connect(authority.as_str()).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut request = http::Request::builder().method(method).uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
         request = request.header("host", authority.as_str());
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let response = sender.send_request(request.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned())))?).await?;
+        let response = sender
+            .send_request(request.body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))?)
+            .await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    tokio::time::timeout(Duration::from_secs(5), fut).await.context("request timed out")?
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .context("request timed out")?
 }
 
 /// Write requests (create/update/patch/delete) recorded in the apiserver's audit log for
 /// `namespace` on the resources in `resources`, after `since`.
 pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<serde_json::Value> {
     let path = state_dir().join("logs/audit.log");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     text.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| matches!(e["verb"].as_str(), Some("create" | "update" | "patch" | "delete")))
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
         .filter(|e| e["objectRef"]["namespace"] == namespace)
         .filter(|e| resources.contains(&e["objectRef"]["resource"].as_str().unwrap_or_default()))
         // The operator authenticates as the admin user here; controllers have their own users.
         .filter(|e| e["user"]["username"] == "kubernetes-admin")
         // Token requests are the process kubelet's, not the operator's.
-        .filter(|e| e["objectRef"]["subresource"].is_null() || e["objectRef"]["subresource"] == "status")
+        .filter(|e| {
+            e["objectRef"]["subresource"].is_null() || e["objectRef"]["subresource"] == "status"
+        })
         .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
         .collect()
 }
 
 /// The current time as the audit log writes it (RFC 3339, UTC).
 pub fn audit_now() -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     let ts = k8s_openapi::jiff::Timestamp::from_nanosecond(now.as_nanos() as i128).unwrap();
     ts.strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
