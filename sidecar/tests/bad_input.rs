@@ -181,3 +181,75 @@ async fn connection_count_is_bounded() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let bs = backends(2).await;
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar(LIMITS, &specs).await;
+    let out = raw(
+        sc.traffic_addr(),
+        b"GET /slow/30 HTTP/1.1\r\nHost: a\r\n\r\nGET /headers HTTP/1.1\r\nHost: a\r\nX-Seq: 2\r\n\r\nGET /slow/5 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 3, "{out}");
+    let second = out.find("x-seq: 2").expect("second response in the middle");
+    let first_end = out.find("HTTP/1.1 200").unwrap();
+    let third = out.rfind("HTTP/1.1 200").unwrap();
+    assert!(first_end < second && second < third, "{out}");
+}
+
+#[tokio::test]
+async fn expect_continue_bodies_are_forwarded() {
+    let bs = backends(1).await;
+    let sc = sidecar(LIMITS, &[bs[0].spec()]).await;
+    let mut s = TcpStream::connect(sc.traffic_addr()).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    s.write_all(b"hello").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.contains("HTTP/1.1 200") && out.ends_with('5'), "{out}");
+}
+
+#[tokio::test]
+async fn random_garbage_never_takes_the_sidecar_down() {
+    let bs = backends(1).await;
+    let sc = sidecar(LIMITS, &[bs[0].spec()]).await;
+    // Deterministic pseudo-random inputs (xorshift), plus near-valid prefixes.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let prefixes: [&[u8]; 5] = [
+        b"",
+        b"GET / HTTP/1.1\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+    ];
+    for i in 0..60 {
+        let mut input = prefixes[i % prefixes.len()].to_vec();
+        let len = (next() % 300) as usize;
+        input.extend((0..len).map(|_| next() as u8));
+        let _ = raw(sc.traffic_addr(), &input, Duration::from_millis(200)).await;
+    }
+    let a = get(&h1_client(), sc.traffic_addr(), "/", &[]).await;
+    assert_eq!(a.status, 200);
+}
