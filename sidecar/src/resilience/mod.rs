@@ -27,6 +27,7 @@ pub mod budget;
 pub mod deadline;
 pub mod health;
 pub mod hedge;
+pub mod metrics;
 pub mod outlier;
 pub mod ratelimit;
 pub mod retry;
