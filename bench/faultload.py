@@ -5,8 +5,11 @@ Each of --concurrency workers keeps one HTTP/1.1 connection to --target and send
 back for --duration seconds. At --fault-at seconds, --fault-cmd runs (e.g. `kill -STOP PID`).
 Printed as JSON: requests, failures by reason (non-2xx status, connection errors, client
 timeouts), latency percentiles, answers per replica (x-replica-id) before and after the fault,
-and the disruption window: from the fault until the end of the last request that failed or took
-longer than --slow-ms (requests in flight at the fault count). Zero means clients never noticed.
+the disruption window: from the fault until the end of the last request that failed or took
+longer than --slow-ms (requests in flight at the fault count; zero means clients never noticed),
+and "stuck" requests (failed, or at least --stuck-ms, just under a per-try timeout: they waited
+on the bad replica): how many before and after the fault, and when after the fault the last one
+started, which is when the proxy last sent a client's request to the bad replica.
 """
 
 import argparse
@@ -80,6 +83,7 @@ async def main():
     p.add_argument("--fault-at", type=float, default=3.0)
     p.add_argument("--fault-cmd", default="")
     p.add_argument("--slow-ms", type=float, default=100.0)
+    p.add_argument("--stuck-ms", type=float, default=190.0)
     p.add_argument("--timeout", type=float, default=5.0)
     args = p.parse_args()
     host, port = args.target.rsplit(":", 1)
@@ -109,12 +113,22 @@ async def main():
     window = 0.0
     affected = 0
     slow_before = 0
+    stuck_before = stuck_after = 0
+    last_stuck_start = None
     for t0, t1, outcome, replica in records:
         if outcome == "ok":
             side = before if fault_t is None or t0 < fault_t else after
             side[replica] = side.get(replica, 0) + 1
             if t0 >= stop_at - 2:
                 last2s[replica] = last2s.get(replica, 0) + 1
+        stuck = outcome != "ok" or (t1 - t0) * 1000 >= args.stuck_ms
+        if fault_t is not None and stuck:
+            if t1 < fault_t:
+                stuck_before += 1
+            else:
+                stuck_after += 1
+                start = max(0.0, t0 - fault_t)
+                last_stuck_start = start if last_stuck_start is None else max(last_stuck_start, start)
         if fault_t is not None and t1 < fault_t and (outcome != "ok" or (t1 - t0) * 1000 > args.slow_ms):
             slow_before += 1
         if fault_t is not None and t1 >= fault_t and (outcome != "ok" or (t1 - t0) * 1000 > args.slow_ms):
@@ -130,6 +144,10 @@ async def main():
         "affected": affected,
         "slow_before_fault": slow_before,
         "disruption_ms": round(window * 1000, 1),
+        "stuck_ms": args.stuck_ms,
+        "stuck_before_fault": stuck_before,
+        "stuck_after_fault": stuck_after,
+        "last_stuck_start_ms": None if last_stuck_start is None else round(last_stuck_start * 1000, 1),
         "replicas_before_fault": before,
         "replicas_after_fault": after,
         "replicas_last_2s": last2s,
