@@ -32,6 +32,9 @@ func startEtcd(dataDir, logFile string) (*embed.Etcd, string, error) {
 	cfg.Logger = "zap"
 	cfg.LogLevel = "warn"
 	cfg.LogOutputs = []string{logFile}
+	// NewConfig leaves this at zero (only etcd's command-line flags default it), which logs every
+	// single request as "expensive".
+	cfg.WarningUnaryRequestDuration = embed.DefaultWarningUnaryRequestDuration
 	// The apiserver compacts etcd itself every 5 minutes; keep etcd's own compaction off as in
 	// kubeadm's default.
 	e, err := embed.StartEtcd(cfg)

@@ -2,7 +2,7 @@
 # Builds the e2e control-plane binary (k8s-e2e, which is also kubectl) and helm only when missing.
 #
 # Binaries are cached under ${DATASTREAM_CACHE:-$HOME/.cache/datastream}:
-#   k8s-e2e/<key>/k8s-e2e  key = sha256 of e2e/cluster/{go.mod,go.sum,*.go}, the Go version and the
+#   k8s-e2e/<key>/k8s-e2e  key = sha256 of e2e/cluster/{go.mod,go.sum,*.go but tests}, the Go version and the
 #                          stamped Kubernetes version: any change to the module rebuilds, nothing else does.
 #   helm/<version>-<go>/helm
 # then linked (or copied) to e2e/.state/bin/{k8s-e2e,kubectl,helm}. Go's own module and build caches
@@ -46,7 +46,7 @@ for p in $v $c; do
   stamp+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=$k8s_major -X $p.gitMinor=$k8s_minor"
   stamp+=" -X $p.gitTreeState=clean -X $p.gitCommit="
 done
-key="$( { cd "$src"; cat go.mod go.sum; for f in $(ls ./*.go | LC_ALL=C sort); do echo "$f"; cat "$f"; done
+key="$( { cd "$src"; cat go.mod go.sum; for f in $(ls ./*.go | grep -v "_test\.go$" | LC_ALL=C sort); do echo "$f"; cat "$f"; done
           echo "$go_version $k8s_version $stamp"; } | sha256sum | cut -c1-16)"
 k8s_bin="$cache/k8s-e2e/$key/k8s-e2e"
 if [[ -x "$k8s_bin" ]]; then
