@@ -306,3 +306,51 @@ fn operator_pod_is_restricted_and_wired() {
         ]
     );
 }
+
+/// Every metric the Grafana dashboard queries is one the operator or the sidecar registers, so
+/// that a renamed metric cannot leave a silently empty panel.
+#[test]
+fn dashboard_queries_only_registered_metrics() {
+    let dashboard = std::fs::read_to_string(chart().join("dashboards/datastream.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
+    let mut sources = String::new();
+    for dir in ["sidecar/src", "operator/src"] {
+        collect_sources(&repo().join(dir), &mut sources);
+    }
+    let mut unknown = std::collections::BTreeSet::new();
+    for (i, _) in dashboard.match_indices("datastream_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let Some(rest) = name
+            .strip_prefix("datastream_sidecar_")
+            .or_else(|| name.strip_prefix("datastream_operator_"))
+        else {
+            continue;
+        };
+        // prometheus-client appends _total to counters; histograms expose _bucket, _sum, _count.
+        let base = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .fold(rest, |n, s| n.strip_suffix(s).unwrap_or(n));
+        if !sources.contains(&format!("\"{base}\"")) {
+            unknown.insert(name);
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics nobody registers: {unknown:?}"
+    );
+}
+
+fn collect_sources(dir: &std::path::Path, out: &mut String) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+}
