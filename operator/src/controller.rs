@@ -200,7 +200,12 @@ where
             .pending(kind, ns, &name, &desired_json, live_json.as_ref())
     {
         // The cache has not caught up with our own last apply of this very object.
-        return Ok((Outcome::Unchanged, serde_json::from_value(applied).ok()));
+        return Ok((
+            Outcome::Unchanged,
+            applied
+                .and_then(|a| serde_json::from_value(a).ok())
+                .or_else(|| live.map(|l| (*l).clone())),
+        ));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     ctx.metrics.wrote(kind, "apply");
@@ -222,6 +227,9 @@ where
         &name,
         &desired_json,
         serde_json::to_value(&applied).expect("Kubernetes objects serialize"),
+        // Only the Deployment's applied copy is ever read back (for status); keeping the others
+        // would cost memory for nothing.
+        kind == "Deployment",
     );
     let outcome = if live.is_some() {
         Outcome::Updated
@@ -583,7 +591,15 @@ pub async fn run(
     ));
 
     let streams: Api<DataStream> = Api::all(client.clone());
-    let controller = Controller::new(streams, watcher::Config::default())
+    let (main_store, main_writer) = reflector::store();
+    let stream_events = reflector::reflector(
+        main_writer,
+        watcher(streams, watcher::Config::default())
+            .default_backoff()
+            .modify(|ds: &mut DataStream| ds.managed_fields_mut().clear()),
+    )
+    .applied_objects();
+    let controller = Controller::for_stream(stream_events, main_store.clone())
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(sa_events)
@@ -602,7 +618,6 @@ pub async fn run(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
         .graceful_shutdown_on(shutdown);
-    let main_store = controller.store();
 
     // Children caches must be complete before the first reconcile, or it would re-create
     // objects that merely have not been listed yet.
