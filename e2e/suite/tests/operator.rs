@@ -13,8 +13,20 @@ use k8s_openapi::api::rbac::v1::Role;
 use kube::Api;
 
 fn install_crd() {
-    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &repo().join("crds/datastream.yaml").to_string_lossy()]);
-    kubectl_ok(&["wait", "--for", "condition=Established", "--timeout=60s", "crd/datastreams.datastream.dev"]);
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &repo().join("crds/datastream.yaml").to_string_lossy(),
+    ]);
+    kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout=60s",
+        "crd/datastreams.datastream.dev",
+    ]);
 }
 
 fn stream_yaml(name: &str, replicas: i32, extra_env: &str) -> String {
@@ -49,8 +61,15 @@ async fn invalid_datastreams_are_rejected_at_admission() {
     install_crd();
     let ns = TestNamespace::create("e2e-invalid");
     let valid = stream_yaml("ok", 3, "x");
-    let out = kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&valid));
-    assert!(out.ok, "a valid DataStream must pass admission: {}", out.stderr);
+    let out = kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+        Some(&valid),
+    );
+    assert!(
+        out.ok,
+        "a valid DataStream must pass admission: {}",
+        out.stderr
+    );
 
     // Each case breaks exactly one rule; the message is what the user sees.
     let cases: &[(&str, &str, &str)] = &[
@@ -58,7 +77,11 @@ async fn invalid_datastreams_are_rejected_at_admission() {
         ("port out of range", "port: 8080", "port: 70000"),
         ("port collides with the sidecar", "port: 8080", "port: 7081"),
         ("unknown policy", "policy: round-robin", "policy: random"),
-        ("malformed readiness path", "readinessPath: /ready", "readinessPath: ready"),
+        (
+            "malformed readiness path",
+            "readinessPath: /ready",
+            "readinessPath: ready",
+        ),
         (
             "affinity without key",
             "    loadBalancing:",
@@ -105,7 +128,10 @@ async fn invalid_datastreams_are_rejected_at_admission() {
     for (what, from, to) in cases {
         let yaml = valid.replacen(from, to, 1);
         assert_ne!(yaml, valid, "case {what} did not change the spec");
-        let out = kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        let out = kubectl_stdin(
+            &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+            Some(&yaml),
+        );
         if out.ok {
             failures.push(format!("{what}: accepted"));
         } else {
@@ -123,8 +149,16 @@ async fn invalid_datastreams_are_rejected_at_admission() {
         "    failover:\n      requestTimeout: 2s\n      perTryTimeout: 5s\n    loadBalancing:",
         1,
     );
-    let out = kubectl_stdin(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&yaml));
-    assert!(out.stderr.contains("failover.perTryTimeout must be shorter than failover.requestTimeout"), "{}", out.stderr);
+    let out = kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+        Some(&yaml),
+    );
+    assert!(
+        out.stderr
+            .contains("failover.perTryTimeout must be shorter than failover.requestTimeout"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,39 +173,71 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
 
     // Create: children with owner references, pods ready, stream Available.
-    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream_yaml("catalog", 3, "v1")));
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("catalog", 3, "v1")),
+    );
     let created = Instant::now();
-    let ds = wait_for(&ns.name, "the Deployment", Duration::from_secs(60), || async {
-        let d = deployments.get_opt("catalog").await.ok().flatten()?;
-        Some(d)
-    })
+    let ds = wait_for(
+        &ns.name,
+        "the Deployment",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get_opt("catalog").await.ok().flatten()?;
+            Some(d)
+        },
+    )
     .await;
     let owner = &ds.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("DataStream", "catalog", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("DataStream", "catalog", Some(true))
+    );
     for name in ["catalog", "catalog-peers"] {
         let svc = services.get(name).await.unwrap();
         assert_eq!(svc.metadata.owner_references.unwrap()[0].kind, "DataStream");
     }
-    let available = wait_for(&ns.name, "DataStream Available with 3 ready replicas", Duration::from_secs(180), || async {
-        let ds = stream(&streams, "catalog").await?;
-        let status = ds.status.clone()?;
-        (status.ready_replicas == 3 && status.phase == Some(datastream_api::v1alpha1::Phase::Available)).then_some(ds)
-    })
+    let available = wait_for(
+        &ns.name,
+        "DataStream Available with 3 ready replicas",
+        Duration::from_secs(180),
+        || async {
+            let ds = stream(&streams, "catalog").await?;
+            let status = ds.status.clone()?;
+            (status.ready_replicas == 3
+                && status.phase == Some(datastream_api::v1alpha1::Phase::Available))
+            .then_some(ds)
+        },
+    )
     .await;
     eprintln!("create -> Available in {:?}", created.elapsed());
     let status = available.status.unwrap();
     assert_eq!(status.endpoints.len(), 3, "{:?}", status.endpoints);
-    assert!(status.endpoints.iter().all(|e| e.starts_with("10.244.") && e.ends_with(":7081")));
+    assert!(
+        status
+            .endpoints
+            .iter()
+            .all(|e| e.starts_with("10.244.") && e.ends_with(":7081"))
+    );
     assert_eq!(status.observed_generation, available.metadata.generation);
     let columns = kubectl_ok(&["get", "dst", "-n", &ns.name]);
-    assert!(columns.contains("REPLICAS") && columns.contains("READY") && columns.contains("POLICY"), "{columns}");
-    assert!(columns.contains("round-robin") && columns.contains("Available"), "{columns}");
+    assert!(
+        columns.contains("REPLICAS") && columns.contains("READY") && columns.contains("POLICY"),
+        "{columns}"
+    );
+    assert!(
+        columns.contains("round-robin") && columns.contains("Available"),
+        "{columns}"
+    );
     let described = kubectl_ok(&["describe", "dst", "catalog", "-n", &ns.name]);
     assert!(described.contains("Created"), "{described}");
 
     // Steady: no write request at all for 60 seconds.
     let since = audit_now();
-    let steady = std::env::var("E2E_STEADY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let steady = std::env::var("E2E_STEADY_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     tokio::time::sleep(Duration::from_secs(steady)).await;
     let owned = [
         "datastreams",
@@ -184,54 +250,97 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         "networkpolicies",
     ];
     let writes = audited_writes(&ns.name, &owned, &since);
-    assert!(writes.is_empty(), "a steady DataStream caused {} writes in {steady}s: {writes:#?}", writes.len());
+    assert!(
+        writes.is_empty(),
+        "a steady DataStream caused {} writes in {steady}s: {writes:#?}",
+        writes.len()
+    );
 
     // Scale through the scale subresource.
     kubectl_ok(&["scale", "dst", "catalog", "-n", &ns.name, "--replicas=4"]);
-    wait_for(&ns.name, "4 ready replicas after kubectl scale", Duration::from_secs(120), || async {
-        let ds = stream(&streams, "catalog").await?;
-        (ds.status?.ready_replicas == 4).then_some(())
-    })
+    wait_for(
+        &ns.name,
+        "4 ready replicas after kubectl scale",
+        Duration::from_secs(120),
+        || async {
+            let ds = stream(&streams, "catalog").await?;
+            (ds.status?.ready_replicas == 4).then_some(())
+        },
+    )
     .await;
     let described = kubectl_ok(&["describe", "dst", "catalog", "-n", &ns.name]);
     assert!(described.contains("Scaled"), "{described}");
 
     // Drift: an edited Service and a deleted Role are restored.
-    kubectl_ok(&["patch", "svc", "catalog", "-n", &ns.name, "--type=json", "-p", r#"[{"op":"replace","path":"/spec/ports/0/port","value":8081}]"#]);
+    kubectl_ok(&[
+        "patch",
+        "svc",
+        "catalog",
+        "-n",
+        &ns.name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/ports/0/port","value":8081}]"#,
+    ]);
     kubectl_ok(&["delete", "role", "catalog-sidecar", "-n", &ns.name]);
-    wait_for(&ns.name, "drift corrected", Duration::from_secs(30), || async {
-        let svc = services.get("catalog").await.ok()?;
-        let role = roles.get_opt("catalog-sidecar").await.ok()??;
-        (svc.spec?.ports?[0].port == 80 && role.metadata.deletion_timestamp.is_none()).then_some(())
-    })
+    wait_for(
+        &ns.name,
+        "drift corrected",
+        Duration::from_secs(30),
+        || async {
+            let svc = services.get("catalog").await.ok()?;
+            let role = roles.get_opt("catalog-sidecar").await.ok()??;
+            (svc.spec?.ports?[0].port == 80 && role.metadata.deletion_timestamp.is_none())
+                .then_some(())
+        },
+    )
     .await;
 
     // Update: a workload change rolls the pods to the new template.
-    let before = deployments.get("catalog").await.unwrap().spec.unwrap().template;
-    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream_yaml("catalog", 4, "v2")));
-    wait_for(&ns.name, "rollout to the new workload env", Duration::from_secs(180), || async {
-        let d = deployments.get("catalog").await.ok()?;
-        let template = d.spec.as_ref()?.template.clone();
-        let ds = stream(&streams, "catalog").await?;
-        let status = ds.status.clone()?;
-        (template != before
-            && status.observed_generation == ds.metadata.generation
-            && status.updated_replicas == 4
-            && status.ready_replicas == 4
-            && status.phase == Some(datastream_api::v1alpha1::Phase::Available))
-        .then_some(())
-    })
+    let before = deployments
+        .get("catalog")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("catalog", 4, "v2")),
+    );
+    wait_for(
+        &ns.name,
+        "rollout to the new workload env",
+        Duration::from_secs(180),
+        || async {
+            let d = deployments.get("catalog").await.ok()?;
+            let template = d.spec.as_ref()?.template.clone();
+            let ds = stream(&streams, "catalog").await?;
+            let status = ds.status.clone()?;
+            (template != before
+                && status.observed_generation == ds.metadata.generation
+                && status.updated_replicas == 4
+                && status.ready_replicas == 4
+                && status.phase == Some(datastream_api::v1alpha1::Phase::Available))
+            .then_some(())
+        },
+    )
     .await;
 
     // Delete: garbage collection removes every child.
     kubectl_ok(&["delete", "dst", "catalog", "-n", &ns.name, "--wait=false"]);
-    wait_for(&ns.name, "children garbage-collected", Duration::from_secs(90), || async {
-        let gone = deployments.get_opt("catalog").await.ok()?.is_none()
-            && services.get_opt("catalog").await.ok()?.is_none()
-            && services.get_opt("catalog-peers").await.ok()?.is_none()
-            && roles.get_opt("catalog-sidecar").await.ok()?.is_none();
-        gone.then_some(())
-    })
+    wait_for(
+        &ns.name,
+        "children garbage-collected",
+        Duration::from_secs(90),
+        || async {
+            let gone = deployments.get_opt("catalog").await.ok()?.is_none()
+                && services.get_opt("catalog").await.ok()?.is_none()
+                && services.get_opt("catalog-peers").await.ok()?.is_none()
+                && roles.get_opt("catalog-sidecar").await.ok()?.is_none();
+            gone.then_some(())
+        },
+    )
     .await;
 }
 
@@ -243,33 +352,62 @@ async fn a_standby_operator_takes_over_within_the_lease_time() {
     let mut first = Operator::start("leader-a", &ns.name);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let holder = wait_for(&ns.name, "a leader", Duration::from_secs(30), || async {
-        leases.get_opt("datastream-operator").await.ok()??.spec?.holder_identity
+        leases
+            .get_opt("datastream-operator")
+            .await
+            .ok()??
+            .spec?
+            .holder_identity
     })
     .await;
     assert_eq!(holder, "leader-a");
     let mut second = Operator::start("leader-b", &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream_yaml("ha", 1, "v1")));
-    wait_for(&ns.name, "the leader to reconcile", Duration::from_secs(30), || async {
-        deployments.get_opt("ha").await.ok()?.map(|_| ())
-    })
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("ha", 1, "v1")),
+    );
+    wait_for(
+        &ns.name,
+        "the leader to reconcile",
+        Duration::from_secs(30),
+        || async { deployments.get_opt("ha").await.ok()?.map(|_| ()) },
+    )
     .await;
     // Only the leader writes: the standby's metrics show no reconcile.
     let standby_metrics = second.metrics().await.unwrap();
-    assert!(standby_metrics.contains("datastream_operator_leader 0"), "{standby_metrics}");
+    assert!(
+        standby_metrics.contains("datastream_operator_leader 0"),
+        "{standby_metrics}"
+    );
 
     first.kill();
     let killed = Instant::now();
     kubectl_ok(&["scale", "dst", "ha", "-n", &ns.name, "--replicas=2"]);
-    wait_for(&ns.name, "the standby to take over and scale", Duration::from_secs(40), || async {
-        let replicas = deployments.get("ha").await.ok()?.spec?.replicas?;
-        (replicas == 2).then_some(())
-    })
+    wait_for(
+        &ns.name,
+        "the standby to take over and scale",
+        Duration::from_secs(40),
+        || async {
+            let replicas = deployments.get("ha").await.ok()?.spec?.replicas?;
+            (replicas == 2).then_some(())
+        },
+    )
     .await;
     let took = killed.elapsed();
     eprintln!("standby reconciled {took:?} after the leader was killed");
-    assert!(took < Duration::from_secs(15 + 10), "takeover took {took:?}, lease is 15 s");
-    let holder = leases.get("datastream-operator").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    assert!(
+        took < Duration::from_secs(15 + 10),
+        "takeover took {took:?}, lease is 15 s"
+    );
+    let holder = leases
+        .get("datastream-operator")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
     assert_eq!(holder, "leader-b");
     second.kill();
 }

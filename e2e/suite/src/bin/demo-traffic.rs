@@ -23,15 +23,25 @@ struct Tally {
 }
 
 fn arg(args: &[String], name: &str, default: &str) -> String {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned().unwrap_or_else(|| default.to_owned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let targets: Vec<String> = arg(&args, "--targets", "127.0.0.1:7080").split(',').map(str::to_owned).collect();
-    let duration = datastream_api::v1alpha1::parse_duration(&arg(&args, "--duration", "10s")).expect("--duration");
-    let concurrency: usize = arg(&args, "--concurrency", "8").parse().expect("--concurrency");
+    let targets: Vec<String> = arg(&args, "--targets", "127.0.0.1:7080")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let duration = datastream_api::v1alpha1::parse_duration(&arg(&args, "--duration", "10s"))
+        .expect("--duration");
+    let concurrency: usize = arg(&args, "--concurrency", "8")
+        .parse()
+        .expect("--concurrency");
     let path = arg(&args, "--path", "/whoami");
 
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -40,8 +50,13 @@ async fn main() {
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..concurrency {
-        let (client, tally, stop, targets, path) =
-            (client.clone(), tally.clone(), stop.clone(), targets.clone(), path.clone());
+        let (client, tally, stop, targets, path) = (
+            client.clone(),
+            tally.clone(),
+            stop.clone(),
+            targets.clone(),
+            path.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut n = worker;
             while !stop.load(Ordering::Relaxed) {
@@ -58,8 +73,16 @@ async fn main() {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("unknown")
                         .to_owned();
-                    response.into_body().collect().await.map_err(|e| format!("body: {e}"))?;
-                    if status.is_success() { Ok(replica) } else { Err(format!("status {}", status.as_u16())) }
+                    response
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(|e| format!("body: {e}"))?;
+                    if status.is_success() {
+                        Ok(replica)
+                    } else {
+                        Err(format!("status {}", status.as_u16()))
+                    }
                 })
                 .await
                 .unwrap_or_else(|_| Err("timeout".to_owned()));
@@ -80,9 +103,23 @@ async fn main() {
     let mut t = tally.lock().await;
     let total: u64 = t.by_replica.values().sum::<u64>() + t.failures.values().sum::<u64>();
     t.latencies.sort();
-    let pct = |p: f64| t.latencies.get(((t.latencies.len() as f64 * p) as usize).min(t.latencies.len().saturating_sub(1))).copied().unwrap_or_default();
-    println!("requests: {total} in {:.1}s ({:.0}/s)", started.elapsed().as_secs_f64(), total as f64 / started.elapsed().as_secs_f64());
-    println!("latency: p50 {:?}  p99 {:?}  max {:?}", pct(0.50), pct(0.99), t.latencies.last().copied().unwrap_or_default());
+    let pct = |p: f64| {
+        t.latencies
+            .get(((t.latencies.len() as f64 * p) as usize).min(t.latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    println!(
+        "requests: {total} in {:.1}s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    println!(
+        "latency: p50 {:?}  p99 {:?}  max {:?}",
+        pct(0.50),
+        pct(0.99),
+        t.latencies.last().copied().unwrap_or_default()
+    );
     println!("answers per replica:");
     for (replica, count) in &t.by_replica {
         println!("  {replica:<40} {count}");

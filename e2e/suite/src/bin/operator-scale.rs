@@ -28,10 +28,24 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let count: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-    let steady_secs: u64 = std::env::args().nth(2).and_then(|a| a.parse().ok()).unwrap_or(60);
+    let count: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000);
+    let steady_secs: u64 = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(60);
     let client = client().await?;
-    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &datastream_e2e::repo().join("crds/datastream.yaml").to_string_lossy()]);
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &datastream_e2e::repo()
+            .join("crds/datastream.yaml")
+            .to_string_lossy(),
+    ]);
     let ns = TestNamespace::create("bench-scale");
     let api: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
     let template: DataStream = serde_yaml::from_str(
@@ -45,11 +59,16 @@ async fn main() -> anyhow::Result<()> {
             let mut ds = template.clone();
             ds.metadata.name = Some(format!("s{i:04}"));
             async move {
-                api.create(&PostParams::default(), &ds).await.expect("create DataStream");
+                api.create(&PostParams::default(), &ds)
+                    .await
+                    .expect("create DataStream");
             }
         })
         .await;
-    println!("created {count} DataStreams in {:.1}s", created.elapsed().as_secs_f64());
+    println!(
+        "created {count} DataStreams in {:.1}s",
+        created.elapsed().as_secs_f64()
+    );
 
     let since = audit_now();
     let started = Instant::now();
@@ -60,7 +79,11 @@ async fn main() -> anyhow::Result<()> {
         let done = list
             .items
             .iter()
-            .filter(|d| d.status.as_ref().is_some_and(|s| s.observed_generation == d.metadata.generation))
+            .filter(|d| {
+                d.status
+                    .as_ref()
+                    .is_some_and(|s| s.observed_generation == d.metadata.generation)
+            })
             .count();
         if done == count {
             break;
@@ -72,15 +95,24 @@ async fn main() -> anyhow::Result<()> {
     }
     let reconciled = started.elapsed();
     let owned = [
-        "datastreams", "deployments", "services", "serviceaccounts", "roles", "rolebindings",
-        "poddisruptionbudgets", "networkpolicies", "events",
+        "datastreams",
+        "deployments",
+        "services",
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "poddisruptionbudgets",
+        "networkpolicies",
+        "events",
     ];
     let writes = audited_writes(&ns.name, &owned, &since).len();
     let rss_reconcile = peak_rss_mib(pid);
     let steady_since = audit_now();
     tokio::time::sleep(Duration::from_secs(steady_secs)).await;
     let steady = audited_writes(&ns.name, &owned, &steady_since).len();
-    println!("| DataStreams | all reconciled | writes per stream | operator peak RSS | writes in {steady_secs} s once steady |");
+    println!(
+        "| DataStreams | all reconciled | writes per stream | operator peak RSS | writes in {steady_secs} s once steady |"
+    );
     println!("|---|---|---|---|---|");
     println!(
         "| {count} | {:.1} s | {:.2} | {:.1} MiB | {steady} |",

@@ -1,0 +1,181 @@
+//! Expectations: remembering our own writes until the caches have seen them.
+//!
+//! Watch caches lag behind the API server. A reconcile that runs between an apply and the watch
+//! event carrying its result would see the old object, conclude it differs, and apply again: with
+//! a thousand streams that turns into thousands of useless requests. Kubernetes' own controllers
+//! solve this with "expectations" (the ReplicaSet controller's `ControllerExpectations`); this is
+//! the same idea for server-side apply: after applying a desired object we record the
+//! resourceVersion the server answered with, and while the cache shows an older version of the
+//! object we trust our write instead of the cache. Expectations expire, so a lost watch event can
+//! delay a correction by at most [`EXPIRY`], never prevent it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// How long an expectation is trusted without the cache confirming it.
+pub const EXPIRY: Duration = Duration::from_secs(30);
+/// How long a child we created may be missing from the cache before it counts as deleted.
+pub const CREATE_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+}
+
+#[derive(Debug)]
+struct Expected {
+    desired: [u8; 32],
+    resource_version: u64,
+    applied: Option<Value>,
+    at: Instant,
+}
+
+/// Our recent writes, by child.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    inner: Mutex<HashMap<Key, Expected>>,
+}
+
+fn digest(value: &Value) -> [u8; 32] {
+    Sha256::digest(serde_json::to_vec(value).expect("JSON serializes")).into()
+}
+
+fn version(object: &Value) -> Option<u64> {
+    object
+        .pointer("/metadata/resourceVersion")?
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+impl Expectations {
+    /// Records that `desired` was applied and the server answered with `applied`; the answer is
+    /// kept (to stand in for the stale cached copy) only when `keep` is set.
+    pub fn record(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        desired: &Value,
+        mut applied: Value,
+        keep: bool,
+    ) {
+        let Some(resource_version) = version(&applied) else {
+            return;
+        };
+        // Kept only to stand in for the stale cached object: managedFields are never read.
+        if let Some(metadata) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+        let key = Key {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let expected = Expected {
+            desired: digest(desired),
+            resource_version,
+            applied: keep.then_some(applied),
+            at: Instant::now(),
+        };
+        self.inner.lock().insert(key, expected);
+    }
+
+    /// When the cached object (`live`, if any) is older than our own last write of exactly this
+    /// desired object, returns `Some` with what that write produced (if it was kept); otherwise
+    /// `None`, and the cache is the truth (a newer version that differs is drift to correct).
+    pub fn pending(
+        &self,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+        desired: &Value,
+        live: Option<&Value>,
+    ) -> Option<Option<Value>> {
+        let key = Key {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let mut inner = self.inner.lock();
+        let expected = inner.get(&key)?;
+        let lagging = expected.desired == digest(desired)
+            && expected.at.elapsed() < EXPIRY
+            && match live.and_then(version) {
+                Some(seen) => seen < expected.resource_version,
+                None => live.is_none() && expected.at.elapsed() < CREATE_GRACE,
+            };
+        if lagging {
+            Some(expected.applied.clone())
+        } else {
+            inner.remove(&key);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn object(rv: &str, replicas: i64) -> Value {
+        json!({"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}})
+    }
+
+    #[test]
+    fn a_stale_cache_is_overruled_by_our_write() {
+        let e = Expectations::default();
+        let desired = json!({"spec": {"replicas": 3}});
+        e.record("Deployment", "ns", "a", &desired, object("20", 3), true);
+        let stale = object("10", 1);
+        assert_eq!(
+            e.pending("Deployment", "ns", "a", &desired, Some(&stale)),
+            Some(Some(object("20", 3)))
+        );
+        // Not yet listed at all, just after creation: also a lagging cache.
+        assert!(e.pending("Deployment", "ns", "a", &desired, None).is_some());
+    }
+
+    #[test]
+    fn a_newer_version_is_the_truth() {
+        let e = Expectations::default();
+        let desired = json!({"spec": {"replicas": 3}});
+        e.record("Deployment", "ns", "a", &desired, object("20", 3), true);
+        let edited = object("25", 1);
+        assert_eq!(
+            e.pending("Deployment", "ns", "a", &desired, Some(&edited)),
+            None
+        );
+        // ... and the expectation is gone for good.
+        assert_eq!(
+            e.pending("Deployment", "ns", "a", &desired, Some(&object("10", 1))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_different_desired_object_is_not_covered() {
+        let e = Expectations::default();
+        e.record(
+            "Deployment",
+            "ns",
+            "a",
+            &json!({"spec": {"replicas": 3}}),
+            object("20", 3),
+            false,
+        );
+        let desired = json!({"spec": {"replicas": 4}});
+        assert_eq!(
+            e.pending("Deployment", "ns", "a", &desired, Some(&object("10", 3))),
+            None
+        );
+    }
+}
