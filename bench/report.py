@@ -59,7 +59,7 @@ print("- Scenarios 1, 2 and 4 use ordinary timeouts everywhere (5 s connect, 60 
       "`timeout connect`/`timeout server` with `retries 2`, `option redispatch 1`, "
       "`retry-on conn-failure empty-response response-timeout 503`, checks `inter 1s fall 2`.")
 print(f"- Proxies pinned to CPU {meta.get('proxy_cpu')}; wrk, load clients and the three demo replicas pinned to CPU "
-      f"{meta.get('load_cpu')}. Each proxy is alone on its core, single-threaded (sidecar `--threads 1`, "
+      f"{meta.get('load_cpu')}; all at nice {meta.get('nice')}. Each proxy is alone on its core, single-threaded (sidecar `--threads 1`, "
       "nginx one worker, HAProxy `nbthread 1`).")
 print(f"- nginx {meta.get('nginx')}, HAProxy {meta.get('haproxy')}, wrk {meta.get('wrk')}; sidecar at {meta.get('git')}, "
       f"`--policy p2c-ewma {meta.get('sidecar_timeout_args')}`.")
