@@ -1,7 +1,8 @@
 //! Picking up a changed config file without a restart.
 //!
 //! The file is polled (content compared, not just its modification time, which editors and
-//! ConfigMap symlink swaps make unreliable). A change is parsed, validated and compiled; if
+//! ConfigMap symlink swaps make unreliable), and a change must be stable for [`SETTLE`] and
+//! non-empty, so a half-written file is never applied. A change is parsed, validated and compiled; if
 //! anything fails the reason is logged, counted and shown in `/config`, and the last good
 //! configuration stays live. Listener and limit changes need a restart and are reported as such.
 
@@ -17,6 +18,8 @@ use crate::state::Shared;
 
 /// How often the file is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A changed file must read the same twice this far apart before it is applied.
+pub const SETTLE: Duration = Duration::from_millis(100);
 
 /// Watches `path` until `close` turns true. `initial` is the configuration the sidecar started
 /// with; `flags` are re-applied over every new version of the file. The file's current content
@@ -62,7 +65,18 @@ async fn poll_file(
         if last_text.as_deref() == Some(text.as_str()) {
             continue;
         }
+        // A writer that truncates and then writes can be caught in between: apply a version only
+        // once it reads the same twice, SETTLE apart, and never an empty file.
+        tokio::time::sleep(SETTLE).await;
+        match tokio::fs::read_to_string(&path).await {
+            Ok(again) if again == text => {}
+            _ => continue,
+        }
         last_text = Some(text.clone());
+        if text.trim().is_empty() {
+            shared.reject_config(format!("{}: the file is empty", path.display()));
+            continue;
+        }
         match apply(&text, &flags, &live, &shared, &path) {
             Ok(next) => live = next,
             Err(errors) => {
