@@ -17,6 +17,8 @@ use tokio::sync::watch;
 use crate::clock;
 use crate::endpoint::{Eligibility, LoadSnapshot};
 use crate::proxy::body::ResponseBody;
+use crate::resilience::breaker::BreakerSnapshot;
+use crate::resilience::outlier::OutlierState;
 use crate::state::Shared;
 
 /// Time an admin client has to send a request head (also its idle keep-alive limit).
@@ -49,6 +51,12 @@ pub struct EndpointView {
     pub consecutive_failures: u32,
     /// Idle pooled HTTP/1 connections.
     pub idle_connections: usize,
+    /// Outlier detection: healthy, ejected (why, for how long, how many times) or probation.
+    pub outlier: OutlierState,
+    /// The adaptive breaker's window and drop probability.
+    pub breaker: BreakerSnapshot,
+    /// Attempts waiting for this replica's response headers.
+    pub pending: u32,
 }
 
 /// Serves the admin API until `close` turns true. `settings` is shown under `/config`.
@@ -134,6 +142,7 @@ fn route(shared: &Shared, settings: &Value, req: &Request<Incoming>) -> Response
 /// The `/endpoints` document.
 pub fn endpoints_json(shared: &Shared) -> Value {
     let set = shared.endpoints();
+    let policy = shared.policy();
     let now = clock::now_ns();
     let views: Vec<EndpointView> = set
         .endpoints()
@@ -158,10 +167,29 @@ pub fn endpoints_json(shared: &Shared) -> Value {
                 slow_start: warming,
                 consecutive_failures: e.health.consecutive_failures(),
                 idle_connections: e.pool.idle_count(),
+                outlier: e.outlier.state(now),
+                breaker: e.breaker.snapshot(now, &policy.resilience.breaker),
+                pending: e.pending.held(),
             }
         })
         .collect();
-    json!({ "version": set.version(), "endpoints": views })
+    let r = &shared.resilience;
+    let ejections = set.ejections();
+    json!({
+        "version": set.version(),
+        "endpoints": views,
+        "resilience": {
+            "ejected": ejections.ejected(),
+            "ejectionsTotal": ejections.lifetime(),
+            "panic": ejections.in_panic(),
+            "retryBudget": r.budget.snapshot(now, set.len()),
+            "shedding": r.shedder.snapshot(),
+            "localHealth": {
+                "verdict": r.local_health.verdict(),
+                "detail": r.local_health.detail(),
+            },
+        },
+    })
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Rejected config updates.
     pub config_rejected: Counter,
+    /// Metrics of the resilience layer.
+    pub resilience: crate::resilience::metrics::ResilienceMetrics,
 }
 
 /// Per-endpoint counters.
@@ -105,6 +107,7 @@ impl Metrics {
             errors: Family::default(),
             config_version: Gauge::default(),
             config_rejected: Counter::default(),
+            resilience: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +165,7 @@ impl Metrics {
             "Configuration updates rejected by validation",
             m.config_rejected.clone(),
         );
+        m.resilience.register(&mut registry);
         Self { registry, ..m }
     }
 
@@ -227,8 +231,11 @@ impl Metrics {
     pub fn encode(&self, endpoints: &EndpointSet) -> String {
         self.endpoint_inflight.clear();
         self.endpoint_ewma.clear();
+        self.resilience.clear_ejected();
         let now = crate::clock::now_ns();
         for e in endpoints.endpoints() {
+            self.resilience
+                .set_ejected(e.name(), e.addr(), e.outlier.is_ejected(now));
             let labels = endpoint_labels(e.name(), e.addr(), e.is_local());
             let snap = e.load.snapshot(now);
             self.endpoint_inflight

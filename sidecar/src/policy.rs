@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::balance::{self, Balancer};
 use crate::metrics::Metrics;
+use crate::resilience::Settings;
 use crate::route::{Mode, Route, RouteMatch, RouteTable};
 
 /// Name of the route that takes requests no configured route matched.
@@ -21,6 +22,8 @@ pub struct Policy {
     pub routes: RouteTable,
     /// Largest request body accepted.
     pub max_body: Option<u64>,
+    /// Timeouts, retries, ejection, breaking, shedding and health-check settings.
+    pub resilience: Settings,
     /// The policy as written (the `TrafficPolicy` with defaults filled in), for `/config`.
     pub spec: Value,
 }
@@ -35,17 +38,19 @@ impl Policy {
         max_body: Option<u64>,
         metrics: &Metrics,
     ) -> Self {
-        let default = Route::new(
+        let mut default = Route::new(
             DEFAULT_ROUTE,
             RouteMatch::default(),
             Mode::Balance(Balancer::new(policy, local_first)),
             metrics.route("traffic", DEFAULT_ROUTE),
         );
+        default.resilience.metrics = metrics.resilience.route(DEFAULT_ROUTE);
         Self {
             version: 1,
             source: "built-in".to_owned(),
             routes: RouteTable::new(Vec::new(), default),
             max_body,
+            resilience: Settings::default(),
             spec: serde_json::json!({ "loadBalancing": { "policy": policy.name(), "localFirst": local_first } }),
         }
     }

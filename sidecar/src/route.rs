@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::balance::{Balancer, HashAlgorithm, hash};
 use crate::metrics::RouteMetrics;
+use crate::resilience::RouteResilience;
 
 /// The ordered table; the default route takes what no route matched.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Route {
     pub mode: Mode,
     /// Response counters of this route on the traffic listener.
     pub metrics: RouteMetrics,
+    /// Timeout, retry opt-in, rate limit and their metrics.
+    pub resilience: RouteResilience,
 }
 
 /// Conditions a request must meet.
@@ -83,6 +86,13 @@ pub enum Mode {
     Primary {
         /// How long a recovered replica must stay quiet before it takes traffic back.
         hold_down: Duration,
+    },
+    /// Every ready replica; answered once a quorum succeeded.
+    Broadcast {
+        /// Successes needed; a majority of the ready replicas when unset.
+        quorum: Option<u32>,
+        /// Largest body that can be broadcast (it is buffered).
+        max_body: u64,
     },
 }
 
@@ -147,6 +157,7 @@ impl Route {
             matcher,
             mode,
             metrics,
+            resilience: RouteResilience::default(),
         }
     }
 

@@ -96,6 +96,12 @@ impl Sidecar {
                 grace_rx,
             )));
         }
+        // Active health checks of the local workload drive `/ready`; they stop with the admin
+        // listener, the last thing to go.
+        tokio::spawn(crate::resilience::health::run_local(
+            Arc::clone(&shared),
+            admin_rx.clone(),
+        ));
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             Arc::clone(&shared),

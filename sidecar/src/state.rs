@@ -29,6 +29,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Response counters of the peer listener.
     pub peer_metrics: RouteMetrics,
+    /// Retry budget, adaptive concurrency limit and local health, kept across policy updates.
+    pub resilience: crate::resilience::Runtime,
 }
 
 /// What `/config` reports about configuration updates.
@@ -64,6 +66,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             config_status: Mutex::new(status),
             peer_metrics: metrics.route("peer", "local"),
+            resilience: crate::resilience::Runtime::new(),
             metrics,
         }
     }
@@ -129,8 +132,9 @@ impl Shared {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Whether `/ready` should succeed.
+    /// Whether `/ready` should succeed: not draining, endpoints known, and the local workload
+    /// not failing its active health check.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.endpoints_known()
+        !self.is_draining() && self.endpoints_known() && !self.resilience.local_workload_failing()
     }
 }

@@ -81,6 +81,16 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", global = true)]
     pub max_body_bytes: Option<u64>,
 
+    /// Time allowed per attempt on one replica (e.g. 500ms); a slower attempt is retried on
+    /// another replica. Overrides traffic.failover.perTryTimeout.
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub per_try_timeout: Option<String>,
+
+    /// Time allowed for a whole request, retries included (e.g. 15s); 504 when it expires.
+    /// Overrides traffic.failover.requestTimeout.
+    #[arg(long, value_name = "DURATION", global = true)]
+    pub request_timeout: Option<String>,
+
     /// Worker threads; 1 runs a single-threaded runtime, which is fastest for a sidecar.
     #[arg(
         long,
@@ -180,6 +190,8 @@ impl Cli {
             max_header_bytes: self.max_header_bytes,
             header_read_timeout: self.header_read_timeout.clone(),
             max_body_bytes: self.max_body_bytes,
+            per_try_timeout: self.per_try_timeout.clone(),
+            request_timeout: self.request_timeout.clone(),
         }
     }
 }

@@ -12,6 +12,8 @@ use http::{HeaderName, HeaderValue, Method};
 use crate::balance::{self, Balancer, HashAlgorithm};
 use crate::metrics::Metrics;
 use crate::policy::{DEFAULT_ROUTE, Policy};
+use crate::resilience::ratelimit::TokenBucket;
+use crate::resilience::{RouteResilience, Settings, rate_limit_config};
 use crate::route::{
     Affinity, HeaderCondition, HeaderMatch, KeySource, Mode, PathMatch, Route, RouteMatch,
     RouteTable,
@@ -40,21 +42,44 @@ pub fn compile(
         }
         let matcher = compile_match(&r.matches, &at, &mut errors);
         let mode = compile_mode(r, policy, lb.local_first, &at, &mut errors);
-        if let Some(t) = &r.timeout
-            && let Err(e) = parse_duration(t)
-        {
-            errors.push(format!("{at}.timeout: {e}"));
-        }
+        let timeout = r.timeout.as_deref().and_then(|t| match parse_duration(t) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                errors.push(format!("{at}.timeout: must be more than 0"));
+                None
+            }
+            Err(e) => {
+                errors.push(format!("{at}.timeout: {e}"));
+                None
+            }
+        });
+        let rate_limit = r
+            .rate_limit
+            .as_ref()
+            .or(traffic.limits.rate_limit.as_ref())
+            .map(|rl| {
+                TokenBucket::new(rate_limit_config(
+                    &format!("{at}.rateLimit"),
+                    rl,
+                    &mut errors,
+                ))
+            });
         if let Some(mode) = mode {
-            routes.push(Route::new(
-                &r.name,
-                matcher,
-                mode,
-                metrics.route("traffic", &r.name),
-            ));
+            let mut route = Route::new(&r.name, matcher, mode, metrics.route("traffic", &r.name));
+            route.resilience = RouteResilience {
+                timeout,
+                retry_non_idempotent: r.retry_non_idempotent,
+                rate_limit,
+                metrics: metrics.resilience.route(&r.name),
+            };
+            routes.push(route);
         }
     }
     check_failover(&traffic.failover, &mut errors);
+    let resilience = Settings::compile(&traffic.failover, &traffic.limits).unwrap_or_else(|e| {
+        errors.extend(e.into_iter().map(|e| format!("traffic.{e}")));
+        Settings::default()
+    });
     let max_body = traffic.limits.max_request_body_bytes;
     if max_body < 0 {
         errors.push(format!(
@@ -64,17 +89,24 @@ pub fn compile(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let default = Route::new(
+    let mut default = Route::new(
         DEFAULT_ROUTE,
         RouteMatch::default(),
         Mode::Balance(Balancer::new(policy, lb.local_first)),
         metrics.route("traffic", DEFAULT_ROUTE),
     );
+    default.resilience = RouteResilience {
+        timeout: None,
+        retry_non_idempotent: false,
+        rate_limit: resilience.rate_limit.map(TokenBucket::new),
+        metrics: metrics.resilience.route(DEFAULT_ROUTE),
+    };
     Ok(Policy {
         version,
         source: source.to_owned(),
         routes: RouteTable::new(routes, default),
         max_body: u64::try_from(max_body).ok(),
+        resilience,
         spec: serde_json::to_value(traffic).unwrap_or_default(),
     })
 }
@@ -234,10 +266,27 @@ fn compile_mode(
             Some(Mode::Primary { hold_down })
         }
         RouteMode::Broadcast => {
-            errors.push(format!(
-                "{at}: mode broadcast is not supported by this sidecar version (it comes with the resilience layer)"
-            ));
-            None
+            let b = r.broadcast.clone().unwrap_or_else(|| {
+                serde_json::from_value(serde_json::json!({})).expect("broadcast defaults")
+            });
+            let quorum = match b.quorum {
+                None => None,
+                Some(q) if q >= 1 => u32::try_from(q).ok(),
+                Some(q) => {
+                    errors.push(format!(
+                        "{at}.broadcast.quorum: must be at least 1, got {q}"
+                    ));
+                    return None;
+                }
+            };
+            let Ok(max_body) = u64::try_from(b.max_body_bytes) else {
+                errors.push(format!(
+                    "{at}.broadcast.maxBodyBytes: must not be negative, got {}",
+                    b.max_body_bytes
+                ));
+                return None;
+            };
+            Some(Mode::Broadcast { quorum, max_body })
         }
     }
 }
@@ -325,6 +374,7 @@ routes:
     primary: { holdDown: soon }
   - name: b
     mode: broadcast
+    broadcast: { quorum: 0 }
 failover: { perTryTimeout: 20s, requestTimeout: 10s }
 "#,
         );

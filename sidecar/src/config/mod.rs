@@ -140,6 +140,10 @@ pub struct Overrides {
     pub header_read_timeout: Option<String>,
     /// `--max-body-bytes`.
     pub max_body_bytes: Option<u64>,
+    /// `--per-try-timeout`.
+    pub per_try_timeout: Option<String>,
+    /// `--request-timeout`.
+    pub request_timeout: Option<String>,
 }
 
 /// A resolved local-mode configuration.
@@ -316,7 +320,8 @@ impl Resolved {
     }
 }
 
-/// Applies `--policy` and `--max-body-bytes` to a traffic policy (also on every reload).
+/// Applies `--policy`, `--max-body-bytes`, `--per-try-timeout` and `--request-timeout` to a
+/// traffic policy (also on every reload).
 pub fn apply_traffic_flags(
     traffic: &mut TrafficPolicy,
     flags: &Overrides,
@@ -333,6 +338,13 @@ pub fn apply_traffic_flags(
     }
     if let Some(max) = flags.max_body_bytes {
         traffic.limits.max_request_body_bytes = i64::try_from(max).unwrap_or(i64::MAX);
+    }
+    // Validated with the rest of the policy when it is compiled.
+    if let Some(t) = &flags.per_try_timeout {
+        traffic.failover.per_try_timeout = Some(t.clone());
+    }
+    if let Some(t) = &flags.request_timeout {
+        traffic.failover.request_timeout = t.clone();
     }
 }
 

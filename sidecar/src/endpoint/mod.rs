@@ -29,6 +29,9 @@ use crate::balance::hash::{Maglev, Ring};
 use crate::clock;
 use crate::metrics::{EndpointMetrics, Metrics};
 use crate::proxy::body::RequestBody;
+use crate::resilience::breaker::{Breaker, Slots};
+use crate::resilience::metrics::EndpointResilienceMetrics;
+use crate::resilience::outlier::{Detector, EjectReason, Ejections, OutlierState};
 
 /// What discovery knows about one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,6 +62,14 @@ pub struct Endpoint {
     pub pool: Pool,
     /// Pre-resolved metric handles.
     pub metrics: EndpointMetrics,
+    /// Passive outlier detection (ejection, probation).
+    pub outlier: Detector,
+    /// Adaptive client-side throttle.
+    pub breaker: Breaker,
+    /// Attempts waiting for this replica's response headers (`maxPendingRequests`).
+    pub pending: Slots,
+    /// Resilience metric handles.
+    pub resilience_metrics: EndpointResilienceMetrics,
 }
 
 /// Why an endpoint can or cannot take a new request right now.
@@ -81,6 +92,15 @@ pub enum Eligibility {
         /// The cap.
         cap: u32,
     },
+    /// Outlier detection took it out of rotation.
+    Ejected {
+        /// Why.
+        reason: EjectReason,
+        /// Milliseconds until it returns on probation.
+        retry_in_ms: u64,
+    },
+    /// Back from an ejection: one request at a time until one succeeds; this one is busy.
+    Probation,
 }
 
 /// The per-request hold on an endpoint: counts the request in flight until dropped.
@@ -103,6 +123,8 @@ pub struct EndpointSet {
     endpoints: Vec<Arc<Endpoint>>,
     local: Option<usize>,
     version: u64,
+    /// Ejections across the set, carried from set to set.
+    ejections: Arc<Ejections>,
     /// Built on first use by an affinity route, once per set.
     ring: OnceLock<Ring>,
     maglev: OnceLock<Maglev>,
@@ -111,8 +133,15 @@ pub struct EndpointSet {
 // === impl Endpoint ===
 
 impl Endpoint {
-    /// A new endpoint seeded with `seed` latency; `warming` starts it in slow start.
-    pub fn new(spec: &EndpointSpec, seed: Duration, warming: bool, metrics: &Metrics) -> Self {
+    /// A new endpoint seeded with `seed` latency; `warming` starts it in slow start. Its
+    /// ejections count into the set-wide `ejections`.
+    pub fn new(
+        spec: &EndpointSpec,
+        seed: Duration,
+        warming: bool,
+        metrics: &Metrics,
+        ejections: &Arc<Ejections>,
+    ) -> Self {
         Self {
             addr: spec.addr,
             name: spec.name.as_str().into(),
@@ -122,6 +151,10 @@ impl Endpoint {
             health: Health::default(),
             pool: Pool::new(spec.addr),
             metrics: metrics.endpoint(&spec.name, spec.addr, spec.local),
+            outlier: Detector::new(Arc::clone(ejections)),
+            breaker: Breaker::new(),
+            pending: Slots::default(),
+            resilience_metrics: metrics.resilience.endpoint(&spec.name, spec.addr),
         }
     }
 
@@ -154,6 +187,26 @@ impl Endpoint {
             return Eligibility::Down {
                 retry_in_ms: u64::try_from(down.as_millis()).unwrap_or(u64::MAX),
             };
+        }
+        match self.outlier.state(now_ns) {
+            OutlierState::Healthy => {}
+            // Panic mode: too few replicas left un-ejected, so ejections are ignored.
+            _ if self.outlier.ejections().in_panic() => {}
+            OutlierState::Ejected {
+                reason,
+                remaining_ms,
+                ..
+            } => {
+                return Eligibility::Ejected {
+                    reason,
+                    retry_in_ms: remaining_ms,
+                };
+            }
+            OutlierState::Probation { .. } => {
+                if self.load.inflight() >= 1 {
+                    return Eligibility::Probation;
+                }
+            }
         }
         if let Some(cap) = self.load.slow_start_cap() {
             let inflight = self.load.inflight();
@@ -266,15 +319,31 @@ impl EndpointSet {
                     existing.draining.store(!spec.serving, Ordering::Relaxed);
                     Arc::clone(existing)
                 }
-                None => Arc::new(Endpoint::new(spec, seed, warming, metrics)),
+                None => Arc::new(Endpoint::new(
+                    spec,
+                    seed,
+                    warming,
+                    metrics,
+                    &previous.ejections,
+                )),
             };
             endpoints.push(endpoint);
         }
         endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
         let local = endpoints.iter().position(|e| e.local);
+        // Removed replicas no longer count against the ejection cap.
+        for gone in previous
+            .endpoints
+            .iter()
+            .filter(|p| !endpoints.iter().any(|e| Arc::ptr_eq(e, p)))
+        {
+            gone.outlier.forget();
+        }
+        previous.ejections.set_total(endpoints.len());
         Self {
             endpoints,
             local,
+            ejections: Arc::clone(&previous.ejections),
             version,
             ring: OnceLock::new(),
             maglev: OnceLock::new(),
@@ -309,6 +378,11 @@ impl EndpointSet {
     /// The Maglev table of this set.
     pub fn maglev(&self) -> &Maglev {
         self.maglev.get_or_init(|| Maglev::new(&self.endpoints))
+    }
+
+    /// The set-wide ejection figures.
+    pub fn ejections(&self) -> &Arc<Ejections> {
+        &self.ejections
     }
 
     /// Which discovery update produced this set.

@@ -3,7 +3,7 @@
 
 use std::error::Error as StdError;
 
-use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
+use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
 use super::body::{BodyTooLarge, RequestBodyError, ResponseBody};
@@ -39,6 +39,24 @@ pub enum ProxyError {
     /// A deadline expired (used by the resilience layer).
     #[error("the request timed out")]
     Timeout,
+    /// The adaptive concurrency limit shed the request.
+    #[error(transparent)]
+    Overloaded(#[from] crate::resilience::shed::Overloaded),
+    /// The route's rate limit refused the request.
+    #[error("rate limit exceeded; retry in {retry_after_secs}s")]
+    RateLimited {
+        /// Seconds until a request would be admitted (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
+    /// Every candidate replica was throttled by its breaker or at its concurrency cap.
+    #[error("every replica is throttled by its circuit breaker or at its request cap")]
+    CircuitOpen,
+    /// A broadcast could not reach its quorum.
+    #[error(transparent)]
+    Broadcast(#[from] crate::resilience::broadcast::BroadcastError),
+    /// Reading the client's body (to make it replayable) failed.
+    #[error("reading the request body failed")]
+    ClientBody(#[source] hyper::Error),
 }
 
 // === impl ProxyError ===
@@ -70,6 +88,17 @@ impl ProxyError {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", true),
             ProxyError::AmbiguousFraming => (StatusCode::BAD_REQUEST, "ambiguous-framing", true),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
+            ProxyError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", false),
+            ProxyError::RateLimited { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate-limited", false)
+            }
+            ProxyError::CircuitOpen => (StatusCode::SERVICE_UNAVAILABLE, "circuit-open", false),
+            ProxyError::Broadcast(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broadcast-quorum-unreachable",
+                false,
+            ),
+            ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "client-body-failed", true),
         }
     }
 
@@ -92,6 +121,9 @@ impl ProxyError {
         );
         if close {
             h.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::RateLimited { retry_after_secs } = self {
+            h.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         resp
     }

@@ -23,6 +23,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
 use http::request::Parts;
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 
 use super::body::{BodyTooLarge, RequestBody, ResponseBody};
 use super::error::ProxyError;
+use super::failover;
 use super::framing::Verdict;
 use super::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use crate::balance::{self, hash};
@@ -81,7 +83,7 @@ enum Sender {
 }
 
 /// The outcome of one attempt.
-enum AttemptError {
+pub(super) enum AttemptError {
     /// The request never reached the replica; here it is back. Boxed: this is the rare path
     /// and the request is large.
     NotSent(Box<Request<RequestBody>>, ConnectError),
@@ -140,7 +142,7 @@ fn respond_error(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
 }
 
 async fn proxy_traffic(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     policy: &Policy,
     route: &Route,
     meta: &ConnMeta,
@@ -148,34 +150,25 @@ async fn proxy_traffic(
     body: Incoming,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     admit(policy, &parts)?;
+    // Rate limit and adaptive shedding, before any routing work.
+    let admission = failover::admit(shared, policy, route)?;
     let endpoints = shared.endpoints();
     let upgrade = wants_upgrade(parts.version, &parts.headers);
     let client_upgrade = take_upgrade(&mut parts, upgrade);
     let key = route_key(route, &parts, meta.client);
     prepare(&mut parts, &meta.forwarding, upgrade);
-    let mut req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
-    // Allocates only when a connect fails.
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut last_error = None;
-    loop {
-        let Some(endpoint) = select(route, &endpoints, key, &tried) else {
-            // Every candidate refused: say so rather than "no endpoints".
-            return Err(last_error.map_or(ProxyError::NoHealthyEndpoints, ProxyError::Connect));
-        };
-        match attempt(endpoint, req, upgrade).await {
-            Ok((resp, guard, h1)) => return Ok(respond(resp, guard, h1, client_upgrade)),
-            Err(AttemptError::Failed(e)) => return Err(e),
-            Err(AttemptError::NotSent(back, error)) => {
-                tried.push(endpoint.addr());
-                if tried.len() >= MAX_CONNECT_ATTEMPTS {
-                    return Err(ProxyError::Connect(error));
-                }
-                tracing::debug!(%error, "connect failed; trying another replica");
-                last_error = Some(error);
-                req = *back;
-            }
-        }
-    }
+    // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
+    let call = failover::Call {
+        shared,
+        policy,
+        route,
+        set: &endpoints,
+        key,
+        upgrade,
+    };
+    let result = failover::forward(call, parts, body, client_upgrade).await;
+    failover::finish(shared, policy, admission);
+    result
 }
 
 /// The client side of a protocol switch (hyper keeps it in the request's extensions).
@@ -288,7 +281,7 @@ fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
 }
 
 /// Stage 4: the replica for this request, or none.
-fn select<'a>(
+pub(super) fn select<'a>(
     route: &Route,
     set: &'a EndpointSet,
     key: Option<u64>,
@@ -301,11 +294,14 @@ fn select<'a>(
             None => a.keyless.pick(set, 0, exclude),
         },
         Mode::Primary { hold_down } => balance::pick_primary(set, *hold_down, exclude),
+        // Broadcast requests go to every replica (see `failover`); a single pick takes the
+        // first usable one.
+        Mode::Broadcast { .. } => balance::pick_primary(set, Duration::ZERO, exclude),
     }
 }
 
 /// Stage 5: one attempt on `endpoint`.
-async fn attempt(
+pub(super) async fn attempt(
     endpoint: &Arc<Endpoint>,
     mut req: Request<RequestBody>,
     upgrade: bool,
@@ -390,7 +386,7 @@ async fn acquire(endpoint: &Endpoint, h2: bool, upgrade: bool) -> Result<Sender,
 }
 
 /// Stage 6: the response for the client.
-fn respond(
+pub(super) fn respond(
     mut resp: Response<Incoming>,
     guard: InflightGuard,
     h1: Option<http1::SendRequest<RequestBody>>,

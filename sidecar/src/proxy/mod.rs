@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+mod failover;
 pub mod forward;
 pub mod framing;
 pub mod headers;

@@ -83,12 +83,12 @@ pub struct BudgetSnapshot {
 /// A retry budget shared by the requests of one sidecar.
 #[derive(Debug)]
 pub struct RetryBudget {
-    config: BudgetConfig,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    config: BudgetConfig,
     ratio: f64,
     traffic: Window<Traffic>,
     failures: Window<Failures>,
@@ -130,8 +130,8 @@ impl RetryBudget {
     pub fn new(config: BudgetConfig) -> Self {
         let ratio = config.ratio.clamp(0.0, 1000.0);
         Self {
-            config: BudgetConfig { ratio, ..config },
             inner: Mutex::new(Inner {
+                config: BudgetConfig { ratio, ..config },
                 ratio,
                 traffic: Window::new(BUDGET_WINDOW, BUDGET_BUCKETS),
                 failures: Window::new(CORRELATION_WINDOW, CORRELATION_BUCKETS),
@@ -141,7 +141,18 @@ impl RetryBudget {
 
     /// The configuration.
     pub fn config(&self) -> BudgetConfig {
-        self.config
+        self.inner.lock().config
+    }
+
+    /// Applies a new configuration (a policy update); the counts carry over, the adapted ratio
+    /// is kept within the new ceiling.
+    pub fn configure(&self, config: BudgetConfig) {
+        let mut inner = self.inner.lock();
+        if inner.config != config {
+            let ratio = config.ratio.clamp(0.0, 1000.0);
+            inner.config = BudgetConfig { ratio, ..config };
+            inner.ratio = inner.ratio.min(ratio).max(ratio * MIN_RATIO_SHARE);
+        }
     }
 
     /// Counts a request's first attempt: each one earns `ratio` of a retry.
@@ -173,7 +184,7 @@ impl RetryBudget {
             return Err(Refusal::Correlated);
         }
         let traffic = inner.traffic.sum(now_ns);
-        if traffic.retries >= self.allowance(inner.ratio, traffic.requests) {
+        if traffic.retries >= inner.allowance(traffic.requests) {
             return Err(Refusal::Exhausted);
         }
         inner.traffic.update(now_ns, |t| t.retries += 1);
@@ -183,8 +194,8 @@ impl RetryBudget {
     /// Adapts the ratio to how a retry ended: additive increase on success, multiplicative
     /// decrease on failure.
     pub fn record_retry(&self, succeeded: bool) {
-        let configured = self.config.ratio;
         let mut inner = self.inner.lock();
+        let configured = inner.config.ratio;
         inner.ratio = if succeeded {
             (inner.ratio + configured / 10.0).min(configured)
         } else {
@@ -196,7 +207,7 @@ impl RetryBudget {
     pub fn snapshot(&self, now_ns: u64, replicas: usize) -> BudgetSnapshot {
         let inner = self.inner.lock();
         let traffic = inner.traffic.sum(now_ns);
-        let allowance = self.allowance(inner.ratio, traffic.requests);
+        let allowance = inner.allowance(traffic.requests);
         BudgetSnapshot {
             ratio: inner.ratio,
             requests: traffic.requests,
@@ -205,16 +216,16 @@ impl RetryBudget {
             correlated: inner.correlated(now_ns, replicas),
         }
     }
-
-    /// Retries the window allows: the per-second floor over the window, plus the ratio of the
-    /// window's requests.
-    fn allowance(&self, ratio: f64, requests: u64) -> u64 {
-        let floor = u64::from(self.config.min_per_second) * BUDGET_WINDOW.as_secs();
-        floor + (ratio * requests as f64) as u64
-    }
 }
 
 impl Inner {
+    /// Retries the window allows: the per-second floor over the window, plus the adapted
+    /// ratio of the window's requests.
+    fn allowance(&self, requests: u64) -> u64 {
+        let floor = u64::from(self.config.min_per_second) * BUDGET_WINDOW.as_secs();
+        floor + (self.ratio * requests as f64) as u64
+    }
+
     fn correlated(&self, now_ns: u64, replicas: usize) -> bool {
         if replicas < 2 {
             // With one replica there is nothing to correlate; the ratio still caps retries.

@@ -186,36 +186,59 @@ async fn check_inner(addr: SocketAddr, path: Option<&str>) -> Result<(), String>
     }
 }
 
-/// Checks `addr` every interval until `stop` turns true, recording into `status`. `config`
-/// is read before every check, so a policy swap applies at the next one; `None` pauses
-/// checking (and keeps the last verdict).
+/// Checks the target every interval until `stop` turns true, recording into `status`.
+/// `target` is asked before every check for the address and settings (so endpoint and policy
+/// updates apply at the next check); `None` pauses checking and keeps the last verdict.
+/// `on_verdict` sees every verdict.
 pub async fn run(
-    addr: SocketAddr,
     status: Arc<HealthStatus>,
-    config: impl Fn() -> Option<HealthCheckConfig>,
+    target: impl Fn() -> Option<(SocketAddr, HealthCheckConfig)>,
+    on_verdict: impl Fn(Verdict),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let Some(c) = config() else {
+        let Some((addr, c)) = target() else {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
             }
         };
-        let result = check(addr, &c).await;
+        let result = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = check(addr, &c) => r,
+        };
         if let Some(verdict) = status.record(result.clone(), &c) {
-            match (&result, verdict) {
-                (Err(error), _) => {
+            match &result {
+                Err(error) => {
                     tracing::warn!(%addr, %error, ?verdict, "local workload health changed")
                 }
-                (Ok(()), _) => tracing::info!(%addr, ?verdict, "local workload health changed"),
+                Ok(()) => tracing::info!(%addr, ?verdict, "local workload health changed"),
             }
         }
+        on_verdict(status.verdict());
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(c.interval) => {}
         }
     }
+}
+
+/// Runs [`run`] against the sidecar's local workload (whichever the live endpoint set names)
+/// under the live policy's settings, until `stop`.
+pub async fn run_local(shared: Arc<crate::state::Shared>, stop: watch::Receiver<bool>) {
+    let status = Arc::clone(&shared.resilience.local_health);
+    let gauge = shared.metrics.resilience.local_healthy.clone();
+    let target = {
+        let shared = Arc::clone(&shared);
+        move || {
+            let addr = shared.endpoints().local()?.addr();
+            Some((addr, shared.policy().resilience.health.clone()))
+        }
+    };
+    let on_verdict = move |v: Verdict| {
+        gauge.set(i64::from(v == Verdict::Healthy));
+    };
+    run(status, target, on_verdict, stop).await;
 }
 
 #[cfg(test)]
@@ -308,9 +331,9 @@ mod tests {
         let status = Arc::new(HealthStatus::new());
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(run(
-            ok,
             Arc::clone(&status),
-            || Some(config(Some("/ready"))),
+            move || Some((ok, config(Some("/ready")))),
+            |_| {},
             rx,
         ));
         for _ in 0..200 {

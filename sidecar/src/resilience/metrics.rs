@@ -57,8 +57,8 @@ pub struct ResilienceMetrics {
     pub local_healthy: Gauge,
 }
 
-/// Handles of one route.
-#[derive(Debug, Clone)]
+/// Handles of one route (unregistered counters by default, until compiled against a registry).
+#[derive(Debug, Clone, Default)]
 pub struct RouteResilienceMetrics {
     retries: [Counter; RetryReason::ALL.len()],
     /// Retries refused because the budget was used up.
@@ -76,7 +76,7 @@ pub struct RouteResilienceMetrics {
 }
 
 /// Handles of one replica.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EndpointResilienceMetrics {
     ejections: [Counter; 4],
     /// Attempts the adaptive breaker dropped locally.

@@ -34,18 +34,69 @@ pub mod retry;
 pub mod shed;
 pub mod window;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use datastream_api::v1alpha1::{Failover, Limits, RateLimit, parse_duration};
 
 use self::breaker::BreakerConfig;
-use self::budget::BudgetConfig;
-use self::health::HealthCheckConfig;
+use self::budget::{BudgetConfig, RetryBudget};
+use self::health::{HealthCheckConfig, HealthStatus, Verdict};
 use self::hedge::HedgeConfig;
+use self::metrics::RouteResilienceMetrics;
 use self::outlier::OutlierConfig;
-use self::ratelimit::RateLimitConfig;
+use self::ratelimit::{RateLimitConfig, TokenBucket};
 use self::retry::{Backoff, Conditions, MAX_REPLAY_BYTES, RetryPolicy};
-use self::shed::ShedConfig;
+use self::shed::{ShedConfig, Shedder};
+
+/// Resilience state of one sidecar that outlives policy updates: the retry budget, the
+/// adaptive concurrency limit and the local workload's health.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The retry budget shared by every route.
+    pub budget: RetryBudget,
+    /// The adaptive concurrency limit of the traffic listener.
+    pub shedder: Arc<Shedder>,
+    /// The active health check's view of the local workload.
+    pub local_health: Arc<HealthStatus>,
+}
+
+impl Runtime {
+    /// State under the default settings.
+    pub fn new() -> Self {
+        let defaults = Settings::default();
+        Self {
+            budget: RetryBudget::new(defaults.budget),
+            shedder: Arc::new(Shedder::new(&defaults.shed)),
+            local_health: Arc::new(HealthStatus::new()),
+        }
+    }
+
+    /// Whether the local workload keeps the sidecar from being ready: only a failing check
+    /// does; before the first check, readiness follows the rest of the sidecar's state.
+    pub fn local_workload_failing(&self) -> bool {
+        self.local_health.verdict() == Verdict::Unhealthy
+    }
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-route resilience settings and state.
+#[derive(Debug, Default)]
+pub struct RouteResilience {
+    /// The route's request timeout, overriding `failover.requestTimeout`.
+    pub timeout: Option<Duration>,
+    /// Retry non-idempotent requests too.
+    pub retry_non_idempotent: bool,
+    /// The route's token bucket.
+    pub rate_limit: Option<TokenBucket>,
+    /// Metric handles.
+    pub metrics: RouteResilienceMetrics,
+}
 
 /// The resilience settings of one policy, compiled from `failover` and `limits`.
 #[derive(Debug, Clone, PartialEq)]

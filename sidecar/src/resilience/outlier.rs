@@ -22,7 +22,7 @@
 //! requests sent before the ejection).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -34,6 +34,8 @@ use super::window::{Tally, Window};
 pub const MIN_REQUESTS_FOR_RATE: u64 = 20;
 /// Longest ejection, whatever the base and the count (Envoy's `max_ejection_time`).
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+/// Panic threshold before any policy set one (the API default).
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 /// Longest pause a `Retry-After` header can impose.
 pub const MAX_RETRY_AFTER_PAUSE: Duration = Duration::from_secs(30);
 
@@ -105,11 +107,24 @@ pub enum OutlierState {
 
 /// The ejections in force across the replica set: the cap and panic mode need the whole set's
 /// figures, each detector only knows its own replica.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Ejections {
     ejected: AtomicUsize,
     total: AtomicUsize,
     lifetime: AtomicU64,
+    /// The live policy's panic threshold, kept here so eligibility checks need no policy.
+    panic_threshold: AtomicU32,
+}
+
+impl Default for Ejections {
+    fn default() -> Self {
+        Self {
+            ejected: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            lifetime: AtomicU64::new(0),
+            panic_threshold: AtomicU32::new(DEFAULT_PANIC_THRESHOLD),
+        }
+    }
 }
 
 /// Outlier state of one replica.
@@ -172,6 +187,18 @@ impl Ejections {
         let total = self.total();
         let healthy = total.saturating_sub(self.ejected());
         total > 0 && healthy * 100 < threshold_percent as usize * total
+    }
+
+    /// Records the live policy's panic threshold.
+    pub fn set_panic_threshold(&self, percent: u32) {
+        if self.panic_threshold.load(Ordering::Relaxed) != percent {
+            self.panic_threshold.store(percent, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the set is in panic mode under the recorded threshold.
+    pub fn in_panic(&self) -> bool {
+        self.panic(self.panic_threshold.load(Ordering::Relaxed))
     }
 
     fn take(&self) {
@@ -374,6 +401,15 @@ impl Detector {
     /// Whether the replica is on probation (one request at a time).
     pub fn on_probation(&self) -> bool {
         self.probation.load(Ordering::Relaxed)
+    }
+
+    /// The replica left the set: it no longer holds one of the set's ejected slots.
+    pub fn forget(&self) {
+        let mut s = self.state.lock();
+        if s.counted {
+            s.counted = false;
+            self.ejections.give_back();
+        }
     }
 
     /// The set-wide ejection figures this detector counts into.

@@ -1,0 +1,572 @@
+//! The traffic listener's path from an admitted request to a replica's answer, with the
+//! resilience layer in it: rate limiting and shedding at admission, the request deadline,
+//! per-try timeouts, retries on other replicas under the retry budget, outlier ejection, the
+//! adaptive breaker and request caps at selection, and the `broadcast` fan-out.
+//!
+//! The building blocks ([`attempt`], [`select`], [`respond`]) are the core's, in
+//! [`super::forward`]; this module decides how many attempts there are and where they go.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+
+use super::body::{BodyTooLarge, RequestBody, ResponseBody};
+use super::error::ProxyError;
+use super::forward::{AttemptError, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
+use crate::balance::hash;
+use crate::clock;
+use crate::endpoint::{Endpoint, EndpointSet};
+use crate::policy::Policy;
+use crate::resilience::Settings;
+use crate::resilience::broadcast::{self, ACKS_HEADER};
+use crate::resilience::budget::RetryKind;
+use crate::resilience::deadline::Deadline;
+use crate::resilience::outlier::{EjectReason, Verdict};
+use crate::resilience::retry::{self, BufferError, Outcome, Replay, RetryPolicy, RetryReason};
+use crate::resilience::shed::Admission;
+use crate::route::{Mode, Route};
+use crate::state::Shared;
+
+/// What one traffic request is routed with.
+pub(super) struct Call<'a> {
+    /// The sidecar's state.
+    pub shared: &'a Arc<Shared>,
+    /// The policy the request started under.
+    pub policy: &'a Policy,
+    /// Its route.
+    pub route: &'a Route,
+    /// The endpoint set it started with.
+    pub set: &'a Arc<EndpointSet>,
+    /// Its hash key, for hashing policies.
+    pub key: Option<u64>,
+    /// Whether it asks for a protocol upgrade.
+    pub upgrade: bool,
+}
+
+/// The request body, as far as retries are concerned.
+enum Source {
+    /// Buffered: every attempt sends a copy.
+    Replay(Bytes),
+    /// Streamed: sent once (a request handed back unsent still carries it).
+    Once(Option<Incoming>),
+}
+
+/// Admission checks of the resilience layer: the route's rate limit (429), then the adaptive
+/// concurrency limit (503 `overloaded`). The admission must be finished when the answer is
+/// known.
+pub(super) fn admit(
+    shared: &Shared,
+    policy: &Policy,
+    route: &Route,
+) -> Result<Admission, ProxyError> {
+    let now = clock::now_ns();
+    if let Some(bucket) = &route.resilience.rate_limit
+        && let Err(limited) = bucket.try_acquire(now)
+    {
+        route.resilience.metrics.rate_limited.inc();
+        return Err(ProxyError::RateLimited {
+            retry_after_secs: limited.retry_after_secs(),
+        });
+    }
+    shared
+        .resilience
+        .shedder
+        .try_admit(now, &policy.resilience.shed)
+        .map_err(|e| {
+            shared.metrics.resilience.shed.inc();
+            ProxyError::Overloaded(e)
+        })
+}
+
+/// Ends an admission: its latency feeds the concurrency limit.
+pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission) {
+    admission.finish(clock::now_ns(), &policy.resilience.shed);
+    let limit = shared.resilience.shedder.limit();
+    shared
+        .metrics
+        .resilience
+        .concurrency_limit
+        .set(i64::from(limit));
+}
+
+/// Forwards a prepared request within its deadline: the route's (or the policy's) request
+/// timeout, or the caller's `grpc-timeout` / `x-datastream-deadline-ms` when shorter.
+pub(super) async fn forward(
+    call: Call<'_>,
+    parts: Parts,
+    body: Incoming,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let now = clock::now_ns();
+    let timeout = call
+        .route
+        .resilience
+        .timeout
+        .unwrap_or(call.policy.resilience.request_timeout);
+    let deadline = Deadline::new(now, timeout, &parts.headers);
+    let work = async {
+        match call.route.mode {
+            Mode::Broadcast { quorum, max_body } => {
+                fan_out(&call, parts, body, deadline, quorum, max_body).await
+            }
+            _ => with_retries(&call, parts, body, client_upgrade, deadline).await,
+        }
+    };
+    match tokio::time::timeout(deadline.remaining(now), work).await {
+        Ok(result) => result,
+        Err(_) => {
+            call.route.resilience.metrics.timeouts.inc();
+            Err(ProxyError::Timeout)
+        }
+    }
+}
+
+/// Attempts until one answers acceptably or no retry is allowed.
+async fn with_retries(
+    call: &Call<'_>,
+    mut parts: Parts,
+    body: Incoming,
+    mut client_upgrade: Option<OnUpgrade>,
+    deadline: Deadline,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let s = &call.policy.resilience;
+    let budget = &call.shared.resilience.budget;
+    let now = clock::now_ns();
+    budget.configure(s.budget);
+    budget.deposit(now);
+    call.set
+        .ejections()
+        .set_panic_threshold(s.outlier.panic_threshold_percent);
+    deadline.propagate(now, &mut parts.headers);
+    let policy = RetryPolicy {
+        non_idempotent: call.route.resilience.retry_non_idempotent,
+        ..s.retry.clone()
+    };
+    let repeatable = !call.upgrade
+        && policy.attempts > 0
+        && (policy.non_idempotent || retry::is_idempotent(&parts.method));
+    let method = parts.method.clone();
+    let mut source = if repeatable {
+        let limit = s.replay_limit.min(call.policy.max_body.unwrap_or(u64::MAX));
+        match retry::replay_plan(&parts.headers, body.is_end_stream(), limit) {
+            Replay::Empty => Source::Replay(Bytes::new()),
+            Replay::Buffer(_) => Source::Replay(buffer(body, limit).await?),
+            Replay::Stream => Source::Once(Some(body)),
+        }
+    } else {
+        Source::Once(Some(body))
+    };
+    let mut parts = Some(parts);
+    // A request a failed connection handed back unsent, ready for the next replica.
+    let mut unsent_req: Option<Request<RequestBody>> = None;
+    let mut exclude: Vec<SocketAddr> = Vec::new();
+    let (mut retries, mut unsent) = (0u32, 0usize);
+    let mut last_error: Option<ProxyError> = None;
+    let mut is_retry = false;
+    loop {
+        let now = clock::now_ns();
+        let endpoint = match pick(call, &exclude, now) {
+            Ok(e) => e,
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        let req = match (unsent_req.take(), &mut source) {
+            (Some(r), _) => r,
+            (None, Source::Replay(bytes)) => match &parts {
+                Some(p) => rebuild(p, bytes.clone()),
+                None => return Err(last_error.unwrap_or(ProxyError::Timeout)),
+            },
+            (None, Source::Once(body)) => match (parts.take(), body.take()) {
+                (Some(p), Some(b)) => {
+                    Request::from_parts(p, RequestBody::streaming(b, call.policy.max_body))
+                }
+                _ => return Err(last_error.unwrap_or(ProxyError::Timeout)),
+            },
+        };
+        // The last possible try gets whatever time is left (a per-try timeout would only turn
+        // a slow success into a 504); earlier ones get the per-try timeout.
+        let per_try = if retries >= policy.attempts {
+            None
+        } else {
+            s.per_try_timeout
+        };
+        let limit = deadline.attempt_timeout(now, per_try);
+        let slot = endpoint.pending.try_acquire(None);
+        let result = tokio::time::timeout(limit, attempt(endpoint, req, call.upgrade)).await;
+        drop(slot);
+        let now = clock::now_ns();
+        let (outcome, reply) = match result {
+            Err(_) => {
+                record(
+                    call.shared,
+                    s,
+                    call.set,
+                    endpoint,
+                    Verdict::Failure,
+                    None,
+                    now,
+                );
+                last_error = Some(ProxyError::Timeout);
+                (Outcome::PerTryTimeout, None)
+            }
+            Ok(Ok((resp, guard, h1))) => {
+                let status = resp.status();
+                let verdict = verdict_of(status);
+                let hint = pause_hint(status, resp.headers());
+                record(call.shared, s, call.set, endpoint, verdict, hint, now);
+                if is_retry {
+                    budget.record_retry(verdict == Verdict::Success);
+                }
+                if !policy.retries_status(status) {
+                    return Ok(respond(resp, guard, h1, client_upgrade.take()));
+                }
+                (Outcome::Status(status), Some((resp, guard, h1)))
+            }
+            Ok(Err(AttemptError::NotSent(back, error))) => {
+                record(
+                    call.shared,
+                    s,
+                    call.set,
+                    endpoint,
+                    Verdict::Failure,
+                    None,
+                    now,
+                );
+                unsent_req = Some(*back);
+                last_error = Some(ProxyError::Connect(error));
+                (Outcome::NotSent, None)
+            }
+            Ok(Err(AttemptError::Failed(error))) => {
+                if !error.blames_upstream() {
+                    return Err(error);
+                }
+                record(
+                    call.shared,
+                    s,
+                    call.set,
+                    endpoint,
+                    Verdict::Failure,
+                    None,
+                    now,
+                );
+                last_error = Some(error);
+                (Outcome::Reset, None)
+            }
+        };
+        if is_retry && reply.is_none() {
+            budget.record_retry(false);
+        }
+        let replayable = matches!(source, Source::Replay(_)) || unsent_req.is_some();
+        let next = Attempts {
+            retries,
+            unsent,
+            replayable,
+        };
+        match decide(
+            call, &policy, &method, outcome, endpoint, next, &exclude, deadline,
+        ) {
+            Some((reason, backoff)) => {
+                // The held response (a retryable status) is dropped: the retry replaces it.
+                drop(reply);
+                exclude.push(endpoint.addr());
+                if reason == RetryReason::NotSent {
+                    unsent += 1;
+                } else {
+                    retries += 1;
+                }
+                is_retry = true;
+                tracing::debug!(
+                    endpoint = endpoint.name(),
+                    reason = reason.as_str(),
+                    backoff_ms = backoff.as_millis() as u64,
+                    "retrying on another replica"
+                );
+                if !backoff.is_zero() {
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+            None => {
+                return match reply {
+                    Some((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade.take())),
+                    None => Err(last_error.take().unwrap_or(ProxyError::Timeout)),
+                };
+            }
+        }
+    }
+}
+
+/// How many attempts a request has made, and whether it can be sent again.
+#[derive(Clone, Copy)]
+struct Attempts {
+    retries: u32,
+    unsent: usize,
+    replayable: bool,
+}
+
+/// Whether to retry after `outcome` on `endpoint`, and after what backoff.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    call: &Call<'_>,
+    policy: &RetryPolicy,
+    method: &Method,
+    outcome: Outcome,
+    endpoint: &Endpoint,
+    done: Attempts,
+    exclude: &[SocketAddr],
+    deadline: Deadline,
+) -> Option<(RetryReason, Duration)> {
+    let reason = policy.classify(method, outcome)?;
+    let kind = if reason == RetryReason::NotSent {
+        if done.unsent + 1 >= MAX_CONNECT_ATTEMPTS {
+            return None;
+        }
+        RetryKind::Unsent
+    } else {
+        if done.retries >= policy.attempts || !done.replayable {
+            return None;
+        }
+        RetryKind::Repeat
+    };
+    let now = clock::now_ns();
+    let backoff = match kind {
+        // Nothing reached a replica: go to the next one at once.
+        RetryKind::Unsent => Duration::ZERO,
+        RetryKind::Repeat => policy.backoff.jittered(done.retries + 1),
+    };
+    // The fastest replica still to try sets what a retry needs at least.
+    let expected = call
+        .set
+        .endpoints()
+        .iter()
+        .filter(|e| e.addr() != endpoint.addr() && !exclude.contains(&e.addr()))
+        .map(|e| e.load.rtt_ns(now))
+        .min_by(f64::total_cmp)
+        .map_or(Duration::ZERO, |ns| Duration::from_nanos(ns as u64));
+    if !deadline.can_start(now, backoff, expected) {
+        return None;
+    }
+    let metrics = &call.route.resilience.metrics;
+    if let Err(refusal) = call
+        .shared
+        .resilience
+        .budget
+        .withdraw(now, kind, call.set.len())
+    {
+        metrics.refused(refusal);
+        return None;
+    }
+    metrics.retry(reason);
+    Some((reason, backoff))
+}
+
+/// Selects a replica, passing over those at their request caps, a local workload failing its
+/// health check, and those whose adaptive breaker drops this attempt.
+fn pick<'a>(
+    call: &Call<'a>,
+    exclude: &[SocketAddr],
+    now: u64,
+) -> Result<&'a Arc<Endpoint>, ProxyError> {
+    let s = &call.policy.resilience;
+    let mut skipped: Vec<SocketAddr> = Vec::new();
+    loop {
+        let candidate = if skipped.is_empty() {
+            select(call.route, call.set, call.key, exclude)
+        } else {
+            let both: Vec<SocketAddr> = exclude.iter().chain(&skipped).copied().collect();
+            select(call.route, call.set, call.key, &both)
+        };
+        let Some(e) = candidate else {
+            return Err(if skipped.is_empty() {
+                ProxyError::NoHealthyEndpoints
+            } else {
+                ProxyError::CircuitOpen
+            });
+        };
+        let at_cap = s
+            .max_concurrent_per_replica
+            .is_some_and(|max| e.load.inflight() >= max)
+            || s.max_pending_per_replica
+                .is_some_and(|max| e.pending.held() >= max);
+        if at_cap {
+            e.resilience_metrics.capacity_skips.inc();
+        } else if e.is_local() && call.shared.resilience.local_workload_failing() {
+            // The active check says the workload is not ready: peers serve instead.
+        } else if e.breaker.allow(now, rand::random(), &s.breaker).is_err() {
+            e.resilience_metrics.breaker_drops.inc();
+        } else {
+            return Ok(e);
+        }
+        skipped.push(e.addr());
+    }
+}
+
+/// Feeds one attempt's verdict to the replica's breaker and outlier detector and to the
+/// budget's correlation check, ejecting the replica when the detector says so.
+fn record(
+    shared: &Shared,
+    s: &Settings,
+    set: &EndpointSet,
+    endpoint: &Endpoint,
+    verdict: Verdict,
+    pause: Option<Duration>,
+    now: u64,
+) {
+    let accepted = verdict == Verdict::Success;
+    endpoint.breaker.record(now, accepted, &s.breaker);
+    let id = hash::hash_bytes(endpoint.name().as_bytes(), 0);
+    shared.resilience.budget.record_attempt(now, id, !accepted);
+    if let Some(reason) = endpoint.outlier.record(now, verdict, &s.outlier) {
+        // Replicas whose ejection is over give their slot back before the cap is checked.
+        for e in set.endpoints() {
+            let _ = e.outlier.state(now);
+        }
+        if endpoint.outlier.eject(now, reason, &s.outlier) {
+            endpoint.resilience_metrics.ejected(reason);
+            tracing::warn!(
+                endpoint = endpoint.name(),
+                address = %endpoint.addr(),
+                ?reason,
+                "replica ejected"
+            );
+        }
+    } else if let Some(pause) = pause
+        && endpoint.outlier.pause(now, pause, &s.outlier)
+    {
+        endpoint.resilience_metrics.ejected(EjectReason::RetryAfter);
+        tracing::info!(
+            endpoint = endpoint.name(),
+            pause_ms = pause.as_millis() as u64,
+            "replica asked for a pause with Retry-After"
+        );
+    }
+}
+
+/// How a status counts for outlier detection and the breaker.
+fn verdict_of(status: StatusCode) -> Verdict {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Verdict::Overloaded
+    } else if status.is_server_error() {
+        Verdict::Failure
+    } else {
+        Verdict::Success
+    }
+}
+
+/// A `Retry-After` in seconds on a 503 or 429: the replica asks to be left alone that long.
+fn pause_hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// A copy of the request with a buffered body.
+fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::full(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
+/// Reads a body into memory, up to `limit` bytes.
+async fn buffer(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    retry::buffer(body, limit).await.map_err(|e| match e {
+        BufferError::TooLarge { limit } => ProxyError::BodyTooLarge(BodyTooLarge { limit }),
+        BufferError::Read(e) => ProxyError::ClientBody(e),
+    })
+}
+
+/// `broadcast` mode: the request goes to every ready replica; the first success is answered
+/// once `quorum` replicas succeeded.
+async fn fan_out(
+    call: &Call<'_>,
+    mut parts: Parts,
+    body: Incoming,
+    deadline: Deadline,
+    quorum: Option<u32>,
+    max_body: u64,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if call.upgrade {
+        return Err(ProxyError::BadRequest(
+            "a broadcast route cannot switch protocols",
+        ));
+    }
+    let limit = max_body.min(call.policy.max_body.unwrap_or(u64::MAX));
+    let bytes = if body.is_end_stream() {
+        Bytes::new()
+    } else {
+        buffer(body, limit).await?
+    };
+    let now = clock::now_ns();
+    deadline.propagate(now, &mut parts.headers);
+    let local_failing = call.shared.resilience.local_workload_failing();
+    let targets: Vec<Arc<Endpoint>> = call
+        .set
+        .endpoints()
+        .iter()
+        .filter(|e| e.is_eligible(now) && !(e.is_local() && local_failing))
+        .cloned()
+        .collect();
+    let needed = broadcast::quorum(quorum, targets.len());
+    let per_try = deadline.attempt_timeout(now, call.policy.resilience.per_try_timeout);
+    let settings = Arc::new(call.policy.resilience.clone());
+    let attempts: Vec<_> = targets
+        .into_iter()
+        .map(|endpoint| {
+            let req = rebuild(&parts, bytes.clone());
+            let shared = Arc::clone(call.shared);
+            let set = Arc::clone(call.set);
+            let s = Arc::clone(&settings);
+            async move {
+                let result = tokio::time::timeout(per_try, attempt(&endpoint, req, false)).await;
+                let now = clock::now_ns();
+                let (verdict, answer) = match result {
+                    Ok(Ok((resp, guard, h1))) => {
+                        (verdict_of(resp.status()), Ok(respond(resp, guard, h1, None)))
+                    }
+                    Ok(Err(AttemptError::NotSent(_, e))) => {
+                        (Verdict::Failure, Err(ProxyError::Connect(e)))
+                    }
+                    Ok(Err(AttemptError::Failed(e))) => (Verdict::Failure, Err(e)),
+                    Err(_) => (Verdict::Failure, Err(ProxyError::Timeout)),
+                };
+                let blamed = !matches!(&answer, Err(e) if !e.blames_upstream() && !matches!(e, ProxyError::Timeout));
+                if blamed {
+                    record(&shared, &s, &set, &endpoint, verdict, None, now);
+                }
+                answer
+            }
+        })
+        .collect();
+    let metrics = &call.route.resilience.metrics;
+    let ok = |r: &Result<Response<ResponseBody>, ProxyError>| matches!(r, Ok(resp) if resp.status().is_success());
+    match broadcast::fan_out(attempts, needed, ok).await {
+        Ok((Ok(mut resp), acks)) => {
+            metrics.broadcast_ok.inc();
+            resp.headers_mut()
+                .insert(ACKS_HEADER, HeaderValue::from(acks));
+            Ok(resp)
+        }
+        Ok((Err(e), _)) => Err(e),
+        Err((error, _)) => {
+            metrics.broadcast_failed.inc();
+            tracing::debug!(%error, "broadcast failed");
+            Err(ProxyError::Broadcast(error))
+        }
+    }
+}
