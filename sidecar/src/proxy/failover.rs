@@ -208,7 +208,7 @@ async fn with_retries(
                     s,
                     call.set,
                     endpoint,
-                    Verdict::Failure,
+                    Verdict::Timeout,
                     None,
                     now,
                 );
@@ -543,7 +543,7 @@ async fn fan_out(
                         (Verdict::Failure, Err(ProxyError::Connect(e)))
                     }
                     Ok(Err(AttemptError::Failed(e))) => (Verdict::Failure, Err(e)),
-                    Err(_) => (Verdict::Failure, Err(ProxyError::Timeout)),
+                    Err(_) => (Verdict::Timeout, Err(ProxyError::Timeout)),
                 };
                 let blamed = !matches!(&answer, Err(e) if !e.blames_upstream() && !matches!(e, ProxyError::Timeout));
                 if blamed {

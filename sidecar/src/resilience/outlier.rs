@@ -5,7 +5,9 @@
 //!   in a row, or (when configured) when its failure percentage over the last `interval`
 //!   reaches the threshold with at least [`MIN_REQUESTS_FOR_RATE`] attempts. A 429 answer
 //!   counts against the rate but not the consecutive run (the replica is alive, only busy),
-//!   as in Linkerd's unified accrual.
+//!   as in Linkerd's unified accrual. A per-try timeout weighs [`TIMEOUT_WEIGHT`] failures: the
+//!   replica held a request for the whole per-try budget, the strongest sign of a frozen
+//!   process, so with the default run of 5 two timeouts in a row eject it.
 //! - **Ejection time** is `base × n` for the n-th ejection, capped at [`MAX_EJECTION`] (Envoy's
 //!   rule); `n` decays by one for every healthy `interval` after a return.
 //! - **Cap.** No ejection may push the ejected share above `max_ejected_percent` of the set
@@ -30,6 +32,8 @@ use serde::Serialize;
 
 use super::window::{Tally, Window};
 
+/// How many failures a per-try timeout counts for in the consecutive run.
+pub const TIMEOUT_WEIGHT: u32 = 3;
 /// Attempts an interval must hold before its failure rate can eject.
 pub const MIN_REQUESTS_FOR_RATE: u64 = 20;
 /// Longest ejection, whatever the base and the count (Envoy's `max_ejection_time`).
@@ -63,8 +67,10 @@ pub struct OutlierConfig {
 pub enum Verdict {
     /// It answered, and not with a server error.
     Success,
-    /// Connect failure, reset, timeout or 5xx.
+    /// Connect failure, reset or 5xx.
     Failure,
+    /// The per-try timeout expired.
+    Timeout,
     /// 429: busy, not broken.
     Overloaded,
 }
@@ -265,7 +271,9 @@ impl Detector {
                     s.returned_ns = now_ns;
                     None
                 }
-                Verdict::Failure | Verdict::Overloaded => Some(EjectReason::ProbationFailed),
+                Verdict::Failure | Verdict::Timeout | Verdict::Overloaded => {
+                    Some(EjectReason::ProbationFailed)
+                }
             };
         }
         match verdict {
@@ -274,6 +282,7 @@ impl Detector {
                 return None;
             }
             Verdict::Failure => s.consecutive += 1,
+            Verdict::Timeout => s.consecutive += TIMEOUT_WEIGHT,
             Verdict::Overloaded => {}
         }
         if s.consecutive >= config.consecutive_failures.max(1) {
@@ -484,6 +493,25 @@ mod tests {
         assert!(d[0].is_ejected(10 * SEC));
         // Answers to requests sent before the ejection change nothing.
         assert_eq!(d[0].record(2 * SEC, Verdict::Failure, &c), None);
+    }
+
+    #[test]
+    fn two_per_try_timeouts_in_a_row_eject() {
+        let c = config();
+        let (_, d) = set(3);
+        assert_eq!(d[0].record(SEC, Verdict::Timeout, &c), None);
+        assert_eq!(
+            d[0].record(SEC, Verdict::Timeout, &c),
+            Some(EjectReason::ConsecutiveFailures)
+        );
+        let (_, d) = set(3);
+        assert_eq!(d[0].record(SEC, Verdict::Timeout, &c), None);
+        assert_eq!(d[0].record(SEC, Verdict::Success, &c), None);
+        assert_eq!(
+            d[0].record(SEC, Verdict::Timeout, &c),
+            None,
+            "a success resets the run"
+        );
     }
 
     #[test]
