@@ -630,12 +630,14 @@ async fn a_users_whole_journey() {
     // fails at the end), and the rest of the journey runs without them so that it still measures
     // everything else.
     let mut missing: Vec<String> = vec![];
+    let mut broadcast_supported = true;
     let rejected = sidecar_config_error(&ips).await;
     if let Some(error) = rejected.filter(|e| e.contains("broadcast") && e.contains("not supported"))
     {
         missing.push(format!(
             "broadcast route: the sidecar rejects the example's policy: {error}"
         ));
+        broadcast_supported = false;
         kubectl_ok(&[
             "patch",
             "dst",
@@ -665,25 +667,28 @@ async fn a_users_whole_journey() {
         .await;
     }
 
-    // balance: requests entering one sidecar spread over every replica.
+    // balance: requests entering one sidecar spread over every replica. Six at a time, as
+    // concurrent clients would send them: a load-aware policy (p2c-ewma) spreads by load.
     let mut spread: BTreeMap<String, u32> = BTreeMap::new();
-    for _ in 0..90 {
-        *spread
-            .entry(replica_of(&send(sidecars[0], "GET", "/", &[], "").await))
-            .or_default() += 1;
+    for _ in 0..30 {
+        let batch =
+            futures::future::join_all((0..6).map(|_| send(sidecars[0], "GET", "/", &[], ""))).await;
+        for answer in &batch {
+            *spread.entry(replica_of(answer)).or_default() += 1;
+        }
     }
-    eprintln!("journey: balance spread over 90 requests: {spread:?}");
-    assert_eq!(
-        spread.keys().cloned().collect::<BTreeSet<_>>(),
-        replicas,
-        "balance must reach every replica"
-    );
+    eprintln!("journey: balance spread over 180 requests: {spread:?}");
     report.push(format!(
-        "balance: 90 requests through one sidecar spread {spread:?}"
+        "balance: 180 requests (6 concurrent) through one sidecar spread {spread:?}"
     ));
+    if spread.keys().cloned().collect::<BTreeSet<_>>() != replicas {
+        missing.push(format!(
+            "balance: requests through one sidecar reached only {spread:?} of {replicas:?}"
+        ));
+    }
 
     // broadcast: a write reaches every replica (each workload answers for the key directly).
-    if missing.is_empty() {
+    if broadcast_supported {
         let put = send(sidecars[1], "PUT", "/kv/user-42", &[], "v1")
             .await
             .unwrap();
