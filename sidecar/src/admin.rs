@@ -107,6 +107,11 @@ fn route(shared: &Shared, settings: &Value, req: &Request<Incoming>) -> Response
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !shared.endpoints_known() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no endpoints known yet\n")
+            } else if shared.resilience.local_workload_failing() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the local workload fails its health check\n",
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }
