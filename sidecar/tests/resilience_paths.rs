@@ -219,8 +219,9 @@ routes:
     )
     .await;
     let client = h1_client();
-    let mut ok = 0;
+    let mut ok = 0u64;
     let mut limited = Vec::new();
+    let started = Instant::now();
     for _ in 0..10 {
         let a = get(&client, sc.traffic_addr(), "/limited", &[]).await;
         match a.status.as_u16() {
@@ -229,9 +230,11 @@ routes:
             s => panic!("unexpected {s}"),
         }
     }
+    // The burst of 3, plus whatever the 2/s refill added while the loop ran.
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as u64;
     assert!(
-        (3..=4).contains(&ok),
-        "burst of 3 (+ at most one refill): {ok}"
+        ok >= 3 && ok <= 3 + refilled,
+        "{ok} admitted, {refilled} refilled"
     );
     let first = &limited[0];
     assert_eq!(first.headers["x-datastream-error"], "rate-limited");
