@@ -631,7 +631,24 @@ async fn a_users_whole_journey() {
     // everything else.
     let mut missing: Vec<String> = vec![];
     let mut broadcast_supported = true;
+    let generation = streams
+        .get(STREAM)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
     let rejected = sidecar_config_error(&ips).await;
+    assert!(
+        rejected.is_some() || sidecars_at_generation(&ips, generation).await,
+        "the sidecars do not run the example's policy (generation {generation})"
+    );
+    if let Some(error) = rejected
+        .as_ref()
+        .filter(|e| !(e.contains("broadcast") && e.contains("not supported")))
+    {
+        panic!("the sidecars rejected the example's traffic policy: {error}");
+    }
     if let Some(error) = rejected.filter(|e| e.contains("broadcast") && e.contains("not supported"))
     {
         missing.push(format!(
