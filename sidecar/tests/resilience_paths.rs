@@ -433,3 +433,55 @@ failover:
         "ready again after healthyThreshold passes"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_hides_a_slow_replica_from_idempotent_reads() {
+    let b = backends(3).await;
+    b[1].set_latency(400);
+    let specs: Vec<_> = b.iter().map(|x| x.spec()).collect();
+    // Round-robin sends every third first attempt to the slow replica, whatever its latency.
+    let sc = sidecar(
+        r#"
+loadBalancing: { policy: round-robin }
+failover: { hedging: { percentile: 50, minDelay: 20ms } }
+"#,
+        &specs,
+    )
+    .await;
+    // Learn the route's latency (the median is fast: two replicas of three answer at once),
+    // with a few clients at once so that the slow third does not serialise the warm-up.
+    let mut warm = Vec::new();
+    for _ in 0..6 {
+        let addr = sc.traffic_addr();
+        warm.push(tokio::spawn(async move {
+            let client = load_client();
+            for _ in 0..10 {
+                let a = try_get(&client, addr, "/", &[]).await.unwrap();
+                assert_eq!(a.status, 200);
+            }
+        }));
+    }
+    for w in warm {
+        w.await.unwrap();
+    }
+    let client = load_client();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..30 {
+        let started = Instant::now();
+        let a = try_get(&client, sc.traffic_addr(), "/", &[]).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_ne!(a.backend(), "r1", "the hedge answered first");
+        slowest = slowest.max(started.elapsed());
+    }
+    let metrics = metrics_text(sc.admin_addr()).await;
+    let hedges = metric_sum(&metrics, "datastream_sidecar_retries_total", &["hedge"]);
+    eprintln!("[hedge] slowest={slowest:?} hedges={hedges}");
+    assert!(hedges >= 1.0);
+    assert!(
+        slowest < Duration::from_millis(200),
+        "never waited for the slow replica: {slowest:?}"
+    );
+    // POSTs are never hedged.
+    let (status, _, _) = send(sc.traffic_addr(), "POST", "/", "x", &[]).await;
+    assert_eq!(status, 200);
+}

@@ -71,6 +71,7 @@ pub fn compile(
                 retry_non_idempotent: r.retry_non_idempotent,
                 rate_limit,
                 metrics: metrics.resilience.route(&r.name),
+                latency: Default::default(),
             };
             routes.push(route);
         }
@@ -100,6 +101,7 @@ pub fn compile(
         retry_non_idempotent: false,
         rate_limit: resilience.rate_limit.map(TokenBucket::new),
         metrics: metrics.resilience.route(DEFAULT_ROUTE),
+        latency: Default::default(),
     };
     Ok(Policy {
         version,

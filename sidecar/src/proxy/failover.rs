@@ -15,6 +15,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 
 use super::body::{BodyTooLarge, RequestBody, ResponseBody};
@@ -22,7 +23,7 @@ use super::error::ProxyError;
 use super::forward::{AttemptError, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
 use crate::balance::hash;
 use crate::clock;
-use crate::endpoint::{Endpoint, EndpointSet};
+use crate::endpoint::{Endpoint, EndpointSet, InflightGuard};
 use crate::policy::Policy;
 use crate::resilience::Settings;
 use crate::resilience::broadcast::{self, ACKS_HEADER};
@@ -198,9 +199,33 @@ async fn with_retries(
         };
         let limit = deadline.attempt_timeout(now, per_try);
         let slot = endpoint.pending.try_acquire(None);
-        let result = tokio::time::timeout(limit, attempt(endpoint, req, call.upgrade)).await;
+        let started = tokio::time::Instant::now();
+        let hedge = if is_retry {
+            None
+        } else {
+            hedge_delay(call, &method, &source, deadline, now)
+        };
+        let (endpoint, result) = match (hedge, &source, &parts) {
+            (Some(delay), Source::Replay(bytes), Some(p)) => {
+                let copy = rebuild(p, bytes.clone());
+                let h = hedged(call, &policy, endpoint, req, copy, delay, limit, &exclude).await;
+                if let Some(other) = h.2 {
+                    exclude.push(other.addr());
+                }
+                (h.0, h.1)
+            }
+            _ => (
+                endpoint,
+                tokio::time::timeout(limit, attempt(endpoint, req, call.upgrade)).await,
+            ),
+        };
         drop(slot);
         let now = clock::now_ns();
+        if s.hedge.is_some()
+            && let Ok(Ok(_)) = &result
+        {
+            call.route.resilience.latency.record(started.elapsed());
+        }
         let (outcome, reply) = match result {
             Err(_) => {
                 record(
@@ -299,6 +324,116 @@ async fn with_retries(
             }
         }
     }
+}
+
+/// What one attempt produced: its answer, or a per-try timeout.
+type AttemptResult = Result<
+    Result<
+        (
+            Response<Incoming>,
+            InflightGuard,
+            Option<http1::SendRequest<RequestBody>>,
+        ),
+        AttemptError,
+    >,
+    tokio::time::error::Elapsed,
+>;
+
+/// When to hedge this request: only an idempotent read with a replayable body on a route with
+/// hedging, once the route's latency record knows its percentile, and only if a hedge sent then
+/// could still finish before the deadline.
+fn hedge_delay(
+    call: &Call<'_>,
+    method: &Method,
+    source: &Source,
+    deadline: Deadline,
+    now: u64,
+) -> Option<Duration> {
+    let config = call.policy.resilience.hedge.as_ref()?;
+    if call.upgrade
+        || !matches!(*method, Method::GET | Method::HEAD)
+        || !matches!(source, Source::Replay(_))
+    {
+        return None;
+    }
+    let delay = call.route.resilience.latency.hedge_delay(config)?;
+    deadline
+        .can_start(now, delay, Duration::ZERO)
+        .then_some(delay)
+}
+
+/// Sends `req` to `first`; if it has not answered after `delay`, sends `copy` to another
+/// replica (charged to the retry budget) and keeps the first acceptable answer, cancelling
+/// the other attempt. Returns the replica whose answer is returned, that answer, and the
+/// other replica when both failed (its failure is already recorded).
+#[allow(clippy::too_many_arguments)]
+async fn hedged<'a>(
+    call: &Call<'a>,
+    policy: &RetryPolicy,
+    first: &'a Arc<Endpoint>,
+    req: Request<RequestBody>,
+    copy: Request<RequestBody>,
+    delay: Duration,
+    limit: Duration,
+    exclude: &[SocketAddr],
+) -> (&'a Arc<Endpoint>, AttemptResult, Option<&'a Arc<Endpoint>>) {
+    let a = tokio::time::timeout(limit, attempt(first, req, false));
+    tokio::pin!(a);
+    tokio::select! {
+        r = &mut a => return (first, r, None),
+        _ = tokio::time::sleep(delay) => {}
+    }
+    let now = clock::now_ns();
+    let mut others = exclude.to_vec();
+    others.push(first.addr());
+    let Ok(second) = pick(call, &others, now) else {
+        return (first, a.await, None);
+    };
+    let metrics = &call.route.resilience.metrics;
+    if let Err(refusal) =
+        call.shared
+            .resilience
+            .budget
+            .withdraw(now, RetryKind::Repeat, call.set.len())
+    {
+        metrics.refused(refusal);
+        return (first, a.await, None);
+    }
+    metrics.retry(RetryReason::Hedge);
+    let b = tokio::time::timeout(limit, attempt(second, copy, false));
+    tokio::pin!(b);
+    let acceptable = |r: &AttemptResult| matches!(r, Ok(Ok((resp, _, _))) if !policy.retries_status(resp.status()));
+    let (winner, result, loser, pending_first) = tokio::select! {
+        r = &mut a => (first, r, second, false),
+        r = &mut b => (second, r, first, true),
+    };
+    if acceptable(&result) {
+        return (winner, result, None);
+    }
+    // The earlier answer is not usable: wait for the other attempt, and count the failure.
+    record_result(call, winner, &result);
+    let other = if pending_first { a.await } else { b.await };
+    (loser, other, Some(winner))
+}
+
+/// Records a finished attempt that will not be processed further.
+fn record_result(call: &Call<'_>, endpoint: &Endpoint, result: &AttemptResult) {
+    let verdict = match result {
+        Err(_) => Verdict::Timeout,
+        Ok(Ok((resp, _, _))) => verdict_of(resp.status()),
+        Ok(Err(AttemptError::Failed(e))) if !e.blames_upstream() => return,
+        Ok(Err(_)) => Verdict::Failure,
+    };
+    let s = &call.policy.resilience;
+    record(
+        call.shared,
+        s,
+        call.set,
+        endpoint,
+        verdict,
+        None,
+        clock::now_ns(),
+    );
 }
 
 /// How many attempts a request has made, and whether it can be sent again.

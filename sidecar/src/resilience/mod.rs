@@ -96,6 +96,8 @@ pub struct RouteResilience {
     pub rate_limit: Option<TokenBucket>,
     /// Metric handles.
     pub metrics: RouteResilienceMetrics,
+    /// Recent attempt latencies, kept only when hedging is configured.
+    pub latency: hedge::LatencyRecord,
 }
 
 /// The resilience settings of one policy, compiled from `failover` and `limits`.

@@ -50,6 +50,8 @@ pub enum RetryReason {
     Reset,
     /// The per-try timeout expired (`per-try-timeout` condition).
     PerTryTimeout,
+    /// A hedge: a second attempt while the first is slower than the route's usual latency.
+    Hedge,
 }
 
 /// The set of configured retry conditions.
@@ -103,16 +105,18 @@ impl RetryReason {
             RetryReason::GatewayError => "gateway-error",
             RetryReason::Reset => "reset",
             RetryReason::PerTryTimeout => "per-try-timeout",
+            RetryReason::Hedge => "hedge",
         }
     }
 
     /// Every reason, for pre-registering metric handles.
-    pub const ALL: [RetryReason; 5] = [
+    pub const ALL: [RetryReason; 6] = [
         RetryReason::NotSent,
         RetryReason::ServerError,
         RetryReason::GatewayError,
         RetryReason::Reset,
         RetryReason::PerTryTimeout,
+        RetryReason::Hedge,
     ];
 }
 
