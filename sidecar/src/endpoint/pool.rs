@@ -8,6 +8,7 @@
 //! connections small and lets the rest expire.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -76,6 +77,8 @@ pub struct Pool {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Serialises HTTP/2 connects so that a burst opens one connection, not one per request.
     h2_connect: tokio::sync::Mutex<()>,
+    /// The policy's `failover.connectTimeout`, in nanoseconds.
+    connect_timeout_ns: AtomicU64,
 }
 
 // === impl Pool ===
@@ -88,6 +91,15 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_connect: tokio::sync::Mutex::new(()),
+            connect_timeout_ns: AtomicU64::new(CONNECT_TIMEOUT.as_nanos() as u64),
+        }
+    }
+
+    /// Sets the time allowed to open a connection (the live policy's `connectTimeout`).
+    pub fn set_connect_timeout(&self, timeout: Duration) {
+        let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX).max(1);
+        if self.connect_timeout_ns.load(Ordering::Relaxed) != ns {
+            self.connect_timeout_ns.store(ns, Ordering::Relaxed);
         }
     }
 
@@ -200,12 +212,10 @@ impl Pool {
 
     async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
         let addr = self.addr;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        let timeout = Duration::from_nanos(self.connect_timeout_ns.load(Ordering::Relaxed));
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| ConnectError::Timeout {
-                addr,
-                timeout: CONNECT_TIMEOUT,
-            })?
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
             .map_err(|source| ConnectError::Tcp { addr, source })?;
         // Nagle plus delayed ACKs would add 40 ms stalls to small requests.
         let _ = stream.set_nodelay(true);

@@ -198,6 +198,7 @@ async fn with_retries(
             s.per_try_timeout
         };
         let limit = deadline.attempt_timeout(now, per_try);
+        endpoint.pool.set_connect_timeout(s.connect_timeout);
         let slot = endpoint.pending.try_acquire(None);
         let started = tokio::time::Instant::now();
         let hedge = if is_retry {
