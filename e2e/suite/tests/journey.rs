@@ -1208,6 +1208,74 @@ async fn a_users_whole_journey() {
     )
     .await;
 
+    // A crash rather than a deletion: the leader's process is SIGKILLed, so it cannot release the
+    // Lease. Whoever takes over (the standby once the Lease expires, or the restarted process
+    // renewing its own identity) must reconcile a change within the lease time.
+    wait_for(
+        &ops.name,
+        "two running operator pods again",
+        Duration::from_secs(120),
+        || async { (operator_pods().await.len() == 2).then_some(()) },
+    )
+    .await;
+    let leader_pod = op_pods.get(&new_leader).await.unwrap();
+    let pid_file = state_dir()
+        .join("run/pods")
+        .join(leader_pod.metadata.uid.as_deref().unwrap())
+        .join("operator.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let pid = pid.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let crashed = Instant::now();
+    kubectl_ok(&["scale", "dst", STREAM, "-n", &app.name, "--replicas=2"]);
+    let holder = wait_for(
+        &ops.name,
+        "a leader reconciling after the leader's process crashed",
+        Duration::from_secs(40),
+        || {
+            let (leases, deployments, operator_name) =
+                (leases.clone(), deployments.clone(), operator_name.clone());
+            async move {
+                let replicas = deployments.get(STREAM).await.ok()?.spec?.replicas?;
+                let holder = leases
+                    .get_opt(&operator_name)
+                    .await
+                    .ok()??
+                    .spec?
+                    .holder_identity?;
+                (replicas == 2).then_some(holder)
+            }
+        },
+    )
+    .await;
+    let recovered = crashed.elapsed();
+    let who = if holder == new_leader {
+        "its restarted process"
+    } else {
+        "the standby"
+    };
+    report.push(format!("leader process {new_leader} SIGKILLed; {who} ({holder}) reconciled a scale after {recovered:?} (lease 15 s)"));
+    assert!(
+        recovered < Duration::from_secs(15 + 10),
+        "recovery after a crash took {recovered:?}"
+    );
+    wait_ready(
+        &app.name,
+        &streams,
+        &pods,
+        2,
+        "2 replicas reconciled after the crash",
+        Duration::from_secs(120),
+    )
+    .await;
+
     // 8. Deleting the DataStream removes every child.
     kubectl_ok(&["delete", "dst", STREAM, "-n", &app.name, "--wait=false"]);
     let kinds = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies";
