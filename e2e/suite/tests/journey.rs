@@ -440,6 +440,26 @@ async fn a_users_whole_journey() {
         "--timeout=60s",
         "crd/datastreams.datastream.dev",
     ]);
+    // The operator this test installs watches every namespace: DataStreams of a concurrent
+    // suite or benchmark would be reconciled by it too (and slow it down). Say so up front.
+    let foreign = kubectl_ok(&[
+        "get",
+        "dst",
+        "-A",
+        "--no-headers",
+        "-o",
+        "custom-columns=NS:.metadata.namespace",
+    ]);
+    let foreign: BTreeSet<&str> = foreign
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if !foreign.is_empty() {
+        eprintln!(
+            "journey: WARNING: DataStreams exist in {foreign:?}; the operator installed here will reconcile them too (run the journey alone)"
+        );
+    }
     let ops = TestNamespace::create("e2e-journey-op");
     let app = TestNamespace::create("e2e-journey-app");
     let release = format!("dsj-{}", &ops.name[ops.name.len() - 6..]);
