@@ -14,6 +14,7 @@ if [[ -f "$state/ready" ]] && pid_alive "$run_dir/cluster.pid"; then was_running
 cargo build -p datastream-operator -p datastream-sidecar -p datastream-demo-replica -p datastream-podlet
 cargo test --no-run -p datastream-e2e
 cargo test --no-run -p datastream-podlet --features cluster-tests
+cargo test --no-run -p datastream-sidecar --test kubernetes
 
 teardown() {
   local code=$?
@@ -33,5 +34,7 @@ export KUBECONFIG="$state/kubeconfig"
 # Cargo's test harness prints one "test result" line per binary; the suites run one test at a
 # time because they share the node and its pod IP range.
 in_netns env "PATH=$PATH" "HOME=$HOME" cargo test -p datastream-podlet --features cluster-tests -- --test-threads=1
+# The sidecar's Kubernetes discovery test is #[ignore]d in `make unit` (it needs this cluster).
+in_netns env "PATH=$PATH" "HOME=$HOME" "KUBECONFIG=$KUBECONFIG" cargo test -p datastream-sidecar --test kubernetes -- --ignored
 in_netns env "PATH=$PATH" "HOME=$HOME" cargo test -p datastream-e2e -- --test-threads=1
 echo "e2e: suites ran in $(( $(date +%s) - t1 ))s"
