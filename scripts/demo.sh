@@ -31,7 +31,8 @@ if [[ -f charts/datastream/Chart.yaml ]]; then
   in_netns "$bin/helm" --kubeconfig "$kubeconfig" upgrade --install datastream charts/datastream \
     --namespace datastream-system --wait --timeout 180s \
     --set image.repository=localhost/datastream-operator --set image.tag=dev \
-    --set sidecar.image=localhost/datastream-sidecar:dev
+    --set sidecar.image.repository=localhost/datastream-sidecar --set sidecar.image.tag=dev \
+    --set test.image.repository=localhost/datastream-demo-replica --set test.image.tag=dev
 else
   # Before the chart lands: the operator as a local process with the admin kubeconfig.
   if ! pid_alive "$run_dir/demo-operator.pid"; then
