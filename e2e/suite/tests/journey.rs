@@ -1296,6 +1296,89 @@ async fn a_users_whole_journey() {
     )
     .await;
 
+    // A frozen leader (SIGSTOP: alive, holding the Lease, renewing nothing) is the case the Lease
+    // exists for: the standby must take over once the Lease expires, and reconcile.
+    wait_for(
+        &ops.name,
+        "two running operator pods after the crash",
+        Duration::from_secs(120),
+        || async { (operator_pods().await.len() == 2).then_some(()) },
+    )
+    .await;
+    let frozen_name = wait_for(
+        &ops.name,
+        "the current leader",
+        Duration::from_secs(30),
+        || async {
+            leases
+                .get_opt(&operator_name)
+                .await
+                .ok()??
+                .spec?
+                .holder_identity
+                .filter(|h| !h.is_empty())
+        },
+    )
+    .await;
+    let frozen_pod = op_pods.get(&frozen_name).await.unwrap();
+    let pid_file = state_dir()
+        .join("run/pods")
+        .join(frozen_pod.metadata.uid.as_deref().unwrap())
+        .join("operator.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    let pid = pid.split_whitespace().next().unwrap().to_owned();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let frozen = Instant::now();
+    kubectl_ok(&["scale", "dst", STREAM, "-n", &app.name, "--replicas=3"]);
+    let standby = wait_for(
+        &ops.name,
+        "the standby to take the Lease from a frozen leader and reconcile",
+        Duration::from_secs(45),
+        || {
+            let (leases, deployments, operator_name, frozen_name) = (
+                leases.clone(),
+                deployments.clone(),
+                operator_name.clone(),
+                frozen_name.clone(),
+            );
+            async move {
+                let holder = leases
+                    .get_opt(&operator_name)
+                    .await
+                    .ok()??
+                    .spec?
+                    .holder_identity?;
+                let replicas = deployments.get(STREAM).await.ok()?.spec?.replicas?;
+                (holder != frozen_name && !holder.is_empty() && replicas == 3).then_some(holder)
+            }
+        },
+    )
+    .await;
+    let took = frozen.elapsed();
+    // Thawed, the old leader finds the Lease taken and steps down (its process exits and restarts).
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    report.push(format!("leader {frozen_name} frozen (SIGSTOP); standby {standby} took the Lease after expiry and reconciled a scale after {took:?} (lease 15 s)"));
+    assert!(
+        took < Duration::from_secs(15 + 10),
+        "takeover from a frozen leader took {took:?}"
+    );
+    wait_ready(
+        &app.name,
+        &streams,
+        &pods,
+        3,
+        "3 replicas reconciled by the standby",
+        Duration::from_secs(120),
+    )
+    .await;
+
     // 8. Deleting the DataStream removes every child.
     kubectl_ok(&["delete", "dst", STREAM, "-n", &app.name, "--wait=false"]);
     let kinds = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies";
