@@ -66,35 +66,49 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
 }
 
-impl Stores {
-    /// Waits until every cache has been filled by its first list.
-    pub async fn wait_until_ready(&self) {
-        let _ = self.deployments.wait_until_ready().await;
-        let _ = self.services.wait_until_ready().await;
-        let _ = self.service_accounts.wait_until_ready().await;
-        let _ = self.roles.wait_until_ready().await;
-        let _ = self.role_bindings.wait_until_ready().await;
-        let _ = self.pdbs.wait_until_ready().await;
-        let _ = self.network_policies.wait_until_ready().await;
-        let _ = self.endpoint_slices.wait_until_ready().await;
+/// Watch health, for `/readyz`.
+#[derive(Debug)]
+pub struct WatchHealth {
+    last_error: Mutex<Option<Instant>>,
+    synced: Mutex<std::collections::HashSet<&'static str>>,
+    expected: usize,
+}
+
+/// Kinds the controller watches: DataStreams, seven child kinds and EndpointSlices.
+const WATCHED_KINDS: usize = 9;
+
+impl Default for WatchHealth {
+    fn default() -> Self {
+        WatchHealth {
+            last_error: Mutex::default(),
+            synced: Mutex::default(),
+            expected: WATCHED_KINDS,
+        }
     }
 }
 
-/// Watch health, for `/readyz`.
-#[derive(Debug, Default)]
-pub struct WatchHealth {
-    last_error: Mutex<Option<Instant>>,
-    ready: std::sync::atomic::AtomicBool,
-}
-
 impl WatchHealth {
+    /// Health of caches that are filled by hand (tests): counts as filled from the start.
+    pub fn all_synced() -> Self {
+        WatchHealth {
+            expected: 0,
+            ..WatchHealth::default()
+        }
+    }
     /// Records a watch error now.
     pub fn error(&self) {
         *self.last_error.lock() = Some(Instant::now());
     }
-    /// Marks the caches as filled.
-    pub fn set_ready(&self) {
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
+    /// Records that the cache of `kind` holds a complete first list.
+    pub fn synced(&self, kind: &'static str) {
+        self.synced.lock().insert(kind);
+    }
+    /// Whether every cache holds a complete first list.
+    ///
+    /// Tracked from the watch events themselves rather than with `Store::wait_until_ready`:
+    /// that future wakes only its latest waiter, and the controller already waits on it.
+    pub fn caches_filled(&self) -> bool {
+        self.synced.lock().len() >= self.expected
     }
     /// Ready when every cache was filled and no watch failed in the last 30 seconds.
     pub fn is_ready(&self) -> bool {
@@ -102,7 +116,7 @@ impl WatchHealth {
             .last_error
             .lock()
             .is_some_and(|t| t.elapsed() < Duration::from_secs(30));
-        self.ready.load(std::sync::atomic::Ordering::Acquire) && !recent_error
+        self.caches_filled() && !recent_error
     }
 }
 
@@ -118,6 +132,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Child caches.
     pub stores: Stores,
+    /// Whether the caches are filled (reconciles wait for it).
+    pub health: Arc<WatchHealth>,
     /// Our recent applies, until the caches have seen them.
     pub expectations: crate::expectations::Expectations,
     /// Consecutive failures per stream, for exponential requeue backoff.
@@ -158,9 +174,18 @@ impl Context {
             recorder,
             metrics,
             stores,
+            health: Arc::new(WatchHealth::all_synced()),
             expectations: Default::default(),
             failures: Mutex::default(),
         }
+    }
+}
+
+impl Context {
+    /// Uses `health` to know when the watch caches are filled.
+    pub fn with_health(mut self, health: Arc<WatchHealth>) -> Self {
+        self.health = health;
+        self
     }
 }
 
@@ -408,7 +433,13 @@ pub async fn reconcile(ds: Arc<DataStream>, ctx: Arc<Context>) -> Result<Action>
 
 async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let ns = ds.namespace().ok_or(Error::MissingNamespace)?;
-    ctx.stores.wait_until_ready().await;
+    // A reconcile on half-filled caches would re-create children that are merely not listed yet.
+    for _ in 0..300 {
+        if ctx.health.caches_filled() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let applied = apply_children(ctx, ds, &ns).await;
 
     let names = Names::of(&ds.name_any());
@@ -527,14 +558,16 @@ where
             // managedFields are most of an object's size and never read here.
             .modify(|object| object.managed_fields_mut().clear()),
     )
-    .inspect(move |event| {
-        if event.is_err() {
+    .inspect(move |event| match event {
+        Ok(watcher::Event::InitDone) => health.synced(kind),
+        Err(_) => {
             metrics
                 .watch_errors
                 .get_or_create(&WatchLabels { kind })
                 .inc();
             health.error();
         }
+        _ => {}
     })
     .applied_objects();
     (reader, stream)
@@ -582,13 +615,16 @@ pub async fn run(
         network_policies,
         endpoint_slices,
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        stores.clone(),
-        instance,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            stores.clone(),
+            instance,
+        )
+        .with_health(health.clone()),
+    );
 
     let streams: Api<DataStream> = Api::all(client.clone());
     let (main_store, main_writer) = reflector::store();
@@ -598,6 +634,14 @@ pub async fn run(
             .default_backoff()
             .modify(|ds: &mut DataStream| ds.managed_fields_mut().clear()),
     )
+    .inspect({
+        let health = health.clone();
+        move |event| match event {
+            Ok(watcher::Event::InitDone) => health.synced("DataStream"),
+            Err(_) => health.error(),
+            _ => {}
+        }
+    })
     .applied_objects();
     let controller = Controller::for_stream(stream_events, main_store.clone())
         .owns_stream(deployment_events)
@@ -619,17 +663,10 @@ pub async fn run(
         )
         .graceful_shutdown_on(shutdown);
 
-    // Children caches must be complete before the first reconcile, or it would re-create
-    // objects that merely have not been listed yet.
     let waiter = {
-        let stores = stores.clone();
-        let health = health.clone();
         let metrics = metrics.clone();
         let main_store = main_store.clone();
         async move {
-            let _ = main_store.wait_until_ready().await;
-            stores.wait_until_ready().await;
-            health.set_ready();
             loop {
                 metrics.streams.set(main_store.state().len() as i64);
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -236,6 +236,12 @@ fn route_names_must_be_unique() {
 }
 
 #[test]
+fn the_default_route_name_is_reserved() {
+    let object = with(valid(), "/spec/traffic/routes/1/name", json!("default"));
+    assert_cel_rejects(object, "'default' is reserved");
+}
+
+#[test]
 fn path_match_needs_exactly_one_kind() {
     let object = with(
         valid(),

@@ -85,6 +85,8 @@ pub struct TrafficPolicy {
 
 /// One entry of the route table.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.name != 'default'")
+    .message("traffic.routes[].name 'default' is reserved for the implicit catch-all route"))]
 #[x_kube(validation = Rule::new("self.mode != 'affinity' || has(self.affinity)")
     .message("mode affinity needs affinity.key: a header, query parameter or path segment that selects the owner replica"))]
 #[x_kube(validation = Rule::new("self.mode == 'affinity' || !has(self.affinity)")
