@@ -569,7 +569,8 @@ where
         }
         _ => {}
     })
-    .applied_objects();
+    // Deletions must trigger too: a child deleted by hand is restored.
+    .touched_objects();
     (reader, stream)
 }
 

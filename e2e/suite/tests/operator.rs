@@ -271,7 +271,9 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
     let described = kubectl_ok(&["describe", "dst", "catalog", "-n", &ns.name]);
     assert!(described.contains("Scaled"), "{described}");
 
-    // Drift: an edited Service and a deleted Role are restored.
+    // Drift: an edited Service and a deleted Role are restored. (A hand edit of a list key, such
+    // as the port number itself, leaves an entry owned by kubectl that server-side apply cannot
+    // remove: see the known limitation in docs/architecture.md.)
     kubectl_ok(&[
         "patch",
         "svc",
@@ -280,7 +282,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         &ns.name,
         "--type=json",
         "-p",
-        r#"[{"op":"replace","path":"/spec/ports/0/port","value":8081}]"#,
+        r#"[{"op":"replace","path":"/spec/ports/0/targetPort","value":"admin"}]"#,
     ]);
     kubectl_ok(&["delete", "role", "catalog-sidecar", "-n", &ns.name]);
     wait_for(
@@ -290,8 +292,15 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         || async {
             let svc = services.get("catalog").await.ok()?;
             let role = roles.get_opt("catalog-sidecar").await.ok()??;
-            (svc.spec?.ports?[0].port == 80 && role.metadata.deletion_timestamp.is_none())
-                .then_some(())
+            let port = svc.spec?.ports?[0].clone();
+            let restored = port.port == 80
+                && port.target_port
+                    == Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(
+                            "traffic".into(),
+                        ),
+                    );
+            (restored && role.metadata.deletion_timestamp.is_none()).then_some(())
         },
     )
     .await;
