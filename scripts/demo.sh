@@ -27,26 +27,15 @@ k wait --for condition=Established --timeout=60s crd/datastreams.datastream.dev
 
 step "installing the operator"
 k create namespace datastream-system --dry-run=client -o yaml | k apply -f -
-if [[ -f charts/datastream/Chart.yaml ]]; then
-  in_netns "$bin/helm" --kubeconfig "$kubeconfig" upgrade --install datastream charts/datastream \
-    --namespace datastream-system --wait --timeout 180s \
-    --set image.repository=localhost/datastream-operator --set image.tag=dev \
-    --set sidecar.image.repository=localhost/datastream-sidecar --set sidecar.image.tag=dev \
-    --set test.image.repository=localhost/datastream-demo-replica --set test.image.tag=dev
-else
-  # Before the chart lands: the operator as a local process with the admin kubeconfig.
-  if ! pid_alive "$run_dir/demo-operator.pid"; then
-    KUBECONFIG="$kubeconfig" in_netns nohup target/debug/datastream-operator \
-      --sidecar-image localhost/datastream-sidecar:dev --admin-addr 127.0.0.1:18080 \
-      --lease-namespace datastream-system --log-format text >"$log_dir/demo-operator.log" 2>&1 </dev/null &
-    echo $! >"$run_dir/demo-operator.pid"
-  fi
-fi
+in_netns "$bin/helm" --kubeconfig "$kubeconfig" upgrade --install datastream charts/datastream \
+  --namespace datastream-system --wait --timeout 180s \
+  --set image.repository=localhost/datastream-operator --set image.tag=dev \
+  --set sidecar.image.repository=localhost/datastream-sidecar --set sidecar.image.tag=dev \
+  --set test.image.repository=localhost/datastream-demo-replica --set test.image.tag=dev
 
 step "applying the example DataStream"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
 example=examples/datastream-demo.yaml
-[[ -f "$example" ]] || example=examples/datastream.yaml
 k apply -n "$ns" -f "$example"
 name="$(k get -n "$ns" -f "$example" -o jsonpath='{.metadata.name}')"
 for ((i = 0; i < 180; i++)); do

@@ -6,7 +6,6 @@
 //! removed by hand makes the comparison fail, so drift is still corrected.
 
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Whether `live` already holds every field and value of `desired`.
@@ -68,11 +67,6 @@ pub enum Outcome {
     Created,
     /// The object existed and differed (spec change or drift) and was updated.
     Updated,
-}
-
-/// Round-trips an object through JSON, for tests and fixtures.
-pub fn reparse<K: Serialize + DeserializeOwned>(object: &K) -> K {
-    serde_json::from_value(serde_json::to_value(object).expect("serializes")).expect("deserializes")
 }
 
 #[cfg(test)]

@@ -275,6 +275,7 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
         "RoleBinding" => "RoleBinding",
         "PodDisruptionBudget" => "PodDisruptionBudget",
         "NetworkPolicy" => "NetworkPolicy",
+        "EndpointSlice" => "EndpointSlice",
         _ => "Other",
     }
 }
@@ -550,7 +551,7 @@ where
     let (reader, writer) = reflector::store();
     let metrics = metrics.clone();
     let health = health.clone();
-    let kind = kind_label::<K>();
+    let kind = kind_of::<K>();
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default().labels(selector))
@@ -572,14 +573,6 @@ where
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (reader, stream)
-}
-
-fn kind_label<K: Resource<DynamicType = ()>>() -> &'static str {
-    match K::kind(&()).as_ref() {
-        "EndpointSlice" => "EndpointSlice",
-        "DataStream" => "DataStream",
-        _ => kind_of::<K>(),
-    }
 }
 
 /// Runs the controller until `shutdown` resolves.

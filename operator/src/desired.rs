@@ -24,7 +24,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use sha2::{Digest, Sha256};
@@ -507,11 +507,6 @@ fn network_policy(ds: &DataStream, names: &Names) -> NetworkPolicy {
             ..NetworkPolicySpec::default()
         }),
     }
-}
-
-/// The owner reference every child carries.
-pub fn owner_reference(ds: &DataStream) -> Option<OwnerReference> {
-    ds.controller_owner_ref(&())
 }
 
 #[cfg(test)]

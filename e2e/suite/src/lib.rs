@@ -327,6 +327,18 @@ pub async fn http_request(
         .context("request timed out")?
 }
 
+/// Resources the operator writes in a stream's namespace (events aside).
+pub const OPERATOR_WRITTEN_RESOURCES: [&str; 8] = [
+    "datastreams",
+    "deployments",
+    "services",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "poddisruptionbudgets",
+    "networkpolicies",
+];
+
 /// Write requests (create/update/patch/delete) recorded in the apiserver's audit log for
 /// `namespace` on the resources in `resources`, after `since`.
 pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<serde_json::Value> {

@@ -239,17 +239,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     tokio::time::sleep(Duration::from_secs(steady)).await;
-    let owned = [
-        "datastreams",
-        "deployments",
-        "services",
-        "serviceaccounts",
-        "roles",
-        "rolebindings",
-        "poddisruptionbudgets",
-        "networkpolicies",
-    ];
-    let writes = audited_writes(&ns.name, &owned, &since);
+    let writes = audited_writes(&ns.name, &OPERATOR_WRITTEN_RESOURCES, &since);
     assert!(
         writes.is_empty(),
         "a steady DataStream caused {} writes in {steady}s: {writes:#?}",

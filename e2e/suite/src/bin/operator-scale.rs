@@ -10,7 +10,10 @@
 use std::time::{Duration, Instant};
 
 use datastream_api::DataStream;
-use datastream_e2e::{Operator, TestNamespace, audit_now, audited_writes, client, kubectl_ok};
+use datastream_e2e::{
+    OPERATOR_WRITTEN_RESOURCES, Operator, TestNamespace, audit_now, audited_writes, client,
+    kubectl_ok,
+};
 use futures::StreamExt;
 use kube::Api;
 use kube::api::{ListParams, PostParams};
@@ -117,17 +120,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let settled = started.elapsed();
-    let owned = [
-        "datastreams",
-        "deployments",
-        "services",
-        "serviceaccounts",
-        "roles",
-        "rolebindings",
-        "poddisruptionbudgets",
-        "networkpolicies",
-        "events",
-    ];
+    let mut owned = OPERATOR_WRITTEN_RESOURCES.to_vec();
+    owned.push("events");
     let writes = audited_writes(&ns.name, &owned, &since).len();
     let rss_reconcile = peak_rss_mib(pid);
     let steady_since = audit_now();
