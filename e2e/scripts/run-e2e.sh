@@ -31,6 +31,10 @@ t1=$(date +%s)
 echo "e2e: cluster ready after $(( t1 - t0 ))s"
 
 export KUBECONFIG="$state/kubeconfig"
+# The cluster starts with an empty etcd: install the CRD as a user would (kubectl apply -f crds/)
+# before any suite, since some (the sidecar's discovery test) need it and do not install it.
+in_netns "$bin/kubectl" --kubeconfig "$KUBECONFIG" apply --server-side --force-conflicts -f crds/datastream.yaml
+in_netns "$bin/kubectl" --kubeconfig "$KUBECONFIG" wait --for condition=Established --timeout=60s crd/datastreams.datastream.dev
 # Cargo's test harness prints one "test result" line per binary; the suites run one test at a
 # time because they share the node and its pod IP range.
 in_netns env "PATH=$PATH" "HOME=$HOME" cargo test -p datastream-podlet --features cluster-tests -- --test-threads=1
