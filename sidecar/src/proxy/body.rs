@@ -1,6 +1,7 @@
 //! Body types of the request path, as enums rather than boxed trait objects.
 //!
-//! [`RequestBody`] is what the sidecar sends upstream: the client's streaming body (with the size
+//! [`ClientBody`] is a request body as the client sends it: streamed from the sidecar's own
+//! HTTP/1 connection, from hyper's HTTP/2 connection, or absent. [`RequestBody`] is what the sidecar sends upstream: the client's streaming body (with the size
 //! limit enforced while it streams) or a buffered one (the seam for replayable retries and
 //! broadcast). [`ResponseBody`] is what the client gets: the upstream's streaming body, carrying
 //! the guard that ends the request's in-flight accounting and returns the HTTP/1 connection to
@@ -23,6 +24,60 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
+/// A request body as it arrives from the client.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// No body.
+    Empty,
+    /// Streamed from an HTTP/1 connection.
+    H1(super::h1::RequestBody),
+    /// Streamed from an HTTP/2 connection (hyper).
+    Hyper(Incoming),
+}
+
+/// Reading the client's body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// On an HTTP/1 connection.
+    #[error(transparent)]
+    H1(#[from] super::h1::BodyError),
+    /// On an HTTP/2 connection.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::H1),
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::Hyper),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::Hyper(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The error of a [`RequestBody`].
 #[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
@@ -31,7 +86,7 @@ pub enum RequestBodyError {
     TooLarge(#[from] BodyTooLarge),
     /// Reading the client's body failed.
     #[error("reading the request body failed")]
-    Client(#[source] hyper::Error),
+    Client(#[source] ClientBodyError),
 }
 
 /// The body of a request on its way upstream.
@@ -45,7 +100,7 @@ pub struct RequestBody {
 
 #[derive(Debug)]
 enum RequestKind {
-    Incoming(Incoming),
+    Client(ClientBody),
     Full(Option<Bytes>),
 }
 
@@ -68,10 +123,10 @@ enum ResponseKind {
 
 impl RequestBody {
     /// Streams the client's body, failing once more than `limit` bytes went through.
-    pub fn streaming(inner: Incoming, limit: Option<u64>) -> Self {
+    pub fn streaming(inner: ClientBody, limit: Option<u64>) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         Self {
-            kind: RequestKind::Incoming(inner),
+            kind: RequestKind::Client(inner),
             remaining: limit,
             limit,
         }
@@ -103,7 +158,7 @@ impl Body for RequestBody {
         let this = self.get_mut();
         match &mut this.kind {
             RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RequestKind::Incoming(inner) => {
+            RequestKind::Client(inner) => {
                 let frame = match Pin::new(inner).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(None) => return Poll::Ready(None),
@@ -129,7 +184,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Full(bytes) => bytes.is_none(),
-            RequestKind::Incoming(inner) => inner.is_end_stream(),
+            RequestKind::Client(inner) => inner.is_end_stream(),
         }
     }
 
@@ -138,7 +193,7 @@ impl Body for RequestBody {
             RequestKind::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            RequestKind::Incoming(inner) => inner.size_hint(),
+            RequestKind::Client(inner) => inner.size_hint(),
         }
     }
 }

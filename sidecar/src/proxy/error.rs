@@ -33,9 +33,6 @@ pub enum ProxyError {
     /// The request was malformed.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
-    /// The request framing was ambiguous (request smuggling).
-    #[error("ambiguous message framing")]
-    AmbiguousFraming,
     /// A deadline expired (used by the resilience layer).
     #[error("the request timed out")]
     Timeout,
@@ -56,7 +53,7 @@ pub enum ProxyError {
     Broadcast(#[from] crate::resilience::broadcast::BroadcastError),
     /// Reading the client's body (to make it replayable) failed.
     #[error("reading the request body failed")]
-    ClientBody(#[source] hyper::Error),
+    ClientBody(#[source] super::body::ClientBodyError),
 }
 
 // === impl ProxyError ===
@@ -86,7 +83,6 @@ impl ProxyError {
             }
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", true),
-            ProxyError::AmbiguousFraming => (StatusCode::BAD_REQUEST, "ambiguous-framing", true),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
             ProxyError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded", false),
             ProxyError::RateLimited { .. } => {

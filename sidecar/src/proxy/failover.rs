@@ -16,11 +16,11 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::upgrade::OnUpgrade;
 
-use super::body::{BodyTooLarge, RequestBody, ResponseBody};
+use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use super::error::ProxyError;
 use super::forward::{AttemptError, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
+use super::h1::PendingUpgrade;
 use crate::balance::hash;
 use crate::clock;
 use crate::endpoint::{Endpoint, EndpointSet, InflightGuard};
@@ -56,7 +56,7 @@ enum Source {
     /// Buffered: every attempt sends a copy.
     Replay(Bytes),
     /// Streamed: sent once (a request handed back unsent still carries it).
-    Once(Option<Incoming>),
+    Once(Option<ClientBody>),
 }
 
 /// Admission checks of the resilience layer: the route's rate limit (429), then the adaptive
@@ -102,8 +102,8 @@ pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission) {
 pub(super) async fn forward(
     call: Call<'_>,
     parts: Parts,
-    body: Incoming,
-    client_upgrade: Option<OnUpgrade>,
+    body: ClientBody,
+    client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let now = clock::now_ns();
     let timeout = call
@@ -133,8 +133,8 @@ pub(super) async fn forward(
 async fn with_retries(
     call: &Call<'_>,
     mut parts: Parts,
-    body: Incoming,
-    mut client_upgrade: Option<OnUpgrade>,
+    body: ClientBody,
+    mut client_upgrade: Option<PendingUpgrade>,
     deadline: Deadline,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let s = &call.policy.resilience;
@@ -620,7 +620,7 @@ fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
 }
 
 /// Reads a body into memory, up to `limit` bytes.
-async fn buffer(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+async fn buffer(body: ClientBody, limit: u64) -> Result<Bytes, ProxyError> {
     retry::buffer(body, limit).await.map_err(|e| match e {
         BufferError::TooLarge { limit } => ProxyError::BodyTooLarge(BodyTooLarge { limit }),
         BufferError::Read(e) => ProxyError::ClientBody(e),
@@ -632,7 +632,7 @@ async fn buffer(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
 async fn fan_out(
     call: &Call<'_>,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     deadline: Deadline,
     quorum: Option<u32>,
     max_body: u64,

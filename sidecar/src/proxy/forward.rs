@@ -22,7 +22,6 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
@@ -34,10 +33,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{BodyTooLarge, RequestBody, ResponseBody};
+use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use super::error::ProxyError;
 use super::failover;
-use super::framing::Verdict;
+use super::h1::PendingUpgrade;
 use super::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use crate::balance::{self, hash};
 use crate::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
@@ -65,10 +64,6 @@ pub struct ConnMeta {
     pub client: SocketAddr,
     /// The listener.
     pub listener: ListenerKind,
-    /// HTTP/1 requests seen so far on this connection (they are strictly sequential).
-    pub requests: AtomicU64,
-    /// The smuggling guard's verdict for this connection.
-    pub framing: Arc<Verdict>,
     /// The client's forwarding-header entries.
     pub forwarding: Forwarding,
 }
@@ -91,31 +86,26 @@ pub(super) enum AttemptError {
     Failed(ProxyError),
 }
 
-/// Serves one request: never fails, errors become responses.
+/// Serves one request: never fails, errors become responses. `upgrade` is the client side of
+/// a protocol switch, for HTTP/1 requests that ask for one.
 pub async fn handle(
     shared: Arc<Shared>,
     meta: Arc<ConnMeta>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
+    upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let downstream_h1 = req.version() != Version::HTTP_2;
     let policy = shared.policy();
-    if downstream_h1 {
-        let seq = meta.requests.fetch_add(1, Ordering::Relaxed);
-        if meta.framing.is_flagged(seq) {
-            // Never forwarded; hyper closes the connection after this answer.
-            return Ok(respond_error(&shared, ProxyError::AmbiguousFraming));
-        }
-    }
     let (resp, metrics) = match meta.listener {
         ListenerKind::Traffic => {
             let (parts, body) = req.into_parts();
             let route = policy.routes.find(&parts);
-            let resp = proxy_traffic(&shared, &policy, route, &meta, parts, body).await;
+            let resp = proxy_traffic(&shared, &policy, route, &meta, parts, body, upgrade).await;
             (resp, &route.metrics)
         }
         ListenerKind::Peer => (
-            proxy_peer(&shared, &policy, &meta, req).await,
+            proxy_peer(&shared, &policy, &meta, req, upgrade).await,
             &shared.peer_metrics,
         ),
     };
@@ -147,14 +137,14 @@ async fn proxy_traffic(
     route: &Route,
     meta: &ConnMeta,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
+    client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     admit(policy, &parts)?;
     // Rate limit and adaptive shedding, before any routing work.
     let admission = failover::admit(shared, policy, route)?;
     let endpoints = shared.endpoints();
-    let upgrade = wants_upgrade(parts.version, &parts.headers);
-    let client_upgrade = take_upgrade(&mut parts, upgrade);
+    let upgrade = client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     let key = route_key(route, &parts, meta.client);
     prepare(&mut parts, &meta.forwarding, upgrade);
     // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
@@ -171,27 +161,18 @@ async fn proxy_traffic(
     result
 }
 
-/// The client side of a protocol switch (hyper keeps it in the request's extensions).
-fn take_upgrade(parts: &mut Parts, upgrade: bool) -> Option<hyper::upgrade::OnUpgrade> {
-    if upgrade {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    }
-}
-
 async fn proxy_peer(
     shared: &Shared,
     policy: &Policy,
     meta: &ConnMeta,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
+    client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     admit(policy, &parts)?;
     let endpoints = shared.endpoints();
     let local = endpoints.local().ok_or(ProxyError::NoLocalWorkload)?;
-    let upgrade = wants_upgrade(parts.version, &parts.headers);
-    let client_upgrade = take_upgrade(&mut parts, upgrade);
+    let upgrade = client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     prepare(&mut parts, &meta.forwarding, upgrade);
     let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
     match attempt(local, req, upgrade).await {
@@ -241,7 +222,7 @@ fn client_key(client: SocketAddr) -> u64 {
 /// needs it end to end), HTTP/1 ones over HTTP/1.1.
 fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
     let h2 = parts.version == Version::HTTP_2;
-    strip_hop_by_hop(&mut parts.headers, upgrade, h2);
+    strip_hop_by_hop(&mut parts.headers, upgrade, true);
     forwarding.apply(&mut parts.headers);
     let path = parts
         .uri
@@ -390,7 +371,7 @@ pub(super) fn respond(
     mut resp: Response<Incoming>,
     guard: InflightGuard,
     h1: Option<http1::SendRequest<RequestBody>>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<PendingUpgrade>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && let Some(client_upgrade) = client_upgrade {
@@ -410,23 +391,17 @@ pub(super) fn respond(
 
 /// Copies bytes both ways between an upgraded client and upstream connection; the request
 /// stays in flight on its replica until the tunnel closes.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    guard: InflightGuard,
-) {
+async fn tunnel(client: PendingUpgrade, upstream: hyper::upgrade::OnUpgrade, guard: InflightGuard) {
     let (client, upstream) = tokio::join!(client, upstream);
     match (client, upstream) {
-        (Ok(client), Ok(upstream)) => {
-            let mut client = TokioIo::new(client);
+        (Ok(mut client), Ok(upstream)) => {
             let mut upstream = TokioIo::new(upstream);
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 tracing::debug!(%error, "upgraded tunnel ended with an error");
             }
         }
-        (Err(error), _) | (_, Err(error)) => {
-            tracing::debug!(%error, "protocol upgrade failed");
-        }
+        (Err(_), _) => tracing::debug!("the client connection closed before the switch"),
+        (_, Err(error)) => tracing::debug!(%error, "upstream protocol upgrade failed"),
     }
     drop(guard);
 }

@@ -14,8 +14,16 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Removes hop-by-hop headers: those named by `Connection`, and the fixed set. With `upgrade`,
 /// `Upgrade` and `Connection: upgrade` stay, because the protocol switch is forwarded.
-/// `te: trailers` stays on HTTP/2, where gRPC requires it.
+/// With `keep_te_trailers`, a client's `te: trailers` goes on: gRPC requires it on HTTP/2, and
+/// an HTTP/1 upstream sends trailers only to a client that accepts them (the sidecar relays
+/// them to such clients).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
+    let te_trailers = keep_te_trailers
+        && headers.get_all(TE).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+        });
     if headers.contains_key(CONNECTION) {
         // Collect names first: the values borrow the map that is about to change.
         let named: Vec<HeaderName> = headers
@@ -34,11 +42,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(TRANSFER_ENCODING);
-    let te_trailers = keep_te_trailers
-        && headers
-            .get_all(TE)
-            .iter()
-            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers.remove(TE);
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));

@@ -4,8 +4,9 @@ pub mod body;
 pub mod error;
 mod failover;
 pub mod forward;
-pub mod framing;
+pub mod h1;
 pub mod headers;
+mod rewind;
 pub mod server;
 
 pub use self::error::{ERROR_HEADER, ProxyError};

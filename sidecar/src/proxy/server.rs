@@ -1,23 +1,27 @@
-//! Listeners: accepting connections under a connection cap and serving them with hyper
-//! (HTTP/1.1 and HTTP/2 prior knowledge on one port), with graceful shutdown.
+//! Listeners: accepting connections under a connection cap, telling HTTP/2 prior knowledge from
+//! HTTP/1 by the first bytes, and serving them (HTTP/1 with the sidecar's own connection, see
+//! [`h1`](super::h1); HTTP/2 with hyper), with graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::forward::{ConnMeta, ListenerKind, handle};
-use super::framing::{FramingGuard, Verdict};
+use super::h1;
 use super::headers::Forwarding;
+use super::rewind::Rewind;
 use crate::metrics::ListenerMetrics;
 use crate::state::Shared;
+
+/// The client preface that starts every HTTP/2 prior-knowledge connection (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Connection-level limits of a proxy listener.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +34,9 @@ pub struct ServerLimits {
     pub header_read_timeout: Duration,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// How long an HTTP/1 keep-alive connection may stay idle between requests (Envoy's default
+    /// idle timeout: one hour).
+    pub keep_alive_timeout: Duration,
 }
 
 impl Default for ServerLimits {
@@ -39,16 +46,13 @@ impl Default for ServerLimits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
+            keep_alive_timeout: Duration::from_secs(3600),
         }
     }
 }
 
-/// hyper never lets its read buffer go below this (it asserts), so header limits below it are
-/// raised to it.
-const MIN_BUF_SIZE: usize = 8192;
-
-/// Accepts and serves connections until `close` turns true, then shuts connections down
-/// gracefully, waiting up to `grace` for in-flight requests.
+/// Accepts and serves connections until `close` turns true, then lets connections finish their
+/// requests, waiting up to `grace`.
 pub async fn serve(
     listener: TcpListener,
     kind: ListenerKind,
@@ -62,14 +66,19 @@ pub async fn serve(
         ListenerKind::Peer => "peer",
     };
     let metrics = shared.metrics.listener(name);
-    let builder = Arc::new(builder(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    let h2 = Arc::new(h2_builder(&limits));
+    let settings = h1::Settings {
+        max_head: limits.max_header_bytes,
+        header_read_timeout: limits.header_read_timeout,
+        keep_alive_timeout: limits.keep_alive_timeout,
+    };
+    let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(max as usize));
     loop {
         let permit = tokio::select! {
             biased;
             _ = close.wait_for(|c| *c) => break,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = Arc::clone(&slots).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let accepted = tokio::select! {
             biased;
@@ -91,25 +100,26 @@ pub async fn serve(
             client,
             kind,
             shared: Arc::clone(&shared),
-            builder: Arc::clone(&builder),
-            first_byte_timeout: limits.header_read_timeout,
-            max_head: limits.max_header_bytes.max(MIN_BUF_SIZE),
+            h2: Arc::clone(&h2),
+            settings,
             metrics: metrics.clone(),
+            close: close.clone(),
         };
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            conn.serve(watcher).await;
+            conn.serve().await;
         });
     }
     drop(listener);
     let grace = *grace.borrow();
+    let open = max as usize - slots.available_permits();
     tracing::info!(
         listener = name,
-        open = graceful.count(),
+        open,
         "listener closed; draining connections"
     );
-    if tokio::time::timeout(grace, graceful.shutdown())
+    // Every connection holds a slot until it ends, so all slots free means all drained.
+    if tokio::time::timeout(grace, slots.acquire_many(max))
         .await
         .is_err()
     {
@@ -120,18 +130,17 @@ pub async fn serve(
     }
 }
 
-fn builder(limits: &ServerLimits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_BUF_SIZE))
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+fn h2_builder(limits: &ServerLimits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(limits.max_concurrent_streams);
     b
+}
+
+/// Resolves once `close` turns true (or its sender is gone).
+pub(super) async fn closing(close: &mut watch::Receiver<bool>) {
+    let _ = close.wait_for(|c| *c).await;
 }
 
 /// One accepted connection.
@@ -140,49 +149,126 @@ struct Conn {
     client: SocketAddr,
     kind: ListenerKind,
     shared: Arc<Shared>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    first_byte_timeout: Duration,
-    max_head: usize,
+    h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    settings: h1::Settings,
     metrics: ListenerMetrics,
+    close: watch::Receiver<bool>,
 }
 
 impl Conn {
-    async fn serve(self, watcher: Watcher) {
+    async fn serve(self) {
         let Conn {
-            stream,
+            mut stream,
             client,
             kind,
             shared,
-            builder,
-            first_byte_timeout,
-            max_head,
+            h2,
+            settings,
             metrics,
+            mut close,
         } = self;
         metrics.total.inc();
         metrics.open.inc();
-        // hyper's header timeout starts with HTTP/1 parsing; protocol detection before it has
-        // none, so a client that connects and stays silent is timed out here.
-        let mut probe = [0u8; 1];
-        match tokio::time::timeout(first_byte_timeout, stream.peek(&mut probe)).await {
-            Ok(Ok(n)) if n > 0 => {
-                let framing = Verdict::new();
-                let meta = Arc::new(ConnMeta {
-                    client,
-                    listener: kind,
-                    requests: AtomicU64::new(0),
-                    framing: Arc::clone(&framing),
-                    forwarding: Forwarding::new(client),
-                });
-                let stream = FramingGuard::new(stream, framing, max_head);
-                let svc =
-                    service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&meta), req));
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                if let Err(error) = watcher.watch(conn).await {
-                    tracing::debug!(%error, %client, "client connection ended with an error");
+        // The first bytes decide the protocol; a client that stays silent is timed out here.
+        let mut first = BytesMut::new();
+        let read = tokio::time::timeout(settings.header_read_timeout, async {
+            loop {
+                first.reserve(4096);
+                match stream.read_buf(&mut first).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return false,
+                }
+                let n = first.len().min(H2_PREFACE.len());
+                if first[..n] != H2_PREFACE[..n] || first.len() >= H2_PREFACE.len() {
+                    return true;
                 }
             }
-            _ => tracing::debug!(%client, "client sent nothing in time; closing"),
+        })
+        .await;
+        if read == Ok(true) {
+            let meta = Arc::new(ConnMeta {
+                client,
+                listener: kind,
+                forwarding: Forwarding::new(client),
+            });
+            if first.starts_with(H2_PREFACE) {
+                let svc = service_fn(move |req| {
+                    handle(
+                        Arc::clone(&shared),
+                        Arc::clone(&meta),
+                        h1::from_hyper(req),
+                        None,
+                    )
+                });
+                let io = TokioIo::new(Rewind::new(first.freeze(), stream));
+                // Boxed: hyper's HTTP/2 connection state is large, and every HTTP/1
+                // connection's task would otherwise reserve room for it.
+                let mut conn = Box::pin(h2.serve_connection(io, svc));
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = closing(&mut close) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, %client, "client connection ended with an error");
+                }
+            } else {
+                h1::serve_connection(stream, first, shared, meta, settings, close).await;
+            }
+        } else {
+            tracing::debug!(%client, "client sent nothing in time; closing");
         }
         metrics.open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open connection is one task; its future's size is what an idle connection costs
+    /// beyond the kernel's socket. Keeping big states (hyper's HTTP/2 connection, an exchange,
+    /// the request path) boxed keeps it small; this fails when one slips in unboxed.
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let client = TcpStream::connect(addr).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (_tx, close) = watch::channel(false);
+            let metrics = crate::metrics::Metrics::new();
+            let traffic = datastream_api::TrafficPolicy::default();
+            let policy = crate::config::compile::compile(&traffic, 1, "test", &metrics).unwrap();
+            let listener_metrics = metrics.listener("traffic");
+            let shared = Arc::new(Shared::new(policy, metrics));
+            let limits = ServerLimits::default();
+            let conn = Conn {
+                stream,
+                client: peer,
+                kind: ListenerKind::Traffic,
+                shared,
+                h2: Arc::new(h2_builder(&limits)),
+                settings: h1::Settings {
+                    max_head: limits.max_header_bytes,
+                    header_read_timeout: limits.header_read_timeout,
+                    keep_alive_timeout: limits.keep_alive_timeout,
+                },
+                metrics: listener_metrics,
+                close,
+            };
+            let size = size_of_future(&conn.serve());
+            assert!(size <= 2048, "connection future is {size} bytes");
+            drop(client);
+        });
     }
 }

@@ -188,6 +188,8 @@ impl Backend {
             Response::builder()
                 .header("content-type", "application/grpc")
                 .header("x-backend", &self.name)
+                // HTTP/1 servers send trailers only when they are announced.
+                .header("trailer", "grpc-status, x-replica")
                 .body(BodyExt::boxed(StreamBody::new(frames)))
                 .unwrap()
         } else if path == "/headers" {

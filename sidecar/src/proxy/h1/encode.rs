@@ -1,0 +1,328 @@
+//! Response encoding: the status line and header section, and the framing of the body.
+//!
+//! Framing is decided once, from the response head and what the body says about its size: a
+//! known length is sent as `Content-Length` (so a keep-alive client needs no chunk parsing for
+//! the common small answer), an unknown one as chunked for HTTP/1.1 clients and as
+//! close-delimited for HTTP/1.0 ones.
+
+use std::cell::RefCell;
+use std::io::Write;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::response::Parts;
+use http::{HeaderMap, Method, StatusCode, Version};
+use http_body::SizeHint;
+
+use super::head::has_token;
+
+/// How the response body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body is sent (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length`: this many bytes remain.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 clients, unknown length).
+    Eof,
+}
+
+/// The response body did not match its declared length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("response body does not match its content-length")]
+pub struct LengthMismatch;
+
+/// What the encoder knows about the request being answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The client's HTTP version.
+    pub version: Version,
+    /// Whether the connection is to be kept open after this response (so far).
+    pub keep_alive: bool,
+}
+
+/// Writes the response head into `out` and returns the body framing and whether the connection
+/// must close after the response.
+pub fn head(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    size: &SizeHint,
+    ended: bool,
+    ex: Exchange<'_>,
+) -> (Framing, bool) {
+    let status = parts.status;
+    let headers = &parts.headers;
+    let mut keep_alive = ex.keep_alive && !has_token(headers, &CONNECTION, "close");
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let bodyless = *ex.method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut add_length = None;
+    let framing = if bodyless {
+        Framing::None
+    } else if let Some(n) = declared {
+        Framing::Length(n)
+    } else if ended {
+        add_length = Some(0);
+        Framing::Length(0)
+    } else if let Some(n) = size.exact() {
+        add_length = Some(n);
+        Framing::Length(n)
+    } else if ex.version == Version::HTTP_11 {
+        Framing::Chunked
+    } else {
+        keep_alive = false;
+        Framing::Eof
+    };
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && status == StatusCode::NO_CONTENT)
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = add_length {
+        let _ = write!(out, "content-length: {n}\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !headers.contains_key(DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|d| out.extend_from_slice(d));
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != StatusCode::SWITCHING_PROTOCOLS {
+        if !keep_alive && !has_token(headers, &CONNECTION, "close") {
+            out.extend_from_slice(b"connection: close\r\n");
+        } else if keep_alive && ex.version == Version::HTTP_10 {
+            out.extend_from_slice(b"connection: keep-alive\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    (framing, !keep_alive)
+}
+
+/// Appends the framing before a data frame of `len` bytes, checking it against a declared
+/// length.
+pub fn data_prefix(
+    out: &mut Vec<u8>,
+    framing: &mut Framing,
+    len: usize,
+) -> Result<(), LengthMismatch> {
+    match framing {
+        Framing::Length(remaining) => {
+            *remaining = remaining.checked_sub(len as u64).ok_or(LengthMismatch)?;
+        }
+        Framing::Chunked if len > 0 => {
+            let _ = write!(out, "{len:x}\r\n");
+        }
+        Framing::None | Framing::Chunked | Framing::Eof => {}
+    }
+    Ok(())
+}
+
+/// Appends the framing after a data frame.
+pub fn data_suffix(out: &mut Vec<u8>, framing: Framing, len: usize) {
+    if framing == Framing::Chunked && len > 0 {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends the end of the body (the last chunk and any trailers).
+pub fn finish(
+    out: &mut Vec<u8>,
+    framing: Framing,
+    trailers: Option<&HeaderMap>,
+) -> Result<(), LengthMismatch> {
+    match framing {
+        Framing::Length(0) | Framing::None | Framing::Eof => Ok(()),
+        Framing::Length(_) => Err(LengthMismatch),
+        Framing::Chunked => {
+            out.extend_from_slice(b"0\r\n");
+            for (name, value) in trailers.into_iter().flatten() {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"\r\n");
+            Ok(())
+        }
+    }
+}
+
+/// A complete local answer that closes the connection (for requests refused before routing).
+pub fn refusal(status: StatusCode, code: &str, message: &str) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    let body = format!("{message}\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-datastream-error: {code}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    with_date(|d| out.extend_from_slice(d));
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+    Bytes::from(out)
+}
+
+thread_local! {
+    /// The formatted date and the second it was formatted for: formatting costs more than the
+    /// rest of a small response head.
+    static DATE_CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+fn with_date(f: impl FnOnce(&[u8])) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    DATE_CACHE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == 29 {
+                cache.1.copy_from_slice(formatted.as_bytes());
+                cache.0 = secs;
+            }
+        }
+        f(&cache.1);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+
+    fn encode(
+        resp: Response<()>,
+        size: SizeHint,
+        ended: bool,
+        method: Method,
+        version: Version,
+    ) -> (String, Framing, bool) {
+        let (parts, ()) = resp.into_parts();
+        let mut out = Vec::new();
+        let ex = Exchange {
+            method: &method,
+            version,
+            keep_alive: true,
+        };
+        let (framing, close) = head(&mut out, &parts, &size, ended, ex);
+        (String::from_utf8(out).unwrap(), framing, close)
+    }
+
+    #[test]
+    fn known_lengths_use_content_length_and_keep_alive() {
+        let resp = Response::builder().header("x-a", "1").body(()).unwrap();
+        let (text, framing, close) = encode(
+            resp,
+            SizeHint::with_exact(5),
+            false,
+            Method::GET,
+            Version::HTTP_11,
+        );
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+        assert_eq!(framing, Framing::Length(5));
+        assert!(!close);
+    }
+
+    #[test]
+    fn unknown_lengths_are_chunked_or_close_delimited() {
+        let (text, framing, close) = encode(
+            Response::new(()),
+            SizeHint::new(),
+            false,
+            Method::GET,
+            Version::HTTP_11,
+        );
+        assert!(text.contains("transfer-encoding: chunked\r\n"));
+        assert_eq!((framing, close), (Framing::Chunked, false));
+        let (text, framing, close) = encode(
+            Response::new(()),
+            SizeHint::new(),
+            false,
+            Method::GET,
+            Version::HTTP_10,
+        );
+        assert!(text.contains("connection: close\r\n"));
+        assert_eq!((framing, close), (Framing::Eof, true));
+    }
+
+    #[test]
+    fn bodyless_answers_send_no_body() {
+        let resp = Response::builder()
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let (text, framing, _) =
+            encode(resp, SizeHint::new(), false, Method::HEAD, Version::HTTP_11);
+        assert!(text.contains("content-length: 10\r\n"));
+        assert_eq!(framing, Framing::None);
+        let resp = Response::builder().status(204).body(()).unwrap();
+        let (text, framing, _) = encode(resp, SizeHint::new(), true, Method::GET, Version::HTTP_11);
+        assert!(!text.contains("content-length"));
+        assert_eq!(framing, Framing::None);
+    }
+
+    #[test]
+    fn chunks_and_trailers_are_framed() {
+        let mut out = Vec::new();
+        let mut framing = Framing::Chunked;
+        data_prefix(&mut out, &mut framing, 11).unwrap();
+        out.extend_from_slice(b"hello world");
+        data_suffix(&mut out, framing, 11);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        finish(&mut out, framing, Some(&trailers)).unwrap();
+        assert_eq!(out, b"b\r\nhello world\r\n0\r\ngrpc-status: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn declared_lengths_are_enforced() {
+        let mut framing = Framing::Length(3);
+        assert_eq!(
+            data_prefix(&mut Vec::new(), &mut framing, 4),
+            Err(LengthMismatch)
+        );
+        let mut framing = Framing::Length(3);
+        data_prefix(&mut Vec::new(), &mut framing, 2).unwrap();
+        assert_eq!(finish(&mut Vec::new(), framing, None), Err(LengthMismatch));
+    }
+
+    #[test]
+    fn refusals_close_the_connection() {
+        let text = refusal(StatusCode::BAD_REQUEST, "bad-request", "nope");
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert!(text.contains("connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\nnope\n"));
+    }
+}

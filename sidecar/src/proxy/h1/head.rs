@@ -1,0 +1,379 @@
+//! Request heads: parsed with `httparse`, then checked for everything that would make two
+//! HTTP implementations disagree about where the request ends.
+//!
+//! A sidecar sits in front of arbitrary workloads, so it refuses (rather than resolves, as RFC
+//! 9112 would allow) a request carrying both `Content-Length` and `Transfer-Encoding`, two
+//! different lengths, a length that is not a plain decimal number, or a transfer coding other
+//! than a single `chunked`: any intermediary that framed such a request differently would be
+//! desynchronised from the sidecar (request smuggling). Such requests are answered and the
+//! connection closed; they never reach a replica.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+
+/// Header fields accepted per head (nginx and hyper accept about a hundred).
+pub const MAX_HEADERS: usize = 128;
+
+/// How the body of a request is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes (more than zero).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head and what the connection needs to know about it.
+#[derive(Debug)]
+pub struct Head {
+    /// The request without its body.
+    pub request: Request<()>,
+    /// Its body framing.
+    pub framing: Framing,
+    /// Whether the client wants the connection kept open after the response.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body.
+    pub expect_continue: bool,
+    /// Whether the client accepts trailers in a chunked response (`TE: trailers`).
+    pub accepts_trailers: bool,
+}
+
+/// Why a head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// Not valid HTTP/1.x.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    /// The head is larger than allowed, or has too many fields.
+    #[error("request header section too large")]
+    TooLarge,
+    /// The body framing is ambiguous (request smuggling).
+    #[error("ambiguous message framing: {0}")]
+    Ambiguous(&'static str),
+    /// A transfer coding the sidecar does not implement.
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
+}
+
+impl HeadError {
+    /// The status to answer with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            HeadError::Malformed(_) | HeadError::Ambiguous(_) => StatusCode::BAD_REQUEST,
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+        }
+    }
+
+    /// The `x-datastream-error` code.
+    pub fn code(self) -> &'static str {
+        match self {
+            HeadError::Malformed(_) => "bad-request",
+            HeadError::TooLarge => "header-too-large",
+            HeadError::Ambiguous(_) => "ambiguous-framing",
+            HeadError::UnsupportedCoding => "unsupported-transfer-coding",
+        }
+    }
+}
+
+/// Byte ranges of one header field within the head.
+#[derive(Clone, Copy, Default)]
+struct Field {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Parses one request head from the front of `buf`. `Ok(None)`: incomplete, read more (unless
+/// `buf` already holds `max_head` bytes, which is [`HeadError::TooLarge`]). On success the head's
+/// bytes are split off `buf`; header values and the target share them without copying.
+pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadError> {
+    let mut fields = [Field::default(); MAX_HEADERS];
+    let (len, method, target, minor, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let len = match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() >= max_head {
+                    Err(HeadError::TooLarge)
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+            Err(httparse::Error::Version) => return Err(HeadError::Malformed("HTTP version")),
+            Err(httparse::Error::Token | httparse::Error::Status) => {
+                return Err(HeadError::Malformed("request line"));
+            }
+            Err(_) => return Err(HeadError::Malformed("header syntax")),
+        };
+        if len > max_head {
+            return Err(HeadError::TooLarge);
+        }
+        let offset = |s: &[u8]| s.as_ptr() as usize - base;
+        let span = |s: &[u8]| (offset(s), offset(s) + s.len());
+        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+            .map_err(|_| HeadError::Malformed("method"))?;
+        let target = span(req.path.unwrap_or_default().as_bytes());
+        let count = req.headers.len();
+        for (field, h) in fields.iter_mut().zip(req.headers.iter()) {
+            *field = Field {
+                name: span(h.name.as_bytes()),
+                value: span(h.value),
+            };
+        }
+        (len, method, target, req.version.unwrap_or(1), count)
+    };
+    let head = buf.split_to(len).freeze();
+    build(&head, method, target, minor, &fields[..count]).map(Some)
+}
+
+fn build(
+    head: &Bytes,
+    method: Method,
+    target: (usize, usize),
+    minor: u8,
+    fields: &[Field],
+) -> Result<Head, HeadError> {
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
+        .map_err(|_| HeadError::Malformed("request target"))?;
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        let name = HeaderName::from_bytes(&head[f.name.0..f.name.1])
+            .map_err(|_| HeadError::Malformed("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1))
+            .map_err(|_| HeadError::Malformed("header value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(version, &headers)?;
+    if headers.get_all(HOST).iter().count() > 1 {
+        return Err(HeadError::Ambiguous("more than one Host"));
+    }
+    let keep_alive = match version {
+        Version::HTTP_10 => has_token(&headers, &CONNECTION, "keep-alive"),
+        _ => !has_token(&headers, &CONNECTION, "close"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && framing != Framing::Empty
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let accepts_trailers = has_token(&headers, &http::header::TE, "trailers");
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    Ok(Head {
+        request,
+        framing,
+        keep_alive,
+        expect_continue,
+        accepts_trailers,
+    })
+}
+
+/// The body framing of a request (RFC 9112 section 6.3), refusing every ambiguity.
+fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> {
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        // A list of identical values ("5, 5") is allowed; anything else is not.
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(trim(item)).ok_or(HeadError::Malformed("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Ambiguous("conflicting content-length"));
+            }
+            length = Some(n);
+        }
+    }
+    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_none() {
+        return Ok(match length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        });
+    }
+    if length.is_some() {
+        return Err(HeadError::Ambiguous(
+            "both content-length and transfer-encoding",
+        ));
+    }
+    if version == Version::HTTP_10 {
+        return Err(HeadError::Ambiguous("transfer-encoding in HTTP/1.0"));
+    }
+    let mut chunked = false;
+    for value in codings {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = trim(item);
+            if item.is_empty() {
+                continue;
+            }
+            if chunked || !item.eq_ignore_ascii_case(b"chunked") {
+                // Anything after (or instead of) a single chunked coding: the sidecar would have
+                // to decode it to re-frame the body.
+                return Err(HeadError::UnsupportedCoding);
+            }
+            chunked = true;
+        }
+    }
+    if chunked {
+        Ok(Framing::Chunked)
+    } else {
+        Err(HeadError::Malformed("empty transfer-encoding"))
+    }
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// Whether a comma-separated header (such as `Connection`) lists `token`.
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Option<Head>, HeadError> {
+        let mut buf = BytesMut::from(s);
+        parse(&mut buf, 8192)
+    }
+
+    fn ok(s: &str) -> Head {
+        parse_str(s).unwrap().unwrap()
+    }
+
+    #[test]
+    fn parses_a_simple_request_and_leaves_what_follows() {
+        let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Id: 7\r\n\r\nNEXT");
+        let head = parse(&mut buf, 8192).unwrap().unwrap();
+        assert_eq!(head.request.method(), Method::GET);
+        assert_eq!(head.request.uri(), "/a?b=1");
+        assert_eq!(head.request.version(), Version::HTTP_11);
+        assert_eq!(head.request.headers()["x-id"], "7");
+        assert_eq!(head.framing, Framing::Empty);
+        assert!(head.keep_alive);
+        assert_eq!(&buf[..], b"NEXT");
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more_until_the_limit() {
+        assert!(
+            parse_str("GET / HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
+        let mut buf = BytesMut::from("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaa\r\n");
+        assert_eq!(parse(&mut buf, 16).unwrap_err(), HeadError::TooLarge);
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        assert!(!ok("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn framing_is_decided_from_length_or_chunked() {
+        let h = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.expect_continue);
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing,
+            Framing::Empty
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n").framing,
+            Framing::Length(3)
+        );
+        assert_eq!(
+            ok("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").framing,
+            Framing::Chunked
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        let cases = [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ];
+        for case in cases {
+            assert!(
+                matches!(parse_str(case), Err(HeadError::Ambiguous(_))),
+                "{case:?}"
+            );
+        }
+        for case in [
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_str(case), Err(HeadError::Malformed(_))),
+                "{case:?}"
+            );
+        }
+        for case in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse_str(case).unwrap_err(),
+                HeadError::UnsupportedCoding,
+                "{case:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for case in [
+            "\u{0}\u{1}\u{2}\r\n\r\n",
+            "GET\r\n\r\n",
+            "GET / HTTP/9.9\r\n\r\n",
+        ] {
+            assert!(parse_str(case).is_err(), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn too_many_fields_is_too_large() {
+        let mut s = String::from("GET / HTTP/1.1\r\n");
+        for i in 0..=MAX_HEADERS {
+            s.push_str(&format!("x-{i}: v\r\n"));
+        }
+        s.push_str("\r\n");
+        let mut buf = BytesMut::from(s.as_str());
+        assert_eq!(parse(&mut buf, 1 << 20).unwrap_err(), HeadError::TooLarge);
+    }
+}
