@@ -53,6 +53,103 @@ async fn p2c_ewma_sends_little_to_a_replica_twenty_times_slower() {
     );
 }
 
+/// Drives `workers` concurrent keep-alive clients for `per_worker` requests each.
+async fn drive(addr: std::net::SocketAddr, workers: usize, per_worker: usize) {
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = h1_client();
+                for _ in 0..per_worker {
+                    assert_eq!(get(&client, addr, "/", &[]).await.status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// The benchmark's scenario 2 in small: 32 concurrent clients, two replicas answering in 2 ms
+/// and one in 40 ms. The fast replicas carry ~15 requests each, so an in-flight penalty of
+/// `(inflight + 1)` on an inflated fast estimate made the idle slow replica look as cheap as a
+/// busy fast one, and it kept ~3 of the 32 requests (about 1% of them, enough to set the p99).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_keeps_a_twenty_times_slower_replica_well_under_one_percent_at_high_concurrency() {
+    let bs = backends(3).await;
+    bs[0].set_latency(2);
+    bs[1].set_latency(2);
+    bs[2].set_latency(40);
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: p2c-ewma }", &specs).await;
+    let addr = sc.traffic_addr();
+    // Warm-up: every replica gets measured.
+    drive(addr, 32, 10).await;
+    let before: Vec<u64> = bs.iter().map(|b| b.count()).collect();
+    drive(addr, 32, 250).await;
+    let counts: Vec<u64> = bs.iter().zip(&before).map(|(b, n)| b.count() - n).collect();
+    let total: u64 = counts.iter().sum();
+    assert_eq!(total, 32 * 250);
+    // 0.4 %: a 40 ms request among ~2 ms ones then stays out of the p99.
+    assert!(
+        counts[2] * 1000 <= total * 4,
+        "the 20x slower replica got {} of {total} requests: {counts:?}",
+        counts[2]
+    );
+}
+
+/// Not starved: a replica twice as slow as its peers still gets a share of concurrent load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_gives_a_moderately_slower_replica_a_share() {
+    let bs = backends(3).await;
+    bs[0].set_latency(4);
+    bs[1].set_latency(4);
+    bs[2].set_latency(8);
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: p2c-ewma }", &specs).await;
+    let addr = sc.traffic_addr();
+    drive(addr, 16, 10).await;
+    let before = bs[2].count();
+    drive(addr, 16, 100).await;
+    let slow = bs[2].count() - before;
+    eprintln!("moderately slower replica got {slow} of 1600");
+    assert!(
+        slow * 100 >= 1600 * 2,
+        "the 2x slower replica got {slow} of 1600"
+    );
+}
+
+/// A replica that recovers gets traffic back within seconds: p2c probes an avoided replica
+/// once a second, and a probe's sample moves the estimate at least half way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2c_ewma_sends_traffic_back_to_a_replica_that_recovered() {
+    let bs = backends(3).await;
+    bs[0].set_latency(2);
+    bs[1].set_latency(2);
+    bs[2].set_latency(40);
+    let specs: Vec<_> = bs.iter().map(|b| b.spec()).collect();
+    let sc = sidecar("loadBalancing: { policy: p2c-ewma }", &specs).await;
+    let addr = sc.traffic_addr();
+    drive(addr, 16, 100).await;
+    bs[2].set_latency(2);
+    let recovered = Instant::now();
+    let deadline = recovered + Duration::from_secs(8);
+    loop {
+        let before: Vec<u64> = bs.iter().map(|b| b.count()).collect();
+        drive(addr, 16, 20).await;
+        let got = bs[2].count() - before[2];
+        // A fair share of the round's 320 requests is ~107; a fifth of that means it is back.
+        if got >= 20 {
+            eprintln!("back after {:?}: {got} of 320", recovered.elapsed());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recovered replica stayed avoided: {got} of 320"
+        );
+    }
+}
+
 #[tokio::test]
 async fn least_request_follows_inflight_counts() {
     let bs = backends(2).await;

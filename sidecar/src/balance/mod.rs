@@ -135,8 +135,14 @@ impl Balancer {
             return Some(local);
         }
         let picked = match self.policy {
-            Policy::P2cEwma => p2c(eps, now, exclude, |e| e.load.cost(now)),
-            Policy::LeastRequest => p2c(eps, now, exclude, |e| f64::from(e.load.inflight())),
+            Policy::P2cEwma => {
+                let share = inflight_share(eps, now, exclude);
+                p2c(eps, now, exclude, true, |e| e.load.cost_per(now, share))
+            }
+            Policy::LeastRequest => {
+                // Every replica with fewer requests in flight wins a comparison: none starves.
+                p2c(eps, now, exclude, false, |e| f64::from(e.load.inflight()))
+            }
             Policy::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 round_robin(eps, start, now, exclude)
@@ -187,16 +193,53 @@ fn local_preferred<'a>(
     }
 }
 
+/// The average number of requests in flight over the usable endpoints: the unit p2c-ewma
+/// counts a replica's in-flight requests in (see [`Load::cost_per`](crate::endpoint::Load::cost_per)).
+fn inflight_share(eps: &[Arc<Endpoint>], now: u64, exclude: &[SocketAddr]) -> f64 {
+    let (total, n) = eps
+        .iter()
+        .filter(|e| usable(e, now, exclude))
+        .fold((0u64, 0u32), |(t, n), e| {
+            (t + u64::from(e.load.inflight()), n + 1)
+        });
+    if n == 0 {
+        1.0
+    } else {
+        total as f64 / f64::from(n)
+    }
+}
+
 fn usable(e: &Endpoint, now: u64, exclude: &[SocketAddr]) -> bool {
     e.is_eligible(now) && !exclude.contains(&e.addr())
 }
 
 /// Power of two choices: draw two distinct endpoints, keep the cheaper.
+///
+/// With `probe`, the loser of a pair is taken instead when it is idle and has not been picked
+/// for [`FORCE_PICK`](crate::endpoint::FORCE_PICK) (go-zero's `forcePick`): a latency estimate
+/// only changes when requests complete, so a replica that loses every comparison would keep
+/// its old figure and never be seen to recover. It costs at most one request a second per
+/// avoided replica.
 fn p2c<'a>(
     eps: &'a [Arc<Endpoint>],
     now: u64,
     exclude: &[SocketAddr],
+    probe: bool,
     cost: impl Fn(&Endpoint) -> f64,
+) -> Option<&'a Arc<Endpoint>> {
+    let picked = p2c_draw(eps, now, exclude, probe, &cost);
+    if probe && let Some(e) = picked {
+        e.load.picked(now);
+    }
+    picked
+}
+
+fn p2c_draw<'a>(
+    eps: &'a [Arc<Endpoint>],
+    now: u64,
+    exclude: &[SocketAddr],
+    probe: bool,
+    cost: &impl Fn(&Endpoint) -> f64,
 ) -> Option<&'a Arc<Endpoint>> {
     match eps.len() {
         0 => return None,
@@ -212,7 +255,17 @@ fn p2c<'a>(
         }
         let (ea, eb) = (&eps[a], &eps[b]);
         match (usable(ea, now, exclude), usable(eb, now, exclude)) {
-            (true, true) => return Some(if cost(eb) < cost(ea) { eb } else { ea }),
+            (true, true) => {
+                let (win, lose) = if cost(eb) < cost(ea) {
+                    (eb, ea)
+                } else {
+                    (ea, eb)
+                };
+                if probe && lose.load.claim_probe(now) {
+                    return Some(lose);
+                }
+                return Some(win);
+            }
             (true, false) => return Some(ea),
             (false, true) => return Some(eb),
             (false, false) => {}

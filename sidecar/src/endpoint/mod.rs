@@ -21,8 +21,8 @@ use serde::Serialize;
 
 pub use self::health::{BASE_BACKOFF, CONSECUTIVE_FAILURES, Failure, Health, MAX_BACKOFF};
 pub use self::load::{
-    DECAY, DEFAULT_RTT, Load, LoadSnapshot, MIN_RTT, SLOW_START_CONVERGED, SLOW_START_MAX_SAMPLES,
-    SLOW_START_MIN_SAMPLES, median,
+    DECAY, DEFAULT_RTT, FORCE_PICK, Load, LoadSnapshot, MIN_RTT, PROBE_WEIGHT, SAMPLE_WINDOW,
+    SLOW_START_CONVERGED, SLOW_START_MAX_SAMPLES, SLOW_START_MIN_SAMPLES, median,
 };
 pub use self::pool::{CONNECT_TIMEOUT, ConnectError, IDLE_TIMEOUT, MAX_IDLE, Pool};
 use crate::balance::hash::{Maglev, Ring};
