@@ -187,3 +187,25 @@ fn dechunk(mut input: &[u8]) -> (Vec<u8>, String) {
         input = &input[size + 2..];
     }
 }
+
+#[tokio::test]
+async fn pooled_upstream_connections_the_upstream_closed_are_never_used() {
+    // No retries: a request sent on a dead pooled connection would surface as a 502.
+    let b = Backend::start("r0").await;
+    let addr = b.addr;
+    let sc = sidecar("failover: { retries: { attempts: 0 } }", &[b.spec()]).await;
+    let client = h1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&client, sc.traffic_addr(), "/", &[]).await.status, 200);
+    }
+    b.kill();
+    // Let the killed backend's tasks drop the listener and connections, and the kernel deliver
+    // the connections' FINs to the sidecar.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let back = Backend::start_on("r0", addr).await;
+    for _ in 0..3 {
+        let answer = get(&client, sc.traffic_addr(), "/", &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    assert_eq!(back.count(), 3);
+}

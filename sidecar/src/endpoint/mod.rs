@@ -270,10 +270,14 @@ impl Drop for InflightGuard {
 // === impl Completion ===
 
 impl Completion {
-    /// The body ended cleanly: the connection can serve the next request.
-    pub fn complete(mut self) {
+    /// The body ended cleanly: the connection can serve the next request (`own`: the own
+    /// client's connection, when the body came over one).
+    pub fn complete(mut self, own: Option<crate::proxy::h1::client::Connection>) {
         if let Some(sender) = self.h1.take() {
             self.guard.endpoint.pool.put_h1(sender);
+        }
+        if let Some(conn) = own {
+            self.guard.endpoint.pool.put_own(conn);
         }
     }
 

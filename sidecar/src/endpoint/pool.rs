@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::proxy::body::RequestBody;
+use crate::proxy::h1::client::Connection;
 
 /// Idle HTTP/1 connections are closed after this long: below the keep-alive timeout of common
 /// servers (Node's 5 s, nginx's 75 s), as Linkerd does with 3 s.
@@ -69,11 +70,21 @@ struct Idle {
     since: Instant,
 }
 
+/// An idle connection of the sidecar's own HTTP/1 client and when it became idle.
+#[derive(Debug)]
+struct IdleOwn {
+    conn: Connection,
+    since: Instant,
+}
+
 /// The connection pool of one endpoint.
 #[derive(Debug)]
 pub struct Pool {
     addr: SocketAddr,
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of the sidecar's own client (requests with in-memory bodies); hyper's
+    /// senders above serve streaming bodies and upgrades.
+    idle_own: Mutex<Vec<IdleOwn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Serialises HTTP/2 connects so that a burst opens one connection, not one per request.
     h2_connect: tokio::sync::Mutex<()>,
@@ -89,6 +100,7 @@ impl Pool {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
+            idle_own: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_connect: tokio::sync::Mutex::new(()),
             connect_timeout_ns: AtomicU64::new(CONNECT_TIMEOUT.as_nanos() as u64),
@@ -105,7 +117,38 @@ impl Pool {
 
     /// Number of idle HTTP/1 connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.lock().len() + self.idle_own.lock().len()
+    }
+
+    /// The most recently used idle connection of the own client that is still open, if any.
+    pub fn take_idle_own(&self) -> Option<Connection> {
+        let now = Instant::now();
+        let mut idle = self.idle_own.lock();
+        while let Some(entry) = idle.pop() {
+            if now.duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_reusable() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns an own-client connection after its response ended.
+    pub fn put_own(&self, conn: Connection) {
+        let now = Instant::now();
+        let mut idle = self.idle_own.lock();
+        let expired = idle
+            .iter()
+            .take_while(|e| now.duration_since(e.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        if idle.len() < MAX_IDLE {
+            idle.push(IdleOwn { conn, since: now });
+        }
+    }
+
+    /// Opens a new connection for the own client.
+    pub async fn connect_own(&self) -> Result<Connection, ConnectError> {
+        Ok(Connection::new(self.connect_tcp().await?.into_inner()))
     }
 
     /// The most recently used open idle HTTP/1 sender, if any. The caller awaits `ready()`: a

@@ -113,7 +113,7 @@ pub struct ResponseBody {
 #[derive(Debug)]
 enum ResponseKind {
     Upstream {
-        inner: Incoming,
+        inner: UpstreamBody,
         done: Option<Completion>,
     },
     Full(Option<Bytes>),
@@ -144,6 +144,15 @@ impl RequestBody {
     /// An empty body.
     pub fn empty() -> Self {
         Self::full(Bytes::new())
+    }
+
+    /// The whole body, when it is in memory rather than streaming from the client.
+    pub fn in_memory(&self) -> Option<Bytes> {
+        match &self.kind {
+            RequestKind::Full(bytes) => Some(bytes.clone().unwrap_or_default()),
+            RequestKind::Client(ClientBody::Empty) => Some(Bytes::new()),
+            RequestKind::Client(_) => None,
+        }
     }
 }
 
@@ -198,11 +207,70 @@ impl Body for RequestBody {
     }
 }
 
+/// A response body as an upstream sends it: through hyper's client (HTTP/2, streaming
+/// requests, upgrades) or the sidecar's own HTTP/1 client.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// From a hyper client connection.
+    Hyper(Incoming),
+    /// From the own HTTP/1 client; it holds the connection until the end.
+    Own(super::h1::client::ResponseBody),
+}
+
+/// Reading an upstream response body failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    /// Over a hyper client connection.
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// Over an own client connection.
+    #[error(transparent)]
+    Own(#[from] super::h1::client::ClientError),
+}
+
+impl UpstreamBody {
+    fn take_reusable(&mut self) -> Option<super::h1::client::Connection> {
+        match self {
+            UpstreamBody::Own(b) => b.take_reusable(),
+            UpstreamBody::Hyper(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Hyper),
+            UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Own),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 // === impl ResponseBody ===
 
 impl ResponseBody {
     /// The upstream's body; `done` completes when it ends (or is dropped).
-    pub fn upstream(inner: Incoming, done: Completion) -> Self {
+    pub fn upstream(inner: UpstreamBody, done: Completion) -> Self {
         let mut body = Self {
             kind: ResponseKind::Upstream {
                 inner,
@@ -235,28 +303,28 @@ impl ResponseBody {
             && inner.is_end_stream()
             && let Some(done) = done.take()
         {
-            done.complete();
+            done.complete(inner.take_reusable());
         }
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseKind::Upstream { inner, done } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = done.take() {
-                            done.complete();
+                            done.complete(inner.take_reusable());
                         }
                     }
                     Poll::Ready(Some(Err(_))) => {

@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The upstream failed after the request was sent.
     #[error("the upstream failed")]
     Upstream(#[source] hyper::Error),
+    /// The upstream failed after the request was sent (own HTTP/1 client).
+    #[error("the upstream failed")]
+    UpstreamH1(#[source] super::h1::client::ClientError),
     /// The request body was larger than allowed.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -81,6 +84,7 @@ impl ProxyError {
                     (StatusCode::BAD_GATEWAY, "upstream-failed", false)
                 }
             }
+            ProxyError::UpstreamH1(_) => (StatusCode::BAD_GATEWAY, "upstream-failed", false),
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", true),
             ProxyError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timeout", false),
@@ -100,7 +104,7 @@ impl ProxyError {
 
     /// Whether the failure lies with the upstream replica (for health accounting).
     pub fn blames_upstream(&self) -> bool {
-        matches!(self, ProxyError::Connect(_))
+        matches!(self, ProxyError::Connect(_) | ProxyError::UpstreamH1(_))
             || matches!(self, ProxyError::Upstream(e) if !e.is_user())
     }
 

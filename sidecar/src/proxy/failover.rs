@@ -14,10 +14,9 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::body::Incoming;
 use hyper::client::conn::http1;
 
-use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
+use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody, UpstreamBody};
 use super::error::ProxyError;
 use super::forward::{AttemptError, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
 use super::h1::PendingUpgrade;
@@ -331,7 +330,7 @@ async fn with_retries(
 type AttemptResult = Result<
     Result<
         (
-            Response<Incoming>,
+            Response<UpstreamBody>,
             InflightGuard,
             Option<http1::SendRequest<RequestBody>>,
         ),

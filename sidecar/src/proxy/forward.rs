@@ -28,12 +28,11 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
+use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody, UpstreamBody};
 use super::error::ProxyError;
 use super::failover;
 use super::h1::PendingUpgrade;
@@ -288,7 +287,7 @@ pub(super) async fn attempt(
     upgrade: bool,
 ) -> Result<
     (
-        Response<Incoming>,
+        Response<UpstreamBody>,
         InflightGuard,
         Option<http1::SendRequest<RequestBody>>,
     ),
@@ -297,6 +296,12 @@ pub(super) async fn attempt(
     let guard = endpoint.start();
     let started = Instant::now();
     let h2 = req.version() == Version::HTTP_2;
+    if !h2
+        && !upgrade
+        && let Some(body) = req.body().in_memory()
+    {
+        return attempt_own(endpoint, req, body, guard, started).await;
+    }
     // A stale pooled connection hands the request back unsent; then a fresh one is opened. The
     // bound keeps a pool full of dead connections from looping for long.
     for _ in 0..4 {
@@ -317,7 +322,7 @@ pub(super) async fn attempt(
         match result {
             Ok(resp) => {
                 guard.responded(started.elapsed());
-                return Ok((resp, guard, h1));
+                return Ok((resp.map(UpstreamBody::Hyper), guard, h1));
             }
             Err(mut e) => match e.take_message() {
                 Some(back) if reused => {
@@ -345,6 +350,45 @@ pub(super) async fn attempt(
     )))
 }
 
+/// Stage 5 for a request whose body is in memory: the own HTTP/1 client, driven by this task.
+async fn attempt_own(
+    endpoint: &Arc<Endpoint>,
+    req: Request<RequestBody>,
+    body: bytes::Bytes,
+    guard: InflightGuard,
+    started: Instant,
+) -> Result<
+    (
+        Response<UpstreamBody>,
+        InflightGuard,
+        Option<http1::SendRequest<RequestBody>>,
+    ),
+    AttemptError,
+> {
+    // Idle connections the upstream closed are skipped (and dropped) by the pool.
+    let conn = match endpoint.pool.take_idle_own() {
+        Some(conn) => conn,
+        None => match endpoint.pool.connect_own().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                guard.failed(Failure::Connect);
+                return Err(AttemptError::NotSent(Box::new(req), e));
+            }
+        },
+    };
+    let (parts, _) = req.into_parts();
+    match conn.send(&parts, &body).await {
+        Ok(resp) => {
+            guard.responded(started.elapsed());
+            Ok((resp.map(UpstreamBody::Own), guard, None))
+        }
+        Err(error) => {
+            guard.failed(Failure::Transport);
+            Err(AttemptError::Failed(ProxyError::UpstreamH1(error)))
+        }
+    }
+}
+
 async fn acquire(endpoint: &Endpoint, h2: bool, upgrade: bool) -> Result<Sender, ConnectError> {
     if h2 {
         return endpoint.pool.h2().await.map(Sender::H2);
@@ -368,20 +412,25 @@ async fn acquire(endpoint: &Endpoint, h2: bool, upgrade: bool) -> Result<Sender,
 
 /// Stage 6: the response for the client.
 pub(super) fn respond(
-    mut resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     guard: InflightGuard,
     h1: Option<http1::SendRequest<RequestBody>>,
     client_upgrade: Option<PendingUpgrade>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && let Some(client_upgrade) = client_upgrade {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true, false);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
-        return Response::from_parts(parts, ResponseBody::empty());
-    }
     let (mut parts, body) = resp.into_parts();
+    let body = match (switching, client_upgrade, body) {
+        // Upgrades always go through hyper's client, which hands over the connection.
+        (true, Some(client_upgrade), UpstreamBody::Hyper(body)) => {
+            let mut resp = Response::from_parts(parts, body);
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true, false);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+        (_, _, body) => body,
+    };
     strip_hop_by_hop(&mut parts.headers, false, false);
     Response::from_parts(
         parts,

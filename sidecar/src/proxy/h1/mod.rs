@@ -25,6 +25,7 @@
 //! HTTP/2 (prior knowledge) is detected before this and served by hyper.
 
 mod body;
+pub mod client;
 mod decode;
 mod encode;
 mod head;

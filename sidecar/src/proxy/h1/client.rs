@@ -1,0 +1,413 @@
+//! The sidecar's own HTTP/1.1 client connection, for requests whose body is already in memory
+//! (no body, or buffered for retries): the common case of a proxy in front of data services.
+//!
+//! Why not hyper's client here: each hyper HTTP/1 client connection runs as its own task, fed
+//! through a channel, answering through another, and streaming the response body through a
+//! third, so every request costs two task hand-offs more than the work itself. This client is
+//! driven by the request's own task: one write (head and body together), reads until the
+//! response head parses, and a response body that reads the socket directly and puts the
+//! connection back into the endpoint's pool at its end. Streaming request bodies and protocol
+//! upgrades, which need sending and receiving at once, still go through hyper.
+
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use futures::task::noop_waker_ref;
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::decode::{DecodeError, Decoded, Decoder};
+use super::head::has_token;
+
+/// Header fields accepted in a response head.
+const MAX_HEADERS: usize = 128;
+/// Largest response head.
+const MAX_HEAD: usize = 64 * 1024;
+/// Read-buffer growth step.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// An upstream connection that is not in use.
+#[derive(Debug)]
+pub struct Connection {
+    io: TcpStream,
+}
+
+/// Why an exchange on a [`Connection`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket failed (the request may have reached the upstream).
+    #[error("upstream connection failed")]
+    Io(#[source] io::Error),
+    /// The upstream closed the connection before a complete response head.
+    #[error("upstream closed the connection before answering")]
+    Closed,
+    /// The response was not valid HTTP/1.
+    #[error("invalid upstream response: {0}")]
+    Protocol(&'static str),
+    /// The response body's chunked coding was malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl Connection {
+    /// Wraps a connected socket.
+    pub fn new(io: TcpStream) -> Self {
+        Self { io }
+    }
+
+    /// Whether an idle connection can carry a request, judged without a system call in the
+    /// common case: a connection that nothing has been received on since its last response
+    /// (no readiness from the reactor) is open. When there is readiness, a non-blocking read
+    /// tells whether the upstream closed it (or sent something unsolicited; either way it is
+    /// not reusable).
+    pub fn is_reusable(&self) -> bool {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut byte = [0u8; 1];
+                matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Sends a request with a body already in memory and reads the response head. The body of
+    /// the response reads from this connection; see [`ResponseBody`].
+    pub async fn send(
+        mut self,
+        parts: &Parts,
+        body: &Bytes,
+    ) -> Result<Response<ResponseBody>, ClientError> {
+        let mut out = Vec::with_capacity(256 + body.len());
+        encode_request(&mut out, parts, body);
+        if body.len() <= 16 * 1024 {
+            out.extend_from_slice(body);
+            self.io.write_all(&out).await.map_err(ClientError::Io)?;
+        } else {
+            self.io.write_all(&out).await.map_err(ClientError::Io)?;
+            self.io.write_all(body).await.map_err(ClientError::Io)?;
+        }
+        drop(out);
+        let mut buf = BytesMut::new();
+        loop {
+            if !buf.is_empty()
+                && let Some(head) = parse_response(&mut buf)?
+            {
+                if head.status.is_informational() {
+                    // 100 Continue and friends: the final answer follows.
+                    continue;
+                }
+                let (framing, reusable) = framing(&parts.method, &head)?;
+                let mut resp = Response::new(ResponseBody {
+                    conn: Some(self),
+                    buf,
+                    framing,
+                    reusable,
+                });
+                *resp.status_mut() = head.status;
+                *resp.version_mut() = head.version;
+                *resp.headers_mut() = head.headers;
+                return Ok(resp);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(ClientError::Protocol("response head too large"));
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_CHUNK);
+            }
+            match tokio::io::AsyncReadExt::read_buf(&mut self.io, &mut buf).await {
+                Ok(0) => return Err(ClientError::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(ClientError::Io(e)),
+            }
+        }
+    }
+}
+
+/// The request head (and the framing of `body`) in HTTP/1.1 origin form.
+fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &Bytes) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // The length comes from the bytes actually sent, never from the client's header.
+    let needs_length =
+        !body.is_empty() || matches!(parts.method, Method::POST | Method::PUT | Method::PATCH);
+    if needs_length {
+        let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+struct ResponseHead {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+}
+
+/// Parses a response head from the front of `buf`; `Ok(None)` when incomplete.
+fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientError> {
+    let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
+    let (len, code, minor, count) = {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let base = buf.as_ptr() as usize;
+        let len = match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ClientError::Protocol("malformed response head")),
+        };
+        let span = |s: &[u8]| {
+            let start = s.as_ptr() as usize - base;
+            (start, start + s.len())
+        };
+        for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            *slot = (span(h.name.as_bytes()), span(h.value));
+        }
+        (
+            len,
+            resp.code.unwrap_or(0),
+            resp.version.unwrap_or(1),
+            resp.headers.len(),
+        )
+    };
+    let head = buf.split_to(len).freeze();
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ClientError::Protocol("invalid status code"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &((n0, n1), (v0, v1)) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[n0..n1])
+            .map_err(|_| ClientError::Protocol("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
+            .map_err(|_| ClientError::Protocol("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// By length or chunked coding.
+    Decoded(Decoder),
+    /// By the end of the connection.
+    Eof,
+}
+
+/// The body framing of a response (RFC 9112 section 6.3) and whether the connection can be
+/// reused after it.
+fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), ClientError> {
+    let headers = &head.headers;
+    let keep_alive = match head.version {
+        Version::HTTP_10 => has_token(headers, &CONNECTION, "keep-alive"),
+        _ => !has_token(headers, &CONNECTION, "close"),
+    };
+    if *method == Method::HEAD
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Decoded(Decoder::Done), keep_alive));
+    }
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return if has_token(headers, &TRANSFER_ENCODING, "chunked") {
+            Ok((Framing::Decoded(Decoder::ChunkSize), keep_alive))
+        } else {
+            Ok((Framing::Eof, false))
+        };
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let n = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(ClientError::Protocol("invalid content-length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(ClientError::Protocol("conflicting content-length"));
+        }
+        length = Some(n);
+    }
+    match length {
+        Some(n) => Ok((Framing::Decoded(Decoder::Length(n)), keep_alive)),
+        None => Ok((Framing::Eof, false)),
+    }
+}
+
+/// A response body read straight from its upstream connection.
+#[derive(Debug)]
+pub struct ResponseBody {
+    conn: Option<Connection>,
+    buf: BytesMut,
+    framing: Framing,
+    reusable: bool,
+}
+
+impl ResponseBody {
+    /// The connection, once the body has been read to its end and the upstream keeps it open.
+    pub fn take_reusable(&mut self) -> Option<Connection> {
+        let done =
+            matches!(self.framing, Framing::Decoded(d) if d.is_done() || d.remaining() == Some(0));
+        if done && self.reusable && self.buf.is_empty() {
+            self.conn.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ClientError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientError>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.framing {
+                Framing::Decoded(decoder) => match decoder.decode(&mut this.buf, MAX_HEAD)? {
+                    Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Decoded::Trailers(t) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Decoded::End => return Poll::Ready(None),
+                    Decoded::NeedMore => {}
+                },
+                Framing::Eof => {
+                    if !this.buf.is_empty() {
+                        let data = this.buf.split().freeze();
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                }
+            }
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if this.buf.capacity() - this.buf.len() < 1024 {
+                this.buf
+                    .reserve(READ_CHUNK.max(this.buf.capacity()).min(64 * 1024));
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.io),
+                cx,
+                &mut this.buf
+            ))
+            .map_err(ClientError::Io)?;
+            if n == 0 {
+                this.conn = None;
+                if this.framing != Framing::Eof {
+                    return Poll::Ready(Some(Err(ClientError::Closed)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing, Framing::Decoded(d) if d.is_done() || d.remaining() == Some(0))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Decoded(d) => match d.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::new(),
+            },
+            Framing::Eof => SizeHint::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn parse(text: &str) -> ResponseHead {
+        parse_response(&mut BytesMut::from(text)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn requests_are_encoded_in_origin_form_with_their_real_length() {
+        let req = Request::post("/kv/a?x=1")
+            .header("host", "svc")
+            .header("content-length", "999")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        encode_request(&mut out, &parts, &Bytes::from_static(b"abc"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /kv/a?x=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\n"
+        );
+        let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
+        let mut out = Vec::new();
+        encode_request(&mut out, &parts, &Bytes::new());
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let get = Method::GET;
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            framing(&get, &h).unwrap(),
+            (Framing::Decoded(Decoder::Length(5)), true)
+        );
+        let h = parse("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+        assert_eq!(
+            framing(&get, &h).unwrap(),
+            (Framing::Decoded(Decoder::ChunkSize), false)
+        );
+        let h = parse("HTTP/1.0 200 OK\r\n\r\n");
+        assert_eq!(framing(&get, &h).unwrap(), (Framing::Eof, false));
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            framing(&Method::HEAD, &h).unwrap().0,
+            Framing::Decoded(Decoder::Done)
+        );
+        let h = parse("HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n");
+        assert_eq!(
+            framing(&get, &h).unwrap().0,
+            Framing::Decoded(Decoder::Done)
+        );
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n");
+        assert!(framing(&get, &h).is_err());
+    }
+
+    #[test]
+    fn garbage_responses_are_protocol_errors() {
+        assert!(parse_response(&mut BytesMut::from("HTTP/1.1 2000 OK\r\n\r\n")).is_err());
+        assert!(parse_response(&mut BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n")).is_err());
+        assert!(
+            parse_response(&mut BytesMut::from("HTTP/1.1 200 OK\r\n"))
+                .unwrap()
+                .is_none()
+        );
+    }
+}
