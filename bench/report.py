@@ -80,6 +80,11 @@ for other in ["haproxy", "nginx"]:
     s, o = peak["sidecar"], peak[other]
     print(f"| sidecar / {other} | " + " | ".join(ratio(num(s, k), num(o, k)) for k in
           ["rps", "p50_us", "p99_us", "p999_us", "cpu_us_per_req", "hwm_kib"]) + " |")
+if any(peak[t].get("rounds") for t in PROXIES):
+    print("\nEach proxy's row is its median round by req/s; every round (req/s / CPU µs per request), "
+          "interleaved sidecar, nginx, HAProxy:\n")
+    for t in PROXIES:
+        print(f"- {t}: {peak[t].get('rounds', '').strip()}")
 
 print(f"\n## 1b. Fixed load at half of HAProxy's peak (~{meta.get('half_target_rps')} req/s offered)\n")
 print("| target | conns x delay | req/s | p50 ms | p99 ms | p99.9 ms | added p99 ms | CPU µs/req | errors |")

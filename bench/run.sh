@@ -6,6 +6,7 @@
 #   bench/run.sh --skip-build    # reuse target/release binaries
 #
 # Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
+# PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3),
 # PROXY_CPU (default 1), LOAD_CPU (wrk, load clients and backends; default 0), NICE (default -10:
 # on a machine shared with builds, the benchmark's processes win the CPU; 0 to leave it alone).
 # Scenarios: 1 peak throughput and latency, 1b half of HAProxy's peak (added p99), 2 one replica
@@ -18,13 +19,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
+PEAK_ROUNDS=${PEAK_ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 SKIP_BUILD=0
 for arg in "$@"; do
   case $arg in
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -331,13 +333,31 @@ load_snapshot() { # label
 } >"$DATA/meta.kv"
 load_snapshot start
 
-log "scenario 1: peak throughput, $CONNS connections, ${DURATION}s each"
+log "scenario 1: peak throughput, $CONNS connections, ${DURATION}s each, $PEAK_ROUNDS interleaved rounds"
 start_backends
 measure peak-direct direct "$CONNS"
+for ((round = 1; round <= PEAK_ROUNDS; round++)); do
+  for p in sidecar nginx haproxy; do
+    start_proxy "$p"
+    measure "peak-$p-r$round" "$p" "$CONNS"
+    stop_proxy
+  done
+done
+# Each proxy's reported round is its median by requests per second; every round's figures are
+# kept beside it so the report can show the spread.
 for p in sidecar nginx haproxy; do
-  start_proxy "$p"
-  measure "peak-$p" "$p" "$CONNS"
-  stop_proxy
+  median=$(for ((round = 1; round <= PEAK_ROUNDS; round++)); do
+    echo "$(awk -F= '$1 == "rps" {print $2}' "$DATA/peak-$p-r$round.kv") $round"
+  done | sort -n | awk -v n="$PEAK_ROUNDS" 'NR == int((n + 1) / 2) {print $2}')
+  cp "$DATA/peak-$p-r$median.kv" "$DATA/peak-$p.kv"
+  {
+    printf 'rounds='
+    for ((round = 1; round <= PEAK_ROUNDS; round++)); do
+      awk -F= '$1 == "rps" {r = $2} $1 == "cpu_us_per_req" {c = $2} END {printf "%d/%s ", r, c}' \
+        "$DATA/peak-$p-r$round.kv"
+    done
+    echo
+  } >>"$DATA/peak-$p.kv"
 done
 
 # Half of HAProxy's peak as a fixed offered load: each connection waits DELAY ms between requests.

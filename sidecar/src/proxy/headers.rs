@@ -18,6 +18,19 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// an HTTP/1 upstream sends trailers only to a client that accepts them (the sidecar relays
 /// them to such clients).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
+    // Most messages carry none of these: one pass over the names (cheap comparisons) instead
+    // of a hash lookup per hop-by-hop name on every request and response.
+    let any = headers.keys().any(|n| {
+        n == CONNECTION
+            || n == TE
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    });
+    if !any && !upgrade {
+        return;
+    }
     let te_trailers = keep_te_trailers
         && headers.get_all(TE).iter().any(|v| {
             v.as_bytes()

@@ -23,7 +23,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::decode::{DecodeError, Decoded, Decoder};
-use super::head::has_token;
 
 /// Header fields accepted in a response head.
 const MAX_HEADERS: usize = 128;
@@ -160,6 +159,18 @@ struct ResponseHead {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
+    /// What the framing decision needs, noted while the fields were read (no lookups later).
+    fields: FramingFields,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct FramingFields {
+    connection_close: bool,
+    connection_keep_alive: bool,
+    transfer_encoding: bool,
+    chunked: bool,
+    length: Option<u64>,
+    bad_length: bool,
 }
 
 /// Parses a response head from the front of `buf`; `Ok(None)` when incomplete.
@@ -192,11 +203,29 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
     let status =
         StatusCode::from_u16(code).map_err(|_| ClientError::Protocol("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    let mut fields = FramingFields::default();
     for &((n0, n1), (v0, v1)) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[n0..n1])
             .map_err(|_| ClientError::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
             .map_err(|_| ClientError::Protocol("invalid header value"))?;
+        let bytes = value.as_bytes();
+        if name == CONNECTION {
+            fields.connection_close |= lists(bytes, b"close");
+            fields.connection_keep_alive |= lists(bytes, b"keep-alive");
+        } else if name == TRANSFER_ENCODING {
+            fields.transfer_encoding = true;
+            fields.chunked |= lists(bytes, b"chunked");
+        } else if name == CONTENT_LENGTH {
+            let n = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (n, fields.length) {
+                (None, _) => fields.bad_length = true,
+                (Some(n), Some(l)) if n != l => fields.bad_length = true,
+                (Some(n), _) => fields.length = Some(n),
+            }
+        }
         headers.append(name, value);
     }
     let version = if minor == 0 {
@@ -208,7 +237,14 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
         status,
         version,
         headers,
+        fields,
     }))
+}
+
+fn lists(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How a response body is delimited.
@@ -223,10 +259,10 @@ enum Framing {
 /// The body framing of a response (RFC 9112 section 6.3) and whether the connection can be
 /// reused after it.
 fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), ClientError> {
-    let headers = &head.headers;
+    let f = head.fields;
     let keep_alive = match head.version {
-        Version::HTTP_10 => has_token(headers, &CONNECTION, "keep-alive"),
-        _ => !has_token(headers, &CONNECTION, "close"),
+        Version::HTTP_10 => f.connection_keep_alive,
+        _ => !f.connection_close,
     };
     if *method == Method::HEAD
         || head.status == StatusCode::NO_CONTENT
@@ -234,26 +270,19 @@ fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), Clie
     {
         return Ok((Framing::Decoded(Decoder::Done), keep_alive));
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
-        return if has_token(headers, &TRANSFER_ENCODING, "chunked") {
+    if f.transfer_encoding {
+        return if f.chunked {
             Ok((Framing::Decoded(Decoder::ChunkSize), keep_alive))
         } else {
             Ok((Framing::Eof, false))
         };
     }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let n = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or(ClientError::Protocol("invalid content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(ClientError::Protocol("conflicting content-length"));
-        }
-        length = Some(n);
+    if f.bad_length {
+        return Err(ClientError::Protocol(
+            "invalid or conflicting content-length",
+        ));
     }
-    match length {
+    match f.length {
         Some(n) => Ok((Framing::Decoded(Decoder::Length(n)), keep_alive)),
         None => Ok((Framing::Eof, false)),
     }

@@ -15,8 +15,6 @@ use http::response::Parts;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::SizeHint;
 
-use super::head::has_token;
-
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -57,11 +55,21 @@ pub fn head(
 ) -> (Framing, bool) {
     let status = parts.status;
     let headers = &parts.headers;
-    let mut keep_alive = ex.keep_alive && !has_token(headers, &CONNECTION, "close");
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    // One pass over the fields instead of a hash lookup per field of interest.
+    let (mut says_close, mut declared, mut has_date) = (false, None, false);
+    for (name, value) in headers {
+        if name == CONNECTION {
+            says_close |= lists_token(value.as_bytes(), b"close");
+        } else if name == CONTENT_LENGTH {
+            declared = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        } else if name == DATE {
+            has_date = true;
+        }
+    }
+    let mut keep_alive = ex.keep_alive && !says_close;
     let bodyless = *ex.method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -105,13 +113,13 @@ pub fn head(
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
-    if !headers.contains_key(DATE) {
+    if !has_date {
         out.extend_from_slice(b"date: ");
         with_date(|d| out.extend_from_slice(d));
         out.extend_from_slice(b"\r\n");
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
-        if !keep_alive && !has_token(headers, &CONNECTION, "close") {
+        if !keep_alive && !says_close {
             out.extend_from_slice(b"connection: close\r\n");
         } else if keep_alive && ex.version == Version::HTTP_10 {
             out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -119,6 +127,13 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, !keep_alive)
+}
+
+/// Whether a comma-separated list value names `token`.
+fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Appends the framing before a data frame of `len` bytes, checking it against a declared
