@@ -14,15 +14,14 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use hyper::client::conn::http1;
 
-use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody, UpstreamBody};
+use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use super::error::ProxyError;
-use super::forward::{AttemptError, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
+use super::forward::{AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
 use super::h1::PendingUpgrade;
 use crate::balance::hash;
 use crate::clock;
-use crate::endpoint::{Endpoint, EndpointSet, InflightGuard};
+use crate::endpoint::{Endpoint, EndpointSet};
 use crate::policy::Policy;
 use crate::resilience::Settings;
 use crate::resilience::broadcast::{self, ACKS_HEADER};
@@ -327,17 +326,7 @@ async fn with_retries(
 }
 
 /// What one attempt produced: its answer, or a per-try timeout.
-type AttemptResult = Result<
-    Result<
-        (
-            Response<UpstreamBody>,
-            InflightGuard,
-            Option<http1::SendRequest<RequestBody>>,
-        ),
-        AttemptError,
-    >,
-    tokio::time::error::Elapsed,
->;
+type AttemptResult = Result<Result<Attempted, AttemptError>, tokio::time::error::Elapsed>;
 
 /// When to hedge this request: only an idempotent read with a replayable body on a route with
 /// hedging, once the route's latency record knows its percentile, and only if a hedge sent then

@@ -76,6 +76,15 @@ enum Sender {
     H2(http2::SendRequest<RequestBody>),
 }
 
+/// What a successful attempt yields: the response, the hold on the replica, and the hyper
+/// HTTP/1 sender to return to the pool when the body ends (none for HTTP/2, upgrades and the
+/// own client, whose connection travels in the body).
+pub(super) type Attempted = (
+    Response<UpstreamBody>,
+    InflightGuard,
+    Option<http1::SendRequest<RequestBody>>,
+);
+
 /// The outcome of one attempt.
 pub(super) enum AttemptError {
     /// The request never reached the replica; here it is back. Boxed: this is the rare path
@@ -285,14 +294,7 @@ pub(super) async fn attempt(
     endpoint: &Arc<Endpoint>,
     mut req: Request<RequestBody>,
     upgrade: bool,
-) -> Result<
-    (
-        Response<UpstreamBody>,
-        InflightGuard,
-        Option<http1::SendRequest<RequestBody>>,
-    ),
-    AttemptError,
-> {
+) -> Result<Attempted, AttemptError> {
     let guard = endpoint.start();
     let started = Instant::now();
     let h2 = req.version() == Version::HTTP_2;
@@ -357,14 +359,7 @@ async fn attempt_own(
     body: bytes::Bytes,
     guard: InflightGuard,
     started: Instant,
-) -> Result<
-    (
-        Response<UpstreamBody>,
-        InflightGuard,
-        Option<http1::SendRequest<RequestBody>>,
-    ),
-    AttemptError,
-> {
+) -> Result<Attempted, AttemptError> {
     // Idle connections the upstream closed are skipped (and dropped) by the pool.
     let conn = match endpoint.pool.take_idle_own() {
         Some(conn) => conn,

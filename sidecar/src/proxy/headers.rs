@@ -31,12 +31,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     if !any && !upgrade {
         return;
     }
-    let te_trailers = keep_te_trailers
-        && headers.get_all(TE).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
-        });
+    let te_trailers = keep_te_trailers && has_token(headers, &TE, "trailers");
     if headers.contains_key(CONNECTION) {
         // Collect names first: the values borrow the map that is about to change.
         let named: Vec<HeaderName> = headers
@@ -135,12 +130,23 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
     version == Version::HTTP_11
         && headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && has_token(headers, &CONNECTION, "upgrade")
+}
+
+/// Whether a comma-separated list value (a `Connection` or `Transfer-Encoding` field, say)
+/// names `token`, ignoring case and optional whitespace.
+pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Whether any field line of `name` lists `token` (see [`lists_token`]).
+pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| lists_token(v.as_bytes(), token.as_bytes()))
 }
 
 #[cfg(test)]

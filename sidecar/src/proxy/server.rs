@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::body::ClientBody;
 use super::forward::{ConnMeta, ListenerKind, handle};
 use super::h1;
 use super::headers::Forwarding;
@@ -196,7 +197,7 @@ impl Conn {
                     handle(
                         Arc::clone(&shared),
                         Arc::clone(&meta),
-                        h1::from_hyper(req),
+                        req.map(ClientBody::Hyper),
                         None,
                     )
                 });

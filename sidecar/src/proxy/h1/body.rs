@@ -116,8 +116,7 @@ impl http_body::Body for RequestBody {
             };
             match this.decoder.decode(&mut reader.buf, this.max_trailers) {
                 Ok(Decoded::Data(data)) => {
-                    if this.decoder.remaining() == Some(0) {
-                        this.decoder = Decoder::Done;
+                    if this.decoder.is_done() {
                         this.end(true);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
@@ -151,7 +150,7 @@ impl http_body::Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.decoder.is_done() || self.decoder.remaining() == Some(0)
+        self.decoder.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {

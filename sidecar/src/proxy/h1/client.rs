@@ -22,6 +22,7 @@ use http_body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::super::headers::lists_token;
 use super::decode::{DecodeError, Decoded, Decoder};
 
 /// Header fields accepted in a response head.
@@ -84,13 +85,15 @@ impl Connection {
         parts: &Parts,
         body: &Bytes,
     ) -> Result<Response<ResponseBody>, ClientError> {
-        let mut out = Vec::with_capacity(256 + body.len());
+        // A small body goes out with the head in one write; a large one is not copied.
+        let inline = body.len() <= 16 * 1024;
+        let mut out = Vec::with_capacity(256 + if inline { body.len() } else { 0 });
         encode_request(&mut out, parts, body);
-        if body.len() <= 16 * 1024 {
+        if inline {
             out.extend_from_slice(body);
-            self.io.write_all(&out).await.map_err(ClientError::Io)?;
-        } else {
-            self.io.write_all(&out).await.map_err(ClientError::Io)?;
+        }
+        self.io.write_all(&out).await.map_err(ClientError::Io)?;
+        if !inline {
             self.io.write_all(body).await.map_err(ClientError::Io)?;
         }
         drop(out);
@@ -211,11 +214,11 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
             .map_err(|_| ClientError::Protocol("invalid header value"))?;
         let bytes = value.as_bytes();
         if name == CONNECTION {
-            fields.connection_close |= lists(bytes, b"close");
-            fields.connection_keep_alive |= lists(bytes, b"keep-alive");
+            fields.connection_close |= lists_token(bytes, b"close");
+            fields.connection_keep_alive |= lists_token(bytes, b"keep-alive");
         } else if name == TRANSFER_ENCODING {
             fields.transfer_encoding = true;
-            fields.chunked |= lists(bytes, b"chunked");
+            fields.chunked |= lists_token(bytes, b"chunked");
         } else if name == CONTENT_LENGTH {
             let n = std::str::from_utf8(bytes)
                 .ok()
@@ -239,12 +242,6 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
         headers,
         fields,
     }))
-}
-
-fn lists(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// How a response body is delimited.
@@ -283,6 +280,7 @@ fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), Clie
         ));
     }
     match f.length {
+        Some(0) => Ok((Framing::Decoded(Decoder::Done), keep_alive)),
         Some(n) => Ok((Framing::Decoded(Decoder::Length(n)), keep_alive)),
         None => Ok((Framing::Eof, false)),
     }
@@ -300,8 +298,7 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// The connection, once the body has been read to its end and the upstream keeps it open.
     pub fn take_reusable(&mut self) -> Option<Connection> {
-        let done =
-            matches!(self.framing, Framing::Decoded(d) if d.is_done() || d.remaining() == Some(0));
+        let done = matches!(self.framing, Framing::Decoded(d) if d.is_done());
         if done && self.reusable && self.buf.is_empty() {
             self.conn.take()
         } else {
@@ -357,7 +354,7 @@ impl http_body::Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing, Framing::Decoded(d) if d.is_done() || d.remaining() == Some(0))
+        matches!(self.framing, Framing::Decoded(d) if d.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -88,7 +88,13 @@ impl Decoder {
                         return Ok(Decoded::NeedMore);
                     }
                     let take = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
-                    *self = Decoder::Length(n - take as u64);
+                    let left = n - take as u64;
+                    // Done with the last byte, so the body reports its end with its last frame.
+                    *self = if left == 0 {
+                        Decoder::Done
+                    } else {
+                        Decoder::Length(left)
+                    };
                     return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
                 Decoder::ChunkSize => {

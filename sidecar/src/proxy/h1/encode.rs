@@ -15,6 +15,8 @@ use http::response::Parts;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::SizeHint;
 
+use super::super::headers::lists_token;
+
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -127,13 +129,6 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, !keep_alive)
-}
-
-/// Whether a comma-separated list value names `token`.
-fn lists_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Appends the framing before a data frame of `len` bytes, checking it against a declared

@@ -12,6 +12,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
+use super::super::headers::has_token;
+
 /// Header fields accepted per head (nginx and hyper accept about a hundred).
 pub const MAX_HEADERS: usize = 128;
 
@@ -188,7 +190,8 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> 
     for value in headers.get_all(CONTENT_LENGTH) {
         // A list of identical values ("5, 5") is allowed; anything else is not.
         for item in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(trim(item)).ok_or(HeadError::Malformed("content-length"))?;
+            let n =
+                parse_length(item.trim_ascii()).ok_or(HeadError::Malformed("content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Ambiguous("conflicting content-length"));
             }
@@ -213,7 +216,7 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> 
     let mut chunked = false;
     for value in codings {
         for item in value.as_bytes().split(|&b| b == b',') {
-            let item = trim(item);
+            let item = item.trim_ascii();
             if item.is_empty() {
                 continue;
             }
@@ -237,19 +240,6 @@ fn parse_length(digits: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    bytes.trim_ascii()
-}
-
-/// Whether a comma-separated header (such as `Connection`) lists `token`.
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 #[cfg(test)]

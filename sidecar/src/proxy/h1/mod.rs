@@ -462,8 +462,3 @@ async fn linger(reader: Option<Reader>, mut write: OwnedWriteHalf) {
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
-
-/// Dispatches a request that arrived over HTTP/2 (served by hyper) to the request path.
-pub(super) fn from_hyper(req: Request<hyper::body::Incoming>) -> Request<ClientBody> {
-    req.map(ClientBody::Hyper)
-}
