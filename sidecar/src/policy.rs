@@ -1,6 +1,7 @@
 //! The compiled traffic policy: what the hot path reads. Built once from the API's
 //! `TrafficPolicy` (see `config::compile`), never from API types per request.
 
+use datastream_api::v1alpha1::UpstreamProtocol;
 use serde_json::Value;
 
 use crate::balance::{self, Balancer};
@@ -22,6 +23,8 @@ pub struct Policy {
     pub routes: RouteTable,
     /// Largest request body accepted.
     pub max_body: Option<u64>,
+    /// The protocol towards replicas.
+    pub upstream_protocol: UpstreamProtocol,
     /// Timeouts, retries, ejection, breaking, shedding and health-check settings.
     pub resilience: Settings,
     /// The policy as written (the `TrafficPolicy` with defaults filled in), for `/config`.
@@ -50,6 +53,7 @@ impl Policy {
             source: "built-in".to_owned(),
             routes: RouteTable::new(Vec::new(), default),
             max_body,
+            upstream_protocol: UpstreamProtocol::Auto,
             resilience: Settings::default(),
             spec: serde_json::json!({ "loadBalancing": { "policy": policy.name(), "localFirst": local_first } }),
         }

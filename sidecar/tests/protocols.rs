@@ -260,3 +260,96 @@ async fn oversized_http2_headers_are_refused() {
     assert_eq!(r.expect("an answer").status, 431);
     assert_eq!(bs[0].count(), 0);
 }
+
+/// POSTs 4,000 bytes whose length is not declared (streamed frames), over HTTP/2 or HTTP/1.1,
+/// to the backend's `/upload`, which answers with the byte count it received.
+async fn post_streaming_upload(addr: std::net::SocketAddr, h2: bool) -> (http::StatusCode, String) {
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .http2_only(h2)
+        .build_http();
+    let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..4)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 1000]))))
+        .collect();
+    let req = Request::post(format!("http://{addr}/upload"))
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn http2_clients_reach_an_http1_only_replica_with_upstream_protocol_http1() {
+    let replica = Backend::start_speaking("r0", http::Version::HTTP_11).await;
+    let client = h2_client();
+
+    // By default HTTP/2 stays HTTP/2, which a replica that only speaks HTTP/1 cannot answer.
+    let auto = sidecar("{}", &[replica.spec()]).await;
+    let a = get(&client, auto.traffic_addr(), "/version", &[]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+
+    let sc = sidecar("upstreamProtocol: http1", &[replica.spec()]).await;
+    let a = get(&client, sc.traffic_addr(), "/version", &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body,
+        format!("HTTP/1.1 {}", sc.traffic_addr()),
+        "the :authority becomes Host"
+    );
+
+    // HTTP/2 may split cookies into several fields; HTTP/1.1 gets them on one line.
+    let a = get(
+        &client,
+        sc.traffic_addr(),
+        "/headers",
+        &[("cookie", "a=1"), ("cookie", "b=2")],
+    )
+    .await;
+    assert!(a.body.contains("cookie: a=1; b=2\n"), "{}", a.body);
+
+    // A body of unknown length goes upstream chunked and arrives whole.
+    let (status, body) = post_streaming_upload(sc.traffic_addr(), true).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "4000");
+}
+
+#[tokio::test]
+async fn http1_clients_reach_an_h2c_only_replica_with_upstream_protocol_http2() {
+    let replica = Backend::start_speaking("r0", http::Version::HTTP_2).await;
+    let client = h1_client();
+
+    let auto = sidecar("{}", &[replica.spec()]).await;
+    let a = get(&client, auto.traffic_addr(), "/version", &[]).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+
+    let sc = sidecar("upstreamProtocol: http2", &[replica.spec()]).await;
+    let a = get(
+        &client,
+        sc.traffic_addr(),
+        "/version",
+        &[("host", "catalog.shop")],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body, "HTTP/2.0 catalog.shop",
+        "Host becomes the :authority"
+    );
+
+    let (status, body) = post_streaming_upload(sc.traffic_addr(), false).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, "4000");
+
+    // HTTP/2 has no Upgrade: the request is answered as an ordinary one, without the
+    // hop-by-hop upgrade fields.
+    let text = raw(
+        sc.traffic_addr(),
+        b"GET /headers HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(raw_status(&text), Some(200), "{text}");
+    let lower = text.to_lowercase();
+    assert!(!lower.contains("upgrade: websocket"), "{text}");
+}

@@ -81,6 +81,40 @@ pub struct TrafficPolicy {
     /// Admission limits: rate limiting, adaptive load shedding and body size.
     #[serde(default)]
     pub limits: Limits,
+
+    /// Protocol the sidecars speak towards replicas (the workload and peer sidecars): `auto`
+    /// (default) keeps the client's (HTTP/2 stays HTTP/2, as gRPC needs), `http1` sends every
+    /// request as HTTP/1.1 (for a workload that only speaks HTTP/1), `http2` sends every request
+    /// as HTTP/2 with prior knowledge (for an h2c-only workload; protocol upgrades such as
+    /// WebSocket are then not offered upstream).
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+}
+
+/// How requests travel from a sidecar to a replica.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamProtocol {
+    /// The client's protocol: HTTP/1.x as HTTP/1.1, HTTP/2 as HTTP/2.
+    #[default]
+    Auto,
+    /// Always HTTP/1.1.
+    Http1,
+    /// Always HTTP/2 with prior knowledge (h2c).
+    Http2,
+}
+
+impl UpstreamProtocol {
+    /// The protocol's name as written in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Auto => "auto",
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "http2",
+        }
+    }
 }
 
 /// One entry of the route table.

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use datastream_api::v1alpha1::{SIDECAR_ADMIN_PORT, SIDECAR_PEER_PORT, SIDECAR_TRAFFIC_PORT};
+use datastream_api::v1alpha1::{
+    SIDECAR_ADMIN_PORT, SIDECAR_PEER_PORT, SIDECAR_TRAFFIC_PORT, UpstreamProtocol,
+};
 
 use super::Overrides;
 
@@ -90,6 +92,11 @@ pub struct Cli {
     /// Overrides traffic.failover.requestTimeout.
     #[arg(long, value_name = "DURATION", global = true)]
     pub request_timeout: Option<String>,
+
+    /// Protocol towards replicas: auto (the client's), http1 (always HTTP/1.1) or http2 (always
+    /// h2c). Overrides traffic.upstreamProtocol.
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_upstream_protocol, global = true)]
+    pub upstream_protocol: Option<UpstreamProtocol>,
 
     /// Worker threads; 1 runs a single-threaded runtime, which is fastest for a sidecar.
     #[arg(
@@ -192,8 +199,20 @@ impl Cli {
             max_body_bytes: self.max_body_bytes,
             per_try_timeout: self.per_try_timeout.clone(),
             request_timeout: self.request_timeout.clone(),
+            upstream_protocol: self.upstream_protocol,
         }
     }
+}
+
+fn parse_upstream_protocol(text: &str) -> Result<UpstreamProtocol, String> {
+    [
+        UpstreamProtocol::Auto,
+        UpstreamProtocol::Http1,
+        UpstreamProtocol::Http2,
+    ]
+    .into_iter()
+    .find(|p| p.as_str() == text)
+    .ok_or_else(|| format!("{text:?} is not one of auto, http1, http2"))
 }
 
 #[cfg(test)]
@@ -216,6 +235,22 @@ mod tests {
         .unwrap();
         assert!(!cli.kubernetes());
         assert_eq!(cli.endpoints.as_ref().map(Vec::len), Some(2));
+        assert_eq!(cli.upstream_protocol, None);
+    }
+
+    #[test]
+    fn upstream_protocol_flag_takes_the_api_names_only() {
+        let parse = |v| Cli::try_parse_from(["datastream-sidecar", "--upstream-protocol", v]);
+        assert_eq!(
+            parse("http1").unwrap().overrides().upstream_protocol,
+            Some(UpstreamProtocol::Http1)
+        );
+        assert_eq!(
+            parse("http2").unwrap().upstream_protocol,
+            Some(UpstreamProtocol::Http2)
+        );
+        let err = parse("h3").unwrap_err().to_string();
+        assert!(err.contains("not one of auto, http1, http2"), "{err}");
     }
 
     #[test]

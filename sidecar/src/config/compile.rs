@@ -108,6 +108,7 @@ pub fn compile(
         source: source.to_owned(),
         routes: RouteTable::new(routes, default),
         max_body: u64::try_from(max_body).ok(),
+        upstream_protocol: traffic.upstream_protocol,
         resilience,
         spec: serde_json::to_value(traffic).unwrap_or_default(),
     })

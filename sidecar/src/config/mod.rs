@@ -12,7 +12,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use datastream_api::v1alpha1::{TrafficPolicy, parse_duration};
+use datastream_api::v1alpha1::{TrafficPolicy, UpstreamProtocol, parse_duration};
 use serde::{Deserialize, Serialize};
 
 use crate::endpoint::EndpointSpec;
@@ -144,6 +144,8 @@ pub struct Overrides {
     pub per_try_timeout: Option<String>,
     /// `--request-timeout`.
     pub request_timeout: Option<String>,
+    /// `--upstream-protocol`.
+    pub upstream_protocol: Option<UpstreamProtocol>,
 }
 
 /// A resolved local-mode configuration.
@@ -320,8 +322,8 @@ impl Resolved {
     }
 }
 
-/// Applies `--policy`, `--max-body-bytes`, `--per-try-timeout` and `--request-timeout` to a
-/// traffic policy (also on every reload).
+/// Applies `--policy`, `--max-body-bytes`, `--per-try-timeout`, `--request-timeout` and
+/// `--upstream-protocol` to a traffic policy (also on every reload).
 pub fn apply_traffic_flags(
     traffic: &mut TrafficPolicy,
     flags: &Overrides,
@@ -345,6 +347,9 @@ pub fn apply_traffic_flags(
     }
     if let Some(t) = &flags.request_timeout {
         traffic.failover.request_timeout = t.clone();
+    }
+    if let Some(p) = flags.upstream_protocol {
+        traffic.upstream_protocol = p;
     }
 }
 

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -43,6 +43,7 @@ use crate::metrics::RouteMetrics;
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
+use datastream_api::v1alpha1::UpstreamProtocol;
 
 /// Replicas a request tries when connections fail, before it answers 502.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -152,9 +153,12 @@ async fn proxy_traffic(
     // Rate limit and adaptive shedding, before any routing work.
     let admission = failover::admit(shared, policy, route)?;
     let endpoints = shared.endpoints();
-    let upgrade = client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
+    let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
+    // HTTP/2 has no Upgrade: an h2c-only replica answers the request as an ordinary one.
+    let upgrade =
+        !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     let key = route_key(route, &parts, meta.client);
-    prepare(&mut parts, &meta.forwarding, upgrade);
+    prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
     // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
     let call = failover::Call {
         shared,
@@ -180,8 +184,10 @@ async fn proxy_peer(
     admit(policy, &parts)?;
     let endpoints = shared.endpoints();
     let local = endpoints.local().ok_or(ProxyError::NoLocalWorkload)?;
-    let upgrade = client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
-    prepare(&mut parts, &meta.forwarding, upgrade);
+    let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
+    let upgrade =
+        !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
+    prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
     let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
     match attempt(local, req, upgrade).await {
         Ok((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade)),
@@ -226,10 +232,21 @@ fn client_key(client: SocketAddr) -> u64 {
     }
 }
 
-/// Stage 3: rewrites the request for the upstream. HTTP/2 requests go upstream over HTTP/2 (gRPC
-/// needs it end to end), HTTP/1 ones over HTTP/1.1.
-fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
-    let h2 = parts.version == Version::HTTP_2;
+/// Whether a request goes upstream over HTTP/2: by default when it came over HTTP/2 (gRPC needs it
+/// end to end), or as the policy's `upstreamProtocol` fixes it.
+fn upstream_h2(protocol: UpstreamProtocol, client: Version) -> bool {
+    match protocol {
+        UpstreamProtocol::Auto => client == Version::HTTP_2,
+        UpstreamProtocol::Http1 => false,
+        UpstreamProtocol::Http2 => true,
+    }
+}
+
+/// Stage 3: rewrites the request for the upstream protocol (see [`upstream_h2`]): HTTP/2 takes
+/// the authority into the URI and drops `Host`; HTTP/1.1 takes an origin-form URI, a `Host` and
+/// one `Cookie` line (RFC 9113 8.2.3: HTTP/2 may split cookies, HTTP/1.1 must not).
+fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool, to_h2: bool) {
+    let from_h2 = parts.version == Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers, upgrade, true);
     forwarding.apply(&mut parts.headers);
     let path = parts
@@ -237,7 +254,7 @@ fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if h2 {
+    if to_h2 {
         let authority = parts
             .uri
             .authority()
@@ -257,6 +274,7 @@ fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
         if let Ok(uri) = Uri::from_parts(uri) {
             parts.uri = uri;
         }
+        parts.version = Version::HTTP_2;
     } else {
         if !parts.headers.contains_key(HOST)
             && let Some(authority) = parts.uri.authority()
@@ -264,8 +282,27 @@ fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool) {
         {
             parts.headers.insert(HOST, v);
         }
+        if from_h2 {
+            join_cookies(&mut parts.headers);
+        }
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
+    }
+}
+
+/// Folds several `Cookie` field lines into one, separated by "; ".
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
     }
 }
 

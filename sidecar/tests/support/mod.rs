@@ -52,6 +52,12 @@ impl Backend {
         Self::serve(name, listener).await
     }
 
+    /// Starts a backend that speaks only one protocol (`Version::HTTP_11` or `HTTP_2`).
+    pub async fn start_speaking(name: &str, only: http::Version) -> Arc<Backend> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_as(name, listener, Some(only)).await
+    }
+
     /// Starts a backend on a given address (to bring one back on the same port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Arc<Backend> {
         let listener = TcpListener::bind(addr).await.unwrap();
@@ -59,6 +65,14 @@ impl Backend {
     }
 
     async fn serve(name: &str, listener: TcpListener) -> Arc<Backend> {
+        Self::serve_as(name, listener, None).await
+    }
+
+    async fn serve_as(
+        name: &str,
+        listener: TcpListener,
+        only: Option<http::Version>,
+    ) -> Arc<Backend> {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<Arc<Backend>>();
         let (kill, killed) = tokio::sync::watch::channel(false);
@@ -77,9 +91,25 @@ impl Backend {
                         let me = Arc::clone(&me);
                         async move { Ok::<_, Infallible>(me.handle(req).await) }
                     });
-                    let builder =
-                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    let io = TokioIo::new(stream);
+                    // hyper-util's auto builder detects the protocol even when told one, so a
+                    // single-protocol replica uses hyper's own builders.
+                    let conn: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match only {
+                        None => Box::pin(async move {
+                            let builder =
+                                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            let _ = builder.serve_connection_with_upgrades(io, svc).await;
+                        }),
+                        Some(http::Version::HTTP_2) => Box::pin(async move {
+                            let builder =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                            let _ = builder.serve_connection(io, svc).await;
+                        }),
+                        Some(_) => Box::pin(async move {
+                            let builder = hyper::server::conn::http1::Builder::new();
+                            let _ = builder.serve_connection(io, svc).with_upgrades().await;
+                        }),
+                    };
                     tokio::select! {
                         _ = conn => {}
                         _ = killed.wait_for(|k| *k) => {}
@@ -192,6 +222,20 @@ impl Backend {
                 .header("trailer", "grpc-status, x-replica")
                 .body(BodyExt::boxed(StreamBody::new(frames)))
                 .unwrap()
+        } else if path == "/version" {
+            // What arrived here: the protocol and the authority (URI or Host).
+            let authority = req
+                .uri()
+                .authority()
+                .map(|a| a.to_string())
+                .or_else(|| {
+                    req.headers()
+                        .get("host")
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                })
+                .unwrap_or_default();
+            full_response(200, &self.name, format!("{:?} {authority}", req.version()))
         } else if path == "/headers" {
             let mut text = String::new();
             for (k, v) in req.headers() {
