@@ -17,7 +17,9 @@ use http_body::Body as _;
 
 use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
 use super::error::ProxyError;
-use super::forward::{AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, attempt, respond, select};
+use super::forward::{
+    AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, Outgoing, attempt, rebuild, respond, select,
+};
 use super::h1::PendingUpgrade;
 use crate::balance::hash;
 use crate::clock;
@@ -176,15 +178,16 @@ async fn with_retries(
             Err(e) => return Err(last_error.unwrap_or(e)),
         };
         let req = match (unsent_req.take(), &mut source) {
-            (Some(r), _) => r,
+            (Some(r), _) => Outgoing::Owned(r),
             (None, Source::Replay(bytes)) => match &parts {
-                Some(p) => rebuild(p, bytes.clone()),
+                Some(p) => Outgoing::Replay(p, bytes.clone()),
                 None => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
             (None, Source::Once(body)) => match (parts.take(), body.take()) {
-                (Some(p), Some(b)) => {
-                    Request::from_parts(p, RequestBody::streaming(b, call.policy.max_body))
-                }
+                (Some(p), Some(b)) => Outgoing::Owned(Request::from_parts(
+                    p,
+                    RequestBody::streaming(b, call.policy.max_body),
+                )),
                 _ => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
         };
@@ -206,7 +209,7 @@ async fn with_retries(
         };
         let (endpoint, result) = match (hedge, &source, &parts) {
             (Some(delay), Source::Replay(bytes), Some(p)) => {
-                let copy = rebuild(p, bytes.clone());
+                let copy = Outgoing::Replay(p, bytes.clone());
                 let h = hedged(call, &policy, endpoint, req, copy, delay, limit, &exclude).await;
                 if let Some(other) = h.2 {
                     exclude.push(other.addr());
@@ -262,7 +265,7 @@ async fn with_retries(
                     None,
                     now,
                 );
-                unsent_req = Some(*back);
+                unsent_req = back.map(|b| *b);
                 last_error = Some(ProxyError::Connect(error));
                 (Outcome::NotSent, None)
             }
@@ -360,8 +363,8 @@ async fn hedged<'a>(
     call: &Call<'a>,
     policy: &RetryPolicy,
     first: &'a Arc<Endpoint>,
-    req: Request<RequestBody>,
-    copy: Request<RequestBody>,
+    req: Outgoing<'_>,
+    copy: Outgoing<'_>,
     delay: Duration,
     limit: Duration,
     exclude: &[SocketAddr],
@@ -598,15 +601,6 @@ fn pause_hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// A copy of the request with a buffered body.
-fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
-    let mut req = Request::new(RequestBody::full(body));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    req
-}
-
 /// Reads a body into memory, up to `limit` bytes.
 async fn buffer(body: ClientBody, limit: u64) -> Result<Bytes, ProxyError> {
     retry::buffer(body, limit).await.map_err(|e| match e {
@@ -652,7 +646,8 @@ async fn fan_out(
     let attempts: Vec<_> = targets
         .into_iter()
         .map(|endpoint| {
-            let req = rebuild(&parts, bytes.clone());
+            // Each copy travels into its own task, so it owns its head.
+            let req = Outgoing::Owned(rebuild(&parts, bytes.clone()));
             let shared = Arc::clone(call.shared);
             let set = Arc::clone(call.set);
             let s = Arc::clone(&settings);

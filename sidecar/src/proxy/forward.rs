@@ -24,6 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -86,11 +87,66 @@ pub(super) type Attempted = (
     Option<http1::SendRequest<RequestBody>>,
 );
 
+/// The request of one attempt.
+// Moved once into the attempt, as the bare request was; boxing the large variant would cost an
+// allocation per streamed request.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Outgoing<'a> {
+    /// A replayable request: its head stays with the caller for later attempts and its body is
+    /// in memory, so the own HTTP/1 client sends it without copying the head.
+    Replay(&'a Parts, Bytes),
+    /// A request of its own: a streamed body, or one an earlier attempt handed back unsent.
+    Owned(Request<RequestBody>),
+}
+
+impl Outgoing<'_> {
+    fn version(&self) -> Version {
+        match self {
+            Outgoing::Replay(parts, _) => parts.version,
+            Outgoing::Owned(req) => req.version(),
+        }
+    }
+
+    /// The body, when it is in memory.
+    fn in_memory(&self) -> Option<Bytes> {
+        match self {
+            Outgoing::Replay(_, body) => Some(body.clone()),
+            Outgoing::Owned(req) => req.body().in_memory(),
+        }
+    }
+
+    /// The request as one value, for hyper's clients.
+    fn into_request(self) -> Request<RequestBody> {
+        match self {
+            Outgoing::Replay(parts, body) => rebuild(parts, body),
+            Outgoing::Owned(req) => req,
+        }
+    }
+
+    /// What to hand back when the request was not sent: nothing when the caller kept the head.
+    fn into_unsent(self) -> Option<Box<Request<RequestBody>>> {
+        match self {
+            Outgoing::Replay(..) => None,
+            Outgoing::Owned(req) => Some(Box::new(req)),
+        }
+    }
+}
+
+/// A copy of a replayable request for hyper's clients.
+pub(super) fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::full(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
+}
+
 /// The outcome of one attempt.
 pub(super) enum AttemptError {
-    /// The request never reached the replica; here it is back. Boxed: this is the rare path
-    /// and the request is large.
-    NotSent(Box<Request<RequestBody>>, ConnectError),
+    /// The request never reached the replica; here it is back, unless the caller kept it
+    /// ([`Outgoing::Replay`]). Boxed: this is the rare path and the request is large.
+    NotSent(Option<Box<Request<RequestBody>>>, ConnectError),
     /// The request may have reached the replica.
     Failed(ProxyError),
 }
@@ -189,7 +245,7 @@ async fn proxy_peer(
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
     let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
-    match attempt(local, req, upgrade).await {
+    match attempt(local, Outgoing::Owned(req), upgrade).await {
         Ok((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade)),
         Err(AttemptError::Failed(e)) => Err(e),
         Err(AttemptError::NotSent(_, e)) => Err(ProxyError::Connect(e)),
@@ -329,18 +385,19 @@ pub(super) fn select<'a>(
 /// Stage 5: one attempt on `endpoint`.
 pub(super) async fn attempt(
     endpoint: &Arc<Endpoint>,
-    mut req: Request<RequestBody>,
+    out: Outgoing<'_>,
     upgrade: bool,
 ) -> Result<Attempted, AttemptError> {
     let guard = endpoint.start();
     let started = Instant::now();
-    let h2 = req.version() == Version::HTTP_2;
+    let h2 = out.version() == Version::HTTP_2;
     if !h2
         && !upgrade
-        && let Some(body) = req.body().in_memory()
+        && let Some(body) = out.in_memory()
     {
-        return attempt_own(endpoint, req, body, guard, started).await;
+        return attempt_own(endpoint, out, body, guard, started).await;
     }
+    let mut req = out.into_request();
     // A stale pooled connection hands the request back unsent; then a fresh one is opened. The
     // bound keeps a pool full of dead connections from looping for long.
     for _ in 0..4 {
@@ -348,7 +405,7 @@ pub(super) async fn attempt(
             Ok(s) => s,
             Err(e) => {
                 guard.failed(Failure::Connect);
-                return Err(AttemptError::NotSent(Box::new(req), e));
+                return Err(AttemptError::NotSent(Some(Box::new(req)), e));
             }
         };
         let (result, h1, reused) = match sender {
@@ -392,8 +449,8 @@ pub(super) async fn attempt(
 /// Stage 5 for a request whose body is in memory: the own HTTP/1 client, driven by this task.
 async fn attempt_own(
     endpoint: &Arc<Endpoint>,
-    req: Request<RequestBody>,
-    body: bytes::Bytes,
+    out: Outgoing<'_>,
+    body: Bytes,
     guard: InflightGuard,
     started: Instant,
 ) -> Result<Attempted, AttemptError> {
@@ -404,12 +461,15 @@ async fn attempt_own(
             Ok(conn) => conn,
             Err(e) => {
                 guard.failed(Failure::Connect);
-                return Err(AttemptError::NotSent(Box::new(req), e));
+                return Err(AttemptError::NotSent(out.into_unsent(), e));
             }
         },
     };
-    let (parts, _) = req.into_parts();
-    match conn.send(&parts, &body).await {
+    let sent = match out {
+        Outgoing::Replay(parts, _) => conn.send(parts, &body).await,
+        Outgoing::Owned(req) => conn.send(&req.into_parts().0, &body).await,
+    };
+    match sent {
         Ok(resp) => {
             guard.responded(started.elapsed());
             Ok((resp.map(UpstreamBody::Own), guard, None))

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{CONNECTION, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, Entry, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Version};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -93,37 +93,40 @@ impl Forwarding {
     }
 
     /// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`
-    /// when absent.
+    /// when absent. One hash lookup per field (the entry API), as this runs on every request.
     pub fn apply(&self, headers: &mut HeaderMap) {
         append(headers, &X_FORWARDED_FOR, &self.xff, &self.ip);
         append(headers, &FORWARDED, &self.forwarded, &self.node);
-        if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-        }
+        headers
+            .entry(X_FORWARDED_PROTO.clone())
+            .or_insert_with(|| HeaderValue::from_static("http"));
     }
 }
 
+/// Adds `value` (the text `text`) to the list field `name`: all earlier field lines of `name`
+/// and `text` joined into one line, as RFC 9110 section 5.3 allows.
 fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue, text: &str) {
-    let joined = match joined(headers, name) {
-        None => value.clone(),
-        Some(prev) => match HeaderValue::from_str(&format!("{prev}, {text}")) {
-            Ok(v) => v,
-            Err(_) => value.clone(),
-        },
-    };
-    headers.insert(name.clone(), joined);
+    match headers.entry(name.clone()) {
+        Entry::Vacant(slot) => {
+            slot.insert(value.clone());
+        }
+        Entry::Occupied(mut slot) => {
+            let mut joined = String::new();
+            for v in slot.iter().filter_map(|v| v.to_str().ok()) {
+                joined.push_str(v);
+                joined.push_str(", ");
+            }
+            joined.push_str(text);
+            let joined = HeaderValue::from_str(&joined).unwrap_or_else(|_| value.clone());
+            // Replaces every earlier line.
+            slot.insert(joined);
+        }
+    }
 }
 
 /// Appends `client` to the forwarding headers (see [`Forwarding::apply`]).
 pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
     Forwarding::new(client).apply(headers);
-}
-
-/// All field lines of `name` joined as one list value, as RFC 9110 section 5.3 allows.
-fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-    let first = values.next()?.to_owned();
-    Some(values.fold(first, |acc, v| acc + ", " + v))
 }
 
 /// Whether an HTTP/1.1 request asks for a protocol switch (`Connection: upgrade` + `Upgrade`).
@@ -204,5 +207,18 @@ mod tests {
         let mut h = HeaderMap::new();
         append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn several_earlier_forwarding_lines_become_one_and_a_given_proto_stays() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        append_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap());
+        let xff: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(xff, ["1.1.1.1, 2.2.2.2, 127.0.0.1"]);
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 }

@@ -22,6 +22,8 @@ pub struct Deadline {
     at_ns: u64,
     /// Whether the caller set it (rather than the sidecar's own timeout).
     from_caller: bool,
+    /// Whether the request carries a deadline header at all, to be rewritten when forwarded.
+    advertised: bool,
 }
 
 // === impl Deadline ===
@@ -30,7 +32,9 @@ impl Deadline {
     /// The deadline of a request that arrived at `now_ns` with `headers`, under the route's
     /// `timeout`.
     pub fn new(now_ns: u64, timeout: Duration, headers: &HeaderMap) -> Self {
-        let caller = caller_timeout(headers);
+        let grpc = headers.get(GRPC_TIMEOUT);
+        let ours = headers.get(DEADLINE_HEADER);
+        let caller = caller_timeout_of(grpc, ours);
         let (budget, from_caller) = match caller {
             Some(c) if c < timeout => (c, true),
             _ => (timeout, false),
@@ -38,6 +42,7 @@ impl Deadline {
         Self {
             at_ns: now_ns.saturating_add(u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX)),
             from_caller,
+            advertised: grpc.is_some() || ours.is_some(),
         }
     }
 
@@ -72,6 +77,10 @@ impl Deadline {
     /// it, and the DataStream header when the caller used that. A deadline the sidecar set
     /// itself is not advertised, so the workload's own behaviour does not change.
     pub fn propagate(&self, now_ns: u64, headers: &mut HeaderMap) {
+        if !self.advertised {
+            // Most requests: no header to look up again.
+            return;
+        }
         let left = self.remaining(now_ns);
         if headers.contains_key(GRPC_TIMEOUT) {
             headers.insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
@@ -85,11 +94,13 @@ impl Deadline {
 
 /// The shortest caller-supplied timeout among the request's headers, if any is valid.
 pub fn caller_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let grpc = headers
-        .get(GRPC_TIMEOUT)
-        .and_then(|v| parse_grpc_timeout(v.as_bytes()));
-    let ours = headers
-        .get(DEADLINE_HEADER)
+    caller_timeout_of(headers.get(GRPC_TIMEOUT), headers.get(DEADLINE_HEADER))
+}
+
+/// [`caller_timeout`] of the two header values.
+fn caller_timeout_of(grpc: Option<&HeaderValue>, ours: Option<&HeaderValue>) -> Option<Duration> {
+    let grpc = grpc.and_then(|v| parse_grpc_timeout(v.as_bytes()));
+    let ours = ours
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_millis);

@@ -10,6 +10,7 @@
 //! upgrades, which need sending and receiving at once, still go through hyper.
 
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -19,6 +20,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -27,6 +29,10 @@ use super::decode::{DecodeError, Decoded, Decoder};
 
 /// Header fields accepted in a response head.
 const MAX_HEADERS: usize = 128;
+/// Header fields whose positions stay on the stack while a head is parsed.
+const INLINE_FIELDS: usize = 32;
+/// Byte ranges of a field's name and value within the head.
+type Span = ((usize, usize), (usize, usize));
 /// Largest response head.
 const MAX_HEAD: usize = 64 * 1024;
 /// Read-buffer growth step.
@@ -178,12 +184,18 @@ struct FramingFields {
 
 /// Parses a response head from the front of `buf`; `Ok(None)` when incomplete.
 fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientError> {
-    let mut spans = [((0usize, 0usize), (0usize, 0usize)); MAX_HEADERS];
-    let (len, code, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
+    // As for request heads: nothing zeroed per response (see `head::parse`).
+    let mut spans: SmallVec<[Span; INLINE_FIELDS]> = SmallVec::new();
+    let (len, code, minor) = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let len = match resp.parse(buf) {
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(ClientError::Protocol("malformed response head")),
@@ -192,22 +204,19 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
             let start = s.as_ptr() as usize - base;
             (start, start + s.len())
         };
-        for (slot, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            *slot = (span(h.name.as_bytes()), span(h.value));
-        }
-        (
-            len,
-            resp.code.unwrap_or(0),
-            resp.version.unwrap_or(1),
-            resp.headers.len(),
-        )
+        spans.extend(
+            resp.headers
+                .iter()
+                .map(|h| (span(h.name.as_bytes()), span(h.value))),
+        );
+        (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
     let status =
         StatusCode::from_u16(code).map_err(|_| ClientError::Protocol("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = FramingFields::default();
-    for &((n0, n1), (v0, v1)) in &spans[..count] {
+    for &((n0, n1), (v0, v1)) in &spans {
         let name = HeaderName::from_bytes(&head[n0..n1])
             .map_err(|_| ClientError::Protocol("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))

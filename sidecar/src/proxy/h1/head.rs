@@ -8,14 +8,23 @@
 //! desynchronised from the sidecar (request smuggling). Such requests are answered and the
 //! connection closed; they never reach a replica.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 use super::super::headers::has_token;
 
 /// Header fields accepted per head (nginx and hyper accept about a hundred).
 pub const MAX_HEADERS: usize = 128;
+/// Header fields whose positions are kept on the stack while a head is parsed; more spill to
+/// the heap.
+const INLINE_FIELDS: usize = 32;
+/// Fields the request path may add before forwarding (`x-forwarded-for`, `forwarded`,
+/// `x-forwarded-proto`, and a deadline).
+const FORWARDING_FIELDS: usize = 4;
 
 /// How the body of a request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +91,7 @@ impl HeadError {
 }
 
 /// Byte ranges of one header field within the head.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Field {
     name: (usize, usize),
     value: (usize, usize),
@@ -92,12 +101,19 @@ struct Field {
 /// `buf` already holds `max_head` bytes, which is [`HeadError::TooLarge`]). On success the head's
 /// bytes are split off `buf`; header values and the target share them without copying.
 pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadError> {
-    let mut fields = [Field::default(); MAX_HEADERS];
-    let (len, method, target, minor, count) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+    // Neither array is zeroed per request: httparse fills the uninitialised one, and the spans
+    // stay inline for the usual few dozen fields.
+    let mut fields: SmallVec<[Field; INLINE_FIELDS]> = SmallVec::new();
+    let (len, method, target, minor) = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
         let base = buf.as_ptr() as usize;
-        let len = match req.parse(buf) {
+        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut req,
+            buf,
+            &mut headers,
+        );
+        let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() >= max_head {
@@ -121,17 +137,14 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
             .map_err(|_| HeadError::Malformed("method"))?;
         let target = span(req.path.unwrap_or_default().as_bytes());
-        let count = req.headers.len();
-        for (field, h) in fields.iter_mut().zip(req.headers.iter()) {
-            *field = Field {
-                name: span(h.name.as_bytes()),
-                value: span(h.value),
-            };
-        }
-        (len, method, target, req.version.unwrap_or(1), count)
+        fields.extend(req.headers.iter().map(|h| Field {
+            name: span(h.name.as_bytes()),
+            value: span(h.value),
+        }));
+        (len, method, target, req.version.unwrap_or(1))
     };
     let head = buf.split_to(len).freeze();
-    build(&head, method, target, minor, &fields[..count]).map(Some)
+    build(&head, method, target, minor, &fields).map(Some)
 }
 
 fn build(
@@ -148,7 +161,8 @@ fn build(
     };
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
         .map_err(|_| HeadError::Malformed("request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the forwarding fields the request path adds, so that it does not regrow the map.
+    let mut headers = HeaderMap::with_capacity(fields.len() + FORWARDING_FIELDS);
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0..f.name.1])
             .map_err(|_| HeadError::Malformed("header name"))?;
