@@ -115,12 +115,15 @@ pub(super) async fn forward(
     let work = async {
         match call.route.mode {
             Mode::Broadcast { quorum, max_body } => {
-                fan_out(&call, parts, body, deadline, quorum, max_body).await
+                // Boxed, as the other rare paths: the common path's future (allocated once per
+                // request) stays small.
+                Box::pin(fan_out(&call, parts, body, deadline, quorum, max_body)).await
             }
-            _ => with_retries(&call, parts, body, client_upgrade, deadline).await,
+            _ => with_retries(&call, parts, body, client_upgrade, deadline, now).await,
         }
     };
-    match tokio::time::timeout(deadline.remaining(now), work).await {
+    let expires = clock::instant_at(now.saturating_add(duration_ns(deadline.remaining(now))));
+    match tokio::time::timeout_at(expires, work).await {
         Ok(result) => result,
         Err(_) => {
             call.route.resilience.metrics.timeouts.inc();
@@ -129,17 +132,19 @@ pub(super) async fn forward(
     }
 }
 
-/// Attempts until one answers acceptably or no retry is allowed.
+/// Attempts until one answers acceptably or no retry is allowed. `now` is a clock reading taken
+/// just before (one per request start is enough; see [`clock::instant_at`]).
 async fn with_retries(
     call: &Call<'_>,
     mut parts: Parts,
     body: ClientBody,
     mut client_upgrade: Option<PendingUpgrade>,
     deadline: Deadline,
+    started_ns: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let s = &call.policy.resilience;
     let budget = &call.shared.resilience.budget;
-    let now = clock::now_ns();
+    let now = started_ns;
     budget.configure(s.budget);
     budget.deposit(now);
     call.set
@@ -171,8 +176,13 @@ async fn with_retries(
     let (mut retries, mut unsent) = (0u32, 0usize);
     let mut last_error: Option<ProxyError> = None;
     let mut is_retry = false;
+    // Buffering the body may have waited on the client.
+    let mut now = if matches!(source, Source::Replay(ref b) if !b.is_empty()) {
+        clock::now_ns()
+    } else {
+        now
+    };
     loop {
-        let now = clock::now_ns();
         let endpoint = match pick(call, &exclude, now) {
             Ok(e) => e,
             Err(e) => return Err(last_error.unwrap_or(e)),
@@ -201,7 +211,7 @@ async fn with_retries(
         let limit = deadline.attempt_timeout(now, per_try);
         endpoint.pool.set_connect_timeout(s.connect_timeout);
         let slot = endpoint.pending.try_acquire(None);
-        let started = tokio::time::Instant::now();
+        let attempt_started = now;
         let hedge = if is_retry {
             None
         } else {
@@ -210,23 +220,28 @@ async fn with_retries(
         let (endpoint, result) = match (hedge, &source, &parts) {
             (Some(delay), Source::Replay(bytes), Some(p)) => {
                 let copy = Outgoing::Replay(p, bytes.clone());
-                let h = hedged(call, &policy, endpoint, req, copy, delay, limit, &exclude).await;
+                let h = Box::pin(hedged(
+                    call, &policy, endpoint, req, copy, delay, limit, &exclude,
+                ))
+                .await;
                 if let Some(other) = h.2 {
                     exclude.push(other.addr());
                 }
                 (h.0, h.1)
             }
-            _ => (
-                endpoint,
-                tokio::time::timeout(limit, attempt(endpoint, req, call.upgrade)).await,
-            ),
+            _ => {
+                let expires = clock::instant_at(now.saturating_add(duration_ns(limit)));
+                let tried = attempt(endpoint, req, call.upgrade);
+                (endpoint, tokio::time::timeout_at(expires, tried).await)
+            }
         };
         drop(slot);
-        let now = clock::now_ns();
+        now = clock::now_ns();
         if s.hedge.is_some()
             && let Ok(Ok(_)) = &result
         {
-            call.route.resilience.latency.record(started.elapsed());
+            let took = clock::since(attempt_started, now);
+            call.route.resilience.latency.record(took);
         }
         let (outcome, reply) = match result {
             Err(_) => {
@@ -316,6 +331,7 @@ async fn with_retries(
                 );
                 if !backoff.is_zero() {
                     tokio::time::sleep(backoff).await;
+                    now = clock::now_ns();
                 }
             }
             None => {
@@ -688,4 +704,9 @@ async fn fan_out(
             Err(ProxyError::Broadcast(error))
         }
     }
+}
+
+/// A duration in nanoseconds, saturating.
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

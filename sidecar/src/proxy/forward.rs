@@ -397,7 +397,27 @@ pub(super) async fn attempt(
     {
         return attempt_own(endpoint, out, body, guard, started).await;
     }
-    let mut req = out.into_request();
+    // Boxed: hyper's client futures are large, and the own client's path above is the common one.
+    Box::pin(attempt_hyper(
+        endpoint,
+        out.into_request(),
+        h2,
+        upgrade,
+        guard,
+        started,
+    ))
+    .await
+}
+
+/// Stage 5 through hyper's clients: streamed bodies, upgrades and HTTP/2.
+async fn attempt_hyper(
+    endpoint: &Arc<Endpoint>,
+    mut req: Request<RequestBody>,
+    h2: bool,
+    upgrade: bool,
+    guard: InflightGuard,
+    started: Instant,
+) -> Result<Attempted, AttemptError> {
     // A stale pooled connection hands the request back unsent; then a fresh one is opened. The
     // bound keeps a pool full of dead connections from looping for long.
     for _ in 0..4 {
@@ -545,4 +565,48 @@ async fn tunnel(client: PendingUpgrade, upstream: hyper::upgrade::OnUpgrade, gua
         (_, Err(error)) => tracing::debug!(%error, "upstream protocol upgrade failed"),
     }
     drop(guard);
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    #[test]
+    fn print_sizes() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let metrics = crate::metrics::Metrics::new();
+        let spec = crate::endpoint::EndpointSpec {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            name: "x".into(),
+            local: false,
+            serving: true,
+        };
+        let ej = Arc::new(crate::resilience::outlier::Ejections::default());
+        let ep = Arc::new(Endpoint::new(
+            &spec,
+            Duration::from_millis(1),
+            false,
+            &metrics,
+            &ej,
+        ));
+        let (parts, ()) = Request::new(()).into_parts();
+        let f = attempt(&ep, Outgoing::Replay(&parts, Bytes::new()), false);
+        eprintln!("attempt future: {} bytes", size(&f));
+        drop(f);
+        let f = attempt_own(
+            &ep,
+            Outgoing::Replay(&parts, Bytes::new()),
+            Bytes::new(),
+            ep.start(),
+            Instant::now(),
+        );
+        eprintln!("attempt_own future: {} bytes", size(&f));
+        drop(f);
+        let conn_fut = async {
+            let c = ep.pool.connect_own().await.unwrap();
+            c.send(&parts, &Bytes::new()).await
+        };
+        eprintln!("connect+send future: {} bytes", size(&conn_fut));
+    }
 }

@@ -179,7 +179,8 @@ impl Connection {
                 }
             }
         }
-        let deadline = Instant::now() + s.header_read_timeout;
+        // Set on the first read that has to wait: usually the whole head is there already.
+        let mut deadline = None;
         loop {
             if !r.buf.is_empty()
                 && let Some(head) = head::parse(&mut r.buf, s.max_head)?
@@ -190,7 +191,14 @@ impl Connection {
             if spare < 512 {
                 r.buf.reserve(r.buf.capacity().max(HEAD_BUFFER));
             }
-            match tokio::time::timeout_at(deadline, r.io.read_buf(&mut r.buf)).await {
+            match r.io.try_read_buf(&mut r.buf) {
+                Ok(0) => return Ok(None),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Ok(None),
+            }
+            let until = *deadline.get_or_insert_with(|| Instant::now() + s.header_read_timeout);
+            match tokio::time::timeout_at(until, r.io.read_buf(&mut r.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Ok(None),
             }
@@ -255,8 +263,9 @@ impl Connection {
             (None, None)
         };
         let req = Request::from_parts(parts, body);
-        // Boxed so that an idle connection's task does not carry the request path's state.
-        let mut call = Box::pin(handle(
+        // Not boxed on its own: this whole exchange already is (see `serve_connection`), so an
+        // idle connection's task does not carry the request path's state.
+        let mut call = std::pin::pin!(handle(
             Arc::clone(&self.shared),
             Arc::clone(&self.meta),
             req,
@@ -282,7 +291,6 @@ impl Connection {
                 }
             }
         };
-        drop(call);
         let resp: Response<ResponseBody> = match resp {
             Ok(resp) => resp,
             Err(never) => match never {},
