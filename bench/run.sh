@@ -4,6 +4,8 @@
 #
 #   bench/run.sh                 # build release binaries, run every scenario, print the report
 #   bench/run.sh --skip-build    # reuse target/release binaries
+#   bench/run.sh --instructions  # only: user-space instructions per request of each proxy under
+#                                # callgrind (deterministic, whatever else the machine is doing)
 #
 # Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
 # PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3),
@@ -22,11 +24,12 @@ CONNS=${CONNS:-32}
 PEAK_ROUNDS=${PEAK_ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
-SKIP_BUILD=0
+SKIP_BUILD=0 INSTRUCTIONS=0
 for arg in "$@"; do
   case $arg in
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --instructions) INSTRUCTIONS=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +54,7 @@ command -v nginx >/dev/null || need_install+=(nginx-light)
 command -v curl >/dev/null || need_install+=(curl)
 command -v python3 >/dev/null || need_install+=(python3)
 command -v taskset >/dev/null || need_install+=(util-linux)
+((INSTRUCTIONS)) && ! command -v callgrind_control >/dev/null && need_install+=(valgrind)
 if ((${#need_install[@]})); then
   log "installing ${need_install[*]} from Debian"
   apt-get update -qq
@@ -155,11 +159,13 @@ else
   SIDECAR_TIMEOUT_ARGS=(--config "$WORK/sidecar.yaml")
 fi
 
+# Prefix of every proxy's command line (valgrind in --instructions mode).
+PROXY_WRAP=()
 PROXY_PID=
 start_sidecar() {
   local extra=()
   ((TIGHT)) && extra=("${SIDECAR_TIMEOUT_ARGS[@]}")
-  taskset -c "$PROXY_CPU" "$BIN/datastream-sidecar" --listen "127.0.0.1:$SIDECAR_PORT" \
+  taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" "$BIN/datastream-sidecar" --listen "127.0.0.1:$SIDECAR_PORT" \
     --admin "127.0.0.1:$SIDECAR_ADMIN" --endpoints "$ENDPOINTS" --policy p2c-ewma \
     "${extra[@]}" --log-level warn >"$WORK/sidecar.log" 2>&1 &
   PROXY_PID=$!
@@ -210,7 +216,7 @@ http {
   }
 }
 CONF
-  taskset -c "$PROXY_CPU" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
+  taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" >"$WORK/nginx.log" 2>&1 &
   PROXY_PID=$!
   OWN_PIDS+=($!)
   wait_http "http://127.0.0.1:$NGINX_PORT/healthz"
@@ -250,7 +256,7 @@ backend be
   server r2 127.0.0.1:${B_PORTS[1]}
   server r3 127.0.0.1:${B_PORTS[2]}
 CONF
-  taskset -c "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+  taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   PROXY_PID=$!
   OWN_PIDS+=($!)
   wait_http "http://127.0.0.1:$HAPROXY_PORT/healthz"
@@ -311,6 +317,53 @@ load_snapshot() { # label
     top -bn1 | sed -n '8,14p' | awk '{printf "top=%s %s %s %s\n", $9, $10, $11, $12}'
   } >"$DATA/load-$1.kv"
 }
+
+# --- instructions per request (--instructions) -------------------------------------------------
+# Each proxy runs under callgrind; after a warm-up its counters are zeroed, DURATION seconds of the
+# same fixed offered load run (INSTR_CONNS connections, each waiting INSTR_DELAY_MS between
+# requests: 400 req/s by default, which every proxy sustains under valgrind, so that work done per
+# unit of time, such as timers and health checks, weighs the same per request for all of them),
+# and the counters are dumped. Instructions retired in user space per
+# request (Ir / requests) are exact and repeatable for a given binary and load, unlike CPU time on a
+# shared machine; kernel time (the loopback TCP stack, the larger share) is not in them.
+if ((INSTRUCTIONS)); then
+  INSTR_CONNS=${INSTR_CONNS:-8} INSTR_DELAY_MS=${INSTR_DELAY_MS:-20}
+  start_backends
+  {
+    echo "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "git=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- sidecar 2>/dev/null || echo '+dirty sidecar/')"
+    echo "valgrind=$(valgrind --version)"
+    echo "load=$INSTR_CONNS connections x ${INSTR_DELAY_MS} ms, ${DURATION}s"
+  } >"$DATA/meta.kv"
+  {
+    echo "User-space instructions per request under callgrind, $INSTR_CONNS connections x ${INSTR_DELAY_MS} ms (fixed load), ${DURATION}s, git $(sed -n 's/^git=//p' "$DATA/meta.kv")"
+    echo
+    printf '| proxy | requests | instructions | instructions per request |\n| --- | ---: | ---: | ---: |\n'
+  } >"$DATA/instructions.md"
+  for p in sidecar nginx haproxy; do
+    PROXY_WRAP=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$WORK/callgrind-$p.%p")
+    start_proxy "$p"
+    url="http://127.0.0.1:$(proxy_port "$p")/whoami"
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d3s "$url" >/dev/null 2>&1 || true
+    callgrind_control --zero "$PROXY_PID" >/dev/null
+    out=$(WRK_DELAY_MS=$INSTR_DELAY_MS taskset -c "$LOAD_CPU" wrk -t1 -c"$INSTR_CONNS" \
+      -d"${DURATION}s" --timeout 5s -s "$BENCH/wrk-report.lua" "$url" 2>&1)
+    callgrind_control --dump "$PROXY_PID" >/dev/null
+    requests=$(echo "$out" | sed -n 's/^RESULT requests=//p')
+    errors=$(echo "$out" | awk -F= '/^RESULT err_/ {s += $2} END {print s + 0}')
+    stop_proxy
+    PROXY_WRAP=()
+    # The first dump (suffix .1) holds what was counted while wrk ran; "summary:" is its Ir.
+    ir=$(awk '$1 == "summary:" {print $2}' "$WORK"/callgrind-"$p".*.1)
+    log "instructions $p: $ir Ir for $requests requests (errors: ${errors:-0})"
+    awk -v p="$p" -v n="$requests" -v ir="$ir" \
+      'BEGIN { printf "| %s | %d | %d | %.0f |\n", p, n, ir, (n > 0 ? ir / n : 0) }' >>"$DATA/instructions.md"
+  done
+  stop_backends
+  cat "$DATA/instructions.md" | tee "$REPORT"
+  log "report: $REPORT"
+  exit 0
+fi
 
 # --- run ---------------------------------------------------------------------------------------
 {
