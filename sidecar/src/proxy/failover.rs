@@ -122,8 +122,7 @@ pub(super) async fn forward(
             _ => with_retries(&call, parts, body, client_upgrade, deadline, now).await,
         }
     };
-    let expires = clock::instant_at(now.saturating_add(duration_ns(deadline.remaining(now))));
-    match tokio::time::timeout_at(expires, work).await {
+    match tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), work).await {
         Ok(result) => result,
         Err(_) => {
             call.route.resilience.metrics.timeouts.inc();
@@ -132,8 +131,8 @@ pub(super) async fn forward(
     }
 }
 
-/// Attempts until one answers acceptably or no retry is allowed. `now` is a clock reading taken
-/// just before (one per request start is enough; see [`clock::instant_at`]).
+/// Attempts until one answers acceptably or no retry is allowed. `started_ns` is the clock
+/// reading the caller took at the request's start, reused rather than read again.
 async fn with_retries(
     call: &Call<'_>,
     mut parts: Parts,
@@ -616,7 +615,6 @@ fn pause_hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// A copy of the request with a buffered body.
 /// Reads a body into memory, up to `limit` bytes.
 async fn buffer(body: ClientBody, limit: u64) -> Result<Bytes, ProxyError> {
     retry::buffer(body, limit).await.map_err(|e| match e {

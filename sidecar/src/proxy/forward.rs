@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use datastream_api::v1alpha1::UpstreamProtocol;
 use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -44,7 +45,6 @@ use crate::metrics::RouteMetrics;
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
-use datastream_api::v1alpha1::UpstreamProtocol;
 
 /// Replicas a request tries when connections fail, before it answers 502.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;

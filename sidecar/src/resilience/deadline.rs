@@ -46,6 +46,11 @@ impl Deadline {
         }
     }
 
+    /// When it passes, on the [`crate::clock`] time line.
+    pub fn at_ns(&self) -> u64 {
+        self.at_ns
+    }
+
     /// Time left at `now_ns` (zero once passed).
     pub fn remaining(&self, now_ns: u64) -> Duration {
         Duration::from_nanos(self.at_ns.saturating_sub(now_ns))

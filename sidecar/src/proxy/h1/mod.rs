@@ -179,7 +179,8 @@ impl Connection {
                 }
             }
         }
-        // Set on the first read that has to wait: usually the whole head is there already.
+        // Set on the first read that has to wait, microseconds after the head's first bytes were
+        // read: usually the whole head is there already and no timer is armed at all.
         let mut deadline = None;
         loop {
             if !r.buf.is_empty()
