@@ -1,6 +1,7 @@
 //! Command-line flags.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -38,6 +39,11 @@ pub struct Args {
     /// How long open connections may keep running after SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub shutdown_timeout: Duration,
+    /// Directory of the `/kv` database (file `kv.redb`), created if missing. Every PUT and DELETE is
+    /// committed to it (fsync) before the answer, so the data survives restarts when the directory is
+    /// on a persistent volume. Without it the data is kept in memory and lost on exit.
+    #[arg(long, env = "DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Client modes of the binary.
@@ -73,6 +79,10 @@ mod tests {
         let a = Args::try_parse_from(["demo"]).unwrap();
         assert_eq!(a.listen, "0.0.0.0:8080".parse().unwrap());
         assert!(!a.initial_fault().unwrap().is_active());
+        // `--data-dir` falls back to $DATA_DIR, which whoever runs the tests might have set.
+        if std::env::var_os("DATA_DIR").is_none() {
+            assert_eq!(a.data_dir, None);
+        }
     }
 
     #[test]
@@ -93,6 +103,12 @@ mod tests {
         assert_eq!(f.latency_ms, 50);
         assert_eq!(f.status, Some(503));
         assert_eq!(f.rate, Some(0.5));
+    }
+
+    #[test]
+    fn data_dir_flag() {
+        let a = Args::try_parse_from(["demo", "--data-dir", "/var/lib/demo"]).unwrap();
+        assert_eq!(a.data_dir, Some(PathBuf::from("/var/lib/demo")));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use datastream_demo_replica::cli::{Args, Command};
 use datastream_demo_replica::service::App;
+use datastream_demo_replica::store::Store;
 use datastream_demo_replica::{identity, server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,12 +36,21 @@ async fn main() -> anyhow::Result<()> {
         pod_name.as_deref(),
         identity::system_hostname,
     );
+    // The store opens before the listener binds: a replica whose database cannot be opened (held by
+    // another process, unreadable) exits instead of answering.
+    let store = open_store(&args).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(replica = %id, addr = %listener.local_addr()?, ?fault, "demo replica listening");
     let drain = CancellationToken::new();
-    let app = Arc::new(App::new(id, fault, args.max_value_bytes, drain.clone()));
+    let app = Arc::new(App::new(
+        id,
+        store.clone(),
+        fault,
+        args.max_value_bytes,
+        drain.clone(),
+    ));
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let shutdown = async move {
         tokio::select! {
@@ -49,8 +59,26 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     server::serve(listener, app, shutdown, drain, args.shutdown_timeout).await;
+    // Every answered write is already committed; closing only records the clean shutdown (the next
+    // open then skips the repair scan), after any write still in progress.
+    if let Err(e) = store.close().await {
+        tracing::warn!(error = %e, "closing the database failed");
+    }
     tracing::info!("demo replica stopped");
     Ok(())
+}
+
+/// Opens the `/kv` store: the database in `--data-dir`, or one in memory.
+async fn open_store(args: &Args) -> anyhow::Result<Store> {
+    let store = match args.data_dir.clone() {
+        Some(dir) => tokio::task::spawn_blocking(move || Store::open(dir))
+            .await
+            .context("opening the database")??,
+        None => Store::in_memory()?,
+    };
+    let durable = args.data_dir.is_some();
+    tracing::info!(database = store.location(), durable, "key/value store open");
+    Ok(store)
 }
 
 /// Runs the `probe` client and reports each sidecar's answer (the exit status tells `helm test`).

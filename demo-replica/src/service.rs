@@ -11,7 +11,7 @@ use hyper::body::Body;
 use tokio_util::sync::CancellationToken;
 
 use crate::fault::{Decision, Fault, FaultState};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Error type carried by response bodies (an echoed request body may fail mid-stream).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -33,10 +33,11 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the service state. `shutdown` is cancelled when the replica starts draining; it releases
-    /// hanging requests and turns `/ready` to 503.
+    /// Builds the service state around `store` (the `/kv` data). `shutdown` is cancelled when the
+    /// replica starts draining; it releases hanging requests and turns `/ready` to 503.
     pub fn new(
         identity: String,
+        store: Store,
         fault: Fault,
         max_value_bytes: usize,
         shutdown: CancellationToken,
@@ -46,7 +47,7 @@ impl App {
         Self {
             identity,
             identity_header,
-            store: Store::default(),
+            store,
             faults: FaultState::new(fault),
             shutdown,
             max_value_bytes,
@@ -56,6 +57,11 @@ impl App {
     /// The replica identity.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// The `/kv` store.
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// The fault state, for callers that configure it directly.
@@ -97,7 +103,10 @@ where
         return resp;
     }
     match path.as_str() {
-        "/" => only(&req, &[Method::GET, Method::HEAD]).unwrap_or_else(|| identity_json(app)),
+        "/" => match only(&req, &[Method::GET, Method::HEAD]) {
+            Some(resp) => resp,
+            None => identity_json(app).await,
+        },
         "/whoami" => only(&req, &[Method::GET, Method::HEAD])
             .unwrap_or_else(|| text(StatusCode::OK, format!("{}\n", app.identity))),
         "/ready" => only(&req, &[Method::GET, Method::HEAD]).unwrap_or_else(|| {
@@ -177,8 +186,8 @@ where
         return text(StatusCode::BAD_REQUEST, "empty key\n");
     }
     match *req.method() {
-        Method::GET | Method::HEAD => match app.store.get(&key) {
-            Some(value) => {
+        Method::GET | Method::HEAD => match app.store.get(&key).await {
+            Ok(Some(value)) => {
                 let mut resp = Response::new(full(value));
                 resp.headers_mut().insert(
                     CONTENT_TYPE,
@@ -186,26 +195,26 @@ where
                 );
                 resp
             }
-            None => text(StatusCode::NOT_FOUND, "no such key\n"),
+            Ok(None) => text(StatusCode::NOT_FOUND, "no such key\n"),
+            Err(e) => storage_error(&e),
         },
         Method::PUT => {
             let value = match read_limited(req.into_body(), app.max_value_bytes).await {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
-            if app.store.put(&key, value) {
-                empty(StatusCode::CREATED)
-            } else {
-                empty(StatusCode::NO_CONTENT)
+            // `put` returns once the write is committed durably (fsync), so a 2xx means it is on disk.
+            match app.store.put(&key, value).await {
+                Ok(true) => empty(StatusCode::CREATED),
+                Ok(false) => empty(StatusCode::NO_CONTENT),
+                Err(e) => storage_error(&e),
             }
         }
-        Method::DELETE => {
-            if app.store.delete(&key) {
-                empty(StatusCode::NO_CONTENT)
-            } else {
-                text(StatusCode::NOT_FOUND, "no such key\n")
-            }
-        }
+        Method::DELETE => match app.store.delete(&key).await {
+            Ok(true) => empty(StatusCode::NO_CONTENT),
+            Ok(false) => text(StatusCode::NOT_FOUND, "no such key\n"),
+            Err(e) => storage_error(&e),
+        },
         _ => method_not_allowed(&[Method::GET, Method::HEAD, Method::PUT, Method::DELETE]),
     }
 }
@@ -224,13 +233,28 @@ where
     resp
 }
 
-fn identity_json(app: &App) -> Response<ResponseBody> {
+/// 503 for a failure of availability (I/O error, disk full), 413 for a value the database refuses
+/// as too large, 500 otherwise; the store has logged the error.
+fn storage_error(e: &StoreError) -> Response<ResponseBody> {
+    let status = if e.is_value_too_large() {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else if e.is_unavailable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    text(status, format!("storage error: {e}\n"))
+}
+
+async fn identity_json(app: &App) -> Response<ResponseBody> {
+    // A failing database does not fail the identity answer: `keys` is null then (the store logs why).
+    let keys = app.store.len().await.ok();
     json(
         StatusCode::OK,
         &serde_json::json!({
             "replica": app.identity,
             "version": env!("CARGO_PKG_VERSION"),
-            "keys": app.store.len(),
+            "keys": keys,
         }),
     )
 }
@@ -307,6 +331,7 @@ mod tests {
     fn app() -> Arc<App> {
         Arc::new(App::new(
             "replica-7".into(),
+            Store::in_memory().unwrap(),
             Fault::default(),
             16,
             CancellationToken::new(),
@@ -388,6 +413,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn storage_failure_answers_503_with_a_reason() {
+        let backend = crate::store::tests::FailingBackend::default();
+        let fail = backend.fail.clone();
+        let store = Store::with_backend(backend, "failing").unwrap();
+        let a = Arc::new(App::new(
+            "replica-7".into(),
+            store,
+            Fault::default(),
+            16,
+            CancellationToken::new(),
+        ));
+        assert_eq!(
+            call(&a, Method::PUT, "/kv/x", "v1").await.0,
+            StatusCode::CREATED
+        );
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (status, body) = call(&a, Method::PUT, "/kv/y", "v2").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.starts_with("storage error: put failed in database failing"),
+            "{body}"
+        );
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            call(&a, Method::GET, "/kv/x", "").await,
+            (StatusCode::OK, "v1".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn root_counts_keys_from_the_store() {
+        let a = app();
+        call(&a, Method::PUT, "/kv/a", "1").await;
+        call(&a, Method::PUT, "/kv/b", "2").await;
+        let (_, body) = call(&a, Method::GET, "/", "").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["keys"], 2);
+    }
+
+    #[tokio::test]
     async fn admin_fault_fails_data_and_ready_but_not_health() {
         let a = app();
         let (s, _) = call(&a, Method::POST, "/admin/fault", r#"{"status":503}"#).await;
@@ -432,6 +497,7 @@ mod tests {
         let token = CancellationToken::new();
         let a = Arc::new(App::new(
             "r".into(),
+            Store::in_memory().unwrap(),
             Fault {
                 hang: true,
                 ..Fault::default()
@@ -455,6 +521,7 @@ mod tests {
         let token = CancellationToken::new();
         let a = Arc::new(App::new(
             "replica-7".into(),
+            Store::in_memory().unwrap(),
             Fault::default(),
             16,
             token.clone(),

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use datastream_demo_replica::fault::Fault;
 use datastream_demo_replica::server;
 use datastream_demo_replica::service::App;
+use datastream_demo_replica::store::Store;
 use http::{Method, Request, StatusCode};
 use http_body_util::channel::Channel;
 use http_body_util::{BodyExt, Full};
@@ -27,7 +28,13 @@ async fn start(fault: Fault) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let drain = CancellationToken::new();
-    let app = Arc::new(App::new("replica-it".into(), fault, 1 << 20, drain.clone()));
+    let app = Arc::new(App::new(
+        "replica-it".into(),
+        Store::in_memory().unwrap(),
+        fault,
+        1 << 20,
+        drain.clone(),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(
         listener,

@@ -7,6 +7,7 @@ use datastream_demo_replica::fault::Fault;
 use datastream_demo_replica::probe::probe_sidecars;
 use datastream_demo_replica::server;
 use datastream_demo_replica::service::App;
+use datastream_demo_replica::store::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +15,13 @@ async fn replica(id: &str, fault: Fault) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let drain = CancellationToken::new();
-    let app = Arc::new(App::new(id.into(), fault, 1 << 20, drain.clone()));
+    let app = Arc::new(App::new(
+        id.into(),
+        Store::in_memory().unwrap(),
+        fault,
+        1 << 20,
+        drain.clone(),
+    ));
     tokio::spawn(server::serve(
         listener,
         app,
