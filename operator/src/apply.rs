@@ -12,12 +12,22 @@ use serde_json::Value;
 ///
 /// Objects compare key by key (extra live keys are defaults or other managers' fields and are
 /// ignored); lists compare element by element and must have the same length (the operator owns
-/// whole lists such as containers and ports); scalars compare by value.
+/// whole lists such as containers and ports); scalars compare by value, and the values of
+/// resource maps (`requests`, `limits`) as quantities, since the API server stores those in
+/// canonical form (`cpu: 0.5` comes back as `500m`).
 pub fn contains(live: &Value, desired: &Value) -> bool {
+    contains_at(live, desired, false)
+}
+
+fn contains_at(live: &Value, desired: &Value, quantities: bool) -> bool {
     match (live, desired) {
         (Value::Object(live), Value::Object(desired)) => {
             desired.iter().all(|(key, want)| match live.get(key) {
-                Some(have) => contains(have, want),
+                Some(have) => contains_at(
+                    have,
+                    want,
+                    quantities || matches!(key.as_str(), "requests" | "limits"),
+                ),
                 // The API server omits zero values (Go's `omitempty`), so a missing field
                 // matches a desired false, 0, "" or empty collection.
                 None => is_zero(want),
@@ -28,9 +38,12 @@ pub fn contains(live: &Value, desired: &Value) -> bool {
                 && live
                     .iter()
                     .zip(desired)
-                    .all(|(have, want)| contains(have, want))
+                    .all(|(have, want)| contains_at(have, want, false))
         }
         (Value::Number(live), Value::Number(desired)) => live.as_f64() == desired.as_f64(),
+        (Value::String(live), Value::String(desired)) if quantities => {
+            crate::quantity::same_value(live, desired)
+        }
         (live, desired) => live == desired,
     }
 }
@@ -56,6 +69,39 @@ pub fn up_to_date<K: Serialize>(live: Option<&K>, desired: &K) -> bool {
         map.remove("status");
     }
     contains(&live, &desired)
+}
+
+/// The first field of `desired` that differs from `live` among those Kubernetes never lets a
+/// StatefulSet change (an apply would be refused with "Forbidden: updates to statefulset spec
+/// for fields other than ..."), as a phrase for an event; `None` when an apply can proceed.
+pub fn immutable_change(
+    live: &k8s_openapi::api::apps::v1::StatefulSet,
+    desired: &k8s_openapi::api::apps::v1::StatefulSet,
+) -> Option<String> {
+    let (Some(live), Some(desired)) = (live.spec.as_ref(), desired.spec.as_ref()) else {
+        return None;
+    };
+    if desired.service_name.is_some() && live.service_name != desired.service_name {
+        return Some("its governing Service".into());
+    }
+    if desired.pod_management_policy.is_some()
+        && live.pod_management_policy != desired.pod_management_policy
+    {
+        return Some("its pod management policy".into());
+    }
+    let templates = |s: &k8s_openapi::api::apps::v1::StatefulSetSpec| {
+        s.volume_claim_templates.clone().unwrap_or_default()
+    };
+    let (live_templates, desired_templates) = (templates(live), templates(desired));
+    let same = live_templates.len() == desired_templates.len()
+        && live_templates.iter().zip(&desired_templates).all(|(l, d)| {
+            l.metadata.name == d.metadata.name
+                && contains(
+                    &serde_json::to_value(&l.spec).expect("claims serialize"),
+                    &serde_json::to_value(&d.spec).expect("claims serialize"),
+                )
+        });
+    (!same).then(|| "its volume claim templates".into())
 }
 
 /// What applying one child did.
@@ -119,6 +165,21 @@ mod tests {
             &live,
             &json!({"spec": {"publishNotReadyAddresses": true}})
         ));
+    }
+
+    #[test]
+    fn resource_quantities_compare_by_value() {
+        let live = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}});
+        assert!(contains(
+            &live,
+            &json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}})
+        ));
+        assert!(!contains(
+            &live,
+            &json!({"resources": {"requests": {"cpu": "0.6"}}})
+        ));
+        // Outside resource maps, strings are text: an image tag "1.0" is not "1".
+        assert!(!contains(&json!({"tag": "1"}), &json!({"tag": "1.0"})));
     }
 
     #[test]

@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use datastream_api::v1alpha1::DataStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{Outcome, up_to_date};
+use crate::apply::{Outcome, immutable_change, up_to_date};
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
@@ -48,7 +48,12 @@ const RESYNC: Duration = Duration::from_secs(300);
 /// Cached children, by kind. Filled by watches restricted to objects this operator manages.
 #[derive(Clone)]
 pub struct Stores {
-    /// Deployments.
+    /// StatefulSets: the replicas.
+    pub stateful_sets: Store<StatefulSet>,
+    /// The replicas' PersistentVolumeClaims (they carry the claim templates' labels).
+    pub claims: Store<PersistentVolumeClaim>,
+    /// Deployments, which ran the replicas before StatefulSets did: a stream that still has one is
+    /// migrated (the Deployment is deleted once the StatefulSet's replicas are all ready).
     pub deployments: Store<Deployment>,
     /// Client and peer Services.
     pub services: Store<Service>,
@@ -74,8 +79,9 @@ pub struct WatchHealth {
     expected: usize,
 }
 
-/// Kinds the controller watches: DataStreams, seven child kinds and EndpointSlices.
-const WATCHED_KINDS: usize = 9;
+/// Kinds the controller watches: DataStreams, eight child kinds (Deployments only for migration),
+/// PersistentVolumeClaims and EndpointSlices.
+const WATCHED_KINDS: usize = 11;
 
 impl Default for WatchHealth {
     fn default() -> Self {
@@ -252,9 +258,9 @@ where
         &name,
         &desired_json,
         serde_json::to_value(&applied).expect("Kubernetes objects serialize"),
-        // Only the Deployment's applied copy is ever read back (for status); keeping the others
+        // Only the StatefulSet's applied copy is ever read back (for status); keeping the others
         // would cost memory for nothing.
-        kind == "Deployment",
+        kind == "StatefulSet",
     );
     let outcome = if live.is_some() {
         Outcome::Updated
@@ -268,7 +274,9 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     // Kinds are compile-time constants of k8s-openapi types; leak-free because K::kind(&()) is a
     // borrowed 'static string for every built-in type.
     match K::kind(&()).as_ref() {
+        "StatefulSet" => "StatefulSet",
         "Deployment" => "Deployment",
+        "PersistentVolumeClaim" => "PersistentVolumeClaim",
         "Service" => "Service",
         "ServiceAccount" => "ServiceAccount",
         "Role" => "Role",
@@ -332,8 +340,8 @@ async fn note_outcomes(
     }
 }
 
-/// Applies every child and deletes unwanted ones; returns the Deployment as last seen.
-async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Option<Deployment>> {
+/// Applies every child and deletes unwanted ones; returns the StatefulSet as last seen.
+async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Option<StatefulSet>> {
     let children = desired::children(ds, &ctx.settings);
     let stores = &ctx.stores;
 
@@ -365,12 +373,35 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
     apply!(&stores.services, &children.client_service);
     apply!(&stores.network_policies, &children.network_policy);
 
-    let previous_replicas = cached(&stores.deployments, ns, &children.deployment.name_any())
+    let name = children.stateful_set.name_any();
+    let live = cached(&stores.stateful_sets, ns, &name);
+    if let Err(error) = resize_claims(ctx, ds, ns, &children.stateful_set).await {
+        note_outcomes(ctx, ds, &outcomes).await;
+        return Err(error);
+    }
+    if let Some(live) = &live {
+        if live.metadata.deletion_timestamp.is_some() {
+            // Being recreated (see below): the new one is applied once the old one is gone.
+            note_outcomes(ctx, ds, &outcomes).await;
+            return Ok(Some((**live).clone()));
+        }
+        if let Some(change) = immutable_change(live, &children.stateful_set) {
+            note_outcomes(ctx, ds, &outcomes).await;
+            recreate_orphaning_pods(ctx, ds, ns, &name, &change).await?;
+            return Ok(Some((**live).clone()));
+        }
+    }
+    let previous_replicas = live
+        .as_ref()
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
-    let deployment = apply!(&stores.deployments, &children.deployment);
+    let stateful_set = apply!(&stores.stateful_sets, &children.stateful_set);
     if let Some(previous) = previous_replicas.filter(|p| *p != ds.spec.replicas) {
         let note = format!("Scaled from {previous} to {} replicas", ds.spec.replicas);
         publish(ctx, ds, EventType::Normal, "Scaled", "Scale", note).await;
+    }
+    if let Err(error) = retire_deployment(ctx, ds, ns, stateful_set.as_ref()).await {
+        note_outcomes(ctx, ds, &outcomes).await;
+        return Err(error);
     }
 
     match &children.pdb {
@@ -407,7 +438,156 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
             }
         }
     }
-    Ok(deployment)
+    Ok(stateful_set)
+}
+
+/// Grows every existing claim of the stream that is smaller than its template now asks, in place
+/// (a StatefulSet never resizes the claims it created). Claims never shrink: admission rejects a
+/// smaller size, and a claim someone grew further is left alone.
+async fn resize_claims(
+    ctx: &Context,
+    ds: &DataStream,
+    ns: &str,
+    desired: &StatefulSet,
+) -> Result<()> {
+    let stream = ds.name_any();
+    let templates = desired
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_deref())
+        .unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    for template in templates {
+        let claim = template.metadata.name.clone().unwrap_or_default();
+        let Some(want) = storage_request(template) else {
+            continue;
+        };
+        let Some(want_size) = crate::quantity::Quantity::parse(&want) else {
+            continue;
+        };
+        for ordinal in 0..ds.spec.replicas {
+            let name = desired::claim_name(&claim, &stream, ordinal);
+            let Some(live) = cached(&ctx.stores.claims, ns, &name) else {
+                continue;
+            };
+            let smaller = storage_request(&live)
+                .and_then(|have| crate::quantity::Quantity::parse(&have))
+                .is_some_and(|have| have < want_size);
+            if !smaller {
+                continue;
+            }
+            ctx.metrics.wrote("PersistentVolumeClaim", "resize");
+            let patch = serde_json::json!({"spec": {"resources": {"requests": {"storage": want}}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::ResizeClaim {
+                    name: name.clone(),
+                    source,
+                })?;
+            publish(
+                ctx,
+                ds,
+                EventType::Normal,
+                "Resizing",
+                "Resize",
+                format!("Requested {want} for PersistentVolumeClaim {name}"),
+            )
+            .await;
+        }
+    }
+    Ok(())
+}
+
+fn storage_request(claim: &PersistentVolumeClaim) -> Option<String> {
+    let requests = claim.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+    Some(requests.get("storage")?.0.clone())
+}
+
+/// Deletes the StatefulSet but not its pods (nor their claims), so that it can be created again
+/// with a change to a field Kubernetes does not let a StatefulSet change (its volume claim
+/// templates, above all): the new one adopts the running pods, which keep serving throughout.
+async fn recreate_orphaning_pods(
+    ctx: &Context,
+    ds: &DataStream,
+    ns: &str,
+    name: &str,
+    change: &str,
+) -> Result<()> {
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.wrote("StatefulSet", "delete");
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Orphan),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(source) => {
+            return Err(Error::Delete {
+                kind: "StatefulSet",
+                name: name.to_owned(),
+                source,
+            });
+        }
+    }
+    publish(
+        ctx,
+        ds,
+        EventType::Normal,
+        "Recreating",
+        "Recreate",
+        format!(
+            "Recreating StatefulSet {name} without touching its pods or claims: {change} cannot change in place"
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+/// Migration from the Deployment that ran a stream's replicas before StatefulSets did: it keeps
+/// serving beside the new replicas until every one of them is ready, and is deleted then.
+async fn retire_deployment(
+    ctx: &Context,
+    ds: &DataStream,
+    ns: &str,
+    stateful_set: Option<&StatefulSet>,
+) -> Result<()> {
+    let name = ds.name_any();
+    if cached(&ctx.stores.deployments, ns, &name).is_none() {
+        return Ok(());
+    }
+    let ready = stateful_set
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    if ready < ds.spec.replicas {
+        return Ok(());
+    }
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.wrote("Deployment", "delete");
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(source) => {
+            return Err(Error::Delete {
+                kind: "Deployment",
+                name,
+                source,
+            });
+        }
+    }
+    publish(
+        ctx,
+        ds,
+        EventType::Normal,
+        "Migrated",
+        "Delete",
+        format!(
+            "Deleted Deployment {name}: the StatefulSet's {ready} replicas, with stable identities, serve the stream now"
+        ),
+    )
+    .await;
+    Ok(())
 }
 
 fn kind_of_val<K: Resource<DynamicType = ()>>(_: &K) -> &'static str {
@@ -444,10 +624,10 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let applied = apply_children(ctx, ds, &ns).await;
 
     let names = Names::of(&ds.name_any());
-    let cached_deployment = cached(&ctx.stores.deployments, &ns, &names.base).map(|d| (*d).clone());
-    let deployment = match &applied {
+    let cached_set = cached(&ctx.stores.stateful_sets, &ns, &names.base).map(|d| (*d).clone());
+    let stateful_set = match &applied {
         Ok(Some(d)) => Some(d.clone()),
-        _ => cached_deployment,
+        _ => cached_set,
     };
     let slices: Vec<Arc<EndpointSlice>> = ctx
         .stores
@@ -459,10 +639,24 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
                 && s.labels().get("kubernetes.io/service-name") == Some(&names.peers)
         })
         .collect();
+    let claims: Vec<Arc<PersistentVolumeClaim>> = ctx
+        .stores
+        .claims
+        .state()
+        .into_iter()
+        .filter(|c| {
+            c.namespace().as_deref() == Some(ns.as_str())
+                && c.labels().get(INSTANCE_LABEL) == Some(&names.base)
+        })
+        .collect();
     let observed = Observed {
-        deployment: deployment.as_ref(),
+        stateful_set: stateful_set.as_ref(),
         peer_slices: slices.iter().map(|s| s.as_ref()).collect(),
-        apply_error: applied.as_ref().err().map(|e| e.to_string()),
+        claims: claims.iter().map(|c| c.as_ref()).collect(),
+        apply_error: applied
+            .as_ref()
+            .err()
+            .map(|e| (e.condition_reason(), e.to_string())),
     };
     let status = status::derive(ds, &observed, Time(jiff::Timestamp::now()));
     if ds.status.as_ref() != Some(&status) {
@@ -482,7 +676,19 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     }
     applied?;
     ctx.failures.lock().remove(&ObjectRef::from(ds));
-    Ok(Action::requeue(RESYNC))
+    // Watches report a claim's binding and the old StatefulSet's removal; what no event reports
+    // is a claim staying Pending past the grace status gives it, so look again then.
+    let waiting = stateful_set
+        .as_ref()
+        .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
+        || claims
+            .iter()
+            .any(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"));
+    Ok(Action::requeue(if waiting {
+        status::CLAIM_PENDING_GRACE
+    } else {
+        RESYNC
+    }))
 }
 
 async fn write_status(
@@ -585,6 +791,10 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
+    let (stateful_sets, stateful_set_events) =
+        managed::<StatefulSet>(&client, &metrics, &health, &selector);
+    let (claims, claim_events) =
+        managed::<PersistentVolumeClaim>(&client, &metrics, &health, &selector);
     let (deployments, deployment_events) =
         managed::<Deployment>(&client, &metrics, &health, &selector);
     let (services, service_events) = managed::<Service>(&client, &metrics, &health, &selector);
@@ -600,6 +810,8 @@ pub async fn run(
         managed::<EndpointSlice>(&client, &metrics, &health, &selector);
 
     let stores = Stores {
+        stateful_sets,
+        claims,
         deployments,
         services,
         service_accounts,
@@ -638,6 +850,7 @@ pub async fn run(
     })
     .applied_objects();
     let controller = Controller::for_stream(stream_events, main_store.clone())
+        .owns_stream(stateful_set_events)
         .owns_stream(deployment_events)
         .owns_stream(service_events)
         .owns_stream(sa_events)
@@ -645,6 +858,13 @@ pub async fn run(
         .owns_stream(binding_events)
         .owns_stream(pdb_events)
         .owns_stream(netpol_events)
+        // Claims are owned by nothing (or by the StatefulSet, under a Delete retention policy),
+        // so they map to their stream by label, as slices do.
+        .watches_stream(claim_events, |claim: PersistentVolumeClaim| {
+            let ns = claim.namespace()?;
+            let name = claim.labels().get(INSTANCE_LABEL)?.clone();
+            Some(ObjectRef::<DataStream>::new(&name).within(&ns))
+        })
         .watches_stream(slice_events, |slice: EndpointSlice| {
             let ns = slice.namespace()?;
             let name = slice.labels().get(INSTANCE_LABEL)?.clone();

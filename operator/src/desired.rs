@@ -10,12 +10,14 @@ use datastream_api::v1alpha1::{
     DataStream, SIDECAR_ADMIN_PORT, SIDECAR_PEER_PORT, SIDECAR_TRAFFIC_PORT,
 };
 use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -57,8 +59,9 @@ pub struct Settings {
 /// single replica: a PodDisruptionBudget there would block node drains forever.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Children {
-    /// The replicas: workload + sidecar per pod.
-    pub deployment: Deployment,
+    /// The replicas: workload + sidecar per pod, each with a stable identity (`<name>-<ordinal>`)
+    /// and its own volume claims.
+    pub stateful_set: StatefulSet,
     /// The client Service, to the sidecars' traffic port.
     pub client_service: Service,
     /// The headless peer Service, whose EndpointSlices list the ready replicas for the sidecars.
@@ -75,10 +78,31 @@ pub struct Children {
     pub network_policy: NetworkPolicy,
 }
 
+impl Children {
+    /// Every child as the JSON object the operator applies, in apply order (RBAC and Services
+    /// before the replicas, which need them the moment they start).
+    pub fn objects(&self) -> Vec<serde_json::Value> {
+        fn json<K: serde::Serialize>(object: &K) -> serde_json::Value {
+            serde_json::to_value(object).expect("Kubernetes objects serialize")
+        }
+        let mut objects = vec![
+            json(&self.service_account),
+            json(&self.role),
+            json(&self.role_binding),
+            json(&self.peer_service),
+            json(&self.client_service),
+            json(&self.network_policy),
+            json(&self.stateful_set),
+        ];
+        objects.extend(self.pdb.as_ref().map(json));
+        objects
+    }
+}
+
 /// Names of a DataStream's children, derived from the stream's name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Names {
-    /// Deployment, client Service, PodDisruptionBudget.
+    /// StatefulSet, client Service, PodDisruptionBudget.
     pub base: String,
     /// Headless peer Service and NetworkPolicy.
     pub peers: String,
@@ -150,7 +174,7 @@ pub fn children(ds: &DataStream, settings: &Settings) -> Children {
     let name = ds.name_any_or_empty();
     let names = Names::of(&name);
     Children {
-        deployment: deployment(ds, &names, settings),
+        stateful_set: stateful_set(ds, &names, settings),
         client_service: client_service(ds, &names),
         peer_service: peer_service(ds, &names),
         service_account: ServiceAccount {
@@ -166,9 +190,16 @@ pub fn children(ds: &DataStream, settings: &Settings) -> Children {
 
 /// Fingerprint of every setting that needs new pods. The traffic policy is deliberately left out:
 /// sidecars watch it and apply changes live, so editing it must never roll the pods.
+/// Claim sizes and retention are left out too: growing a volume resizes the claims in place, and
+/// retention is a StatefulSet setting; neither needs a new pod.
 pub fn pod_config_hash(ds: &DataStream, settings: &Settings) -> String {
     let mut hasher = Sha256::new();
-    let workload = serde_json::to_vec(&ds.spec.workload).expect("workload serializes");
+    let mut workload = ds.spec.workload.clone();
+    workload.volume_claim_retention = None;
+    for claim in &mut workload.volume_claims {
+        claim.size.clear();
+    }
+    let workload = serde_json::to_vec(&workload).expect("workload serializes");
     let sidecar = serde_json::to_vec(&ds.spec.sidecar).expect("sidecar serializes");
     hasher.update(&workload);
     hasher.update([0]);
@@ -254,7 +285,52 @@ fn default_sidecar_resources() -> ResourceRequirements {
     }
 }
 
-fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment {
+/// Name of replica `ordinal`'s claim from the volume claim `claim` (the StatefulSet controller's
+/// naming: `<claim>-<statefulset>-<ordinal>`).
+pub fn claim_name(claim: &str, stream: &str, ordinal: i32) -> String {
+    format!("{claim}-{stream}-{ordinal}")
+}
+
+/// Name of replica `ordinal`'s pod.
+pub fn pod_name(stream: &str, ordinal: i32) -> String {
+    format!("{stream}-{ordinal}")
+}
+
+fn claim_templates(ds: &DataStream, name: &str) -> Vec<PersistentVolumeClaim> {
+    ds.spec
+        .workload
+        .volume_claims
+        .iter()
+        .map(|claim| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(claim.name.clone()),
+                labels: Some(labels(name, "storage")),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(
+                    claim
+                        .access_modes
+                        .iter()
+                        .map(|m| m.as_str().to_owned())
+                        .collect(),
+                ),
+                storage_class_name: claim.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(claim.size.clone()),
+                    )])),
+                    limits: None,
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: None,
+        })
+        .collect()
+}
+
+fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> StatefulSet {
     let name = &names.base;
     let spec = &ds.spec;
     let overrides = spec.workload.pod.clone().unwrap_or_default();
@@ -276,6 +352,17 @@ fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment
         env: (!spec.workload.env.is_empty()).then(|| spec.workload.env.clone()),
         resources: spec.workload.resources.clone(),
         ports: Some(vec![port("workload", spec.workload.port)]),
+        volume_mounts: (!spec.workload.volume_claims.is_empty()).then(|| {
+            spec.workload
+                .volume_claims
+                .iter()
+                .map(|claim| VolumeMount {
+                    name: claim.name.clone(),
+                    mount_path: claim.mount_path.clone(),
+                    ..VolumeMount::default()
+                })
+                .collect()
+        }),
         security_context: Some(restricted_container_security()),
         ..Container::default()
     };
@@ -322,23 +409,40 @@ fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment
         ..Container::default()
     };
 
-    Deployment {
+    let rollout = spec.rollout.clone().unwrap_or_default();
+    let retention = spec.workload.volume_claim_retention.unwrap_or_default();
+    StatefulSet {
         metadata: meta(ds, name, "replica"),
-        spec: Some(DeploymentSpec {
+        spec: Some(StatefulSetSpec {
             replicas: Some(spec.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(name)),
                 match_expressions: None,
             },
-            // One extra pod at a time and never one fewer: a rollout keeps full capacity, and the
-            // sidecars drain the replaced pod before it stops.
-            strategy: Some(DeploymentStrategy {
+            // The headless peer Service governs the set: every replica gets the stable DNS name
+            // `<name>-<ordinal>.<name>-peers`, and its EndpointSlices are what the sidecars watch.
+            service_name: Some(names.peers.clone()),
+            // Scaling creates or removes replicas at once rather than one by one (a replica that
+            // never gets ready must not block the others); updates still roll one at a time.
+            pod_management_policy: Some("Parallel".to_owned()),
+            // Highest ordinal first, `maxUnavailable` at a time, each waiting until the replaced
+            // replica is ready again: its sidecar's readiness includes the workload's.
+            update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    max_unavailable: Some(IntOrString::Int(rollout.max_unavailable.unwrap_or(1))),
+                    partition: None,
                 }),
             }),
+            min_ready_seconds: rollout.min_ready_seconds,
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(retention.when_deleted.as_str().to_owned()),
+                    when_scaled: Some(retention.when_scaled.as_str().to_owned()),
+                },
+            ),
+            volume_claim_templates: (!spec.workload.volume_claims.is_empty())
+                .then(|| claim_templates(ds, name)),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -372,7 +476,7 @@ fn deployment(ds: &DataStream, names: &Names, settings: &Settings) -> Deployment
                     ..PodSpec::default()
                 }),
             },
-            ..DeploymentSpec::default()
+            ..StatefulSetSpec::default()
         }),
         status: None,
     }

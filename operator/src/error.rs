@@ -25,6 +25,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Growing a replica's PersistentVolumeClaim was refused (typically: its StorageClass does
+    /// not allow volume expansion).
+    #[error("resizing PersistentVolumeClaim {name}: {source}")]
+    ResizeClaim {
+        /// Name of the claim.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
     /// Writing the DataStream's status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
@@ -34,11 +44,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Reason of the `Degraded` condition this error sets.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            Error::ResizeClaim { .. } => "VolumeResizeFailed",
+            _ => "ReconcileFailed",
+        }
+    }
+
     /// Bounded label for metrics: the variant name.
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Apply { .. } => "Apply",
             Error::Delete { .. } => "Delete",
+            Error::ResizeClaim { .. } => "ResizeClaim",
             Error::Status(_) => "Status",
             Error::MissingNamespace => "MissingNamespace",
         }

@@ -1,6 +1,8 @@
 //! The DataStream operator: reconciles `DataStream` resources into sidecar-fronted replicas.
 //!
-//! - [`desired`]: pure spec → child objects (Deployment, Services, RBAC, PDB, NetworkPolicy).
+//! - [`desired`]: pure spec → child objects (StatefulSet, Services, RBAC, PDB, NetworkPolicy).
+//! - [`quantity`]: resource quantities compared by value.
+//! - [`render`]: the same children, printed offline (`datastream-operator render -f`).
 //! - [`status`]: pure observed children → status and conditions.
 //! - [`apply`]: compare-then-apply, so that a steady stream costs no API request.
 //! - [`controller`]: watches, reconcile, error policy.
@@ -15,4 +17,6 @@ pub mod error;
 pub mod expectations;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
+pub mod render;
 pub mod status;

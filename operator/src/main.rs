@@ -26,9 +26,34 @@ struct Cli {
 enum Command {
     /// Print the DataStream CustomResourceDefinition as YAML.
     Crd,
+    /// Print, offline, the objects the operator would create for the DataStreams in a file
+    /// (like `helm template`): the controller's own code path, without a cluster.
+    Render(RenderArgs),
     /// Run the controller (the default).
     Run,
 }
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// File with one or more DataStreams (YAML, `---`-separated; other kinds are skipped). `-`
+    /// reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: std::path::PathBuf,
+    /// Namespace of streams that set none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Sidecar image for DataStreams that do not set spec.sidecar.image (the operator's
+    /// --sidecar-image).
+    #[arg(
+        long,
+        env = "DATASTREAM_SIDECAR_IMAGE",
+        default_value = DEFAULT_SIDECAR_IMAGE
+    )]
+    sidecar_image: String,
+}
+
+/// The sidecar image of this release.
+const DEFAULT_SIDECAR_IMAGE: &str = "ghcr.io/datastream-dev/datastream-sidecar:0.1.0";
 
 #[derive(clap::Args)]
 struct RunArgs {
@@ -36,7 +61,7 @@ struct RunArgs {
     #[arg(
         long,
         env = "DATASTREAM_SIDECAR_IMAGE",
-        default_value = "ghcr.io/datastream-dev/datastream-sidecar:0.1.0"
+        default_value = DEFAULT_SIDECAR_IMAGE
     )]
     sidecar_image: String,
     /// Address of /healthz, /readyz and /metrics.
@@ -69,9 +94,13 @@ struct RunArgs {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        print!("{}", datastream_api::crd_yaml());
-        return std::process::ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Crd) => {
+            print!("{}", datastream_api::crd_yaml());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Some(Command::Render(args)) => return render(args),
+        Some(Command::Run) | None => {}
     }
     let args = cli.run;
     let filter =
@@ -181,6 +210,39 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     outcome
+}
+
+fn render(args: &RenderArgs) -> std::process::ExitCode {
+    use std::io::Read;
+    let input = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(&args.file)
+    };
+    let input = match input {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!(
+                "datastream-operator render: reading {}: {e}",
+                args.file.display()
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let settings = desired::Settings {
+        sidecar_image: args.sidecar_image.clone(),
+    };
+    match datastream_operator::render::render(&input, &settings, &args.namespace) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("datastream-operator render: {}: {e}", args.file.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn hostname() -> String {

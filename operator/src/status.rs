@@ -7,21 +7,31 @@ use datastream_api::v1alpha1::{
     CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_PROGRESSING, DataStream, DataStreamStatus,
     Phase, SIDECAR_PEER_PORT,
 };
-use k8s_openapi::api::apps::v1::Deployment;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::desired::selector_string;
 
+/// How long a replica's claim may stay unbound before the stream reports it: provisioning and
+/// binding normally take well under a second, and a claim that cannot bind (no such
+/// StorageClass, no capacity) must show within seconds, not after a rollout deadline.
+pub const CLAIM_PENDING_GRACE: Duration = Duration::from_secs(5);
+
 /// What the operator saw of a stream's children during one reconcile.
 #[derive(Clone, Debug, Default)]
 pub struct Observed<'a> {
-    /// The stream's Deployment, if it exists yet.
-    pub deployment: Option<&'a Deployment>,
+    /// The stream's StatefulSet, if it exists yet.
+    pub stateful_set: Option<&'a StatefulSet>,
     /// EndpointSlices of the stream's peer Service.
     pub peer_slices: Vec<&'a EndpointSlice>,
-    /// The error of this reconcile's apply step, if it failed.
-    pub apply_error: Option<String>,
+    /// The replicas' PersistentVolumeClaims.
+    pub claims: Vec<&'a PersistentVolumeClaim>,
+    /// The error of this reconcile's apply step, if it failed: a condition reason and a message.
+    pub apply_error: Option<(&'static str, String)>,
 }
 
 /// One condition's new state, before timestamps are settled.
@@ -32,42 +42,78 @@ struct Verdict {
     message: String,
 }
 
+/// Claims of current replicas (ordinal below `replicas`) that have stayed unbound for longer
+/// than [`CLAIM_PENDING_GRACE`], described for a condition message.
+fn pending_claims(
+    stream: &str,
+    replicas: i32,
+    claims: &[&PersistentVolumeClaim],
+    now: &Time,
+) -> Vec<String> {
+    let mut pending: Vec<String> = claims
+        .iter()
+        .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+        .filter(|c| {
+            let name = c.metadata.name.as_deref().unwrap_or_default();
+            name.rsplit_once('-')
+                .filter(|(prefix, _)| prefix.ends_with(&format!("-{stream}")))
+                .and_then(|(_, ordinal)| ordinal.parse::<i32>().ok())
+                .is_some_and(|ordinal| ordinal < replicas)
+        })
+        .filter(|c| {
+            c.metadata
+                .creation_timestamp
+                .as_ref()
+                .is_none_or(|created| {
+                    now.0.duration_since(created.0).as_secs_f64()
+                        >= CLAIM_PENDING_GRACE.as_secs_f64()
+                })
+        })
+        .map(|c| {
+            let name = c.metadata.name.clone().unwrap_or_default();
+            let class = c
+                .spec
+                .as_ref()
+                .and_then(|s| s.storage_class_name.as_deref())
+                .map(|class| format!("StorageClass {class:?}"))
+                .unwrap_or_else(|| "no StorageClass and no default class".to_owned());
+            format!("PersistentVolumeClaim {name} ({class}) is not bound to a volume")
+        })
+        .collect();
+    pending.sort();
+    pending
+}
+
 /// Computes the status `ds` should have, given what was observed. `now` is used only for
-/// conditions whose status changed.
+/// conditions whose status changed, and to judge how long a claim has been pending.
 pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStreamStatus {
     let name = ds.metadata.name.clone().unwrap_or_default();
     let generation = ds.metadata.generation;
     let desired = ds.spec.replicas;
 
-    let deploy_status = observed
-        .deployment
+    let set_status = observed
+        .stateful_set
         .and_then(|d| d.status.clone())
         .unwrap_or_default();
-    let replicas = deploy_status.replicas.unwrap_or(0);
-    let ready = deploy_status.ready_replicas.unwrap_or(0);
-    let updated = deploy_status.updated_replicas.unwrap_or(0);
-    let deployment_current = observed.deployment.is_some_and(|d| {
+    let replicas = set_status.replicas;
+    let ready = set_status.ready_replicas.unwrap_or(0);
+    let updated = set_status.updated_replicas.unwrap_or(0);
+    let set_current = observed.stateful_set.is_some_and(|d| {
         d.metadata.generation.is_some()
-            && d.metadata.generation == deploy_status.observed_generation
+            && d.metadata.generation == set_status.observed_generation
+            && d.metadata.deletion_timestamp.is_none()
     }) && observed
-        .deployment
+        .stateful_set
         .and_then(|d| d.spec.as_ref())
         .and_then(|s| s.replicas)
         == Some(desired);
-
-    // The Deployment controller says "NewReplicaSetAvailable" once a rollout has completed; a
-    // replica lost after that is a degradation, not progress.
-    let deploy_progress = observed
-        .deployment
-        .and_then(|d| deployment_condition(d, "Progressing"));
-    let rollout_settled = deploy_progress
-        .as_ref()
-        .is_some_and(|(_, reason)| reason == "NewReplicaSetAvailable");
-    let deadline_exceeded = deploy_progress
-        .as_ref()
-        .is_some_and(|(_, reason)| reason == "ProgressDeadlineExceeded");
-    let pods_current = deployment_current && updated == desired && replicas == desired;
-    let rolled_out = pods_current && (ready == desired || rollout_settled || deadline_exceeded);
+    // The StatefulSet controller moves currentRevision to updateRevision once every replica runs
+    // the latest template and is ready.
+    let revisions_converged = set_status.update_revision.is_none()
+        || set_status.current_revision == set_status.update_revision;
+    let rolled_out =
+        set_current && revisions_converged && updated == desired && replicas == desired;
+    let pending = pending_claims(&name, desired, &observed.claims, &now);
 
     let mut endpoints: Vec<String> = observed
         .peer_slices
@@ -93,6 +139,13 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
             reason: "ScaledToZero",
             message: "spec.replicas is 0".into(),
         }
+    } else if ready == 0 && !pending.is_empty() {
+        Verdict {
+            type_: CONDITION_AVAILABLE,
+            status: false,
+            reason: "VolumeClaimPending",
+            message: format!("0 of {desired} replicas are ready: {}", pending.join("; ")),
+        }
     } else if ready == 0 {
         Verdict {
             type_: CONDITION_AVAILABLE,
@@ -116,7 +169,7 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         }
     };
 
-    let progressing = if observed.deployment.is_none() {
+    let progressing = if observed.stateful_set.is_none() {
         Verdict {
             type_: CONDITION_PROGRESSING,
             status: true,
@@ -130,12 +183,22 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
             reason: "RolloutComplete",
             message: format!("{desired} replicas run the latest spec"),
         }
+    } else if observed
+        .stateful_set
+        .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
+    {
+        Verdict {
+            type_: CONDITION_PROGRESSING,
+            status: true,
+            reason: "Recreating",
+            message: "recreating the StatefulSet to change its volume claim templates; the replicas keep running".into(),
+        }
     } else if replicas != desired {
         Verdict {
             type_: CONDITION_PROGRESSING,
             status: true,
             reason: "Scaling",
-            message: format!("scaling from {replicas} to {desired} replicas"),
+            message: format!("{replicas} of {desired} replicas exist"),
         }
     } else {
         Verdict {
@@ -146,19 +209,19 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         }
     };
 
-    let degraded = if let Some(error) = &observed.apply_error {
+    let degraded = if let Some((reason, error)) = &observed.apply_error {
         Verdict {
             type_: CONDITION_DEGRADED,
             status: true,
-            reason: "ReconcileFailed",
+            reason,
             message: error.clone(),
         }
-    } else if deadline_exceeded && ready < desired {
+    } else if !pending.is_empty() {
         Verdict {
             type_: CONDITION_DEGRADED,
             status: true,
-            reason: "ProgressDeadlineExceeded",
-            message: format!("the rollout stalled with {ready} of {desired} replicas ready"),
+            reason: "VolumeClaimPending",
+            message: pending.join("; "),
         }
     } else if !progressing.status && ready < desired {
         Verdict {
@@ -199,17 +262,13 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         replicas,
         ready_replicas: ready,
         updated_replicas: updated,
+        current_revision: set_status.current_revision.clone(),
+        update_revision: set_status.update_revision.clone(),
         selector: selector_string(&name),
         endpoints,
         phase: Some(phase),
         conditions,
     }
-}
-
-fn deployment_condition(d: &Deployment, type_: &str) -> Option<(String, String)> {
-    let conditions = d.status.as_ref()?.conditions.as_ref()?;
-    let c = conditions.iter().find(|c| c.type_ == type_)?;
-    Some((c.status.clone(), c.reason.clone().unwrap_or_default()))
 }
 
 /// Turns a verdict into a condition, keeping the previous `lastTransitionTime` unless the
@@ -239,7 +298,8 @@ fn settle(
 #[cfg(test)]
 mod tests {
     use datastream_api::v1alpha1::DataStreamSpec;
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, PersistentVolumeClaimStatus};
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -257,22 +317,54 @@ mod tests {
         ds
     }
 
-    fn deployment(spec_replicas: i32, replicas: i32, updated: i32, ready: i32) -> Deployment {
-        Deployment {
+    /// A StatefulSet whose replicas all run revision `current` while the template is at `update`.
+    fn set(spec_replicas: i32, replicas: i32, updated: i32, ready: i32) -> StatefulSet {
+        rolling(spec_replicas, replicas, updated, ready, "r1", "r1")
+    }
+
+    fn rolling(
+        spec_replicas: i32,
+        replicas: i32,
+        updated: i32,
+        ready: i32,
+        current: &str,
+        update: &str,
+    ) -> StatefulSet {
+        StatefulSet {
             metadata: ObjectMeta {
                 generation: Some(2),
                 ..ObjectMeta::default()
             },
-            spec: Some(DeploymentSpec {
+            spec: Some(StatefulSetSpec {
                 replicas: Some(spec_replicas),
-                ..DeploymentSpec::default()
+                ..StatefulSetSpec::default()
             }),
-            status: Some(DeploymentStatus {
+            status: Some(StatefulSetStatus {
                 observed_generation: Some(2),
-                replicas: Some(replicas),
+                replicas,
                 updated_replicas: Some(updated),
                 ready_replicas: Some(ready),
-                ..DeploymentStatus::default()
+                current_revision: Some(format!("catalog-{current}")),
+                update_revision: Some(format!("catalog-{update}")),
+                ..StatefulSetStatus::default()
+            }),
+        }
+    }
+
+    fn claim(name: &str, phase: &str, created: i64) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                creation_timestamp: Some(time(created)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                storage_class_name: Some("fast".into()),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: Some(PersistentVolumeClaimStatus {
+                phase: Some(phase.into()),
+                ..PersistentVolumeClaimStatus::default()
             }),
         }
     }
@@ -300,7 +392,7 @@ mod tests {
 
     #[test]
     fn all_ready_is_available_with_sorted_endpoints() {
-        let d = deployment(3, 3, 3, 3);
+        let d = set(3, 3, 3, 3);
         let slice = EndpointSlice {
             address_type: "IPv4".into(),
             endpoints: Some(vec![
@@ -333,9 +425,9 @@ mod tests {
             ports: None,
         };
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
             peer_slices: vec![&slice],
-            apply_error: None,
+            ..Observed::default()
         };
         let s = derive(&stream(3), &observed, time(10));
         assert_eq!(s.phase, Some(Phase::Available));
@@ -350,9 +442,9 @@ mod tests {
 
     #[test]
     fn scaling_is_reported_as_progressing() {
-        let d = deployment(5, 3, 3, 3);
+        let d = set(5, 3, 3, 3);
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
             ..Observed::default()
         };
         let s = derive(&stream(5), &observed, time(10));
@@ -364,31 +456,23 @@ mod tests {
         );
     }
 
-    fn with_progress(mut d: Deployment, reason: &str) -> Deployment {
-        d.status.as_mut().unwrap().conditions =
-            Some(vec![k8s_openapi::api::apps::v1::DeploymentCondition {
-                type_: "Progressing".into(),
-                status: "True".into(),
-                reason: Some(reason.into()),
-                ..Default::default()
-            }]);
-        d
-    }
-
     #[test]
     fn missing_replicas_after_rollout_degrade() {
-        // During the first rollout, unready replicas are progress.
-        let d = with_progress(deployment(3, 3, 3, 2), "ReplicaSetUpdated");
+        // During a rollout, unready replicas are progress.
+        let d = rolling(3, 3, 2, 2, "r1", "r2");
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
             ..Observed::default()
         };
         let s = derive(&stream(3), &observed, time(10));
         assert_eq!(s.phase, Some(Phase::Progressing));
+        assert_eq!(condition(&s, CONDITION_PROGRESSING).reason, "RollingOut");
+        assert_eq!(s.current_revision.as_deref(), Some("catalog-r1"));
+        assert_eq!(s.update_revision.as_deref(), Some("catalog-r2"));
         // Once the rollout completed, a lost replica is a degradation.
-        let d = with_progress(deployment(3, 3, 3, 2), "NewReplicaSetAvailable");
+        let d = set(3, 3, 3, 2);
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
             ..Observed::default()
         };
         let s = derive(&stream(3), &observed, time(10));
@@ -398,33 +482,53 @@ mod tests {
             "ReplicasUnavailable"
         );
         assert_eq!(condition(&s, CONDITION_AVAILABLE).status, "True");
-        // A stalled rollout says so.
-        let d = with_progress(deployment(3, 3, 3, 1), "ProgressDeadlineExceeded");
         let observed = Observed {
-            deployment: Some(&d),
-            ..Observed::default()
-        };
-        let s = derive(&stream(3), &observed, time(10));
-        assert_eq!(
-            condition(&s, CONDITION_DEGRADED).reason,
-            "ProgressDeadlineExceeded"
-        );
-        let observed = Observed {
-            deployment: Some(&d),
-            apply_error: Some("boom".into()),
+            stateful_set: Some(&d),
+            apply_error: Some(("VolumeResizeFailed", "boom".into())),
             ..Observed::default()
         };
         let s = derive(&stream(3), &observed, time(10));
         assert_eq!(s.phase, Some(Phase::Degraded));
-        assert_eq!(condition(&s, CONDITION_DEGRADED).reason, "ReconcileFailed");
+        assert_eq!(
+            condition(&s, CONDITION_DEGRADED).reason,
+            "VolumeResizeFailed"
+        );
         assert_eq!(condition(&s, CONDITION_DEGRADED).message, "boom");
     }
 
     #[test]
-    fn transition_time_moves_only_when_status_flips() {
-        let d = deployment(3, 3, 3, 3);
+    fn a_claim_that_does_not_bind_is_reported_after_the_grace() {
+        // A new stream: replicas created, none ready yet.
+        let d = rolling(3, 3, 3, 0, "r0", "r1");
+        let pending = claim("data-catalog-0", "Pending", 100);
+        let bound = claim("data-catalog-1", "Bound", 100);
+        let removed_replica = claim("data-catalog-7", "Pending", 100);
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
+            claims: vec![&pending, &bound, &removed_replica],
+            ..Observed::default()
+        };
+        let young = derive(&stream(3), &observed, time(102));
+        assert_eq!(condition(&young, CONDITION_DEGRADED).status, "False");
+        let s = derive(&stream(3), &observed, time(106));
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = condition(&s, CONDITION_DEGRADED);
+        assert_eq!(degraded.reason, "VolumeClaimPending");
+        assert_eq!(
+            degraded.message,
+            "PersistentVolumeClaim data-catalog-0 (StorageClass \"fast\") is not bound to a volume"
+        );
+        assert_eq!(
+            condition(&s, CONDITION_AVAILABLE).reason,
+            "VolumeClaimPending"
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let d = set(3, 3, 3, 3);
+        let observed = Observed {
+            stateful_set: Some(&d),
             ..Observed::default()
         };
         let mut ds = stream(3);
@@ -436,9 +540,9 @@ mod tests {
             "an unchanged world must yield an identical status (no write)"
         );
 
-        let d2 = deployment(3, 3, 3, 0);
+        let d2 = rolling(3, 3, 3, 0, "r1", "r2");
         let observed = Observed {
-            deployment: Some(&d2),
+            stateful_set: Some(&d2),
             ..Observed::default()
         };
         let third = derive(&ds, &observed, time(200));
@@ -454,9 +558,9 @@ mod tests {
 
     #[test]
     fn scaled_to_zero_is_not_available() {
-        let d = deployment(0, 0, 0, 0);
+        let d = set(0, 0, 0, 0);
         let observed = Observed {
-            deployment: Some(&d),
+            stateful_set: Some(&d),
             ..Observed::default()
         };
         let s = derive(&stream(0), &observed, time(1));

@@ -13,7 +13,7 @@ use datastream_operator::desired::{self, Settings};
 use datastream_operator::metrics::Metrics;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet, StatefulSetStatus};
 use kube::Client;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
@@ -85,6 +85,7 @@ impl FakeApi {
 }
 
 struct Caches {
+    stateful_sets: Writer<StatefulSet>,
     deployments: Writer<Deployment>,
     services: Writer<k8s_openapi::api::core::v1::Service>,
     service_accounts: Writer<k8s_openapi::api::core::v1::ServiceAccount>,
@@ -104,6 +105,9 @@ fn caches() -> (Stores, Caches) {
         writer.apply_watcher_event(&watcher::Event::InitDone);
         (reader, writer)
     }
+    let (stateful_sets, stw) = ready();
+    let (claims, _cw) = ready();
+    std::mem::forget(_cw);
     let (deployments, dw) = ready();
     let (services, sw) = ready();
     let (service_accounts, saw) = ready();
@@ -115,6 +119,8 @@ fn caches() -> (Stores, Caches) {
     std::mem::forget(_ew);
     (
         Stores {
+            stateful_sets,
+            claims,
             deployments,
             services,
             service_accounts,
@@ -125,6 +131,7 @@ fn caches() -> (Stores, Caches) {
             endpoint_slices,
         },
         Caches {
+            stateful_sets: stw,
             deployments: dw,
             services: sw,
             service_accounts: saw,
@@ -154,21 +161,23 @@ fn stream() -> DataStream {
 /// Fills the caches with exactly what the operator would have applied, plus server defaults.
 fn settle(caches: &mut Caches, ds: &DataStream) {
     let c = desired::children(ds, &settings());
-    let mut deployment = c.deployment.clone();
-    deployment.metadata.uid = Some("d-1".into());
-    deployment.metadata.generation = Some(1);
-    deployment.spec.as_mut().unwrap().revision_history_limit = Some(10);
-    deployment.status = Some(DeploymentStatus {
+    let mut set = c.stateful_set.clone();
+    set.metadata.uid = Some("d-1".into());
+    set.metadata.generation = Some(1);
+    set.spec.as_mut().unwrap().revision_history_limit = Some(10);
+    set.status = Some(StatefulSetStatus {
         observed_generation: Some(1),
-        replicas: Some(3),
+        replicas: 3,
         ready_replicas: Some(3),
         updated_replicas: Some(3),
         available_replicas: Some(3),
-        ..DeploymentStatus::default()
+        current_revision: Some("catalog-7d9f".into()),
+        update_revision: Some("catalog-7d9f".into()),
+        ..StatefulSetStatus::default()
     });
     caches
-        .deployments
-        .apply_watcher_event(&watcher::Event::Apply(deployment));
+        .stateful_sets
+        .apply_watcher_event(&watcher::Event::Apply(set));
     caches
         .services
         .apply_watcher_event(&watcher::Event::Apply(c.client_service.clone()));
@@ -247,7 +256,7 @@ async fn create_applies_every_child_and_reports_progress() {
             "/api/v1/namespaces/shop/services/catalog-peers",
             "/api/v1/namespaces/shop/services/catalog",
             "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/catalog-peers",
-            "/apis/apps/v1/namespaces/shop/deployments/catalog",
+            "/apis/apps/v1/namespaces/shop/statefulsets/catalog",
             "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/catalog",
         ]
     );
@@ -261,7 +270,7 @@ async fn create_applies_every_child_and_reports_progress() {
         .unwrap()
         .to_owned();
     assert!(
-        note.contains("Deployment catalog") && note.contains("Role catalog-sidecar"),
+        note.contains("StatefulSet catalog") && note.contains("Role catalog-sidecar"),
         "{note}"
     );
     let status = status_writes(&requests);
@@ -331,7 +340,7 @@ async fn drift_is_corrected_and_deleted_children_restored() {
 }
 
 #[tokio::test]
-async fn scaling_applies_the_deployment_and_records_an_event() {
+async fn scaling_applies_the_stateful_set_and_records_an_event() {
     let fake = FakeApi::default();
     let (stores, mut caches) = caches();
     let ctx = context(&fake, stores);
@@ -343,7 +352,7 @@ async fn scaling_applies_the_deployment_and_records_an_event() {
     let requests = fake.take();
     assert_eq!(
         applies(&requests),
-        ["/apis/apps/v1/namespaces/shop/deployments/catalog"]
+        ["/apis/apps/v1/namespaces/shop/statefulsets/catalog"]
     );
     assert!(events(&requests).contains(&"Scaled".to_owned()));
     let status = status_writes(&requests);
@@ -374,7 +383,7 @@ async fn one_replica_removes_the_disruption_budget() {
 #[tokio::test]
 async fn apply_errors_surface_as_condition_event_and_error() {
     let fake = FakeApi::default();
-    *fake.fail_plural.lock() = Some("deployments");
+    *fake.fail_plural.lock() = Some("statefulsets");
     let (stores, _caches) = caches();
     let ctx = context(&fake, stores);
     let error = reconcile(Arc::new(stream()), ctx)
@@ -397,7 +406,7 @@ async fn apply_errors_surface_as_condition_event_and_error() {
         degraded["message"]
             .as_str()
             .unwrap()
-            .contains("applying Deployment catalog")
+            .contains("applying StatefulSet catalog")
     );
     assert!(events(&requests).contains(&"ReconcileFailed".to_owned()));
 }
@@ -427,4 +436,76 @@ async fn repeated_failures_back_off_exponentially_and_success_resets() {
         error_policy(ds, &error, ctx),
         Action::requeue(std::time::Duration::from_secs(1))
     );
+}
+
+fn deletes(requests: &[Recorded]) -> Vec<(String, serde_json::Value)> {
+    requests
+        .iter()
+        .filter(|r| r.method == Method::DELETE)
+        .map(|r| (r.path.clone(), r.body.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_deployment_from_before_statefulsets_is_retired_once_the_replicas_are_ready() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = stream();
+    let old: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "catalog", "namespace": "shop", "uid": "old-1" },
+        "spec": { "selector": {}, "template": {} }
+    }))
+    .unwrap();
+    caches
+        .deployments
+        .apply_watcher_event(&watcher::Event::Apply(old));
+    // The StatefulSet is not there yet: the Deployment keeps serving.
+    reconcile(Arc::new(ds.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(deletes(&fake.take()), []);
+    // Every replica of the StatefulSet is ready: the Deployment goes, and an event says so.
+    settle(&mut caches, &ds);
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    let requests = fake.take();
+    let deleted: Vec<String> = deletes(&requests).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(
+        deleted,
+        ["/apis/apps/v1/namespaces/shop/deployments/catalog"]
+    );
+    assert!(events(&requests).contains(&"Migrated".to_owned()));
+}
+
+#[tokio::test]
+async fn a_claim_template_change_recreates_the_stateful_set_orphaning_its_pods() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = stream();
+    settle(&mut caches, &ds);
+    let mut with_storage = ds.clone();
+    with_storage.spec.workload.volume_claims = vec![
+        serde_json::from_value(serde_json::json!(
+            { "name": "data", "mountPath": "/data", "size": "1Gi" }
+        ))
+        .unwrap(),
+    ];
+    reconcile(Arc::new(with_storage), ctx).await.unwrap();
+    let requests = fake.take();
+    let deleted = deletes(&requests);
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(
+        deleted[0].0,
+        "/apis/apps/v1/namespaces/shop/statefulsets/catalog"
+    );
+    assert_eq!(
+        deleted[0].1["propagationPolicy"], "Orphan",
+        "the pods (and their data) must survive the recreation"
+    );
+    assert!(
+        !applies(&requests)
+            .iter()
+            .any(|p| p.contains("/statefulsets/")),
+        "the new StatefulSet is applied only once the old one is gone"
+    );
+    assert!(events(&requests).contains(&"Recreating".to_owned()));
 }

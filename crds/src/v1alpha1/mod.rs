@@ -81,6 +81,9 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[kube(validation = Rule::new("size(self.metadata.name) <= 52").message(
+    "metadata.name must be at most 52 characters: replica pods are named <name>-<ordinal> and their StatefulSet revision label adds 11 more characters"
+))]
 #[x_kube(validation = Rule::new(
     "!has(self.traffic) || !has(self.traffic.routes) || self.traffic.routes.all(r, !has(r.broadcast) || !has(r.broadcast.quorum) || r.broadcast.quorum <= self.replicas)"
 ).message("traffic.routes[].broadcast.quorum must not exceed spec.replicas: the quorum could never be reached").field_path(".traffic.routes"))]
@@ -103,6 +106,27 @@ pub struct DataStreamSpec {
     /// Settings of the sidecar container itself.
     #[serde(default)]
     pub sidecar: SidecarSpec,
+
+    /// How a change of the pod template replaces the replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+}
+
+/// How updates roll over the replicas. Replicas are replaced from the highest ordinal down, each
+/// keeping its identity and volumes; the next one is replaced only after the replaced one is
+/// ready again (its sidecar serving, which includes the workload's readiness).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// Replicas replaced at the same time. Defaults to 1 (one at a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_unavailable: Option<i32>,
+
+    /// Seconds a replaced replica must stay ready before the next one is replaced. Defaults to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub min_ready_seconds: Option<i32>,
 }
 
 fn default_replicas() -> i32 {

@@ -31,6 +31,15 @@ pub struct DataStreamStatus {
     #[serde(default)]
     pub updated_replicas: i32,
 
+    /// Revision of the pod template that the replicas not yet updated run (the StatefulSet's
+    /// `currentRevision`); equal to `updateRevision` once a rollout is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_revision: Option<String>,
+
+    /// Revision of the latest pod template, which a rollout moves every replica to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_revision: Option<String>,
+
     /// Label selector of the stream's pods, serialized (used by `kubectl scale` and HPAs).
     #[serde(default)]
     pub selector: String,

@@ -457,3 +457,74 @@ fn crd_names_and_subresources() {
         ["Replicas", "Ready", "Policy", "Status", "Reason", "Age"]
     );
 }
+
+fn with_claims(claims: Value) -> Value {
+    with(valid(), "/spec/workload/volumeClaims", claims)
+}
+
+#[test]
+fn a_stateful_spec_is_valid() {
+    let object = with_claims(json!([
+        { "name": "data", "mountPath": "/var/lib/data", "size": "10Gi", "storageClassName": "fast" },
+        { "name": "wal", "mountPath": "/var/lib/wal", "size": "512Mi", "accessModes": ["ReadWriteOncePod"] }
+    ]));
+    let object = with(object, "/spec/rollout", json!({ "maxUnavailable": 2 }));
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+    assert_eq!(schema_errors(&object), Vec::<String>::new());
+}
+
+#[test]
+fn claim_sizes_must_be_positive_quantities() {
+    for size in ["ten", "0", "-1Gi", "10GB"] {
+        let object = with_claims(json!([{ "name": "data", "mountPath": "/data", "size": size }]));
+        assert_cel_rejects(
+            object,
+            "workload.volumeClaims[].size must be a positive quantity such as 10Gi",
+        );
+    }
+}
+
+#[test]
+fn claim_mount_paths_must_be_unique_absolute_and_plain() {
+    let object = with_claims(json!([
+        { "name": "a", "mountPath": "/data", "size": "1Gi" },
+        { "name": "b", "mountPath": "/data", "size": "1Gi" }
+    ]));
+    assert_cel_rejects(object, "workload.volumeClaims[].mountPath must be unique");
+    let object = with_claims(json!([{ "name": "a", "mountPath": "/data/../etc", "size": "1Gi" }]));
+    assert_cel_rejects(object, "must not contain '..'");
+    for path in ["data", "/", "/data/", "/a:b"] {
+        let object = with_claims(json!([{ "name": "a", "mountPath": path, "size": "1Gi" }]));
+        assert_schema_rejects(object, "/spec/workload/volumeClaims/0/mountPath");
+    }
+}
+
+#[test]
+fn claim_names_and_modes_are_checked() {
+    let object = with_claims(json!([{ "name": "Data_1", "mountPath": "/data", "size": "1Gi" }]));
+    assert_schema_rejects(object, "/spec/workload/volumeClaims/0/name");
+    let object = with_claims(json!([
+        { "name": "a", "mountPath": "/data", "size": "1Gi", "accessModes": ["ReadWriteOnce", "ReadWriteOnce"] }
+    ]));
+    assert_cel_rejects(object, "accessModes must not repeat a mode");
+    let object = with_claims(json!([
+        { "name": "a", "mountPath": "/data", "size": "1Gi", "accessModes": ["WriteOnly"] }
+    ]));
+    assert_schema_rejects(object, "/spec/workload/volumeClaims/0/accessModes/0");
+    let object = with(
+        valid(),
+        "/spec/workload/volumeClaimRetention",
+        json!({ "whenScaled": "Archive" }),
+    );
+    assert_schema_rejects(object, "/spec/workload/volumeClaimRetention/whenScaled");
+    let object = with(valid(), "/spec/rollout", json!({ "maxUnavailable": 0 }));
+    assert_schema_rejects(object, "/spec/rollout/maxUnavailable");
+}
+
+#[test]
+fn stream_names_leave_room_for_ordinals_and_revision_labels() {
+    let object = with(valid(), "/metadata/name", json!("a".repeat(53)));
+    assert_cel_rejects(object, "metadata.name must be at most 52 characters");
+    let object = with(valid(), "/metadata/name", json!("a".repeat(52)));
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+}

@@ -53,9 +53,142 @@ pub struct WorkloadSpec {
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^/[^\s]*$"))]
     pub readiness_path: String,
 
+    /// Persistent volumes of every replica. Each entry gives every replica a claim of its own,
+    /// named `<name>-<stream>-<ordinal>` and mounted at `mountPath` in the workload container; a
+    /// replica keeps its claims across restarts, rollouts, pod deletion and rescheduling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(a, self.exists_one(b, b.mountPath == a.mountPath))")
+            .message("workload.volumeClaims[].mountPath must be unique: two claims cannot share a mount path")
+    )]
+    pub volume_claims: Vec<VolumeClaim>,
+
+    /// What happens to the replicas' claims (and so their data) when the stream scales down or
+    /// is deleted. Both default to `Retain`: data is never deleted unless this says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_claim_retention: Option<VolumeClaimRetention>,
+
     /// Extra pod settings: labels, annotations, scheduling constraints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodOverrides>,
+}
+
+/// One persistent volume per replica (a StatefulSet volume claim template).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("isQuantity(self.size) && quantity(self.size).isGreaterThan(quantity('0'))")
+    .message("workload.volumeClaims[].size must be a positive quantity such as 10Gi")
+    .field_path(".size"))]
+#[x_kube(validation = Rule::new("!isQuantity(self.size) || !isQuantity(oldSelf.size) || quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0")
+    .message("workload.volumeClaims[].size cannot shrink: a volume can only grow (and only where its StorageClass allows volume expansion)")
+    .field_path(".size"))]
+#[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
+    .message("workload.volumeClaims[].storageClassName is immutable: existing volumes cannot move to another StorageClass; add a claim with a new name instead")
+    .field_path(".storageClassName"))]
+#[x_kube(validation = Rule::new("self.accessModes == oldSelf.accessModes")
+    .message("workload.volumeClaims[].accessModes is immutable: add a claim with a new name instead")
+    .field_path(".accessModes"))]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaim {
+    /// Name of the claim, unique in the list (a DNS label). Replica `i` of stream `s` gets the
+    /// PersistentVolumeClaim `<name>-<s>-<i>`.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+
+    /// Absolute path in the workload container where the volume is mounted, e.g. `/var/lib/data`.
+    #[schemars(length(min = 2, max = 1024), regex(pattern = r"^/[^:]*[^:/]$"))]
+    #[x_kube(validation = Rule::new("!self.split('/').exists(s, s == '..')")
+        .message("workload.volumeClaims[].mountPath must not contain '..'"))]
+    pub mount_path: String,
+
+    /// Requested size, e.g. `10Gi`. It may grow later, where the StorageClass allows volume
+    /// expansion (the operator resizes every replica's claim); it never shrinks.
+    #[schemars(length(min = 1, max = 64))]
+    pub size: String,
+
+    /// StorageClass of the claims. The cluster's default class when unset. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub storage_class_name: Option<String>,
+
+    /// Access modes of the claims. Defaults to `[ReadWriteOnce]`. Immutable.
+    #[serde(default = "default_access_modes")]
+    #[schemars(length(min = 1, max = 4))]
+    #[x_kube(validation = Rule::new("self.all(m, self.exists_one(n, n == m))")
+        .message("workload.volumeClaims[].accessModes must not repeat a mode"))]
+    pub access_modes: Vec<AccessMode>,
+}
+
+fn default_access_modes() -> Vec<AccessMode> {
+    vec![AccessMode::ReadWriteOnce]
+}
+
+/// How a volume may be mounted.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessMode {
+    /// Read-write by one node.
+    ReadWriteOnce,
+    /// Read-write by one pod.
+    ReadWriteOncePod,
+    /// Read-only by many nodes.
+    ReadOnlyMany,
+    /// Read-write by many nodes.
+    ReadWriteMany,
+}
+
+impl AccessMode {
+    /// The mode as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadOnlyMany => "ReadOnlyMany",
+            AccessMode::ReadWriteMany => "ReadWriteMany",
+        }
+    }
+}
+
+/// What happens to the replicas' claims when replicas go away.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaimRetention {
+    /// Claims of replicas removed by scaling down: `Retain` (the default; a later scale-up
+    /// finds the data again) or `Delete`.
+    #[serde(default)]
+    pub when_scaled: RetentionPolicy,
+    /// Claims of every replica when the DataStream is deleted: `Retain` (the default) or
+    /// `Delete`.
+    #[serde(default)]
+    pub when_deleted: RetentionPolicy,
+}
+
+/// Keep or delete claims.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum RetentionPolicy {
+    /// Keep the claim and its data.
+    #[default]
+    Retain,
+    /// Delete the claim; its volume then follows the StorageClass's reclaim policy.
+    Delete,
+}
+
+impl RetentionPolicy {
+    /// The policy as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionPolicy::Retain => "Retain",
+            RetentionPolicy::Delete => "Delete",
+        }
+    }
 }
 
 fn default_port() -> i32 {

@@ -328,9 +328,11 @@ pub async fn http_request(
 }
 
 /// Resources the operator writes in a stream's namespace (events aside).
-pub const OPERATOR_WRITTEN_RESOURCES: [&str; 8] = [
+pub const OPERATOR_WRITTEN_RESOURCES: [&str; 10] = [
     "datastreams",
+    "statefulsets",
     "deployments",
+    "persistentvolumeclaims",
     "services",
     "serviceaccounts",
     "roles",

@@ -230,8 +230,10 @@ fn operator_rbac_is_exactly_what_it_uses() {
     assert_eq!(
         rules,
         [
+            " persistentvolumeclaims get,list,watch,patch",
             " services,serviceaccounts get,list,watch,create,patch",
-            "apps deployments get,list,watch,create,patch",
+            "apps deployments get,list,watch,delete",
+            "apps statefulsets get,list,watch,create,patch,delete",
             "datastream.dev datastreams get,list,watch",
             "datastream.dev datastreams/status get,patch",
             "discovery.k8s.io endpointslices get,list,watch",

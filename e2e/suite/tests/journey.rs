@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use datastream_api::DataStream;
 use datastream_api::v1alpha1::Phase;
 use datastream_e2e::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -198,7 +198,7 @@ async fn stream_pods(pods: &Api<Pod>) -> BTreeMap<String, Pod> {
 }
 
 /// Waits until the stream reports `n` ready replicas, Available, for its latest generation, with
-/// every pod of the Deployment updated and no pod terminating.
+/// every pod of the StatefulSet updated and no pod terminating.
 async fn wait_ready(
     ns: &str,
     streams: &Api<DataStream>,
@@ -568,7 +568,7 @@ async fn a_users_whole_journey() {
     // 2. The example becomes Available; kubectl shows its columns and events.
     let streams: Api<DataStream> = Api::namespaced(client.clone(), &app.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &app.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &app.name);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &app.name);
     kubectl_ok(&[
         "apply",
         "-n",
@@ -1193,9 +1193,9 @@ async fn a_users_whole_journey() {
         "the standby to take the Lease and reconcile a scale",
         Duration::from_secs(40),
         || {
-            let (leases, deployments, leader, operator_name) = (
+            let (leases, stateful_sets, leader, operator_name) = (
                 leases.clone(),
-                deployments.clone(),
+                stateful_sets.clone(),
                 leader.clone(),
                 operator_name.clone(),
             );
@@ -1206,7 +1206,7 @@ async fn a_users_whole_journey() {
                     .ok()??
                     .spec?
                     .holder_identity?;
-                let replicas = deployments.get(STREAM).await.ok()?.spec?.replicas?;
+                let replicas = stateful_sets.get(STREAM).await.ok()?.spec?.replicas?;
                 (holder != leader && !holder.is_empty() && replicas == 3).then_some(holder)
             }
         },
@@ -1260,10 +1260,10 @@ async fn a_users_whole_journey() {
         "a leader reconciling after the leader's process crashed",
         Duration::from_secs(40),
         || {
-            let (leases, deployments, operator_name) =
-                (leases.clone(), deployments.clone(), operator_name.clone());
+            let (leases, stateful_sets, operator_name) =
+                (leases.clone(), stateful_sets.clone(), operator_name.clone());
             async move {
-                let replicas = deployments.get(STREAM).await.ok()?.spec?.replicas?;
+                let replicas = stateful_sets.get(STREAM).await.ok()?.spec?.replicas?;
                 let holder = leases
                     .get_opt(&operator_name)
                     .await
@@ -1342,9 +1342,9 @@ async fn a_users_whole_journey() {
         "the standby to take the Lease from a frozen leader and reconcile",
         Duration::from_secs(45),
         || {
-            let (leases, deployments, operator_name, frozen_name) = (
+            let (leases, stateful_sets, operator_name, frozen_name) = (
                 leases.clone(),
-                deployments.clone(),
+                stateful_sets.clone(),
                 operator_name.clone(),
                 frozen_name.clone(),
             );
@@ -1355,7 +1355,7 @@ async fn a_users_whole_journey() {
                     .ok()??
                     .spec?
                     .holder_identity?;
-                let replicas = deployments.get(STREAM).await.ok()?.spec?.replicas?;
+                let replicas = stateful_sets.get(STREAM).await.ok()?.spec?.replicas?;
                 (holder != frozen_name && !holder.is_empty() && replicas == 3).then_some(holder)
             }
         },
@@ -1381,7 +1381,7 @@ async fn a_users_whole_journey() {
 
     // 8. Deleting the DataStream removes every child.
     kubectl_ok(&["delete", "dst", STREAM, "-n", &app.name, "--wait=false"]);
-    let kinds = "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies";
+    let kinds = "statefulsets,controllerrevisions,pods,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies";
     wait_for(
         &app.name,
         "every child of the DataStream garbage-collected",
@@ -1401,7 +1401,7 @@ async fn a_users_whole_journey() {
         },
     )
     .await;
-    report.push("DataStream deleted: Deployment, ReplicaSets, pods, Services, ServiceAccount, Role, RoleBinding, PDB and NetworkPolicy all garbage-collected".into());
+    report.push("DataStream deleted: StatefulSet, ControllerRevisions, pods, Services, ServiceAccount, Role, RoleBinding, PDB and NetworkPolicy all garbage-collected".into());
 
     // 9. helm uninstall leaves no operator object; the CRD stays.
     helm_ok(&[

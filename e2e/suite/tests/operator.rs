@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use datastream_api::DataStream;
 use datastream_e2e::*;
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::Role;
@@ -168,7 +168,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
     let ns = TestNamespace::create("e2e-life");
     let _operator = Operator::start("life-0", &ns.name);
     let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns.name);
 
@@ -180,10 +180,10 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
     let created = Instant::now();
     let ds = wait_for(
         &ns.name,
-        "the Deployment",
+        "the StatefulSet",
         Duration::from_secs(60),
         || async {
-            let d = deployments.get_opt("catalog").await.ok().flatten()?;
+            let d = stateful_sets.get_opt("catalog").await.ok().flatten()?;
             Some(d)
         },
     )
@@ -296,7 +296,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
     .await;
 
     // Update: a workload change rolls the pods to the new template.
-    let before = deployments
+    let before = stateful_sets
         .get("catalog")
         .await
         .unwrap()
@@ -312,7 +312,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         "rollout to the new workload env",
         Duration::from_secs(180),
         || async {
-            let d = deployments.get("catalog").await.ok()?;
+            let d = stateful_sets.get("catalog").await.ok()?;
             let template = d.spec.as_ref()?.template.clone();
             let ds = stream(&streams, "catalog").await?;
             let status = ds.status.clone()?;
@@ -333,7 +333,7 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         "children garbage-collected",
         Duration::from_secs(90),
         || async {
-            let gone = deployments.get_opt("catalog").await.ok()?.is_none()
+            let gone = stateful_sets.get_opt("catalog").await.ok()?.is_none()
                 && services.get_opt("catalog").await.ok()?.is_none()
                 && services.get_opt("catalog-peers").await.ok()?.is_none()
                 && roles.get_opt("catalog-sidecar").await.ok()?.is_none();
@@ -361,7 +361,7 @@ async fn a_standby_operator_takes_over_within_the_lease_time() {
     .await;
     assert_eq!(holder, "leader-a");
     let mut second = Operator::start("leader-b", &ns.name);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     kubectl_stdin(
         &["apply", "-n", &ns.name, "-f", "-"],
         Some(&stream_yaml("ha", 1, "v1")),
@@ -370,7 +370,7 @@ async fn a_standby_operator_takes_over_within_the_lease_time() {
         &ns.name,
         "the leader to reconcile",
         Duration::from_secs(30),
-        || async { deployments.get_opt("ha").await.ok()?.map(|_| ()) },
+        || async { stateful_sets.get_opt("ha").await.ok()?.map(|_| ()) },
     )
     .await;
     // Only the leader writes: the standby's metrics show no reconcile.
@@ -388,7 +388,7 @@ async fn a_standby_operator_takes_over_within_the_lease_time() {
         "the standby to take over and scale",
         Duration::from_secs(40),
         || async {
-            let replicas = deployments.get("ha").await.ok()?.spec?.replicas?;
+            let replicas = stateful_sets.get("ha").await.ok()?.spec?.replicas?;
             (replicas == 2).then_some(())
         },
     )

@@ -20,22 +20,7 @@ fn stream(yaml: &str) -> DataStream {
 }
 
 fn render(children: &Children) -> String {
-    let mut out = String::new();
-    let mut push = |value: serde_json::Value| {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&value).unwrap());
-    };
-    push(serde_json::to_value(&children.deployment).unwrap());
-    push(serde_json::to_value(&children.client_service).unwrap());
-    push(serde_json::to_value(&children.peer_service).unwrap());
-    push(serde_json::to_value(&children.service_account).unwrap());
-    push(serde_json::to_value(&children.role).unwrap());
-    push(serde_json::to_value(&children.role_binding).unwrap());
-    if let Some(pdb) = &children.pdb {
-        push(serde_json::to_value(pdb).unwrap());
-    }
-    push(serde_json::to_value(&children.network_policy).unwrap());
-    out
+    crate::render::to_yaml(children)
 }
 
 fn golden(name: &str, actual: &str) {
@@ -88,6 +73,73 @@ spec:
     loadBalancing: { policy: least-request }
 "#;
 
+const STATEFUL: &str = r#"
+apiVersion: datastream.dev/v1alpha1
+kind: DataStream
+metadata: { name: kv, namespace: store }
+spec:
+  replicas: 3
+  workload:
+    image: example.com/kv:3.1
+    volumeClaims:
+      - { name: data, mountPath: /var/lib/kv, size: 10Gi, storageClassName: fast }
+      - { name: wal, mountPath: /var/lib/kv-wal, size: 512Mi, accessModes: [ReadWriteOncePod] }
+    volumeClaimRetention: { whenScaled: Delete }
+  rollout: { maxUnavailable: 2, minReadySeconds: 5 }
+"#;
+
+#[test]
+fn stateful_stream_children() {
+    golden(
+        "stateful.yaml",
+        &render(&children(&stream(STATEFUL), &settings())),
+    );
+}
+
+#[test]
+fn replicas_have_stable_names_and_claims() {
+    let c = children(&stream(STATEFUL), &settings());
+    let spec = c.stateful_set.spec.unwrap();
+    assert_eq!(spec.service_name.as_deref(), Some("kv-peers"));
+    let templates = spec.volume_claim_templates.unwrap();
+    let names: Vec<_> = templates
+        .iter()
+        .map(|t| t.metadata.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(names, ["data", "wal"]);
+    assert_eq!(claim_name("data", "kv", 2), "data-kv-2");
+    assert_eq!(pod_name("kv", 0), "kv-0");
+    let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+    assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
+    assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
+    let pod = spec.template.spec.unwrap();
+    let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+    assert_eq!(mounts[0].mount_path, "/var/lib/kv");
+    assert_eq!(mounts[1].name, "wal");
+    assert!(
+        pod.containers[1].volume_mounts.is_none(),
+        "the sidecar mounts no data"
+    );
+}
+
+#[test]
+fn growing_a_volume_or_changing_retention_does_not_roll_pods() {
+    let before = stream(STATEFUL);
+    let mut after = before.clone();
+    after.spec.workload.volume_claims[0].size = "20Gi".into();
+    after.spec.workload.volume_claim_retention = None;
+    assert_eq!(
+        pod_config_hash(&before, &settings()),
+        pod_config_hash(&after, &settings())
+    );
+    let mut moved = before.clone();
+    moved.spec.workload.volume_claims[0].mount_path = "/data".into();
+    assert_ne!(
+        pod_config_hash(&before, &settings()),
+        pod_config_hash(&moved, &settings())
+    );
+}
+
 #[test]
 fn minimal_stream_children() {
     golden(
@@ -112,7 +164,7 @@ fn every_child_is_owned_and_labelled() {
     let ds = stream(MINIMAL);
     let c = children(&ds, &settings());
     let metas = [
-        &c.deployment.metadata,
+        &c.stateful_set.metadata,
         &c.client_service.metadata,
         &c.peer_service.metadata,
         &c.service_account.metadata,
@@ -129,7 +181,7 @@ fn every_child_is_owned_and_labelled() {
         assert_eq!(meta.namespace.as_deref(), Some("shop"));
     }
     let pod_labels = c
-        .deployment
+        .stateful_set
         .spec
         .unwrap()
         .template
@@ -153,12 +205,12 @@ fn traffic_changes_do_not_roll_pods() {
     );
     assert_eq!(
         children(&before, &settings())
-            .deployment
+            .stateful_set
             .spec
             .unwrap()
             .template,
         children(&after, &settings())
-            .deployment
+            .stateful_set
             .spec
             .unwrap()
             .template
@@ -174,7 +226,7 @@ fn traffic_changes_do_not_roll_pods() {
 #[test]
 fn containers_are_locked_down() {
     let c = children(&stream(MINIMAL), &settings());
-    let pod = c.deployment.spec.unwrap().template.spec.unwrap();
+    let pod = c.stateful_set.spec.unwrap().template.spec.unwrap();
     assert_eq!(
         pod.security_context.as_ref().unwrap().run_as_non_root,
         Some(true)
