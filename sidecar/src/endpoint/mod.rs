@@ -117,7 +117,21 @@ pub struct Completion {
     h1: Option<http1::SendRequest<RequestBody>>,
 }
 
-/// The replicas at one moment, sorted by name.
+/// Orders replica names as a StatefulSet numbers them: `db-2` before `db-10`. A name ending in
+/// `-<number>` sorts by (prefix, number), any other name by itself, so the order is total (a sort
+/// with an inconsistent comparison may panic). `primary` mode takes the first usable replica in
+/// this order, so the primary is the lowest ordinal.
+pub fn by_ordinal(a: &str, b: &str) -> std::cmp::Ordering {
+    fn key(name: &str) -> (&str, Option<u64>) {
+        name.rsplit_once('-')
+            .filter(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|(prefix, n)| Some((prefix, Some(n.parse().ok()?))))
+            .unwrap_or((name, None))
+    }
+    key(a).cmp(&key(b)).then_with(|| a.cmp(b))
+}
+
+/// The replicas at one moment, sorted by name (ordinals numerically, see [`by_ordinal`]).
 #[derive(Debug, Default)]
 pub struct EndpointSet {
     endpoints: Vec<Arc<Endpoint>>,
@@ -333,7 +347,7 @@ impl EndpointSet {
             };
             endpoints.push(endpoint);
         }
-        endpoints.sort_by(|a, b| a.name.cmp(&b.name).then(a.addr.cmp(&b.addr)));
+        endpoints.sort_by(|a, b| by_ordinal(&a.name, &b.name).then(a.addr.cmp(&b.addr)));
         let local = endpoints.iter().position(|e| e.local);
         // Removed replicas no longer count against the ejection cap.
         for gone in previous
@@ -354,7 +368,7 @@ impl EndpointSet {
         }
     }
 
-    /// The endpoints, sorted by name.
+    /// The endpoints, sorted by name (ordinals numerically).
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
@@ -398,6 +412,20 @@ impl EndpointSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statefulset_ordinals_sort_numerically() {
+        let mut names = vec!["db-10", "db-2", "db-0", "db-1", "cache-3", "db-x", "db-"];
+        names.sort_by(|a, b| by_ordinal(a, b));
+        assert_eq!(
+            names,
+            ["cache-3", "db-0", "db-1", "db-2", "db-10", "db-", "db-x"]
+        );
+        // A mix that a per-pair rule would order in a cycle.
+        let mut mixed = vec!["a-1x", "a-10", "a-9"];
+        mixed.sort_by(|a, b| by_ordinal(a, b));
+        assert_eq!(mixed, ["a-9", "a-10", "a-1x"]);
+    }
 
     fn spec(port: u16) -> EndpointSpec {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
