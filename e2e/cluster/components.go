@@ -21,14 +21,24 @@ func (l layout) etcdData() string          { return filepath.Join(l.state, "etcd
 func (l layout) config(name string) string { return filepath.Join(l.state, "control-plane", name) }
 func (l layout) adminKubeconfig() string   { return filepath.Join(l.state, "kubeconfig") }
 func (l layout) readyFile() string         { return filepath.Join(l.state, "ready") }
+func (l layout) volumes() string           { return filepath.Join(l.state, "volumes") }
 func (l layout) componentKubeconfig(n string) string {
 	return l.config(n + ".kubeconfig")
 }
 
-// controllers run by kube-controller-manager: what Deployments, Services, namespaces, service
-// accounts, PodDisruptionBudgets and Jobs need. Left out on purpose: node-lifecycle (it would taint
-// and evict pods of a process kubelet whose lease renewals stall), node-ipam (pod CIDRs are fixed
-// by the harness), and persistent-volume controllers (no storage).
+// controllers run by kube-controller-manager (canonical names from k8s.io/kubernetes
+// cmd/kube-controller-manager/names): what Deployments, StatefulSets, Services, namespaces, service
+// accounts, PodDisruptionBudgets, Jobs and PersistentVolumeClaims need. The storage part: the
+// persistentvolume-binder binds claims to volumes and, with --enable-hostpath-provisioner, provisions
+// and deletes HostPath volumes (see storage.go); the two protection controllers remove the
+// kubernetes.io/pvc-protection and pv-protection finalizers the StorageObjectInUseProtection
+// admission plugin adds, once no pod uses a claim and no claim a volume (without them deleting a
+// claim or volume never completes); the expander handles claim resizes (it reports
+// ExternalExpanding for HostPath volumes, which cannot grow). Left out on purpose: node-lifecycle (it
+// would taint and evict pods of a process kubelet whose lease renewals stall), node-ipam (pod CIDRs
+// are fixed by the harness), persistentvolume-attach-detach (HostPath volumes are not attachable,
+// and the podlet does not report volumesAttached), ephemeral-volume (the podlet does not mount
+// generic ephemeral volumes).
 var controllers = []string{
 	"garbage-collector-controller",
 	"deployment-controller",
@@ -44,6 +54,11 @@ var controllers = []string{
 	"job-controller",
 	"ttl-after-finished-controller",
 	"pod-garbage-collector-controller",
+	"statefulset-controller",
+	"persistentvolume-binder-controller",
+	"persistentvolume-protection-controller",
+	"persistentvolumeclaim-protection-controller",
+	"persistentvolume-expander-controller",
 }
 
 // auditPolicy records request metadata (user, verb, resource, response code) for writes only, so
@@ -122,6 +137,9 @@ func controllerManagerArgs(o options, l layout) []string {
 		"--use-service-account-credentials=true",
 		"--service-account-private-key-file=" + p.saKey(),
 		"--root-ca-file=" + p.caCert(),
+		// Dynamic provisioning of kubernetes.io/host-path volumes under /tmp/hostpath_pv, a link
+		// to <state>/volumes (storage.go). Single-node test clusters only, as upstream says.
+		"--enable-hostpath-provisioner=true",
 		"--v=" + strconv.Itoa(o.verbosity),
 	}
 }

@@ -117,6 +117,11 @@ func up(o options) error {
 			return err
 		}
 	}
+	// Deferred before the components' stop, so it runs after they exited.
+	if err := prepareVolumes(l, o.keepData); err != nil {
+		return fmt.Errorf("volumes: %w", err)
+	}
+	defer unlinkProvisionerDir(hostPathProvisionerDir, l.volumes())
 	etcd, etcdURL, err := startEtcd(l.etcdData(), l.log("etcd"))
 	if err != nil {
 		return err
@@ -171,6 +176,11 @@ func up(o options) error {
 		return shutdownOr(ctx, err)
 	}
 	logf("kube-apiserver ready at %s (%s)", o.advertisedServer(), since(started))
+	if err := waitFor(waitCtx, "storage classes", failed, ensureStorageClasses(cs)); err != nil {
+		return shutdownOr(ctx, err)
+	}
+	logf("storage classes %s (default) and %s applied; volumes in %s (linked from %s)",
+		defaultStorageClass, expandableStorageClass, l.volumes(), hostPathProvisionerDir)
 
 	if err := start("kube-controller-manager", controllerManagerArgs(o, l)); err != nil {
 		return err

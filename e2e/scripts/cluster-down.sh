@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stops the local e2e cluster and removes its network namespaces. Keeps the build cache and state
-# (PKI, logs); the next cluster-up starts from an empty etcd.
+# Stops the local e2e cluster, removes its network namespaces and deletes the persistent volumes'
+# data (e2e/.state/volumes, linked from /tmp/hostpath_pv). Keeps the build cache and the rest of the
+# state (PKI, logs); the next cluster-up starts from an empty etcd.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ "$(id -u)" == 0 ]] || { echo "cluster-down: must run as root (network namespaces)" >&2; exit 1; }
@@ -30,6 +31,18 @@ if [[ -d "$run_dir/pods" ]]; then
 fi
 stop_pidfile "control plane" "$run_dir/cluster.pid" 60
 rm -f "$state/ready"
+
+# Persistent volumes (e2e/cluster/storage.go): the HostPath provisioner writes under the hard-coded
+# /tmp/hostpath_pv, a link to $state/volumes while the cluster runs. The supervisor removes the link
+# when it stops; a killed one leaves it, so remove it here too, but only when it is ours. Every pod
+# process is gone by now, so nothing holds the data.
+if [[ -L "$hostpath_pv" && "$(readlink "$hostpath_pv")" == "$volumes_dir" ]]; then
+  rm -f "$hostpath_pv"
+fi
+if [[ -d "$volumes_dir" ]]; then
+  rm -rf "${volumes_dir:?}"
+  echo "deleted persistent volume data ($volumes_dir)"
+fi
 
 for ns in $(ip netns list | awk '{print $1}' | grep -E '^dsp-' || true) "$netns"; do
   if ip netns list | awk '{print $1}' | grep -qx "$ns"; then

@@ -109,5 +109,7 @@ cluster-up: done in $(elapsed)
               or: e2e/scripts/kubectl get nodes
   any tool:   e2e/scripts/in-cluster-netns <command>   (KUBECONFIG is set)
   logs:       $log_dir/{cluster,kube-apiserver,kube-controller-manager,kube-scheduler,etcd,audit,podlet}.log
+  volumes:    StorageClasses standard (default) and standard-expandable; data in $volumes_dir
+              (the provisioner's $hostpath_pv links there; cluster-down deletes it)
   stop:       make cluster-down
 MSG

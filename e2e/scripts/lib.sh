@@ -5,6 +5,10 @@ state="$root/e2e/.state"
 bin="$state/bin"
 run_dir="$state/run"
 log_dir="$state/logs"
+# Persistent volume data, and the path the HostPath provisioner hard-codes (a link to it while the
+# control plane runs; see e2e/cluster/storage.go).
+volumes_dir="$state/volumes"
+hostpath_pv=/tmp/hostpath_pv
 netns=dse2e
 bridge=dsbr0
 bridge_cidr=10.244.0.1/16

@@ -47,8 +47,9 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// Complete environment.
     pub env: Vec<(String, String)>,
-    /// `securityContext.readOnlyRootFilesystem`: every mount except writable volumes, `/proc`, `/sys`
-    /// and `/dev` is remounted read-only in the container's mount namespace.
+    /// `securityContext.readOnlyRootFilesystem`: every mount except writable volumes (`emptyDir`,
+    /// `hostPath`, `persistentVolumeClaim` not marked read-only), `/proc`, `/sys` and `/dev` is remounted
+    /// read-only in the container's mount namespace.
     #[serde(default)]
     pub read_only_root: bool,
 }
@@ -162,13 +163,7 @@ fn make_root_read_only(mounts: &[BindMount]) {
     };
     for (mount_point, options) in info.lines().filter_map(parse_mountinfo_line) {
         let target = Path::new(&mount_point);
-        let kernel = ["/proc", "/sys", "/dev"]
-            .iter()
-            .any(|p| target.starts_with(p));
-        let writable_volume = mounts
-            .iter()
-            .any(|m| !m.read_only && target.starts_with(&m.target));
-        if kernel || writable_volume {
+        if stays_writable(target, mounts) {
             continue;
         }
         let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -185,6 +180,18 @@ fn make_root_read_only(mounts: &[BindMount]) {
             eprintln!("datastream-podlet container-init: cannot make {mount_point} read-only: {e}");
         }
     }
+}
+
+/// Whether the mount at `target` keeps its flags under `readOnlyRootFilesystem`: kernel file systems,
+/// and writable volumes (with whatever is mounted below them).
+fn stays_writable(target: &Path, mounts: &[BindMount]) -> bool {
+    let kernel = ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|p| target.starts_with(p));
+    kernel
+        || mounts
+            .iter()
+            .any(|m| !m.read_only && target.starts_with(&m.target))
 }
 
 /// Mount point (unescaped) and per-mount options of one `/proc/self/mountinfo` line.
@@ -271,6 +278,21 @@ mod tests {
         let back: LaunchSpec =
             serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn read_only_root_spares_writable_volumes_only() {
+        let mount = |target: &str, read_only| BindMount {
+            source: "/tmp/hostpath_pv/x".into(),
+            target: target.into(),
+            read_only,
+        };
+        let mounts = [mount("/data", false), mount("/config", true)];
+        assert!(stays_writable(Path::new("/data"), &mounts));
+        assert!(stays_writable(Path::new("/proc/sys"), &mounts));
+        assert!(!stays_writable(Path::new("/config"), &mounts));
+        assert!(!stays_writable(Path::new("/"), &mounts));
+        assert!(!stays_writable(Path::new("/database"), &mounts));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! See `e2e/podlet/README.md` for what is and is not implemented.
 
 pub mod backoff;
+pub mod claims;
 pub mod cleanup;
 pub mod cli;
 pub mod context;

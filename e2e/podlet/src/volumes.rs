@@ -1,10 +1,13 @@
 //! Materialising pod volumes in the pod directory, and refreshing projected service-account tokens.
 //!
-//! Supported: `emptyDir`, `hostPath`, `configMap`, `secret`, `downwardAPI` (fieldRef items) and `projected`
-//! (serviceAccountToken via the TokenRequest API bound to the pod, configMap, secret, downwardAPI) — which
-//! covers the `kube-api-access-*` volume the ServiceAccount admission plugin injects. Content is written
+//! Supported: `emptyDir`, `hostPath`, `persistentVolumeClaim` (the bound PersistentVolume's `hostPath` or
+//! `local` directory, resolved by [`crate::claims`] before the sandbox exists), `configMap`, `secret`,
+//! `downwardAPI` (fieldRef items) and `projected` (serviceAccountToken via the TokenRequest API bound to
+//! the pod, configMap, secret, downwardAPI) — which covers the `kube-api-access-*` volume the
+//! ServiceAccount admission plugin injects. `emptyDir`, `hostPath` and claims are writable (a claim is
+//! read-only when its volume source says `readOnly: true`), the others read-only. Content is written
 //! once at pod start (ConfigMap/Secret updates are not propagated); tokens are re-requested at 80 % of
-//! their lifetime and replaced atomically. Other volume types fail the pod's containers.
+//! their lifetime and replaced atomically. Other volume types keep the pod's containers waiting.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 use kube::api::PostParams;
 use kube::{Api, Client};
 
+use crate::claims::ClaimMount;
 use crate::env::{PodFacts, field_value};
 use crate::launch::BindMount;
 use crate::objects::{self, Data};
@@ -50,6 +54,9 @@ pub enum VolumeError {
     /// A volume type the podlet does not implement.
     #[error("volume {0:?}: unsupported volume type")]
     Unsupported(String),
+    /// A `persistentVolumeClaim` volume whose claim was not resolved first.
+    #[error("volume {0:?}: claim not resolved")]
+    UnresolvedClaim(String),
     /// A path that would escape the volume directory.
     #[error("invalid path {0:?} in volume")]
     BadPath(String),
@@ -78,16 +85,18 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    /// Prepares every volume of `pod` under `dir` (one sub-directory per volume).
+    /// Prepares every volume of `pod` under `dir` (one sub-directory per volume that needs content);
+    /// `claims` holds the resolved `persistentVolumeClaim` volumes ([`crate::claims::resolve`]).
     pub async fn prepare(
         client: &Client,
         pod: &Pod,
         facts: &PodFacts,
         dir: &Path,
+        claims: &HashMap<String, ClaimMount>,
     ) -> Result<Self, VolumeError> {
         let mut v = Volumes::default();
         for vol in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
-            v.prepare_one(client, pod, facts, dir, vol).await?;
+            v.prepare_one(client, pod, facts, dir, vol, claims).await?;
         }
         Ok(v)
     }
@@ -99,6 +108,7 @@ impl Volumes {
         facts: &PodFacts,
         dir: &Path,
         vol: &Volume,
+        claims: &HashMap<String, ClaimMount>,
     ) -> Result<(), VolumeError> {
         let ns = facts.namespace.as_str();
         let path = dir.join(&vol.name);
@@ -106,6 +116,15 @@ impl Volumes {
         if let Some(hp) = &vol.host_path {
             self.paths.insert(vol.name.clone(), PathBuf::from(&hp.path));
             self.read_only.insert(vol.name.clone(), false);
+            return Ok(());
+        }
+        if vol.persistent_volume_claim.is_some() {
+            // The volume's own directory: it outlives the pod, so nothing goes under `dir`.
+            let c = claims
+                .get(&vol.name)
+                .ok_or_else(|| VolumeError::UnresolvedClaim(vol.name.clone()))?;
+            self.paths.insert(vol.name.clone(), c.path.clone());
+            self.read_only.insert(vol.name.clone(), c.read_only);
             return Ok(());
         }
         std::fs::create_dir_all(&path)?;
@@ -226,7 +245,9 @@ impl Volumes {
         result
     }
 
-    /// Bind mounts for `container`'s `volumeMounts`.
+    /// Bind mounts for `container`'s `volumeMounts`. A missing `subPath` of a writable volume is created
+    /// as a directory, as the kubelet does (StatefulSets often keep their data in a sub-directory of
+    /// the claim).
     pub fn mounts_for(&self, container: &Container) -> Result<Vec<BindMount>, String> {
         let mut out = Vec::new();
         for m in container.volume_mounts.iter().flatten() {
@@ -234,11 +255,18 @@ impl Volumes {
                 .paths
                 .get(&m.name)
                 .ok_or_else(|| format!("volumeMount {:?} names no prepared volume", m.name))?;
+            let volume_ro = self.read_only.get(&m.name).copied().unwrap_or(false);
             let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-                Some(sub) => safe_join(base, sub).map_err(|e| e.to_string())?,
+                Some(sub) => {
+                    let p = safe_join(base, sub).map_err(|e| e.to_string())?;
+                    if !volume_ro && !p.exists() {
+                        std::fs::create_dir_all(&p)
+                            .map_err(|e| format!("creating subPath {}: {e}", p.display()))?;
+                    }
+                    p
+                }
                 None => base.clone(),
             };
-            let volume_ro = self.read_only.get(&m.name).copied().unwrap_or(false);
             out.push(BindMount {
                 source,
                 target: PathBuf::from(&m.mount_path),
@@ -511,11 +539,12 @@ mod tests {
 
     #[test]
     fn mounts_follow_volume_kind_and_sub_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("scratch");
         let mut v = Volumes::default();
         v.paths.insert("cfg".into(), "/pod/volumes/cfg".into());
         v.read_only.insert("cfg".into(), true);
-        v.paths
-            .insert("scratch".into(), "/pod/volumes/scratch".into());
+        v.paths.insert("scratch".into(), scratch.clone());
         v.read_only.insert("scratch".into(), false);
         let c = Container {
             volume_mounts: Some(vec![
@@ -545,11 +574,13 @@ mod tests {
         assert_eq!(
             m[1],
             BindMount {
-                source: "/pod/volumes/scratch/inner".into(),
+                source: scratch.join("inner"),
                 target: "/tmp/x".into(),
                 read_only: false
             }
         );
+        // The missing subPath of a writable volume was created; a read-only one is never touched.
+        assert!(scratch.join("inner").is_dir());
         let bad = Container {
             volume_mounts: Some(vec![VolumeMount {
                 name: "nope".into(),

@@ -1,5 +1,7 @@
-//! One task per pod: sandbox, volumes, container processes, probes, restarts, status and deletion.
+//! One task per pod: claims, sandbox, volumes, container processes, probes, restarts, status and
+//! deletion.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, CRASH_LOOP_BACK_OFF};
+use crate::claims::{self, ClaimError, ClaimMount};
 use crate::context::Context;
 use crate::env::{self, PodFacts};
 use crate::events::PodEvents;
@@ -30,6 +33,9 @@ use crate::volumes::Volumes;
 const RETRY: Duration = Duration::from_secs(5);
 /// Grace used when the podlet itself shuts down or the pod vanished from the API.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// While a claim stays unusable with the same reason, its `FailedMount` event repeats this often (the
+/// status message is always current; the event is what `kubectl describe pod` shows).
+const MOUNT_EVENT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What a pod worker learns from its helper tasks.
 #[derive(Debug)]
@@ -130,6 +136,8 @@ pub struct Worker {
     name: String,
     sandbox: Option<Sandbox>,
     sandbox_retry: Option<Instant>,
+    /// The last `FailedMount` event: its message and when it was published.
+    mount_warning: Option<(String, Instant)>,
     ctrs: Vec<Ctr>,
     start_time: Timestamp,
     last_sent: Option<PodStatus>,
@@ -175,6 +183,7 @@ impl Worker {
             name,
             sandbox: None,
             sandbox_retry: None,
+            mount_warning: None,
             ctrs,
             start_time,
             last_sent: None,
@@ -293,13 +302,22 @@ impl Worker {
         wake
     }
 
-    /// Brings the pod closer to running: sandbox first, then init containers in order, then the rest.
+    /// Brings the pod closer to running: claims and sandbox first, then init containers in order, then
+    /// the rest.
     async fn reconcile(&mut self) {
         if self.sandbox.is_none() {
-            if self.sandbox_retry.is_some_and(|t| t > Instant::now()) {
+            // A finished pod gave its sandbox back and runs nothing more.
+            if self.terminal() || self.sandbox_retry.is_some_and(|t| t > Instant::now()) {
                 return;
             }
-            if let Err(e) = self.create_sandbox().await {
+            // As in the kubelet, volumes come before the sandbox: a pod waiting for its claims has no
+            // IP yet.
+            let claims = match claims::resolve(&self.ctx.client, &self.pod, &self.ns).await {
+                Ok(c) => c,
+                Err(e) => return self.wait_for_claims(&e),
+            };
+            self.mount_warning = None;
+            if let Err(e) = self.create_sandbox(&claims).await {
                 tracing::warn!(pod = %self.key(), error = %format!("{e:#}"), "sandbox setup failed; will retry");
                 self.recorder
                     .warning("FailedCreatePodSandBox", "CreateSandbox", format!("{e:#}"));
@@ -352,6 +370,29 @@ impl Worker {
         }
     }
 
+    /// Keeps every container `ContainerCreating` with the claim's reason, warns with `FailedMount` (when
+    /// the reason changes, and every [`MOUNT_EVENT_INTERVAL`] while it stays) and retries soon.
+    fn wait_for_claims(&mut self, e: &ClaimError) {
+        let msg = e.to_string();
+        let now = Instant::now();
+        let publish = self.mount_warning.as_ref().is_none_or(|(last, at)| {
+            *last != msg || now.duration_since(*at) >= MOUNT_EVENT_INTERVAL
+        });
+        if publish {
+            tracing::info!(pod = %self.key(), reason = %msg, "volumes not ready; waiting");
+            self.recorder.warning(
+                "FailedMount",
+                "MountVolume",
+                format!("Unable to attach or mount volumes: {msg}"),
+            );
+            self.mount_warning = Some((msg.clone(), now));
+        }
+        for c in &mut self.ctrs {
+            c.waiting("ContainerCreating", msg.clone());
+        }
+        self.sandbox_retry = Some(now + e.retry_after());
+    }
+
     fn initialized(&self) -> bool {
         self.ctrs
             .iter()
@@ -363,7 +404,7 @@ impl Worker {
         matches!(status::phase(&self.view()), "Succeeded" | "Failed")
     }
 
-    async fn create_sandbox(&mut self) -> anyhow::Result<()> {
+    async fn create_sandbox(&mut self, claims: &HashMap<String, ClaimMount>) -> anyhow::Result<()> {
         let names = SandboxNames::for_uid(&self.uid);
         let preferred = self
             .pod
@@ -384,8 +425,14 @@ impl Worker {
             std::fs::create_dir_all(dir.join("volumes"))?;
             let mut facts = self.facts();
             facts.pod_ip = ip.to_string();
-            let volumes =
-                Volumes::prepare(&self.ctx.client, &self.pod, &facts, &dir.join("volumes")).await?;
+            let volumes = Volumes::prepare(
+                &self.ctx.client,
+                &self.pod,
+                &facts,
+                &dir.join("volumes"),
+                claims,
+            )
+            .await?;
             anyhow::Ok(volumes)
         }
         .await;

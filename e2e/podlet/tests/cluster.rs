@@ -15,16 +15,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, Pod, PodSpec, PodTemplateSpec,
-    Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvVarSource, Event, HTTPGetAction, Namespace, ObjectFieldSelector, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
+    PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::net::TcpStream;
 
@@ -796,5 +799,511 @@ async fn failing_liveness_probe_restarts_the_container() {
         !PathBuf::from(format!("/proc/{first_pid}")).exists(),
         "killed process {first_pid} still exists"
     );
+    ns.delete().await;
+}
+
+/// A 1 MiB ReadWriteOnce claim; `class: None` leaves the class to the DefaultStorageClass admission.
+fn claim(name: &str, class: Option<&str>) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: class.map(Into::into),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity("1Mi".into()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A pod running `script` with claim `claim_name` mounted at `/data` (and its sub-directory `nested`
+/// at `/nested`), under a read-only root file system: the claim must stay writable.
+fn claim_pod(name: &str, claim_name: &str, script: &str, node: Option<&str>) -> Pod {
+    let mount = |path: &str, sub: Option<&str>| VolumeMount {
+        name: "data".into(),
+        mount_path: path.into(),
+        sub_path: sub.map(Into::into),
+        ..Default::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: node.map(Into::into),
+            containers: vec![Container {
+                name: "main".into(),
+                image: Some(IMAGE.into()),
+                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+                volume_mounts: Some(vec![mount("/data", None), mount("/nested", Some("nested"))]),
+                security_context: Some(SecurityContext {
+                    read_only_root_filesystem: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name.into(),
+                    read_only: None,
+                }),
+                ..Default::default()
+            }]),
+            termination_grace_period_seconds: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Waits for `marker` in the log of container `main` of `pod` and returns the log.
+async fn pod_log_with(ns: &TestNs, pod: &str, marker: &str) -> String {
+    let log = repo_root().join(format!("e2e/.state/logs/pods/{}_{pod}_main.log", ns.name));
+    wait_for(
+        &ns.name,
+        &ns.client,
+        &format!("{marker:?} in {}", log.display()),
+        Duration::from_secs(60),
+        || async {
+            let t = std::fs::read_to_string(&log).ok()?;
+            t.contains(marker).then_some(t)
+        },
+    )
+    .await
+}
+
+async fn delete_pod_and_wait(ns: &TestNs, name: &str) {
+    let api = ns.api::<Pod>();
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    wait_for(
+        &ns.name,
+        &ns.client,
+        &format!("pod {name} deleted"),
+        Duration::from_secs(60),
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until claim `name` is Bound and returns it with its PersistentVolume.
+async fn bound_claim(ns: &TestNs, name: &str) -> (PersistentVolumeClaim, PersistentVolume) {
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let pvc = wait_for(
+        &ns.name,
+        &ns.client,
+        &format!("claim {name} Bound"),
+        Duration::from_secs(60),
+        || async {
+            let c = claims.get(name).await.ok()?;
+            (c.status.as_ref()?.phase.as_deref() == Some("Bound")).then_some(c)
+        },
+    )
+    .await;
+    let volume = pvc.spec.as_ref().unwrap().volume_name.clone().unwrap();
+    let pv = Api::<PersistentVolume>::all(ns.client.clone())
+        .get(&volume)
+        .await
+        .unwrap();
+    (pvc, pv)
+}
+
+/// The directory behind a provisioned volume, which must live under `e2e/.state/volumes`.
+fn volume_dir(pv: &PersistentVolume) -> PathBuf {
+    let path = PathBuf::from(&pv.spec.as_ref().unwrap().host_path.as_ref().unwrap().path);
+    assert!(
+        path.starts_with("/tmp/hostpath_pv"),
+        "{} not made by the HostPath provisioner",
+        path.display()
+    );
+    let real = path
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let state = repo_root()
+        .join("e2e/.state/volumes")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        real.starts_with(&state),
+        "volume data at {} is outside {}",
+        real.display(),
+        state.display()
+    );
+    real
+}
+
+/// Deletes claim `name` and waits until it, its PersistentVolume (reclaim policy Delete) and the
+/// volume's directory are gone, so no test leaves cluster-scoped objects or data behind.
+async fn delete_claim_and_volume(ns: &TestNs, name: &str, pv: Option<(&str, PathBuf)>) {
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let _ = claims.delete(name, &DeleteParams::default()).await;
+    wait_for(
+        &ns.name,
+        &ns.client,
+        &format!("claim {name} deleted (pvc-protection finalizer removed)"),
+        Duration::from_secs(60),
+        || async { claims.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let Some((pv_name, dir)) = pv else { return };
+    let pvs = Api::<PersistentVolume>::all(ns.client.clone());
+    wait_for(
+        &ns.name,
+        &ns.client,
+        &format!("PersistentVolume {pv_name} deleted (reclaim policy Delete)"),
+        Duration::from_secs(60),
+        || async { pvs.get_opt(pv_name).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        !dir.exists(),
+        "{} still exists after its volume was deleted",
+        dir.display()
+    );
+}
+
+/// Warning events about `object` (any kind) with `reason`, as `kubectl describe` lists them.
+async fn events_for(ns: &TestNs, object: &str, reason: &str) -> Vec<Event> {
+    let lp = ListParams::default().fields(&format!("involvedObject.name={object}"));
+    ns.api::<Event>()
+        .list(&lp)
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+#[tokio::test]
+async fn claim_data_survives_the_pod_that_wrote_it() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-pvc").await;
+    ns.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &claim("data", None))
+        .await
+        .unwrap();
+    let (pvc, pv) = bound_claim(&ns, "data").await;
+    assert_eq!(
+        pvc.spec.as_ref().unwrap().storage_class_name.as_deref(),
+        Some("standard"),
+        "the default StorageClass was not applied"
+    );
+    let pv_spec = pv.spec.as_ref().unwrap();
+    assert_eq!(pv_spec.storage_class_name.as_deref(), Some("standard"));
+    assert_eq!(
+        pv_spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Delete")
+    );
+    let dir = volume_dir(&pv);
+
+    let pods = ns.api::<Pod>();
+    let writer = claim_pod(
+        "writer",
+        "data",
+        "echo written-by-$(hostname) > /data/message && echo nested-ok > /nested/file \
+         && echo WROTE || echo WRITE-FAILED; sleep 3600",
+        None,
+    );
+    pods.create(&PostParams::default(), &writer).await.unwrap();
+    let log = pod_log_with(&ns, "writer", "WROTE").await;
+    assert!(!log.contains("WRITE-FAILED"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("message")).unwrap(),
+        "written-by-writer\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("nested/file")).unwrap(),
+        "nested-ok\n",
+        "subPath nested was not a directory of the claim"
+    );
+    delete_pod_and_wait(&ns, "writer").await;
+    assert!(
+        dir.join("message").exists(),
+        "pod deletion removed claim data"
+    );
+
+    // A new pod with the same claim (as a StatefulSet's replacement pod) sees the data.
+    let reader = claim_pod(
+        "reader",
+        "data",
+        "echo GOT=$(cat /data/message) NESTED=$(cat /nested/file); echo READ; sleep 3600",
+        None,
+    );
+    pods.create(&PostParams::default(), &reader).await.unwrap();
+    let log = pod_log_with(&ns, "reader", "READ").await;
+    assert!(
+        log.lines()
+            .any(|l| l == "GOT=written-by-writer NESTED=nested-ok"),
+        "second pod does not see the first pod's data:\n{log}"
+    );
+    delete_pod_and_wait(&ns, "reader").await;
+    let pv_name = pv.metadata.name.clone().unwrap();
+    delete_claim_and_volume(&ns, "data", Some((&pv_name, dir))).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn pods_wait_for_claims_that_are_not_bound() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-pvc-wait").await;
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let pods = ns.api::<Pod>();
+
+    // A class nothing provisions: the claim stays Pending, and the scheduler keeps the pod Pending
+    // (immediate binding: it never reaches a node).
+    claims
+        .create(
+            &PostParams::default(),
+            &claim("nowhere", Some("no-such-class")),
+        )
+        .await
+        .unwrap();
+    pods.create(
+        &PostParams::default(),
+        &claim_pod("stuck", "nowhere", "echo STARTED; sleep 3600", None),
+    )
+    .await
+    .unwrap();
+    let why = wait_for(
+        &ns.name,
+        &client,
+        "stuck pod Unschedulable because of its claim",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("stuck").await.ok()?;
+            let cond = p
+                .status?
+                .conditions?
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled")?;
+            (cond.status == "False" && cond.reason.as_deref() == Some("Unschedulable"))
+                .then_some(cond.message.unwrap_or_default())
+        },
+    )
+    .await;
+    assert!(
+        why.contains("unbound immediate PersistentVolumeClaims"),
+        "scheduler's reason: {why}"
+    );
+    let failed = wait_for(
+        &ns.name,
+        &client,
+        "ProvisioningFailed event on claim nowhere",
+        Duration::from_secs(60),
+        || async {
+            let evs = events_for(&ns, "nowhere", "ProvisioningFailed").await;
+            evs.into_iter().next()
+        },
+    )
+    .await;
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("\"no-such-class\" not found"),
+        "{failed:?}"
+    );
+    let p = pods.get("stuck").await.unwrap();
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+    let c = claims.get("nowhere").await.unwrap();
+    assert_eq!(
+        c.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending")
+    );
+
+    // A pod bound to the node directly (no scheduler) whose claim does not exist yet: the podlet keeps
+    // it ContainerCreating with the reason and a FailedMount event, then starts it once the claim
+    // appears and binds.
+    pods.create(
+        &PostParams::default(),
+        &claim_pod(
+            "early",
+            "later",
+            "touch /data/x && echo STARTED; sleep 3600",
+            Some("e2e-node-0"),
+        ),
+    )
+    .await
+    .unwrap();
+    let expected = "waiting for PersistentVolumeClaim \"later\" to be bound (it does not exist)";
+    wait_for(
+        &ns.name,
+        &client,
+        "early pod waiting for its claim",
+        Duration::from_secs(60),
+        || async {
+            let p = pods.get("early").await.ok()?;
+            let cs = p.status?.container_statuses?.into_iter().next()?;
+            let w = cs.state?.waiting?;
+            (w.reason.as_deref() == Some("ContainerCreating")
+                && w.message.as_deref() == Some(expected))
+            .then_some(())
+        },
+    )
+    .await;
+    let mount_events = wait_for(
+        &ns.name,
+        &client,
+        "FailedMount event on pod early",
+        Duration::from_secs(30),
+        || async {
+            let evs = events_for(&ns, "early", "FailedMount").await;
+            (!evs.is_empty()).then_some(evs)
+        },
+    )
+    .await;
+    assert_eq!(mount_events[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        mount_events[0]
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains(expected),
+        "{:?}",
+        mount_events[0]
+    );
+    let p = pods.get("early").await.unwrap();
+    assert!(
+        pod_ip(&p).is_none(),
+        "a pod waiting for volumes has no sandbox"
+    );
+
+    claims
+        .create(&PostParams::default(), &claim("later", None))
+        .await
+        .unwrap();
+    let (_, pv) = bound_claim(&ns, "later").await;
+    let dir = volume_dir(&pv);
+    pod_log_with(&ns, "early", "STARTED").await;
+    assert!(dir.join("x").exists());
+
+    delete_pod_and_wait(&ns, "early").await;
+    delete_pod_and_wait(&ns, "stuck").await;
+    let pv_name = pv.metadata.name.clone().unwrap();
+    delete_claim_and_volume(&ns, "later", Some((&pv_name, dir))).await;
+    delete_claim_and_volume(&ns, "nowhere", None).await;
+    ns.delete().await;
+}
+
+#[tokio::test]
+async fn stateful_set_pod_keeps_its_claim_and_expandable_claims_grow() {
+    let client = client().await;
+    let ns = TestNs::new(&client, "podlet-sts").await;
+    // Every start appends a line, so the second pod's output shows the first one's too.
+    let mut pod = claim_pod(
+        "unused",
+        "unused",
+        "echo boot-$(date +%s%N) >> /data/boots && echo BOOTS=$(wc -l < /data/boots); sleep 3600",
+        None,
+    );
+    let mut pod_spec = pod.spec.take().unwrap();
+    pod_spec.volumes = None; // from the volumeClaimTemplate
+    let mut template = claim("data", Some("standard-expandable"));
+    template.metadata.name = Some("data".into());
+    let sts = StatefulSet {
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            ..Default::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels("web")),
+                ..Default::default()
+            },
+            service_name: Some("web".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels("web")),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec),
+            },
+            volume_claim_templates: Some(vec![template]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ns.api::<StatefulSet>()
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    let (_, pv) = bound_claim(&ns, "data-web-0").await;
+    let dir = volume_dir(&pv);
+    pod_log_with(&ns, "web-0", "BOOTS=1").await;
+    let first_uid = ns.api::<Pod>().get("web-0").await.unwrap().metadata.uid;
+
+    // The StatefulSet controller recreates web-0 with the same claim.
+    ns.api::<Pod>()
+        .delete("web-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    let log = pod_log_with(&ns, "web-0", "BOOTS=2").await;
+    let second = ns.api::<Pod>().get("web-0").await.unwrap();
+    assert_ne!(second.metadata.uid, first_uid, "web-0 was not recreated");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("boots"))
+            .unwrap()
+            .lines()
+            .count(),
+        2,
+        "{log}"
+    );
+
+    // allowVolumeExpansion: the apiserver accepts a larger request (nothing resizes a HostPath
+    // directory, so status.capacity stays); on the default class it refuses.
+    let grow = |size: &str| {
+        Patch::Merge(serde_json::json!({
+            "spec": { "resources": { "requests": { "storage": size } } }
+        }))
+    };
+    let claims = ns.api::<PersistentVolumeClaim>();
+    let grown = claims
+        .patch("data-web-0", &PatchParams::default(), &grow("2Mi"))
+        .await
+        .unwrap();
+    assert_eq!(
+        grown.spec.unwrap().resources.unwrap().requests.unwrap()["storage"],
+        Quantity("2Mi".into())
+    );
+    claims
+        .create(&PostParams::default(), &claim("fixed", None))
+        .await
+        .unwrap();
+    let (_, fixed_pv) = bound_claim(&ns, "fixed").await;
+    let fixed_dir = volume_dir(&fixed_pv);
+    let err = claims
+        .patch("fixed", &PatchParams::default(), &grow("2Mi"))
+        .await
+        .expect_err("a claim of class standard must not grow");
+    assert!(
+        matches!(&err, kube::Error::Api(e) if e.code == 403),
+        "{err}"
+    );
+
+    ns.api::<StatefulSet>()
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    delete_pod_and_wait(&ns, "web-0").await;
+    let pv_name = pv.metadata.name.clone().unwrap();
+    delete_claim_and_volume(&ns, "data-web-0", Some((&pv_name, dir))).await;
+    let fixed_name = fixed_pv.metadata.name.clone().unwrap();
+    delete_claim_and_volume(&ns, "fixed", Some((&fixed_name, fixed_dir))).await;
     ns.delete().await;
 }
