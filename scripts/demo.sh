@@ -4,8 +4,9 @@
 # Brings the cluster up (building what is missing), installs the CRD with kubectl and the operator
 # with Helm (its pod runs under the process kubelet with its own service account), applies the
 # example DataStream, sends a burst of traffic through the sidecars while deleting a replica's pod,
-# and prints the stream, the per-replica spread and the failed-request count. Idempotent: run it
-# again at will. Clean up with `make demo-down`.
+# prints the stream, the per-replica spread and the failed-request count, then writes keys, runs a
+# rolling update and shows every key read back from the same replica. Idempotent: run it again at
+# will. Clean up with `make demo-down`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -45,7 +46,7 @@ for ((i = 0; i < 180; i++)); do
 done
 if [[ "$phase" != Available ]]; then
   echo "demo: $name did not become Available in 180 s" >&2
-  k get dst,deploy,pods,endpointslices -n "$ns" -o wide >&2
+  k get dst,statefulsets,pods,pvc,endpointslices -n "$ns" -o wide >&2
   k describe dst "$name" -n "$ns" >&2
   exit 1
 fi
@@ -68,7 +69,62 @@ wait
 step "the stream after the disruption"
 sleep 3
 k get datastreams -n "$ns" -o wide
+
+# wait_rolled_out: every replica ready on the latest revision, for the latest generation.
+wait_rolled_out() {
+  local i state
+  for ((i = 0; i < 240; i++)); do
+    state="$(k get dst "$name" -n "$ns" -o jsonpath='{.metadata.generation} {.status.observedGeneration} {.status.readyReplicas} {.status.updatedReplicas} {.status.currentRevision} {.status.updateRevision} {.status.phase}')"
+    read -r gen observed ready updated current update phase <<<"$state"
+    if [[ "$gen" == "$observed" && "$ready" == 3 && "$updated" == 3 && -n "$current" && "$current" == "$update" && "$phase" == Available ]]; then
+      return 0
+    fi
+    sleep 1
+  done
+  echo "demo: the stream did not settle in 240 s ($state)" >&2
+  k get dst,statefulsets,pods,pvc -n "$ns" -o wide >&2
+  return 1
+}
+# read_key KEY: "<status> <x-replica-id>" of an affinity GET through one sidecar.
+read_key() {
+  in_netns curl -s -m 5 -D - -o /dev/null "http://$1/kv/$2" | tr -d '\r' |
+    awk 'NR == 1 { code = $2 } tolower($1) == "x-replica-id:" { id = $2 } END { print code, id }'
+}
+sidecar() { k get dst "$name" -n "$ns" -o jsonpath='{.status.endpoints[0]}' | sed 's/:7081$/:7080/'; }
+
+step "writing 20 keys, then a rolling update: every key must come back from the same replica"
+wait_rolled_out
+target="$(sidecar)"
+declare -A owner
+for i in $(seq 1 20); do
+  code="$(in_netns curl -s -m 5 -o /dev/null -w '%{http_code}' -X PUT --data "value-$i" "http://$target/kv/demo-key-$i")"
+  [[ "$code" == 2* ]] || { echo "demo: PUT demo-key-$i answered $code" >&2; exit 1; }
+  read -r code owner[$i] <<<"$(read_key "$target" "demo-key-$i")"
+  [[ "$code" == 200 ]] || { echo "demo: GET demo-key-$i answered $code" >&2; exit 1; }
+done
+echo "demo: wrote 20 keys; owners: $(printf '%s\n' "${owner[@]}" | sort | uniq -c | awk '{ printf "%s %s keys, ", $2, $1 }' | sed 's/, $//')"
+before="$(k get dst "$name" -n "$ns" -o jsonpath='{.status.updateRevision}')"
+k patch dst "$name" -n "$ns" --type=json \
+  -p "[{\"op\":\"add\",\"path\":\"/spec/workload/env/-\",\"value\":{\"name\":\"DEMO_ROLLOUT\",\"value\":\"$(date +%s)\"}}]" >/dev/null
+for ((i = 0; i < 60; i++)); do
+  [[ "$(k get dst "$name" -n "$ns" -o jsonpath='{.status.updateRevision}')" != "$before" ]] && break
+  sleep 0.5
+done
+echo "demo: rolling update from $before to $(k get dst "$name" -n "$ns" -o jsonpath='{.status.updateRevision}'), one replica at a time"
+wait_rolled_out
+target="$(sidecar)"
+moved=0
+for i in $(seq 1 20); do
+  read -r code now <<<"$(read_key "$target" "demo-key-$i")"
+  if [[ "$code" != 200 || "$now" != "${owner[$i]}" ]]; then
+    echo "demo: demo-key-$i: was on ${owner[$i]}, now $code from $now" >&2
+    moved=$((moved + 1))
+  fi
+done
+echo "demo: after the rolling update, 20 keys read back: $((20 - moved)) from the same replica, $moved lost or moved"
+k get datastreams,pvc -n "$ns" -o wide
 echo
 echo "Explore:  e2e/scripts/kubectl get dst -A     e2e/scripts/kubectl describe dst $name -n $ns"
 echo "Clean up: make demo-down"
+if ((moved > 0)); then exit 1; fi
 exit $traffic_exit

@@ -413,19 +413,8 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
             note_outcomes(ctx, ds, &outcomes).await;
             let name = Names::of(&ds.name_any()).base;
             if cached(&stores.pdbs, ns, &name).is_some() {
-                let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), ns);
-                ctx.metrics.wrote("PodDisruptionBudget", "delete");
-                match api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(source) => {
-                        return Err(Error::Delete {
-                            kind: "PodDisruptionBudget",
-                            name,
-                            source,
-                        });
-                    }
-                }
+                delete_child::<PodDisruptionBudget>(ctx, ns, &name, &DeleteParams::default())
+                    .await?;
                 publish(
                     ctx,
                     ds,
@@ -513,23 +502,11 @@ async fn recreate_orphaning_pods(
     name: &str,
     change: &str,
 ) -> Result<()> {
-    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), ns);
-    ctx.metrics.wrote("StatefulSet", "delete");
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Orphan),
         ..DeleteParams::default()
     };
-    match api.delete(name, &params).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => {}
-        Err(source) => {
-            return Err(Error::Delete {
-                kind: "StatefulSet",
-                name: name.to_owned(),
-                source,
-            });
-        }
-    }
+    delete_child::<StatefulSet>(ctx, ns, name, &params).await?;
     publish(
         ctx,
         ds,
@@ -563,18 +540,8 @@ async fn retire_deployment(
     if ready < ds.spec.replicas {
         return Ok(());
     }
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    ctx.metrics.wrote("Deployment", "delete");
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
-        Err(source) => {
-            return Err(Error::Delete {
-                kind: "Deployment",
-                name,
-                source,
-            });
-        }
+    if !delete_child::<Deployment>(ctx, ns, &name, &DeleteParams::background()).await? {
+        return Ok(());
     }
     publish(
         ctx,
@@ -588,6 +555,28 @@ async fn retire_deployment(
     )
     .await;
     Ok(())
+}
+
+/// Deletes one child. Already gone counts as done: `Ok(false)`.
+async fn delete_child<K>(ctx: &Context, ns: &str, name: &str, params: &DeleteParams) -> Result<bool>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = kind_of::<K>();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    ctx.metrics.wrote(kind, "delete");
+    match api.delete(name, params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(source) => Err(Error::Delete {
+            kind,
+            name: name.to_owned(),
+            source,
+        }),
+    }
 }
 
 fn kind_of_val<K: Resource<DynamicType = ()>>(_: &K) -> &'static str {

@@ -298,6 +298,38 @@ pub async fn http_request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, String)> {
+    let answer = http_exchange(method, url, headers, body).await?;
+    Ok((answer.status, answer.body))
+}
+
+/// What one HTTP request got back.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Response header fields.
+    pub headers: http::HeaderMap,
+    /// Body, as text.
+    pub body: String,
+}
+
+impl Answer {
+    /// A header field's value as text, or "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Sends one HTTP/1.1 request with a 5 s timeout and returns the whole answer.
+pub async fn http_exchange(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Answer> {
     use http_body_util::BodyExt;
     let uri: http::Uri = url.parse()?;
     let authority = uri.authority().context("url without host")?.clone();
@@ -319,12 +351,43 @@ pub async fn http_request(
             )))?)
             .await?;
         let status = response.status().as_u16();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        anyhow::Ok(Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     };
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .context("request timed out")?
+}
+
+/// The process id of a pod's container on the process kubelet (`run/pods/<uid>/<name>.pid`
+/// holds "<pid> <start time>"; the start time guards against pid reuse).
+pub fn container_pid(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> i32 {
+    let uid = pod.metadata.uid.clone().expect("pods have a uid");
+    let pid_file = state_dir()
+        .join("run/pods")
+        .join(&uid)
+        .join(format!("{container}.pid"));
+    std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{} holds no pid", pid_file.display()))
+}
+
+/// How often a pod's container has restarted, per its status.
+pub fn container_restarts(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == container))
+        .map(|c| c.restart_count)
+        .unwrap_or(0)
 }
 
 /// Resources the operator writes in a stream's namespace (events aside).

@@ -905,24 +905,8 @@ async fn a_users_whole_journey() {
     // kill a workload process (SIGKILL, as a crash): the podlet restarts it
     let before = load.counts();
     let (victim, pod) = stream_pods(&pods).await.into_iter().next().unwrap();
-    let uid = pod.metadata.uid.clone().unwrap();
-    let pid_file = state_dir().join("run/pods").join(&uid).join("workload.pid");
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
-        // "<pid> <start time>": the start time guards against pid reuse.
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let restarts = |p: &Pod| {
-        p.status
-            .as_ref()
-            .and_then(|s| s.container_statuses.as_ref())
-            .and_then(|c| c.iter().find(|c| c.name == "workload"))
-            .map(|c| c.restart_count)
-            .unwrap_or(0)
-    };
+    let pid = container_pid(&pod, "workload");
+    let restarts = |p: &Pod| container_restarts(p, "workload");
     let restarts_before = restarts(&pod);
     assert!(
         Command::new("kill")
