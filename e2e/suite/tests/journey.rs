@@ -952,7 +952,11 @@ async fn a_users_whole_journey() {
 
     // roll out a new workload version
     let before = load.counts();
-    let old_pods: BTreeSet<String> = stream_pods(&pods).await.into_keys().collect();
+    // StatefulSet pods keep their names across a rollout: a replaced pod is a new uid.
+    let uids = |pods: BTreeMap<String, Pod>| -> BTreeSet<String> {
+        pods.into_values().filter_map(|p| p.metadata.uid).collect()
+    };
+    let old_pods: BTreeSet<String> = uids(stream_pods(&pods).await);
     kubectl_ok(&[
         "patch",
         "dst",
@@ -971,7 +975,7 @@ async fn a_users_whole_journey() {
             let old_pods = old_pods.clone();
             let (streams, pods) = (streams.clone(), pods.clone());
             async move {
-                let now: BTreeSet<String> = stream_pods(&pods).await.into_keys().collect();
+                let now: BTreeSet<String> = uids(stream_pods(&pods).await);
                 let ds = streams.get(STREAM).await.ok()?;
                 let s = ds.status?;
                 (now.is_disjoint(&old_pods)
