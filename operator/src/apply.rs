@@ -104,6 +104,43 @@ pub fn immutable_change(
     (!same).then(|| "its volume claim templates".into())
 }
 
+/// `maxUnavailable` of a StatefulSet's rolling update, if set.
+pub fn max_unavailable(
+    set: &k8s_openapi::api::apps::v1::StatefulSet,
+) -> Option<&k8s_openapi::apimachinery::pkg::util::intstr::IntOrString> {
+    set.spec
+        .as_ref()?
+        .update_strategy
+        .as_ref()?
+        .rolling_update
+        .as_ref()?
+        .max_unavailable
+        .as_ref()
+}
+
+/// The desired StatefulSet as the API server serves it back, for the drift check: without
+/// `maxUnavailable` when the live object has none although the operator applies it with force (no
+/// other manager can take it away), since then the server drops the field (feature gate
+/// MaxUnavailableStatefulSet off). Comparing with the field would re-apply on every reconcile.
+pub fn as_served<'a>(
+    live: Option<&k8s_openapi::api::apps::v1::StatefulSet>,
+    desired: &'a k8s_openapi::api::apps::v1::StatefulSet,
+) -> std::borrow::Cow<'a, k8s_openapi::api::apps::v1::StatefulSet> {
+    let dropped = live.is_some_and(|l| max_unavailable(l).is_none());
+    if !dropped || max_unavailable(desired).is_none() {
+        return std::borrow::Cow::Borrowed(desired);
+    }
+    let mut served = desired.clone();
+    if let Some(strategy) = served
+        .spec
+        .as_mut()
+        .and_then(|s| s.update_strategy.as_mut())
+    {
+        strategy.rolling_update = None;
+    }
+    std::borrow::Cow::Owned(served)
+}
+
 /// What applying one child did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -164,6 +201,34 @@ mod tests {
         assert!(!contains(
             &live,
             &json!({"spec": {"publishNotReadyAddresses": true}})
+        ));
+    }
+
+    #[test]
+    fn a_max_unavailable_the_server_dropped_is_left_out_of_the_drift_check() {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        let set = |strategy: serde_json::Value| -> StatefulSet {
+            serde_json::from_value(json!({
+                "metadata": {"name": "kv"},
+                "spec": {"selector": {}, "template": {}, "serviceName": "kv-peers",
+                         "updateStrategy": strategy}
+            }))
+            .unwrap()
+        };
+        let desired = set(json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}));
+        let dropped = set(json!({"type": "RollingUpdate"}));
+        assert!(!up_to_date(Some(&dropped), &desired));
+        assert!(up_to_date(
+            Some(&dropped),
+            &as_served(Some(&dropped), &desired)
+        ));
+        // Where the server keeps the field, it is compared (and a changed value is drift).
+        let kept = set(json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 3}}));
+        assert!(!up_to_date(Some(&kept), &as_served(Some(&kept), &desired)));
+        // Before the first apply there is nothing to learn from.
+        assert!(matches!(
+            as_served(None, &desired),
+            std::borrow::Cow::Borrowed(_)
         ));
     }
 

@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{Outcome, immutable_change, up_to_date};
+use crate::apply::{Outcome, as_served, immutable_change, max_unavailable, up_to_date};
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
@@ -202,12 +202,14 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
-/// Applies one child if its cached copy differs from the desired one.
+/// Applies one child if its cached copy differs from `compared`: the desired object, or what of
+/// it the API server keeps (see [`crate::apply::as_served`]).
 async fn apply_child<K>(
     ctx: &Context,
     ns: &str,
     store: &Store<K>,
     desired: &K,
+    compared: &K,
 ) -> Result<(Outcome, Option<K>)>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -218,7 +220,7 @@ where
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     let live = cached(store, ns, &name);
-    if up_to_date(live.as_deref(), desired) {
+    if up_to_date(live.as_deref(), compared) {
         return Ok((Outcome::Unchanged, live.map(|l| (*l).clone())));
     }
     let kind = kind_of::<K>();
@@ -347,9 +349,12 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
 
     let mut outcomes: Vec<(&'static str, String, Outcome)> = Vec::new();
     macro_rules! apply {
-        ($store:expr, $object:expr) => {{
+        ($store:expr, $object:expr) => {
+            apply!($store, $object, $object)
+        };
+        ($store:expr, $object:expr, $compared:expr) => {{
             let object = $object;
-            let (outcome, live) = match apply_child(ctx, ns, $store, object).await {
+            let (outcome, live) = match apply_child(ctx, ns, $store, object, $compared).await {
                 Ok(done) => done,
                 Err(error) => {
                     note_outcomes(ctx, ds, &outcomes).await;
@@ -394,7 +399,27 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
     let previous_replicas = live
         .as_ref()
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
-    let stateful_set = apply!(&stores.stateful_sets, &children.stateful_set);
+    let served = as_served(live.as_deref(), &children.stateful_set);
+    let stateful_set = apply!(&stores.stateful_sets, &children.stateful_set, &served);
+    let applied = outcomes
+        .last()
+        .is_some_and(|(_, _, o)| *o != Outcome::Unchanged);
+    if applied
+        && max_unavailable(&children.stateful_set).is_some()
+        && stateful_set
+            .as_ref()
+            .is_some_and(|s| max_unavailable(s).is_none())
+    {
+        publish(
+            ctx,
+            ds,
+            EventType::Warning,
+            "RolloutSettingIgnored",
+            "Apply",
+            "The API server dropped spec.rollout.maxUnavailable (its MaxUnavailableStatefulSet feature gate is off): replicas roll one at a time".into(),
+        )
+        .await;
+    }
     if let Some(previous) = previous_replicas.filter(|p| *p != ds.spec.replicas) {
         let note = format!("Scaled from {previous} to {} replicas", ds.spec.replicas);
         publish(ctx, ds, EventType::Normal, "Scaled", "Scale", note).await;

@@ -425,13 +425,18 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
             // Scaling creates or removes replicas at once rather than one by one (a replica that
             // never gets ready must not block the others); updates still roll one at a time.
             pod_management_policy: Some("Parallel".to_owned()),
-            // Highest ordinal first, `maxUnavailable` at a time, each waiting until the replaced
-            // replica is ready again: its sidecar's readiness includes the workload's.
+            // Highest ordinal first, one at a time (or `maxUnavailable`), each waiting until the
+            // replaced replica is ready again: its sidecar's readiness includes the workload's.
+            // maxUnavailable is sent only when it says more than one: the API server drops the
+            // field unless the MaxUnavailableStatefulSet gate is on (beta, off by default through
+            // 1.36), and one at a time is what a StatefulSet does without it.
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateStatefulSetStrategy {
-                    max_unavailable: Some(IntOrString::Int(rollout.max_unavailable.unwrap_or(1))),
-                    partition: None,
+                rolling_update: rollout.max_unavailable.filter(|n| *n > 1).map(|n| {
+                    RollingUpdateStatefulSetStrategy {
+                        max_unavailable: Some(IntOrString::Int(n)),
+                        partition: None,
+                    }
                 }),
             }),
             min_ready_seconds: rollout.min_ready_seconds,

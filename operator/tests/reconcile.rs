@@ -165,16 +165,7 @@ fn settle(caches: &mut Caches, ds: &DataStream) {
     set.metadata.uid = Some("d-1".into());
     set.metadata.generation = Some(1);
     set.spec.as_mut().unwrap().revision_history_limit = Some(10);
-    set.status = Some(StatefulSetStatus {
-        observed_generation: Some(1),
-        replicas: 3,
-        ready_replicas: Some(3),
-        updated_replicas: Some(3),
-        available_replicas: Some(3),
-        current_revision: Some("catalog-7d9f".into()),
-        update_revision: Some("catalog-7d9f".into()),
-        ..StatefulSetStatus::default()
-    });
+    set.status = caches_status();
     caches
         .stateful_sets
         .apply_watcher_event(&watcher::Event::Apply(set));
@@ -508,4 +499,49 @@ async fn a_claim_template_change_recreates_the_stateful_set_orphaning_its_pods()
         "the new StatefulSet is applied only once the old one is gone"
     );
     assert!(events(&requests).contains(&"Recreating".to_owned()));
+}
+
+#[tokio::test]
+async fn a_rollout_setting_the_server_drops_does_not_reapply_on_every_reconcile() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let mut ds = stream();
+    ds.spec.rollout =
+        Some(serde_json::from_value(serde_json::json!({ "maxUnavailable": 2 })).unwrap());
+    settle(&mut caches, &ds);
+    // What a server without the MaxUnavailableStatefulSet gate stores: no rollingUpdate at all.
+    let mut served = desired::children(&ds, &settings()).stateful_set;
+    served.metadata.uid = Some("d-1".into());
+    served.metadata.generation = Some(1);
+    served
+        .spec
+        .as_mut()
+        .unwrap()
+        .update_strategy
+        .as_mut()
+        .unwrap()
+        .rolling_update = None;
+    served.status = caches_status();
+    caches
+        .stateful_sets
+        .apply_watcher_event(&watcher::Event::Apply(served));
+    for _ in 0..3 {
+        reconcile(Arc::new(ds.clone()), ctx.clone()).await.unwrap();
+    }
+    let requests = fake.take();
+    assert_eq!(applies(&requests), Vec::<String>::new());
+}
+
+fn caches_status() -> Option<StatefulSetStatus> {
+    Some(StatefulSetStatus {
+        observed_generation: Some(1),
+        replicas: 3,
+        ready_replicas: Some(3),
+        updated_replicas: Some(3),
+        available_replicas: Some(3),
+        current_revision: Some("catalog-7d9f".into()),
+        update_revision: Some("catalog-7d9f".into()),
+        ..StatefulSetStatus::default()
+    })
 }

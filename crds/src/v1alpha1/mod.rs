@@ -118,7 +118,10 @@ pub struct DataStreamSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollout {
-    /// Replicas replaced at the same time. Defaults to 1 (one at a time).
+    /// Replicas replaced at the same time. Defaults to 1 (one at a time). More than 1 needs the
+    /// StatefulSet feature gate MaxUnavailableStatefulSet (beta, off by default through Kubernetes
+    /// 1.36): without it the API server ignores the setting, the stream gets a Warning event
+    /// `RolloutSettingIgnored`, and replicas roll one at a time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_unavailable: Option<i32>,
