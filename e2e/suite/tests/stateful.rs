@@ -262,11 +262,28 @@ async fn keys_stay_with_their_replica_through_every_disruption() {
     wait_settled(&ns.name, &streams, &pods, 3, "kv-1 back").await;
     assert_keys(&ns.name, &pods, &keys, owner3, "after deleting pod kv-1").await;
 
-    // 3. An operator restart changes nothing: no write to the replicas, same owners.
+    // 3. An operator restart changes nothing: no write to the replicas, same owners. The killed
+    // leader never released its Lease, so wait until the new one leads and has reconciled the
+    // stream (and then some) before counting its writes.
     operator.kill();
     let since = audit_now();
     let operator = Operator::start("stateful-1", &ns.name);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_for(
+        &ns.name,
+        "the new operator leading and reconciling",
+        Duration::from_secs(60),
+        || async {
+            let metrics = operator.metrics().await.ok()?;
+            let reconciled = metrics
+                .lines()
+                .find(|l| l.starts_with("datastream_operator_reconcile_total{result=\"success\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            (metrics.contains("datastream_operator_leader 1") && reconciled >= 1).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     wait_settled(&ns.name, &streams, &pods, 3, "steady after the restart").await;
     let writes = audited_writes(&ns.name, &OPERATOR_WRITTEN_RESOURCES, &since);
     assert!(
