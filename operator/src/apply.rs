@@ -89,12 +89,13 @@ pub fn immutable_change(
     {
         return Some("its pod management policy".into());
     }
-    let templates = |s: &k8s_openapi::api::apps::v1::StatefulSetSpec| {
-        s.volume_claim_templates.clone().unwrap_or_default()
-    };
-    let (live_templates, desired_templates) = (templates(live), templates(desired));
+    let live_templates = live.volume_claim_templates.as_deref().unwrap_or_default();
+    let desired_templates = desired
+        .volume_claim_templates
+        .as_deref()
+        .unwrap_or_default();
     let same = live_templates.len() == desired_templates.len()
-        && live_templates.iter().zip(&desired_templates).all(|(l, d)| {
+        && live_templates.iter().zip(desired_templates).all(|(l, d)| {
             l.metadata.name == d.metadata.name
                 && contains(
                     &serde_json::to_value(&l.spec).expect("claims serialize"),

@@ -653,15 +653,10 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
                 && s.labels().get("kubernetes.io/service-name") == Some(&names.peers)
         })
         .collect();
-    let claims: Vec<Arc<PersistentVolumeClaim>> = ctx
-        .stores
-        .claims
-        .state()
-        .into_iter()
-        .filter(|c| {
-            c.namespace().as_deref() == Some(ns.as_str())
-                && c.labels().get(INSTANCE_LABEL) == Some(&names.base)
-        })
+    // Claims of the current replicas only, looked up by name (a retained claim of a removed
+    // replica is not the stream's concern until a scale-up brings its replica back).
+    let claims: Vec<Arc<PersistentVolumeClaim>> = desired::replica_claim_names(ds)
+        .filter_map(|name| cached(&ctx.stores.claims, &ns, &name))
         .collect();
     let observed = Observed {
         stateful_set: stateful_set.as_ref(),

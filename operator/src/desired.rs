@@ -291,9 +291,17 @@ pub fn claim_name(claim: &str, stream: &str, ordinal: i32) -> String {
     format!("{claim}-{stream}-{ordinal}")
 }
 
-/// Name of replica `ordinal`'s pod.
-pub fn pod_name(stream: &str, ordinal: i32) -> String {
-    format!("{stream}-{ordinal}")
+/// Names of the claims of the stream's current replicas (ordinals below `spec.replicas`).
+pub fn replica_claim_names(ds: &DataStream) -> impl Iterator<Item = String> + '_ {
+    let stream = ds.name_any_or_empty();
+    ds.spec
+        .workload
+        .volume_claims
+        .iter()
+        .flat_map(move |claim| {
+            let stream = stream.clone();
+            (0..ds.spec.replicas).map(move |ordinal| claim_name(&claim.name, &stream, ordinal))
+        })
 }
 
 fn claim_templates(ds: &DataStream, name: &str) -> Vec<PersistentVolumeClaim> {

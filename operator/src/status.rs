@@ -3,12 +3,12 @@
 //! Pure functions, so that "status written only when it changed" can be decided by comparing two
 //! values, and so that condition timestamps move only when a condition's status flips.
 
+use std::time::Duration;
+
 use datastream_api::v1alpha1::{
     CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_PROGRESSING, DataStream, DataStreamStatus,
     Phase, SIDECAR_PEER_PORT,
 };
-use std::time::Duration;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,7 +28,7 @@ pub struct Observed<'a> {
     pub stateful_set: Option<&'a StatefulSet>,
     /// EndpointSlices of the stream's peer Service.
     pub peer_slices: Vec<&'a EndpointSlice>,
-    /// The replicas' PersistentVolumeClaims.
+    /// The PersistentVolumeClaims of the current replicas (not those a scale-down retained).
     pub claims: Vec<&'a PersistentVolumeClaim>,
     /// The error of this reconcile's apply step, if it failed: a condition reason and a message.
     pub apply_error: Option<(&'static str, String)>,
@@ -42,24 +42,12 @@ struct Verdict {
     message: String,
 }
 
-/// Claims of current replicas (ordinal below `replicas`) that have stayed unbound for longer
-/// than [`CLAIM_PENDING_GRACE`], described for a condition message.
-fn pending_claims(
-    stream: &str,
-    replicas: i32,
-    claims: &[&PersistentVolumeClaim],
-    now: &Time,
-) -> Vec<String> {
+/// Claims that have stayed unbound for longer than [`CLAIM_PENDING_GRACE`], described for a
+/// condition message.
+fn pending_claims(claims: &[&PersistentVolumeClaim], now: &Time) -> Vec<String> {
     let mut pending: Vec<String> = claims
         .iter()
         .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
-        .filter(|c| {
-            let name = c.metadata.name.as_deref().unwrap_or_default();
-            name.rsplit_once('-')
-                .filter(|(prefix, _)| prefix.ends_with(&format!("-{stream}")))
-                .and_then(|(_, ordinal)| ordinal.parse::<i32>().ok())
-                .is_some_and(|ordinal| ordinal < replicas)
-        })
         .filter(|c| {
             c.metadata
                 .creation_timestamp
@@ -113,7 +101,7 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         || set_status.current_revision == set_status.update_revision;
     let rolled_out =
         set_current && revisions_converged && updated == desired && replicas == desired;
-    let pending = pending_claims(&name, desired, &observed.claims, &now);
+    let pending = pending_claims(&observed.claims, &now);
 
     let mut endpoints: Vec<String> = observed
         .peer_slices
@@ -502,10 +490,9 @@ mod tests {
         let d = rolling(3, 3, 3, 0, "r0", "r1");
         let pending = claim("data-catalog-0", "Pending", 100);
         let bound = claim("data-catalog-1", "Bound", 100);
-        let removed_replica = claim("data-catalog-7", "Pending", 100);
         let observed = Observed {
             stateful_set: Some(&d),
-            claims: vec![&pending, &bound, &removed_replica],
+            claims: vec![&pending, &bound],
             ..Observed::default()
         };
         let young = derive(&stream(3), &observed, time(102));

@@ -199,6 +199,17 @@ async fn keys_stay_with_their_replica_through_every_disruption() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    let delete_stream = || {
+        kubectl_ok(&[
+            "delete",
+            "dst",
+            STREAM,
+            "-n",
+            &ns.name,
+            "--wait=true",
+            "--timeout=90s",
+        ]);
+    };
     let apply = |yaml: String| {
         let out = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
         assert!(out.ok, "kubectl apply: {}", out.stderr);
@@ -387,15 +398,7 @@ async fn keys_stay_with_their_replica_through_every_disruption() {
 
     // 7. Deleting the stream keeps the claims by default; a new stream of the same name finds
     // its data again.
-    kubectl_ok(&[
-        "delete",
-        "dst",
-        STREAM,
-        "-n",
-        &ns.name,
-        "--wait=true",
-        "--timeout=90s",
-    ]);
+    delete_stream();
     wait_for(
         &ns.name,
         "replicas gone",
@@ -432,15 +435,7 @@ async fn keys_stay_with_their_replica_through_every_disruption() {
     .await;
 
     // 8. With whenDeleted: Delete, deleting the stream removes its claims.
-    kubectl_ok(&[
-        "delete",
-        "dst",
-        STREAM,
-        "-n",
-        &ns.name,
-        "--wait=true",
-        "--timeout=90s",
-    ]);
+    delete_stream();
     wait_for(
         &ns.name,
         "claims deleted",

@@ -108,7 +108,18 @@ fn replicas_have_stable_names_and_claims() {
         .collect();
     assert_eq!(names, ["data", "wal"]);
     assert_eq!(claim_name("data", "kv", 2), "data-kv-2");
-    assert_eq!(pod_name("kv", 0), "kv-0");
+    let claims: Vec<String> = replica_claim_names(&stream(STATEFUL)).collect();
+    assert_eq!(
+        claims,
+        [
+            "data-kv-0",
+            "data-kv-1",
+            "data-kv-2",
+            "wal-kv-0",
+            "wal-kv-1",
+            "wal-kv-2"
+        ]
+    );
     let retention = spec.persistent_volume_claim_retention_policy.unwrap();
     assert_eq!(retention.when_scaled.as_deref(), Some("Delete"));
     assert_eq!(retention.when_deleted.as_deref(), Some("Retain"));
