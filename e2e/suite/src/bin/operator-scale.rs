@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let reconciled = started.elapsed();
-    // Then until the Deployment controller has caught up and every stream says its rollout is
+    // Then until the StatefulSet controller has caught up and every stream says its rollout is
     // complete: only then is the system steady.
     loop {
         let list = api.list(&ListParams::default()).await?;
