@@ -15,7 +15,7 @@ use datastream_sidecar::endpoint::EndpointSpec;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use resilience_support::{load_client, metric_sum, metrics_text};
-use support::{backends, get, h1_client, sidecar, try_get};
+use support::{backends, get, h1_client, refusing_addr, sidecar, try_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{Instant, sleep};
@@ -188,10 +188,7 @@ routes:
 #[tokio::test]
 async fn a_post_to_a_dead_replica_is_retried_because_it_never_reached_it() {
     let healthy = backends(1).await;
-    let dead_addr = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let (_reserved, dead_addr) = refusing_addr();
     let dead = EndpointSpec {
         addr: dead_addr,
         name: "a-dead".into(),

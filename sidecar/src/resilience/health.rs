@@ -313,10 +313,11 @@ mod tests {
     async fn refused_and_silent_workloads_fail() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent = l.local_addr().unwrap();
-        let closed = {
-            let t = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            t.local_addr().unwrap()
-        };
+        // Bound but never listening (and without SO_REUSEADDR, so no parallel test can take
+        // the port): every connect is refused for as long as `reserved` lives.
+        let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+        reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let closed = reserved.local_addr().unwrap();
         let err = check(closed, &config(None)).await.unwrap_err();
         assert!(err.starts_with("connect"), "{err}");
         // Accepts (in the backlog) but never answers.

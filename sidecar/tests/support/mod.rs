@@ -273,6 +273,17 @@ fn empty() -> TestBody {
     Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
 }
 
+/// A loopback address where every connect is refused, held for as long as the returned
+/// socket lives. The socket is bound but never listens, and without `SO_REUSEADDR`, so no
+/// other test can take the port in the meantime (a listener bound and dropped frees the
+/// port, and a parallel test's server answering on it turns "refused" into a real reply).
+pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// Starts `n` backends named r0..rN.
 pub async fn backends(n: usize) -> Vec<Arc<Backend>> {
     let mut v = Vec::new();
