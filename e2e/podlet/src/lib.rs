@@ -22,6 +22,7 @@ pub mod node;
 pub mod objects;
 pub mod probe;
 pub mod process;
+pub mod resizer;
 pub mod status;
 pub mod volumes;
 pub mod worker;

@@ -11,7 +11,7 @@ use datastream_podlet::imagemap::ImageMap;
 use datastream_podlet::ipam::Ipam;
 use datastream_podlet::launch::{INIT_SUBCOMMAND, container_init};
 use datastream_podlet::node::{self, NodeInfo};
-use datastream_podlet::{cleanup, controller};
+use datastream_podlet::{cleanup, controller, resizer};
 use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -115,8 +115,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     tokio::spawn(signals);
+    let resizer = tokio::spawn(resizer::run(client.clone(), stop.clone()));
     let result = controller::run(ctx, stop.clone()).await;
     stop.cancel();
     let _ = heartbeat.await;
+    let _ = resizer.await;
     result
 }
