@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServiceAccount, ServicePort, ServiceSpec,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -209,23 +209,6 @@ pub fn pod_config_hash(ds: &DataStream, settings: &Settings) -> String {
     hex::encode(&hasher.finalize()[..8])
 }
 
-fn restricted_container_security() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            add: None,
-        }),
-        seccomp_profile: Some(SeccompProfile {
-            type_: "RuntimeDefault".to_owned(),
-            localhost_profile: None,
-        }),
-        ..SecurityContext::default()
-    }
-}
-
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -248,7 +231,7 @@ fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
     }
 }
 
-fn port(name: &str, number: i32) -> ContainerPort {
+pub(crate) fn port(name: &str, number: i32) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: number,
@@ -359,19 +342,21 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
         args: (!spec.workload.args.is_empty()).then(|| spec.workload.args.clone()),
         env: (!spec.workload.env.is_empty()).then(|| spec.workload.env.clone()),
         resources: spec.workload.resources.clone(),
-        ports: Some(vec![port("workload", spec.workload.port)]),
-        volume_mounts: (!spec.workload.volume_claims.is_empty()).then(|| {
-            spec.workload
-                .volume_claims
-                .iter()
-                .map(|claim| VolumeMount {
-                    name: claim.name.clone(),
-                    mount_path: claim.mount_path.clone(),
-                    ..VolumeMount::default()
-                })
-                .collect()
-        }),
-        security_context: Some(restricted_container_security()),
+        ports: Some(pod::workload_ports(&spec.workload)),
+        volume_mounts: pod::workload_mounts(&spec.workload),
+        liveness_probe: spec
+            .workload
+            .liveness_probe
+            .as_ref()
+            .map(|p| pod::probe(p, spec.workload.port)),
+        startup_probe: spec
+            .workload
+            .startup_probe
+            .as_ref()
+            .map(|p| pod::probe(p, spec.workload.port)),
+        security_context: Some(pod::workload_security(
+            spec.workload.security_context.as_ref(),
+        )),
         ..Container::default()
     };
 
@@ -413,7 +398,7 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
                 .clone()
                 .unwrap_or_else(default_sidecar_resources),
         ),
-        security_context: Some(restricted_container_security()),
+        security_context: Some(pod::sidecar_security()),
         ..Container::default()
     };
 
@@ -466,16 +451,20 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
                     service_account_name: Some(names.sidecar.clone()),
                     automount_service_account_token: Some(true),
                     containers: vec![workload, sidecar],
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        fs_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
+                    security_context: Some(pod::pod_security(overrides.security_context.as_ref())),
+                    volumes: (!spec.workload.volumes.is_empty())
+                        .then(|| spec.workload.volumes.iter().map(pod::volume).collect()),
+                    image_pull_secrets: pod::image_pull_secrets(&overrides.image_pull_secrets),
+                    topology_spread_constraints: (!overrides
+                        .topology_spread_constraints
+                        .is_empty())
+                    .then(|| {
+                        let own = selector_labels(name);
+                        overrides
+                            .topology_spread_constraints
+                            .iter()
+                            .map(|t| pod::topology_spread(t, &own))
+                            .collect()
                     }),
                     termination_grace_period_seconds: overrides
                         .termination_grace_period_seconds
@@ -625,6 +614,8 @@ fn network_policy(ds: &DataStream, names: &Names) -> NetworkPolicy {
         }),
     }
 }
+
+mod pod;
 
 #[cfg(test)]
 mod tests;

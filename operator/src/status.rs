@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use datastream_api::v1alpha1::{
     CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_PROGRESSING, DataStream, DataStreamStatus,
-    Phase, SIDECAR_PEER_PORT,
+    Phase, SIDECAR_PEER_PORT, VolumeClaimStatus,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::desired::selector_string;
+use crate::desired::{claim_name, selector_string};
+use crate::quantity::Quantity;
 
 /// How long a replica's claim may stay unbound before the stream reports it: provisioning and
 /// binding normally take well under a second, and a claim that cannot bind (no such
@@ -254,9 +255,69 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         update_revision: set_status.update_revision.clone(),
         selector: selector_string(&name),
         endpoints,
+        volume_claims: volume_claims(ds, &observed.claims),
         phase: Some(phase),
         conditions,
     }
+}
+
+/// Per `spec.workload.volumeClaims` entry, the smallest request (capped at the spec's size, so
+/// that a status write can never contradict the spec's admission rule) and the smallest
+/// provisioned capacity among the current replicas' claims. Entries without any claim yet are
+/// left out: admission then lets the size change freely, and nothing exists to shrink.
+fn volume_claims(ds: &DataStream, claims: &[&PersistentVolumeClaim]) -> Vec<VolumeClaimStatus> {
+    fn smallest<'a>(sizes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+        sizes
+            .filter_map(|text| Some((Quantity::parse(text)?, text)))
+            .min_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal))
+            .map(|(_, text)| text)
+    }
+    let stream = ds.metadata.name.as_deref().unwrap_or_default();
+    ds.spec
+        .workload
+        .volume_claims
+        .iter()
+        .filter_map(|template| {
+            let names: Vec<String> = (0..ds.spec.replicas)
+                .map(|ordinal| claim_name(&template.name, stream, ordinal))
+                .collect();
+            let own: Vec<&PersistentVolumeClaim> = claims
+                .iter()
+                .copied()
+                .filter(|c| c.metadata.name.as_ref().is_some_and(|n| names.contains(n)))
+                .collect();
+            let requested =
+                smallest(own.iter().filter_map(|c| {
+                    storage(c.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?)
+                }))?;
+            let size = match (Quantity::parse(requested), Quantity::parse(&template.size)) {
+                (Some(have), Some(want)) if want < have => template.size.clone(),
+                _ => requested.to_owned(),
+            };
+            let capacities: Vec<&str> = own
+                .iter()
+                .filter_map(|c| storage(c.status.as_ref()?.capacity.as_ref()?))
+                .collect();
+            let capacity = (capacities.len() == own.len())
+                .then(|| smallest(capacities.into_iter()))
+                .flatten()
+                .map(str::to_owned);
+            Some(VolumeClaimStatus {
+                name: template.name.clone(),
+                size,
+                capacity,
+            })
+        })
+        .collect()
+}
+
+fn storage(
+    resources: &std::collections::BTreeMap<
+        String,
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+    >,
+) -> Option<&str> {
+    resources.get("storage").map(|q| q.0.as_str())
 }
 
 /// Turns a verdict into a condition, keeping the previous `lastTransitionTime` unless the
@@ -287,7 +348,9 @@ fn settle(
 mod tests {
     use datastream_api::v1alpha1::DataStreamSpec;
     use k8s_openapi::api::apps::v1::{StatefulSetSpec, StatefulSetStatus};
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaimSpec, PersistentVolumeClaimStatus};
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, VolumeResourceRequirements,
+    };
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -508,6 +571,64 @@ mod tests {
         assert_eq!(
             condition(&s, CONDITION_AVAILABLE).reason,
             "VolumeClaimPending"
+        );
+    }
+
+    fn sized(name: &str, requested: &str, capacity: Option<&str>) -> PersistentVolumeClaim {
+        let quantity = |q: &str| {
+            std::collections::BTreeMap::from([(
+                "storage".to_owned(),
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity(q.to_owned()),
+            )])
+        };
+        let mut c = claim(name, "Bound", 100);
+        c.spec.as_mut().unwrap().resources = Some(VolumeResourceRequirements {
+            requests: Some(quantity(requested)),
+            limits: None,
+        });
+        c.status.as_mut().unwrap().capacity = capacity.map(quantity);
+        c
+    }
+
+    #[test]
+    fn claim_sizes_are_the_smallest_among_the_replicas_and_never_above_the_spec() {
+        let mut ds = stream(3);
+        ds.spec.workload.volume_claims = serde_json::from_value(serde_json::json!([
+            { "name": "data", "mountPath": "/data", "size": "2Gi" },
+            { "name": "logs", "mountPath": "/logs", "size": "1Gi" },
+            { "name": "new", "mountPath": "/new", "size": "1Gi" },
+        ]))
+        .unwrap();
+        // data: a growth to 2Gi that reached two claims; the third still asks 1Gi and none has
+        // grown yet. logs: one claim grown by hand beyond the spec, one not provisioned yet.
+        // A claim of a removed replica (ordinal 3) does not count.
+        let claims = [
+            sized("data-catalog-0", "2Gi", Some("1Gi")),
+            sized("data-catalog-1", "2048Mi", Some("1Gi")),
+            sized("data-catalog-2", "1Gi", Some("1Gi")),
+            sized("data-catalog-3", "512Mi", Some("512Mi")),
+            sized("logs-catalog-0", "4Gi", Some("4Gi")),
+            sized("logs-catalog-1", "4Gi", None),
+        ];
+        let observed = Observed {
+            claims: claims.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&ds, &observed, time(200));
+        assert_eq!(
+            s.volume_claims,
+            [
+                VolumeClaimStatus {
+                    name: "data".into(),
+                    size: "1Gi".into(),
+                    capacity: Some("1Gi".into()),
+                },
+                VolumeClaimStatus {
+                    name: "logs".into(),
+                    size: "1Gi".into(),
+                    capacity: None,
+                },
+            ]
         );
     }
 

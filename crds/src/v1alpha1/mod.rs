@@ -4,6 +4,7 @@
 //! written for users. Cross-field rules are CEL (`x-kubernetes-validations`) so that an invalid
 //! DataStream is rejected at admission with a message naming the field, never accepted and failed later.
 
+mod pod;
 mod status;
 mod traffic;
 mod workload;
@@ -11,6 +12,7 @@ mod workload;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use pod::*;
 pub use status::*;
 pub use traffic::*;
 pub use workload::*;
@@ -76,6 +78,13 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
         description = "Why the stream is or is not available"
     ),
     printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Degraded\")].reason",
+        priority = 1,
+        description = "What is wrong, when the stream is Degraded (AsExpected otherwise)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -84,6 +93,11 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 #[kube(validation = Rule::new("size(self.metadata.name) <= 52").message(
     "metadata.name must be at most 52 characters: replica pods are named <name>-<ordinal> and their StatefulSet revision label adds 11 more characters"
 ))]
+#[kube(validation = Rule::new(
+    "!has(self.status) || !has(self.status.volumeClaims) || !has(self.spec.workload.volumeClaims) || self.spec.workload.volumeClaims.all(c, !isQuantity(c.size) || self.status.volumeClaims.all(s, s.name != c.name || !isQuantity(s.size) || quantity(c.size).compareTo(quantity(s.size)) >= 0))"
+).message(
+    "spec.workload.volumeClaims[].size cannot be smaller than status.volumeClaims[].size, the size the replicas' claims already have: a volume can only grow, and only where its StorageClass allows volume expansion"
+).field_path(".spec.workload.volumeClaims"))]
 #[x_kube(validation = Rule::new(
     "!has(self.traffic) || !has(self.traffic.routes) || self.traffic.routes.all(r, !has(r.broadcast) || !has(r.broadcast.quorum) || r.broadcast.quorum <= self.replicas)"
 ).message("traffic.routes[].broadcast.quorum must not exceed spec.replicas: the quorum could never be reached").field_path(".traffic.routes"))]

@@ -48,6 +48,13 @@ pub struct DataStreamStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<String>,
 
+    /// Size of each of `spec.workload.volumeClaims` that every current replica's claim already
+    /// has, by claim name. Admission refuses a `size` below it: volumes never shrink.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub volume_claims: Vec<VolumeClaimStatus>,
+
     /// Short summary: Pending, Progressing, Available or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
@@ -56,6 +63,25 @@ pub struct DataStreamStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What the replicas' claims of one `spec.workload.volumeClaims` entry have.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeClaimStatus {
+    /// The entry's name.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The smallest storage request among the current replicas' claims, capped at the spec's
+    /// `size`: every replica's claim asks for at least this much. A growth the StorageClass
+    /// refused leaves it at the old size, so the spec can go back to it.
+    #[schemars(length(min = 1, max = 64))]
+    pub size: String,
+    /// The smallest capacity provisioned among the current replicas' claims (absent until
+    /// every claim is bound): equal to `size` or above once a growth has completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub capacity: Option<String>,
 }
 
 /// One-word summary of a DataStream's conditions.

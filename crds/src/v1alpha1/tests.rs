@@ -454,7 +454,9 @@ fn crd_names_and_subresources() {
         .collect();
     assert_eq!(
         columns,
-        ["Replicas", "Ready", "Policy", "Status", "Reason", "Age"]
+        [
+            "Replicas", "Ready", "Policy", "Status", "Reason", "Degraded", "Age"
+        ]
     );
 }
 
@@ -528,3 +530,26 @@ fn stream_names_leave_room_for_ordinals_and_revision_labels() {
     let object = with(valid(), "/metadata/name", json!("a".repeat(52)));
     assert_eq!(cel_errors(&object), Vec::<String>::new());
 }
+
+#[test]
+fn a_claim_cannot_go_below_what_its_replicas_claims_have() {
+    let object = with_claims(json!([{ "name": "data", "mountPath": "/data", "size": "1Gi" }]));
+    let status = |size: &str| json!({ "volumeClaims": [{ "name": "data", "size": size }] });
+    // Before any claim exists, any size goes.
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+    assert_cel_rejects(
+        with(object.clone(), "/status", status("2Gi")),
+        "spec.workload.volumeClaims[].size cannot be smaller than status.volumeClaims[].size",
+    );
+    // Equal (in another unit) or above is fine: a growth the class refused can be taken back.
+    assert_eq!(
+        cel_errors(&with(object.clone(), "/status", status("1024Mi"))),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        cel_errors(&with(object, "/status", status("512Mi"))),
+        Vec::<String>::new()
+    );
+}
+
+mod pod;

@@ -6,12 +6,32 @@ use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Tolerat
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
+use super::pod::{
+    ContainerSecurity, ImagePullSecret, PodPort, PodSecurity, PodVolume, PodVolumeMount,
+    TopologySpread, WorkloadProbe,
+};
+
 /// The replica container. The sidecar forwards to it on `127.0.0.1:<port>` inside the pod, so the
 /// workload need not listen on the pod IP at all.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("!(self.port in [7080, 7081, 7082])")
     .message("workload.port must differ from the sidecar's ports 7080 (traffic), 7081 (peer) and 7082 (admin)")
     .field_path(".port"))]
+#[x_kube(validation = Rule::new("!has(self.volumes) || !has(self.volumeClaims) || self.volumes.all(v, !self.volumeClaims.exists(c, c.name == v.name))")
+    .message("workload.volumes[].name must differ from every workload.volumeClaims[].name: both become pod volumes")
+    .field_path(".volumes"))]
+#[x_kube(validation = Rule::new("!has(self.volumeMounts) || self.volumeMounts.all(m, (has(self.volumes) && self.volumes.exists(v, v.name == m.name)) || (has(self.volumeClaims) && self.volumeClaims.exists(c, c.name == m.name)))")
+    .message("workload.volumeMounts[].name must name one of workload.volumes[] or workload.volumeClaims[]")
+    .field_path(".volumeMounts"))]
+#[x_kube(validation = Rule::new("!has(self.volumeMounts) || !has(self.volumeClaims) || self.volumeMounts.all(m, !self.volumeClaims.exists(c, c.mountPath == m.mountPath))")
+    .message("workload.volumeMounts[].mountPath must differ from every workload.volumeClaims[].mountPath: a path holds one mount")
+    .field_path(".volumeMounts"))]
+#[x_kube(validation = Rule::new("!has(self.ports) || self.ports.all(p, !(p.containerPort in [7080, 7081, 7082, self.port]))")
+    .message("workload.ports[].containerPort must differ from workload.port and from the sidecar's ports 7080, 7081 and 7082")
+    .field_path(".ports"))]
+#[x_kube(validation = Rule::new("!((has(self.securityContext) && has(self.securityContext.runAsNonRoot) ? self.securityContext.runAsNonRoot : (has(self.pod) && has(self.pod.securityContext) && has(self.pod.securityContext.runAsNonRoot) ? self.pod.securityContext.runAsNonRoot : true)) && (has(self.securityContext) && has(self.securityContext.runAsUser) ? self.securityContext.runAsUser : (has(self.pod) && has(self.pod.securityContext) && has(self.pod.securityContext.runAsUser) ? self.pod.securityContext.runAsUser : 65532)) == 0)")
+    .message("workload.securityContext.runAsUser (or pod.securityContext.runAsUser) is 0 while runAsNonRoot is true, so the kubelet would refuse to start it: set runAsNonRoot: false to run as root, or choose another UID")
+    .field_path(".securityContext"))]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSpec {
     /// Container image of the data service, e.g. `registry.example.com/shop/catalog:1.4.2`.
@@ -70,6 +90,47 @@ pub struct WorkloadSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume_claim_retention: Option<VolumeClaimRetention>,
 
+    /// Pod volumes besides the persistent claims: ConfigMaps, Secrets, `emptyDir` scratch
+    /// space and projected volumes, mounted through `volumeMounts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub volumes: Vec<PodVolume>,
+
+    /// Mounts of `volumes` (or second mounts of `volumeClaims`) in the workload container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["mountPath".into()]))]
+    pub volume_mounts: Vec<PodVolumeMount>,
+
+    /// Ports the workload listens on besides `port`, e.g. for metrics or replication. The
+    /// names `workload`, `traffic`, `peer` and `admin` are the operator's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(p, !(p.name in ['workload', 'traffic', 'peer', 'admin']))")
+            .message("workload.ports[].name must not be workload, traffic, peer or admin: the operator names its ports so"),
+        validation = Rule::new("self.all(a, self.exists_one(b, b.containerPort == a.containerPort && (has(b.protocol) ? b.protocol : 'TCP') == (has(a.protocol) ? a.protocol : 'TCP')))")
+            .message("workload.ports[].containerPort must not repeat a port with the same protocol")
+    )]
+    pub ports: Vec<PodPort>,
+
+    /// Restarts the workload container when it fails (a deadlock the process cannot notice).
+    /// Readiness needs no probe: the sidecar checks `readinessPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<WorkloadProbe>,
+
+    /// Holds the liveness probe off until the workload has started once (a store replaying a
+    /// long log, say), so a slow start is not taken for a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<WorkloadProbe>,
+
+    /// Overrides of the workload container's restricted security settings, for an image that
+    /// needs another UID, a writable root filesystem or a capability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<ContainerSecurity>,
+
     /// Extra pod settings: labels, annotations, scheduling constraints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodOverrides>,
@@ -79,9 +140,6 @@ pub struct WorkloadSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("isQuantity(self.size) && quantity(self.size).isGreaterThan(quantity('0'))")
     .message("workload.volumeClaims[].size must be a positive quantity such as 10Gi")
-    .field_path(".size"))]
-#[x_kube(validation = Rule::new("!isQuantity(self.size) || !isQuantity(oldSelf.size) || quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0")
-    .message("workload.volumeClaims[].size cannot shrink: a volume can only grow (and only where its StorageClass allows volume expansion)")
     .field_path(".size"))]
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)")
     .message("workload.volumeClaims[].storageClassName is immutable: existing volumes cannot move to another StorageClass; add a claim with a new name instead")
@@ -106,7 +164,9 @@ pub struct VolumeClaim {
     pub mount_path: String,
 
     /// Requested size, e.g. `10Gi`. It may grow later, where the StorageClass allows volume
-    /// expansion (the operator resizes every replica's claim); it never shrinks.
+    /// expansion (the operator resizes every replica's claim); it never goes below what the
+    /// claims already have (`status.volumeClaims[].size`), so a growth the StorageClass refused
+    /// can be taken back.
     #[schemars(length(min = 1, max = 64))]
     pub size: String,
 
@@ -256,6 +316,24 @@ pub struct PodOverrides {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub priority_class_name: Option<String>,
+
+    /// Registry credentials for pulling the workload (and sidecar) images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub image_pull_secrets: Vec<ImagePullSecret>,
+
+    /// Overrides of the pod's security settings (the workload's UID, GID and fsGroup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurity>,
+
+    /// How the replicas spread over zones or nodes. A constraint without `labelSelector` counts
+    /// the stream's own replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(a, self.exists_one(b, b.topologyKey == a.topologyKey && b.whenUnsatisfiable == a.whenUnsatisfiable))")
+        .message("pod.topologySpreadConstraints must not repeat a topologyKey with the same whenUnsatisfiable"))]
+    pub topology_spread_constraints: Vec<TopologySpread>,
 
     /// Seconds a pod may take to stop gracefully (sidecar drain included). Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -589,14 +589,36 @@ async fn invalid_storage_and_rollout_specs_are_rejected_at_admission() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 
-    // Transition rules: a claim never shrinks, and its class cannot change.
+    // Transition rules: a claim never goes below what the replicas' claims have (the status
+    // says, written here as the operator would), and its class cannot change.
     let out = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&valid));
     assert!(out.ok, "{}", out.stderr);
-    let smaller = dry_run(&valid.replacen(claim, "        size: 8Mi\n", 1));
+    let smaller = valid.replacen(claim, "        size: 8Mi\n", 1);
+    let before_status = dry_run(&smaller);
     assert!(
-        !smaller.ok && smaller.stderr.contains("size cannot shrink"),
+        before_status.ok,
+        "no claim exists yet, so any size goes: {}",
+        before_status.stderr
+    );
+    kubectl_ok(&[
+        "patch",
+        "dst",
+        STREAM,
+        "-n",
+        &ns.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"volumeClaims":[{"name":"data","size":"16Mi"}]}}"#,
+    ]);
+    let refused = dry_run(&smaller);
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("cannot be smaller than status.volumeClaims[].size"),
         "shrinking: {}",
-        smaller.stderr
+        refused.stderr
     );
     let reclassed = dry_run(&valid.replacen(
         claim,
@@ -610,4 +632,130 @@ async fn invalid_storage_and_rollout_specs_are_rejected_at_admission() {
     );
     let grown = dry_run(&valid.replacen(claim, "        size: 1Gi\n", 1));
     assert!(grown.ok, "growing is allowed: {}", grown.stderr);
+}
+
+/// Requested and provisioned sizes of a claim.
+async fn claim_sizes(pvcs: &Api<PersistentVolumeClaim>, name: &str) -> Option<(String, String)> {
+    let claim = pvcs.get(name).await.ok()?;
+    let requested = claim.spec?.resources?.requests?.get("storage")?.0.clone();
+    let capacity = claim.status?.capacity?.get("storage")?.0.clone();
+    Some((requested, capacity))
+}
+
+/// UIDs of the stream's pods, by name.
+async fn pod_uids(pods: &Api<Pod>) -> BTreeMap<String, String> {
+    pods.list(&ListParams::default().labels(&format!("app.kubernetes.io/instance={STREAM}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| Some((p.metadata.name?, p.metadata.uid?)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_grows_in_place_where_its_class_allows_and_is_refused_where_not() {
+    let client = client().await.expect("local cluster");
+    let ns = TestNamespace::create("e2e-grow");
+    let _operator = Operator::start("grow-0", &ns.name);
+    let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns.name);
+    // Two claims per replica: `data` on the class that allows expansion, `scratch` on the
+    // default class, which does not.
+    let yaml = |data: &str, scratch: &str| {
+        stream_yaml(2, "1", "").replace(
+            "        size: 16Mi\n",
+            &format!(
+                "        size: {data}\n        storageClassName: standard-expandable\n      \
+                 - name: scratch\n        mountPath: /scratch\n        size: {scratch}\n"
+            ),
+        )
+    };
+    let apply = |yaml: String| {
+        let out = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&yaml));
+        assert!(out.ok, "kubectl apply: {}", out.stderr);
+    };
+    apply(yaml("16Mi", "16Mi"));
+    wait_settled(&ns.name, &streams, &pods, 2, "2 replicas ready").await;
+    let two = replica_names(2);
+    let ip = ready_pods(&pods).await.values().next().unwrap().clone();
+    let mut keys = BTreeMap::new();
+    for i in 0..20 {
+        let (key, value) = (format!("grow-{i}"), format!("v{i}"));
+        let (status, _, body) = exchange("PUT", &format!("http://{ip}:7080/kv/{key}"), &value)
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e:#}"));
+        assert!(status / 100 == 2, "PUT {key}: {status} {body}");
+        keys.insert(key, value);
+    }
+    let uids = pod_uids(&pods).await;
+    assert_eq!(uids.len(), 2, "{uids:?}");
+
+    // Growing `data`: every replica's claim is resized in place, and the expansion controller
+    // grows the volumes; no pod is replaced and no key moves.
+    apply(yaml("32Mi", "16Mi"));
+    for name in ["data-kv-0", "data-kv-1"] {
+        let sizes = wait_for(
+            &ns.name,
+            &format!("{name} grown to 32Mi"),
+            Duration::from_secs(90),
+            || async {
+                let (requested, capacity) = claim_sizes(&pvcs, name).await?;
+                (requested == "32Mi" && capacity == "32Mi").then_some((requested, capacity))
+            },
+        )
+        .await;
+        eprintln!("{name}: requested {}, capacity {}", sizes.0, sizes.1);
+    }
+    wait_settled(&ns.name, &streams, &pods, 2, "settled after growing").await;
+    assert_eq!(
+        pod_uids(&pods).await,
+        uids,
+        "growing a volume replaced a pod"
+    );
+    let owner = |key: &str| (200, predicted_owner(key, &two));
+    assert_keys(&ns.name, &pods, &keys, owner, "after growing a volume").await;
+
+    // Growing `scratch`, whose class does not allow expansion: the stream says why, names the
+    // claim, and nothing else changes.
+    apply(yaml("32Mi", "32Mi"));
+    let message = wait_for(
+        &ns.name,
+        "VolumeResizeFailed",
+        Duration::from_secs(30),
+        || async {
+            let status = streams.get(STREAM).await.ok()?.status?;
+            let degraded = status.condition("Degraded")?;
+            (degraded.status == "True" && degraded.reason == "VolumeResizeFailed")
+                .then(|| degraded.message.clone())
+        },
+    )
+    .await;
+    eprintln!("refused: {message}");
+    assert!(message.contains("scratch-kv-0"), "{message}");
+    let wide = kubectl_ok(&["get", "dst", STREAM, "-n", &ns.name, "-o", "wide"]);
+    assert!(wide.contains("VolumeResizeFailed"), "{wide}");
+    assert_eq!(
+        claim_sizes(&pvcs, "scratch-kv-0").await.map(|s| s.0),
+        Some("16Mi".to_owned())
+    );
+    assert_eq!(
+        pod_uids(&pods).await,
+        uids,
+        "a refused resize replaced a pod"
+    );
+    assert_keys(&ns.name, &pods, &keys, owner, "after a refused resize").await;
+
+    // Reverting the size clears the condition.
+    apply(yaml("32Mi", "16Mi"));
+    wait_settled(&ns.name, &streams, &pods, 2, "settled after reverting").await;
+    let status = streams.get(STREAM).await.unwrap().status.unwrap();
+    assert!(
+        status
+            .condition("Degraded")
+            .is_none_or(|c| c.status == "False"),
+        "{:?}",
+        status.condition("Degraded")
+    );
 }

@@ -276,3 +276,159 @@ fn sidecar_role_is_least_privilege() {
         assert_eq!(rule.verbs, ["get", "list", "watch"]);
     }
 }
+
+const POD_SURFACE: &str = r#"
+apiVersion: datastream.dev/v1alpha1
+kind: DataStream
+metadata: { name: search, namespace: shop }
+spec:
+  replicas: 3
+  workload:
+    image: example.com/search:7
+    port: 9200
+    volumeClaims:
+      - { name: data, mountPath: /var/lib/search, size: 10Gi }
+    volumes:
+      - { name: conf, configMap: { name: search-conf, items: [{ key: search.yml, path: search.yml }], defaultMode: 292 } }
+      - { name: tls, secret: { secretName: search-tls, defaultMode: 256 } }
+      - { name: tmp, emptyDir: { medium: Memory, sizeLimit: 64Mi } }
+      - name: bundle
+        projected:
+          sources:
+            - { configMap: { name: search-conf } }
+            - { serviceAccountToken: { audience: vault, expirationSeconds: 3600, path: token } }
+    volumeMounts:
+      - { name: conf, mountPath: /etc/search, readOnly: true }
+      - { name: tls, mountPath: /etc/tls }
+      - { name: tmp, mountPath: /tmp }
+      - { name: bundle, mountPath: /var/run/bundle }
+      - { name: data, mountPath: /var/log/search, subPath: logs }
+    ports:
+      - { name: transport, containerPort: 9300 }
+      - { name: metrics, containerPort: 9114, protocol: TCP }
+    livenessProbe: { httpGet: { path: /_cluster/health }, periodSeconds: 10, failureThreshold: 6 }
+    startupProbe: { tcpSocket: {}, periodSeconds: 2, failureThreshold: 90 }
+    securityContext: { runAsUser: 1000, readOnlyRootFilesystem: false, capabilitiesAdd: [IPC_LOCK] }
+    pod:
+      imagePullSecrets: [{ name: registry }]
+      securityContext: { runAsGroup: 1000, fsGroup: 1000, fsGroupChangePolicy: OnRootMismatch }
+      topologySpreadConstraints:
+        - { maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule }
+        - maxSkew: 2
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector: { matchLabels: { tier: search } }
+"#;
+
+#[test]
+fn pod_surface_children() {
+    golden(
+        "pod-surface.yaml",
+        &render(&children(&stream(POD_SURFACE), &settings())),
+    );
+}
+
+#[test]
+fn the_pod_surface_reaches_the_workload_and_leaves_the_sidecar_alone() {
+    let c = children(&stream(POD_SURFACE), &settings());
+    let pod = c.stateful_set.spec.unwrap().template.spec.unwrap();
+    let (workload, sidecar) = (&pod.containers[0], &pod.containers[1]);
+
+    // Overrides replace only the fields they set; the rest stays restricted.
+    let security = workload.security_context.clone().unwrap();
+    assert_eq!(security.run_as_user, Some(1000));
+    assert_eq!(security.read_only_root_filesystem, Some(false));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(security.run_as_non_root, Some(true));
+    let capabilities = security.capabilities.unwrap();
+    assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
+    assert_eq!(capabilities.add.unwrap(), ["IPC_LOCK"]);
+    let pod_security = pod.security_context.clone().unwrap();
+    assert_eq!(pod_security.run_as_group, Some(1000));
+    assert_eq!(pod_security.run_as_user, Some(65532), "default kept");
+    assert_eq!(pod_security.fs_group, Some(1000));
+
+    // The sidecar keeps its own identity and mounts nothing of the workload's.
+    let sidecar_security = sidecar.security_context.clone().unwrap();
+    assert_eq!(sidecar_security.run_as_user, Some(65532));
+    assert_eq!(sidecar_security.run_as_group, Some(65532));
+    assert_eq!(sidecar_security.read_only_root_filesystem, Some(true));
+    assert!(sidecar_security.capabilities.unwrap().add.is_none());
+    assert!(sidecar.volume_mounts.is_none());
+
+    // Claims first, then the extra mounts; every mount names a pod volume or a claim.
+    let mounts: Vec<_> = workload
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(mounts[0], ("data", "/var/lib/search"));
+    assert_eq!(mounts[5], ("data", "/var/log/search"));
+    let volumes: Vec<_> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(volumes, ["conf", "tls", "tmp", "bundle"]);
+
+    // Probes without a port probe the workload port.
+    let startup = workload.startup_probe.clone().unwrap();
+    assert_eq!(startup.tcp_socket.unwrap().port, IntOrString::Int(9200));
+    let liveness = workload.liveness_probe.clone().unwrap();
+    assert_eq!(liveness.http_get.unwrap().port, IntOrString::Int(9200));
+    assert!(sidecar.startup_probe.is_none());
+
+    let ports: Vec<_> = workload
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref().unwrap(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [("workload", 9200), ("transport", 9300), ("metrics", 9114)]
+    );
+
+    // A spread without a selector counts the stream's own replicas.
+    let spread = pod.topology_spread_constraints.unwrap();
+    assert_eq!(
+        spread[0]
+            .label_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap(),
+        selector_labels("search")
+    );
+    assert_eq!(
+        spread[1]
+            .label_selector
+            .clone()
+            .unwrap()
+            .match_labels
+            .unwrap()["tier"],
+        "search"
+    );
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+}
+
+#[test]
+fn every_pod_surface_field_rolls_the_pods() {
+    let before = stream(POD_SURFACE);
+    let hash = |ds: &DataStream| pod_config_hash(ds, &settings());
+    let mut changed = before.clone();
+    changed.spec.workload.volume_mounts[0].read_only = Some(false);
+    assert_ne!(hash(&before), hash(&changed));
+    let mut changed = before.clone();
+    changed
+        .spec
+        .workload
+        .pod
+        .as_mut()
+        .unwrap()
+        .topology_spread_constraints[0]
+        .max_skew = 2;
+    assert_ne!(hash(&before), hash(&changed));
+}
