@@ -12,13 +12,13 @@ use datastream_api::v1alpha1::DataStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -33,7 +33,7 @@ use crate::apply::{Outcome, as_served, immutable_change, max_unavailable, up_to_
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
-use crate::status::{self, Observed};
+use crate::status::{self, Observed, REVISION_LABEL};
 
 /// Field manager of every server-side apply the operator sends.
 pub const FIELD_MANAGER: &str = "datastream-operator";
@@ -69,6 +69,9 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
     /// EndpointSlices of the peer Services (they inherit the Services' labels).
     pub endpoint_slices: Store<EndpointSlice>,
+    /// Metadata of the replicas' pods (labels carry each one's revision), to say which replicas
+    /// a rollout has not reached yet.
+    pub pods: Store<PartialObjectMeta<Pod>>,
 }
 
 /// Watch health, for `/readyz`.
@@ -80,8 +83,8 @@ pub struct WatchHealth {
 }
 
 /// Kinds the controller watches: DataStreams, eight child kinds (Deployments only for migration),
-/// PersistentVolumeClaims and EndpointSlices.
-const WATCHED_KINDS: usize = 11;
+/// PersistentVolumeClaims, EndpointSlices and pod metadata.
+const WATCHED_KINDS: usize = 12;
 
 impl Default for WatchHealth {
     fn default() -> Self {
@@ -658,9 +661,20 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let claims: Vec<Arc<PersistentVolumeClaim>> = desired::replica_claim_names(ds)
         .filter_map(|name| cached(&ctx.stores.claims, &ns, &name))
         .collect();
+    let pods: Vec<Arc<PartialObjectMeta<Pod>>> = ctx
+        .stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && p.labels().get(INSTANCE_LABEL) == Some(&names.base)
+        })
+        .collect();
     let observed = Observed {
         stateful_set: stateful_set.as_ref(),
         peer_slices: slices.iter().map(|s| s.as_ref()).collect(),
+        pods: pods.iter().map(|p| p.as_ref()).collect(),
         claims: claims.iter().map(|c| c.as_ref()).collect(),
         apply_error: applied
             .as_ref()
@@ -790,6 +804,64 @@ where
     (reader, stream)
 }
 
+/// A metadata-only cache of the replicas' pods (a pod's labels hold its revision; nothing else of
+/// it is read, and full pods with their status would cost far more memory and watch traffic).
+fn replica_pods(
+    client: &Client,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    managed_by: &str,
+) -> (
+    Store<PartialObjectMeta<Pod>>,
+    impl Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static,
+) {
+    // An `Api` of `PartialObjectMeta` lists and watches metadata only.
+    let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let metrics = metrics.clone();
+    let health = health.clone();
+    let selector = format!("{managed_by},app.kubernetes.io/component=replica");
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().labels(&selector))
+            .default_backoff()
+            .modify(|pod| {
+                pod.managed_fields_mut().clear();
+                pod.annotations_mut().clear();
+            }),
+    )
+    .inspect(move |event| match event {
+        Ok(watcher::Event::InitDone) => health.synced("Pod"),
+        Err(_) => {
+            metrics
+                .watch_errors
+                .get_or_create(&WatchLabels { kind: "Pod" })
+                .inc();
+            health.error();
+        }
+        _ => {}
+    })
+    .touched_objects()
+    // A pod's metadata changes with every status update (its resourceVersion); only a new
+    // revision label, a new pod or one being deleted can change what the stream reports (the
+    // final removal of a deleted pod passes no event, and needs none: its replacement does).
+    .predicate_filter(
+        |pod: &PartialObjectMeta<Pod>| {
+            let revision = pod
+                .labels()
+                .get(REVISION_LABEL)
+                .cloned()
+                .unwrap_or_default();
+            let mut hasher = std::hash::DefaultHasher::new();
+            let deleting = pod.metadata.deletion_timestamp.is_some();
+            std::hash::Hash::hash(&(pod.uid(), revision, deleting), &mut hasher);
+            Some(std::hash::Hasher::finish(&hasher))
+        },
+        Default::default(),
+    );
+    (reader, stream)
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -818,6 +890,8 @@ pub async fn run(
     let (endpoint_slices, slice_events) =
         managed::<EndpointSlice>(&client, &metrics, &health, &selector);
 
+    let (pods, pod_events) = replica_pods(&client, &metrics, &health, &selector);
+
     let stores = Stores {
         stateful_sets,
         claims,
@@ -829,6 +903,7 @@ pub async fn run(
         pdbs,
         network_policies,
         endpoint_slices,
+        pods,
     };
     let ctx = Arc::new(
         Context::new(
@@ -872,6 +947,11 @@ pub async fn run(
         .watches_stream(claim_events, |claim: PersistentVolumeClaim| {
             let ns = claim.namespace()?;
             let name = claim.labels().get(INSTANCE_LABEL)?.clone();
+            Some(ObjectRef::<DataStream>::new(&name).within(&ns))
+        })
+        .watches_stream(pod_events, |pod: PartialObjectMeta<Pod>| {
+            let ns = pod.namespace()?;
+            let name = pod.labels().get(INSTANCE_LABEL)?.clone();
             Some(ObjectRef::<DataStream>::new(&name).within(&ns))
         })
         .watches_stream(slice_events, |slice: EndpointSlice| {

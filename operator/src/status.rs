@@ -10,9 +10,10 @@ use datastream_api::v1alpha1::{
     Phase, SIDECAR_PEER_PORT, VolumeClaimStatus,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::PartialObjectMeta;
 
 use crate::desired::{claim_name, selector_string};
 use crate::quantity::Quantity;
@@ -21,6 +22,40 @@ use crate::quantity::Quantity;
 /// binding normally take well under a second, and a claim that cannot bind (no such
 /// StorageClass, no capacity) must show within seconds, not after a rollout deadline.
 pub const CLAIM_PENDING_GRACE: Duration = Duration::from_secs(5);
+
+/// Label the StatefulSet controller puts on every pod: the revision of the template it runs.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
+/// Names of the replicas not yet on `update_revision`, in ordinal order. A pod without the label
+/// (not yet seen by the StatefulSet controller) counts as outdated.
+fn outdated_replicas(
+    pods: &[&PartialObjectMeta<Pod>],
+    update_revision: Option<&str>,
+) -> Vec<String> {
+    let Some(update) = update_revision else {
+        return Vec::new();
+    };
+    let ordinal = |name: &str| {
+        name.rsplit_once('-')
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    };
+    let mut outdated: Vec<String> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(REVISION_LABEL))
+                .map(String::as_str)
+                != Some(update)
+        })
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    outdated.sort_by_key(|name| (ordinal(name), name.clone()));
+    outdated.dedup();
+    outdated
+}
 
 /// What the operator saw of a stream's children during one reconcile.
 #[derive(Clone, Debug, Default)]
@@ -31,6 +66,8 @@ pub struct Observed<'a> {
     pub peer_slices: Vec<&'a EndpointSlice>,
     /// The PersistentVolumeClaims of the current replicas (not those a scale-down retained).
     pub claims: Vec<&'a PersistentVolumeClaim>,
+    /// Metadata of the stream's pods.
+    pub pods: Vec<&'a PartialObjectMeta<Pod>>,
     /// The error of this reconcile's apply step, if it failed: a condition reason and a message.
     pub apply_error: Option<(&'static str, String)>,
 }
@@ -256,6 +293,7 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         selector: selector_string(&name),
         endpoints,
         volume_claims: volume_claims(ds, &observed.claims),
+        outdated_replicas: outdated_replicas(&observed.pods, set_status.update_revision.as_deref()),
         phase: Some(phase),
         conditions,
     }
@@ -629,6 +667,56 @@ mod tests {
                     capacity: None,
                 },
             ]
+        );
+    }
+
+    fn pod_meta(name: &str, revision: Option<&str>) -> PartialObjectMeta<Pod> {
+        let mut meta = ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        };
+        meta.labels =
+            revision.map(|r| std::collections::BTreeMap::from([(REVISION_LABEL.into(), r.into())]));
+        PartialObjectMeta {
+            types: None,
+            metadata: meta,
+            _phantom: std::marker::PhantomData,
+        }
+    }
+
+    #[test]
+    fn outdated_replicas_are_listed_in_ordinal_order_until_the_rollout_is_done() {
+        let d = rolling(12, 12, 3, 12, "r1", "r2");
+        let pods = [
+            pod_meta("catalog-10", Some("catalog-r1")),
+            pod_meta("catalog-11", Some("catalog-r2")),
+            pod_meta("catalog-2", Some("catalog-r1")),
+            pod_meta("catalog-0", Some("catalog-r1")),
+            pod_meta("catalog-1", None),
+        ];
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: pods.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&stream(12), &observed, time(300));
+        assert_eq!(
+            s.outdated_replicas,
+            ["catalog-0", "catalog-1", "catalog-2", "catalog-10"]
+        );
+        let done = rolling(12, 12, 12, 12, "r2", "r2");
+        let updated: Vec<_> = (0..12)
+            .map(|i| pod_meta(&format!("catalog-{i}"), Some("catalog-r2")))
+            .collect();
+        let observed = Observed {
+            stateful_set: Some(&done),
+            pods: updated.iter().collect(),
+            ..Observed::default()
+        };
+        assert!(
+            derive(&stream(12), &observed, time(300))
+                .outdated_replicas
+                .is_empty()
         );
     }
 

@@ -117,6 +117,8 @@ fn caches() -> (Stores, Caches) {
     let (network_policies, nw) = ready();
     let (endpoint_slices, _ew) = ready();
     std::mem::forget(_ew);
+    let (pods, _podw) = ready();
+    std::mem::forget(_podw);
     (
         Stores {
             stateful_sets,
@@ -129,6 +131,7 @@ fn caches() -> (Stores, Caches) {
             pdbs,
             network_policies,
             endpoint_slices,
+            pods,
         },
         Caches {
             stateful_sets: stw,

@@ -40,6 +40,12 @@ pub struct DataStreamStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_revision: Option<String>,
 
+    /// Replicas (pod names, in ordinal order) that do not run `updateRevision` yet: what a
+    /// rollout still has to replace. Empty once every replica runs the latest template.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub outdated_replicas: Vec<String>,
+
     /// Label selector of the stream's pods, serialized (used by `kubectl scale` and HPAs).
     #[serde(default)]
     pub selector: String,

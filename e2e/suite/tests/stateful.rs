@@ -119,6 +119,7 @@ async fn wait_settled(ns: &str, streams: &Api<DataStream>, pods: &Api<Pod>, n: i
             && status.updated_replicas == n
             && status.endpoints.len() == n as usize
             && converged
+            && status.outdated_replicas.is_empty()
             && (n == 0 || status.phase == Some(Phase::Available))
             && names == expected)
             .then_some(())
@@ -254,6 +255,35 @@ async fn keys_stay_with_their_replica_through_every_disruption() {
         },
     )
     .await;
+    // The status names the replicas not yet replaced: the lowest ordinals, since a rollout
+    // goes from the highest down, until none is left.
+    let seen_outdated = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    {
+        let (streams, three, seen) = (&streams, &three, &seen_outdated);
+        wait_for(
+            &ns.name,
+            "every replica on the new revision",
+            Duration::from_secs(180),
+            move || async move {
+                let status = streams.get(STREAM).await.ok()?.status?;
+                let outdated = status.outdated_replicas.clone();
+                assert_eq!(
+                    outdated,
+                    three[..outdated.len()],
+                    "outdated replicas are the lowest ordinals"
+                );
+                seen.lock().unwrap().insert(outdated.len());
+                (outdated.is_empty() && status.updated_replicas == 3).then_some(())
+            },
+        )
+        .await;
+    }
+    let seen_outdated = seen_outdated.into_inner().unwrap();
+    eprintln!("outdated replica counts seen during the rollout: {seen_outdated:?}");
+    assert!(
+        seen_outdated.len() >= 2,
+        "the rollout was never seen in progress: {seen_outdated:?}"
+    );
     wait_settled(&ns.name, &streams, &pods, 3, "rolling update complete").await;
     assert_keys(&ns.name, &pods, &keys, owner3, "after a rolling update").await;
 
