@@ -14,12 +14,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::clock;
-use crate::endpoint::{Eligibility, LoadSnapshot};
-use crate::proxy::body::ResponseBody;
-use crate::resilience::breaker::BreakerSnapshot;
-use crate::resilience::outlier::OutlierState;
+use crate::proxy::ResponseBody;
 use crate::state::Shared;
+use datastream_lb::endpoint::{Eligibility, LoadSnapshot};
+use datastream_resilience::breaker::BreakerSnapshot;
+use datastream_resilience::clock;
+use datastream_resilience::outlier::OutlierState;
 
 /// Time an admin client has to send a request head (also its idle keep-alive limit).
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -11,19 +11,16 @@
 //! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`],
 //! [`endpoint`] (per-replica state and pools), [`balance`], [`route`], [`policy`],
 //! [`proxy`] (listeners and the request path), [`admin`], [`runtime`] (start, drain),
-//! [`state`], [`metrics`].
+//! [`state`], [`metrics`]. The failover and overload mechanisms are their own crate,
+//! `datastream-resilience`, which knows nothing of this one or of the API types.
 
 pub mod admin;
 pub mod app;
-pub mod balance;
-pub mod clock;
 pub mod config;
 pub mod discovery;
-pub mod endpoint;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
-pub mod resilience;
 pub mod route;
 pub mod runtime;
 pub mod state;

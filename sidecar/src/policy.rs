@@ -4,10 +4,10 @@
 use datastream_api::v1alpha1::UpstreamProtocol;
 use serde_json::Value;
 
-use crate::balance::{self, Balancer};
 use crate::metrics::Metrics;
-use crate::resilience::Settings;
 use crate::route::{Mode, Route, RouteMatch, RouteTable};
+use datastream_lb::balance::{self, Balancer};
+use datastream_resilience::Settings;
 
 /// Name of the route that takes requests no configured route matched.
 pub const DEFAULT_ROUTE: &str = "default";
@@ -54,7 +54,7 @@ impl Policy {
             routes: RouteTable::new(Vec::new(), default),
             max_body,
             upstream_protocol: UpstreamProtocol::Auto,
-            resilience: Settings::default(),
+            resilience: crate::config::resilience::default_settings(),
             spec: serde_json::json!({ "loadBalancing": { "policy": policy.name(), "localFirst": local_first } }),
         }
     }

@@ -8,9 +8,9 @@ use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
 use serde::Serialize;
 
-use crate::balance::{Balancer, HashAlgorithm, hash};
 use crate::metrics::RouteMetrics;
-use crate::resilience::RouteResilience;
+use datastream_lb::balance::{Balancer, HashAlgorithm, hash};
+use datastream_resilience::RouteResilience;
 
 /// The ordered table; the default route takes what no route matched.
 #[derive(Debug)]

@@ -17,9 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::admin;
 use crate::proxy::ServerLimits;
-use crate::proxy::forward::ListenerKind;
-use crate::proxy::server;
+use crate::proxy::{ListenerKind, ProxyApp};
 use crate::state::Shared;
+use datastream_http::server;
 
 /// Default time listeners keep accepting after draining starts.
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
@@ -78,19 +78,30 @@ impl Sidecar {
         let (close_proxy, close_rx) = watch::channel(false);
         let (close_admin, admin_rx) = watch::channel(false);
         let (grace, grace_rx) = watch::channel(settings.drain_timeout);
+        let app = |kind: ListenerKind| {
+            let app = Arc::new(ProxyApp {
+                shared: Arc::clone(&shared),
+                kind,
+            });
+            (kind.name(), app, shared.metrics.listener(kind.name()))
+        };
+        let (name, traffic_app, metrics) = app(ListenerKind::Traffic);
         let mut proxies = vec![tokio::spawn(server::serve(
             traffic_listener,
-            ListenerKind::Traffic,
-            Arc::clone(&shared),
+            name,
+            traffic_app,
+            metrics,
             settings.limits,
             close_rx.clone(),
             grace_rx.clone(),
         ))];
         if let Some(l) = peer_listener {
+            let (name, peer_app, metrics) = app(ListenerKind::Peer);
             proxies.push(tokio::spawn(server::serve(
                 l,
-                ListenerKind::Peer,
-                Arc::clone(&shared),
+                name,
+                peer_app,
+                metrics,
                 settings.limits,
                 close_rx,
                 grace_rx,
@@ -98,10 +109,7 @@ impl Sidecar {
         }
         // Active health checks of the local workload drive `/ready`; they stop with the admin
         // listener, the last thing to go.
-        tokio::spawn(crate::resilience::health::run_local(
-            Arc::clone(&shared),
-            admin_rx.clone(),
-        ));
+        tokio::spawn(check_local_workload(Arc::clone(&shared), admin_rx.clone()));
         let admin_task = tokio::spawn(admin::serve(
             admin_listener,
             Arc::clone(&shared),
@@ -168,4 +176,23 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
+}
+
+/// Runs the resilience layer's health checks against the sidecar's local workload (whichever the
+/// live endpoint set names) under the live policy's settings, until `stop`.
+async fn check_local_workload(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    use datastream_resilience::health::{self, Verdict};
+    let status = Arc::clone(&shared.resilience.local_health);
+    let gauge = shared.metrics.resilience.local_healthy.clone();
+    let target = {
+        let shared = Arc::clone(&shared);
+        move || {
+            let addr = shared.endpoints().local()?.addr();
+            Some((addr, shared.policy().resilience.health.clone()))
+        }
+    };
+    let on_verdict = move |v: Verdict| {
+        gauge.set(i64::from(v == Verdict::Healthy));
+    };
+    health::run(status, target, on_verdict, stop).await;
 }

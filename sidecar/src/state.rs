@@ -9,9 +9,9 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::endpoint::{EndpointSet, EndpointSpec};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::policy::Policy;
+use datastream_lb::endpoint::{EndpointSet, EndpointSpec};
 
 /// Shared state of one sidecar.
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub struct Shared {
     /// Response counters of the peer listener.
     pub peer_metrics: RouteMetrics,
     /// Retry budget, adaptive concurrency limit and local health, kept across policy updates.
-    pub resilience: crate::resilience::Runtime,
+    pub resilience: datastream_resilience::Runtime,
 }
 
 /// What `/config` reports about configuration updates.
@@ -66,7 +66,9 @@ impl Shared {
             draining: AtomicBool::new(false),
             config_status: Mutex::new(status),
             peer_metrics: metrics.route("peer", "local"),
-            resilience: crate::resilience::Runtime::new(),
+            resilience: datastream_resilience::Runtime::new(
+                &crate::config::resilience::default_settings(),
+            ),
             metrics,
         }
     }
@@ -111,7 +113,7 @@ impl Shared {
         let _serial = self.endpoints_update.lock();
         let version = self.endpoints_version.fetch_add(1, Ordering::Relaxed) + 1;
         let previous = self.endpoints.load();
-        let next = EndpointSet::build(&previous, specs, version, &self.metrics);
+        let next = EndpointSet::build(&previous, specs, version, &self.metrics.lb);
         tracing::info!(version, endpoints = next.len(), "endpoint set updated");
         self.endpoints.store(Arc::new(next));
         self.endpoints_known.store(true, Ordering::Release);

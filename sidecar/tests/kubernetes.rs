@@ -76,7 +76,7 @@ async fn watches_the_own_datastream_and_the_peer_endpoint_slices() {
     let metrics = Metrics::new();
     let shared = Arc::new(Shared::new(
         Policy::simple(
-            datastream_sidecar::balance::Policy::P2cEwma,
+            datastream_lb::balance::Policy::P2cEwma,
             false,
             None,
             &metrics,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use datastream_sidecar::endpoint::EndpointSpec;
+use datastream_lb::endpoint::EndpointSpec;
 use http::Response;
 use http_body_util::Full;
 use hyper::service::service_fn;

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use datastream_sidecar::endpoint::EndpointSpec;
+use datastream_lb::endpoint::EndpointSpec;
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;

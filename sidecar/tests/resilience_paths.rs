@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use datastream_sidecar::endpoint::EndpointSpec;
+use datastream_lb::endpoint::EndpointSpec;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use resilience_support::{load_client, metric_sum, metrics_text};
@@ -352,8 +352,8 @@ async fn caller_deadline_bounds_the_whole_attempt_chain() {
         .lines()
         .find_map(|l| l.strip_prefix("grpc-timeout: "))
         .expect("grpc-timeout forwarded");
-    let parsed = datastream_sidecar::resilience::deadline::parse_grpc_timeout(forwarded.as_bytes())
-        .expect("valid");
+    let parsed =
+        datastream_resilience::deadline::parse_grpc_timeout(forwarded.as_bytes()).expect("valid");
     assert!(parsed <= Duration::from_secs(5) && parsed > Duration::from_secs(4));
 }
 

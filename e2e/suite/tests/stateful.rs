@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use datastream_api::v1alpha1::{DataStream, Phase};
 use datastream_e2e::*;
-use datastream_sidecar::balance::hash::{RING_VNODES, hash_bytes};
+use datastream_lb::balance::hash::{RING_VNODES, hash_bytes};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::Api;

@@ -9,15 +9,16 @@ use datastream_api::v1alpha1::{
 };
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::balance::{self, Balancer, HashAlgorithm};
+use crate::config::resilience::{compile_settings, default_settings, rate_limit_config};
 use crate::metrics::Metrics;
 use crate::policy::{DEFAULT_ROUTE, Policy};
-use crate::resilience::ratelimit::TokenBucket;
-use crate::resilience::{RouteResilience, Settings, rate_limit_config};
 use crate::route::{
     Affinity, HeaderCondition, HeaderMatch, KeySource, Mode, PathMatch, Route, RouteMatch,
     RouteTable,
 };
+use datastream_lb::balance::{self, Balancer, HashAlgorithm};
+use datastream_resilience::RouteResilience;
+use datastream_resilience::ratelimit::TokenBucket;
 
 /// Compiles `traffic`. `version` and `source` label the result; errors name the field.
 pub fn compile(
@@ -77,9 +78,9 @@ pub fn compile(
         }
     }
     check_failover(&traffic.failover, &mut errors);
-    let resilience = Settings::compile(&traffic.failover, &traffic.limits).unwrap_or_else(|e| {
+    let resilience = compile_settings(&traffic.failover, &traffic.limits).unwrap_or_else(|e| {
         errors.extend(e.into_iter().map(|e| format!("traffic.{e}")));
-        Settings::default()
+        default_settings()
     });
     let max_body = traffic.limits.max_request_body_bytes;
     if max_body < 0 {

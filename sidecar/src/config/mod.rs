@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod compile;
 pub mod reload;
+pub mod resilience;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -15,9 +16,9 @@ use std::time::Duration;
 use datastream_api::v1alpha1::{TrafficPolicy, UpstreamProtocol, parse_duration};
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::EndpointSpec;
 use crate::proxy::ServerLimits;
 use crate::runtime::{DEFAULT_DRAIN_DELAY, DEFAULT_DRAIN_TIMEOUT, RuntimeSettings};
+use datastream_lb::endpoint::EndpointSpec;
 
 /// Default traffic listener in local mode.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
@@ -334,7 +335,9 @@ pub fn apply_traffic_flags(
             Some(p) => traffic.load_balancing.policy = p,
             None => errors.push(format!(
                 "policy: unknown policy {name:?}; expected one of {}",
-                crate::balance::Policy::ALL.map(|p| p.name()).join(", ")
+                datastream_lb::balance::Policy::ALL
+                    .map(|p| p.name())
+                    .join(", ")
             )),
         }
     }

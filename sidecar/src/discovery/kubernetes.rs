@@ -20,8 +20,8 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::config::compile::compile;
-use crate::endpoint::EndpointSpec;
 use crate::state::Shared;
+use datastream_lb::endpoint::EndpointSpec;
 
 /// Name of the EndpointSlice port that leads to a peer's sidecar.
 pub const PEER_PORT_NAME: &str = "peer";

@@ -6,8 +6,9 @@ use std::error::Error as StdError;
 use http::header::{CONNECTION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::body::{BodyTooLarge, RequestBodyError, ResponseBody};
-use crate::endpoint::ConnectError;
+use super::ResponseBody;
+use datastream_http::body::{BodyTooLarge, RequestBodyError};
+use datastream_lb::endpoint::ConnectError;
 
 /// Header naming the sidecar's own error, so clients can tell it from the workload's answers.
 pub const ERROR_HEADER: &str = "x-datastream-error";
@@ -29,7 +30,7 @@ pub enum ProxyError {
     Upstream(#[source] hyper::Error),
     /// The upstream failed after the request was sent (own HTTP/1 client).
     #[error("the upstream failed")]
-    UpstreamH1(#[source] super::h1::client::ClientError),
+    UpstreamH1(#[source] datastream_http::h1::client::ClientError),
     /// The request body was larger than allowed.
     #[error(transparent)]
     BodyTooLarge(#[from] BodyTooLarge),
@@ -41,7 +42,7 @@ pub enum ProxyError {
     Timeout,
     /// The adaptive concurrency limit shed the request.
     #[error(transparent)]
-    Overloaded(#[from] crate::resilience::shed::Overloaded),
+    Overloaded(#[from] datastream_resilience::shed::Overloaded),
     /// The route's rate limit refused the request.
     #[error("rate limit exceeded; retry in {retry_after_secs}s")]
     RateLimited {
@@ -53,10 +54,10 @@ pub enum ProxyError {
     CircuitOpen,
     /// A broadcast could not reach its quorum.
     #[error(transparent)]
-    Broadcast(#[from] crate::resilience::broadcast::BroadcastError),
+    Broadcast(#[from] datastream_resilience::broadcast::BroadcastError),
     /// Reading the client's body (to make it replayable) failed.
     #[error("reading the request body failed")]
-    ClientBody(#[source] super::body::ClientBodyError),
+    ClientBody(#[source] datastream_http::body::ClientBodyError),
 }
 
 // === impl ProxyError ===

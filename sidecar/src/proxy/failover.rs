@@ -15,25 +15,26 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 
-use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody};
+use super::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{
     AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, Outgoing, attempt, rebuild, respond, select,
 };
-use super::h1::PendingUpgrade;
-use crate::balance::hash;
-use crate::clock;
-use crate::endpoint::{Endpoint, EndpointSet};
 use crate::policy::Policy;
-use crate::resilience::Settings;
-use crate::resilience::broadcast::{self, ACKS_HEADER};
-use crate::resilience::budget::RetryKind;
-use crate::resilience::deadline::Deadline;
-use crate::resilience::outlier::{EjectReason, Verdict};
-use crate::resilience::retry::{self, BufferError, Outcome, Replay, RetryPolicy, RetryReason};
-use crate::resilience::shed::Admission;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
+use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody};
+use datastream_http::h1::PendingUpgrade;
+use datastream_lb::balance::hash;
+use datastream_lb::endpoint::{Endpoint, EndpointSet};
+use datastream_resilience::Settings;
+use datastream_resilience::broadcast::{self, ACKS_HEADER};
+use datastream_resilience::budget::RetryKind;
+use datastream_resilience::clock;
+use datastream_resilience::deadline::Deadline;
+use datastream_resilience::outlier::{EjectReason, Verdict};
+use datastream_resilience::retry::{self, BufferError, Outcome, Replay, RetryPolicy, RetryReason};
+use datastream_resilience::shed::Admission;
 
 /// What one traffic request is routed with.
 pub(super) struct Call<'a> {

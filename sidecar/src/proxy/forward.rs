@@ -11,7 +11,7 @@
 //!    upstream protocol. Done once, so any later attempt reuses the same request.
 //! 4. **select** ([`select`]): a replica, skipping those an earlier attempt of this request
 //!    failed on (`exclude`). Outlier ejection and breakers act through
-//!    [`Endpoint::eligibility`](crate::endpoint::Endpoint::eligibility).
+//!    [`Endpoint::eligibility`](datastream_lb::endpoint::Endpoint::eligibility).
 //! 5. **attempt** ([`attempt`]): one try on one replica: connection from the pool, send,
 //!    response headers. It returns the request untouched when it provably never reached the
 //!    replica (connect failure, stale pooled connection), which is what makes the built-in
@@ -34,17 +34,19 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::body::{BodyTooLarge, ClientBody, RequestBody, ResponseBody, UpstreamBody};
+use super::ResponseBody;
 use super::error::ProxyError;
 use super::failover;
-use super::h1::PendingUpgrade;
-use super::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
-use crate::balance::{self, hash};
-use crate::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 use crate::metrics::RouteMetrics;
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
+use datastream_http::app::{ConnMeta, HttpServerApp};
+use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, UpstreamBody};
+use datastream_http::h1::PendingUpgrade;
+use datastream_http::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
+use datastream_lb::balance::{self, hash};
+use datastream_lb::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 
 /// Replicas a request tries when connections fail, before it answers 502.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -58,15 +60,37 @@ pub enum ListenerKind {
     Peer,
 }
 
-/// What the request path needs to know about the client connection.
+impl ListenerKind {
+    /// The listener's name in metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Traffic => "traffic",
+            ListenerKind::Peer => "peer",
+        }
+    }
+}
+
+/// The sidecar's request path as the application behind one listener.
 #[derive(Debug)]
-pub struct ConnMeta {
-    /// The client's address.
-    pub client: SocketAddr,
-    /// The listener.
-    pub listener: ListenerKind,
-    /// The client's forwarding-header entries.
-    pub forwarding: Forwarding,
+pub struct ProxyApp {
+    /// The sidecar's live state.
+    pub shared: Arc<Shared>,
+    /// The listener it serves.
+    pub kind: ListenerKind,
+}
+
+impl HttpServerApp for ProxyApp {
+    type Body = ResponseBody;
+
+    #[inline]
+    fn handle(
+        self: Arc<Self>,
+        meta: Arc<ConnMeta>,
+        req: Request<ClientBody>,
+        upgrade: Option<PendingUpgrade>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+        handle(self, meta, req, upgrade)
+    }
 }
 
 /// A connection ready to carry one request.
@@ -154,27 +178,28 @@ pub(super) enum AttemptError {
 /// Serves one request: never fails, errors become responses. `upgrade` is the client side of
 /// a protocol switch, for HTTP/1 requests that ask for one.
 pub async fn handle(
-    shared: Arc<Shared>,
+    app: Arc<ProxyApp>,
     meta: Arc<ConnMeta>,
     req: Request<ClientBody>,
     upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let downstream_h1 = req.version() != Version::HTTP_2;
+    let shared = &app.shared;
     let policy = shared.policy();
-    let (resp, metrics) = match meta.listener {
+    let (resp, metrics) = match app.kind {
         ListenerKind::Traffic => {
             let (parts, body) = req.into_parts();
             let route = policy.routes.find(&parts);
-            let resp = proxy_traffic(&shared, &policy, route, &meta, parts, body, upgrade).await;
+            let resp = proxy_traffic(shared, &policy, route, &meta, parts, body, upgrade).await;
             (resp, &route.metrics)
         }
         ListenerKind::Peer => (
-            proxy_peer(&shared, &policy, &meta, req, upgrade).await,
+            proxy_peer(shared, &policy, &meta, req, upgrade).await,
             &shared.peer_metrics,
         ),
     };
-    let mut resp = resp.unwrap_or_else(|e| respond_error(&shared, e));
+    let mut resp = resp.unwrap_or_else(|e| respond_error(shared, e));
     if shared.is_draining() && downstream_h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Draining: ask HTTP/1 clients to reconnect (elsewhere, once readiness propagated)
         // before the listener closes, so no request races a closing keep-alive connection.

@@ -1,14 +1,15 @@
-//! The proxy: listeners, the request path, bodies, header rewriting and error responses.
+//! The request path: the sidecar's application behind the HTTP server of `datastream-http`
+//! (routing, balancing, failover, forwarding, error responses).
 
-pub mod body;
 pub mod error;
 mod failover;
 pub mod forward;
-pub mod h1;
-pub mod headers;
-mod rewind;
-pub mod server;
+
+pub use datastream_http::ServerLimits;
 
 pub use self::error::{ERROR_HEADER, ProxyError};
-pub use self::forward::{ConnMeta, ListenerKind, MAX_CONNECT_ATTEMPTS};
-pub use self::server::ServerLimits;
+pub use self::forward::{ListenerKind, MAX_CONNECT_ATTEMPTS, ProxyApp};
+
+/// The body of the sidecar's responses: upstream bodies complete through the balancer's
+/// [`Completion`](datastream_lb::endpoint::Completion).
+pub type ResponseBody = datastream_http::body::ResponseBody<datastream_lb::endpoint::Completion>;

@@ -249,8 +249,8 @@ impl DemoReplica {
         self.signal("-CONT");
     }
 
-    pub fn spec(&self) -> datastream_sidecar::endpoint::EndpointSpec {
-        datastream_sidecar::endpoint::EndpointSpec {
+    pub fn spec(&self) -> datastream_lb::endpoint::EndpointSpec {
+        datastream_lb::endpoint::EndpointSpec {
             addr: self.addr,
             name: self.name.clone(),
             local: false,

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use datastream_lb::endpoint::EndpointSpec;
 use datastream_sidecar::config::compile::compile;
-use datastream_sidecar::endpoint::EndpointSpec;
 use datastream_sidecar::metrics::Metrics;
 use datastream_sidecar::policy::Policy;
 use datastream_sidecar::proxy::ServerLimits;

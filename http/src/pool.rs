@@ -17,8 +17,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::body::RequestBody;
-use crate::proxy::h1::client::Connection;
+use crate::body::RequestBody;
+use crate::h1::client::Connection;
 
 /// Idle HTTP/1 connections are closed after this long: below the keep-alive timeout of common
 /// servers (Node's 5 s, nginx's 75 s), as Linkerd does with 3 s.

@@ -1,10 +1,6 @@
 //! Consistent hashing for `affinity` routes: a hash ring and a Maglev table, both built from
 //! endpoint names (not positions), so a replica that leaves only moves its own keys.
 
-use std::sync::Arc;
-
-use crate::endpoint::Endpoint;
-
 /// Virtual nodes per endpoint on the ring. Fixed, so adding a replica never reshuffles the
 /// points of the others.
 pub const RING_VNODES: u32 = 160;
@@ -47,19 +43,17 @@ pub struct Maglev {
 // === impl Ring ===
 
 impl Ring {
-    /// Builds the ring for `endpoints`.
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
-        let mut points = Vec::with_capacity(endpoints.len() * RING_VNODES as usize);
-        for (i, e) in endpoints.iter().enumerate() {
+    /// Builds the ring for endpoints of these names; a candidate index is a position in `names`.
+    pub fn new<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Self {
+        let endpoints = names.len();
+        let mut points = Vec::with_capacity(endpoints * RING_VNODES as usize);
+        for (i, name) in names.enumerate() {
             for v in 0..RING_VNODES {
-                points.push((hash_bytes(e.name().as_bytes(), u64::from(v)), i as u32));
+                points.push((hash_bytes(name.as_bytes(), u64::from(v)), i as u32));
             }
         }
         points.sort_unstable();
-        Self {
-            points,
-            endpoints: endpoints.len(),
-        }
+        Self { points, endpoints }
     }
 
     /// Endpoint indices in the order a key tries them: its owner first, then the next distinct
@@ -97,17 +91,17 @@ impl Ring {
 // === impl Maglev ===
 
 impl Maglev {
-    /// Builds the table for `endpoints` (Maglev paper, section 3.4).
-    pub fn new(endpoints: &[Arc<Endpoint>]) -> Self {
+    /// Builds the table for endpoints of these names (Maglev paper, section 3.4); an entry is a
+    /// position in `names`.
+    pub fn new<'a>(names: impl ExactSizeIterator<Item = &'a str>) -> Self {
         let m = MAGLEV_TABLE_SIZE as u64;
-        let n = endpoints.len();
+        let n = names.len();
         if n == 0 {
             return Self { table: Vec::new() };
         }
-        let perms: Vec<(u64, u64)> = endpoints
-            .iter()
-            .map(|e| {
-                let name = e.name().as_bytes();
+        let perms: Vec<(u64, u64)> = names
+            .map(|name| {
+                let name = name.as_bytes();
                 let offset = hash_bytes(name, 0xaaaa) % m;
                 let skip = hash_bytes(name, 0x5555) % (m - 1) + 1;
                 (offset, skip)
@@ -148,32 +142,19 @@ impl Maglev {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
     use super::*;
-    use crate::endpoint::{EndpointSet, EndpointSpec};
-    use crate::metrics::Metrics;
 
-    fn set(ports: &[u16]) -> EndpointSet {
-        let specs: Vec<EndpointSpec> = ports
-            .iter()
-            .map(|&p| {
-                let addr: SocketAddr = ([10, 0, 0, 1], p).into();
-                EndpointSpec {
-                    addr,
-                    name: format!("replica-{p}"),
-                    local: false,
-                    serving: true,
-                }
-            })
-            .collect();
-        EndpointSet::build(&EndpointSet::default(), &specs, 1, &Metrics::new())
+    /// Replica names in the order an endpoint set keeps them (by ordinal).
+    fn names(ids: &[u16]) -> Vec<String> {
+        ids.iter().map(|p| format!("replica-{p}")).collect()
     }
 
-    fn owners(set: &EndpointSet, lookup: impl Fn(u64) -> usize, keys: &[u64]) -> Vec<String> {
-        keys.iter()
-            .map(|&k| set.endpoints()[lookup(k)].name().to_owned())
-            .collect()
+    fn iter(names: &[String]) -> impl ExactSizeIterator<Item = &str> {
+        names.iter().map(String::as_str)
+    }
+
+    fn owners(names: &[String], lookup: impl Fn(u64) -> usize, keys: &[u64]) -> Vec<String> {
+        keys.iter().map(|&k| names[lookup(k)].clone()).collect()
     }
 
     fn keys() -> Vec<u64> {
@@ -184,9 +165,9 @@ mod tests {
 
     #[test]
     fn ring_moves_only_the_keys_of_a_departed_replica() {
-        let before = set(&[1, 2, 3, 4, 5]);
-        let after = set(&[1, 2, 4, 5]);
-        let (rb, ra) = (Ring::new(before.endpoints()), Ring::new(after.endpoints()));
+        let before = names(&[1, 2, 3, 4, 5]);
+        let after = names(&[1, 2, 4, 5]);
+        let (rb, ra) = (Ring::new(iter(&before)), Ring::new(iter(&after)));
         let keys = keys();
         let ob = owners(&before, |k| rb.candidates(k).next().unwrap(), &keys);
         let oa = owners(&after, |k| ra.candidates(k).next().unwrap(), &keys);
@@ -204,8 +185,7 @@ mod tests {
 
     #[test]
     fn ring_candidates_list_each_endpoint_once() {
-        let s = set(&[1, 2, 3]);
-        let ring = Ring::new(s.endpoints());
+        let ring = Ring::new(iter(&names(&[1, 2, 3])));
         let mut c: Vec<usize> = ring.candidates(42).collect();
         assert_eq!(c.len(), 3);
         c.sort_unstable();
@@ -214,12 +194,9 @@ mod tests {
 
     #[test]
     fn maglev_is_balanced_and_moves_few_keys() {
-        let before = set(&[1, 2, 3, 4, 5]);
-        let after = set(&[1, 2, 4, 5]);
-        let (mb, ma) = (
-            Maglev::new(before.endpoints()),
-            Maglev::new(after.endpoints()),
-        );
+        let before = names(&[1, 2, 3, 4, 5]);
+        let after = names(&[1, 2, 4, 5]);
+        let (mb, ma) = (Maglev::new(iter(&before)), Maglev::new(iter(&after)));
         let keys = keys();
         let ob = owners(&before, |k| mb.candidates(k).next().unwrap(), &keys);
         let oa = owners(&after, |k| ma.candidates(k).next().unwrap(), &keys);

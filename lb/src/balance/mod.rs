@@ -19,8 +19,8 @@ use std::time::Duration;
 use rand::Rng;
 use serde::Serialize;
 
-use crate::clock;
 use crate::endpoint::{Eligibility, Endpoint, EndpointSet};
+use datastream_resilience::clock;
 
 /// `localFirst` keeps the local replica while its cost is at most this multiple of the best
 /// peer's: a local hop saves a network round trip, worth some extra queueing, not a lot.
@@ -403,8 +403,8 @@ pub fn pick_primary<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::metrics::LbMetrics;
     use crate::endpoint::{EndpointSpec, Failure};
-    use crate::metrics::Metrics;
 
     fn set(n: u16, local: Option<u16>) -> EndpointSet {
         let specs: Vec<EndpointSpec> = (1..=n)
@@ -418,7 +418,7 @@ mod tests {
                 }
             })
             .collect();
-        EndpointSet::build(&EndpointSet::default(), &specs, 1, &Metrics::new())
+        EndpointSet::build(&EndpointSet::default(), &specs, 1, &LbMetrics::default())
     }
 
     fn counts(set: &EndpointSet, b: &Balancer, n: usize) -> Vec<usize> {

@@ -9,7 +9,7 @@
 
 mod health;
 mod load;
-mod pool;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,14 +24,14 @@ pub use self::load::{
     DECAY, DEFAULT_RTT, FORCE_PICK, Load, LoadSnapshot, MIN_RTT, PROBE_WEIGHT, SAMPLE_WINDOW,
     SLOW_START_CONVERGED, SLOW_START_MAX_SAMPLES, SLOW_START_MIN_SAMPLES, median,
 };
-pub use self::pool::{CONNECT_TIMEOUT, ConnectError, IDLE_TIMEOUT, MAX_IDLE, Pool};
+use self::metrics::{EndpointMetrics, LbMetrics};
 use crate::balance::hash::{Maglev, Ring};
-use crate::clock;
-use crate::metrics::{EndpointMetrics, Metrics};
-use crate::proxy::body::RequestBody;
-use crate::resilience::breaker::{Breaker, Slots};
-use crate::resilience::metrics::EndpointResilienceMetrics;
-use crate::resilience::outlier::{Detector, EjectReason, Ejections, OutlierState};
+use datastream_http::body::RequestBody;
+pub use datastream_http::pool::{CONNECT_TIMEOUT, ConnectError, IDLE_TIMEOUT, MAX_IDLE, Pool};
+use datastream_resilience::breaker::{Breaker, Slots};
+use datastream_resilience::clock;
+use datastream_resilience::metrics::EndpointResilienceMetrics;
+use datastream_resilience::outlier::{Detector, EjectReason, Ejections, OutlierState};
 
 /// What discovery knows about one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -153,7 +153,7 @@ impl Endpoint {
         spec: &EndpointSpec,
         seed: Duration,
         warming: bool,
-        metrics: &Metrics,
+        metrics: &LbMetrics,
         ejections: &Arc<Ejections>,
     ) -> Self {
         Self {
@@ -168,7 +168,7 @@ impl Endpoint {
             outlier: Detector::new(Arc::clone(ejections)),
             breaker: Breaker::new(),
             pending: Slots::default(),
-            resilience_metrics: metrics.resilience.endpoint(&spec.name, spec.addr),
+            resilience_metrics: metrics.resilience().endpoint(&spec.name, spec.addr),
         }
     }
 
@@ -283,10 +283,10 @@ impl Drop for InflightGuard {
 
 // === impl Completion ===
 
-impl Completion {
+impl datastream_http::body::BodyCompletion for Completion {
     /// The body ended cleanly: the connection can serve the next request (`own`: the own
     /// client's connection, when the body came over one).
-    pub fn complete(mut self, own: Option<crate::proxy::h1::client::Connection>) {
+    fn complete(mut self, own: Option<datastream_http::h1::client::Connection>) {
         if let Some(sender) = self.h1.take() {
             self.guard.endpoint.pool.put_h1(sender);
         }
@@ -296,7 +296,7 @@ impl Completion {
     }
 
     /// The body failed mid-stream.
-    pub fn fail(self) {
+    fn fail(self) {
         self.guard.failed(Failure::Transport);
     }
 }
@@ -309,7 +309,7 @@ impl EndpointSet {
         previous: &EndpointSet,
         specs: &[EndpointSpec],
         version: u64,
-        metrics: &Metrics,
+        metrics: &LbMetrics,
     ) -> Self {
         let now = clock::now_ns();
         let seed = median(
@@ -390,12 +390,14 @@ impl EndpointSet {
 
     /// The hash ring of this set.
     pub fn ring(&self) -> &Ring {
-        self.ring.get_or_init(|| Ring::new(&self.endpoints))
+        self.ring
+            .get_or_init(|| Ring::new(self.endpoints.iter().map(|e| e.name())))
     }
 
     /// The Maglev table of this set.
     pub fn maglev(&self) -> &Maglev {
-        self.maglev.get_or_init(|| Maglev::new(&self.endpoints))
+        self.maglev
+            .get_or_init(|| Maglev::new(self.endpoints.iter().map(|e| e.name())))
     }
 
     /// The set-wide ejection figures.
@@ -439,7 +441,7 @@ mod tests {
 
     #[test]
     fn statistics_survive_set_changes_and_newcomers_start_from_the_median() {
-        let metrics = Metrics::new();
+        let metrics = LbMetrics::default();
         let first = EndpointSet::build(
             &EndpointSet::default(),
             &[spec(1), spec(2), spec(3)],
@@ -464,7 +466,7 @@ mod tests {
 
     #[test]
     fn a_replica_returning_from_down_restarts_slow_start() {
-        let metrics = Metrics::new();
+        let metrics = LbMetrics::default();
         let set = EndpointSet::build(&EndpointSet::default(), &[spec(1)], 1, &metrics);
         let e = &set.endpoints()[0];
         assert!(!e.load.warming());
@@ -480,7 +482,7 @@ mod tests {
 
     #[test]
     fn draining_endpoint_is_not_eligible() {
-        let metrics = Metrics::new();
+        let metrics = LbMetrics::default();
         let mut s = spec(1);
         s.serving = false;
         let set = EndpointSet::build(&EndpointSet::default(), &[s], 1, &metrics);

@@ -14,7 +14,16 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::endpoint::Completion;
+/// What a streamed upstream response does when its body is over: return the connection to its
+/// pool and end the request's accounting, or record the failure. The balancer implements it;
+/// the body only says when.
+pub trait BodyCompletion: Send + Unpin + 'static {
+    /// The body ended cleanly; `own` is the own HTTP/1 client's connection when the body came
+    /// over one, now reusable.
+    fn complete(self, own: Option<super::h1::client::Connection>);
+    /// The body failed mid-stream.
+    fn fail(self);
+}
 
 /// A request body exceeded the configured limit while streaming.
 #[derive(Debug, thiserror::Error)]
@@ -104,17 +113,17 @@ enum RequestKind {
     Full(Option<Bytes>),
 }
 
-/// The body of a response on its way to the client.
+/// The body of a response on its way to the client; `C` completes an upstream one.
 #[derive(Debug)]
-pub struct ResponseBody {
-    kind: ResponseKind,
+pub struct ResponseBody<C> {
+    kind: ResponseKind<C>,
 }
 
 #[derive(Debug)]
-enum ResponseKind {
+enum ResponseKind<C> {
     Upstream {
         inner: UpstreamBody,
-        done: Option<Completion>,
+        done: Option<C>,
     },
     Full(Option<Bytes>),
 }
@@ -268,9 +277,9 @@ impl Body for UpstreamBody {
 
 // === impl ResponseBody ===
 
-impl ResponseBody {
+impl<C: BodyCompletion> ResponseBody<C> {
     /// The upstream's body; `done` completes when it ends (or is dropped).
-    pub fn upstream(inner: UpstreamBody, done: Completion) -> Self {
+    pub fn upstream(inner: UpstreamBody, done: C) -> Self {
         let mut body = Self {
             kind: ResponseKind::Upstream {
                 inner,
@@ -279,21 +288,6 @@ impl ResponseBody {
         };
         body.complete_if_ended();
         body
-    }
-
-    /// A small local body.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        let bytes = bytes.into();
-        Self {
-            kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
-        }
-    }
-
-    /// An empty body.
-    pub fn empty() -> Self {
-        Self {
-            kind: ResponseKind::Full(None),
-        }
     }
 
     /// Hyper's server stops polling once `is_end_stream` says so, so completion must happen as
@@ -308,7 +302,24 @@ impl ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
+impl<C> ResponseBody<C> {
+    /// A small local body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self {
+            kind: ResponseKind::Full(None),
+        }
+    }
+}
+
+impl<C: BodyCompletion> Body for ResponseBody<C> {
     type Data = Bytes;
     type Error = UpstreamBodyError;
 

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::clock;
+use datastream_resilience::clock;
 
 /// Transport errors in a row (other than connect failures) that mark an endpoint down.
 pub const CONSECUTIVE_FAILURES: u32 = 5;

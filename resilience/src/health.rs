@@ -223,24 +223,6 @@ pub async fn run(
     }
 }
 
-/// Runs [`run`] against the sidecar's local workload (whichever the live endpoint set names)
-/// under the live policy's settings, until `stop`.
-pub async fn run_local(shared: Arc<crate::state::Shared>, stop: watch::Receiver<bool>) {
-    let status = Arc::clone(&shared.resilience.local_health);
-    let gauge = shared.metrics.resilience.local_healthy.clone();
-    let target = {
-        let shared = Arc::clone(&shared);
-        move || {
-            let addr = shared.endpoints().local()?.addr();
-            Some((addr, shared.policy().resilience.health.clone()))
-        }
-    };
-    let on_verdict = move |v: Verdict| {
-        gauge.set(i64::from(v == Verdict::Healthy));
-    };
-    run(status, target, on_verdict, stop).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use datastream_api::v1alpha1::RetryOn;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode};
 use http_body::Body;
@@ -34,6 +33,22 @@ pub enum Outcome {
     /// The connection broke after the request may have been (partly) sent.
     Reset,
     /// The per-try timeout expired before response headers arrived.
+    PerTryTimeout,
+}
+
+/// A failure that a retry policy may name as retryable (the API's `retryOn` values, which the
+/// sidecar's config layer maps onto these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCondition {
+    /// Any 5xx answer.
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// The connection broke after the request may have been sent.
+    Reset,
+    /// The connection could not be opened.
+    ConnectFailure,
+    /// The per-try timeout expired.
     PerTryTimeout,
 }
 
@@ -123,24 +138,34 @@ impl RetryReason {
 // === impl Conditions ===
 
 impl Conditions {
-    fn bit(on: RetryOn) -> u8 {
+    fn bit(on: RetryCondition) -> u8 {
         match on {
-            RetryOn::ServerError => 1,
-            RetryOn::GatewayError => 2,
-            RetryOn::Reset => 4,
-            RetryOn::ConnectFailure => 8,
-            RetryOn::PerTryTimeout => 16,
+            RetryCondition::ServerError => 1,
+            RetryCondition::GatewayError => 2,
+            RetryCondition::Reset => 4,
+            RetryCondition::ConnectFailure => 8,
+            RetryCondition::PerTryTimeout => 16,
         }
     }
 
     /// The set of `list`.
-    pub fn from_list(list: &[RetryOn]) -> Self {
+    pub fn from_list(list: &[RetryCondition]) -> Self {
         Self(list.iter().fold(0, |acc, on| acc | Self::bit(*on)))
     }
 
     /// Whether `on` is in the set.
-    pub fn contains(self, on: RetryOn) -> bool {
+    pub fn contains(self, on: RetryCondition) -> bool {
         self.0 & Self::bit(on) != 0
+    }
+}
+
+impl FromIterator<RetryCondition> for Conditions {
+    fn from_iter<I: IntoIterator<Item = RetryCondition>>(conditions: I) -> Self {
+        Self(
+            conditions
+                .into_iter()
+                .fold(0, |acc, on| acc | Self::bit(on)),
+        )
     }
 }
 
@@ -159,15 +184,17 @@ impl RetryPolicy {
         let c = self.conditions;
         match outcome {
             Outcome::NotSent => Some(RetryReason::NotSent),
-            Outcome::Reset => c.contains(RetryOn::Reset).then_some(RetryReason::Reset),
+            Outcome::Reset => c
+                .contains(RetryCondition::Reset)
+                .then_some(RetryReason::Reset),
             Outcome::PerTryTimeout => c
-                .contains(RetryOn::PerTryTimeout)
+                .contains(RetryCondition::PerTryTimeout)
                 .then_some(RetryReason::PerTryTimeout),
             Outcome::Status(s) => {
                 let gateway = matches!(s.as_u16(), 502..=504);
-                if gateway && c.contains(RetryOn::GatewayError) {
+                if gateway && c.contains(RetryCondition::GatewayError) {
                     Some(RetryReason::GatewayError)
-                } else if s.is_server_error() && c.contains(RetryOn::ServerError) {
+                } else if s.is_server_error() && c.contains(RetryCondition::ServerError) {
                     Some(RetryReason::ServerError)
                 } else {
                     None
@@ -180,8 +207,8 @@ impl RetryPolicy {
     /// hold it back rather than stream it to the client).
     pub fn retries_status(&self, status: StatusCode) -> bool {
         let c = self.conditions;
-        (matches!(status.as_u16(), 502..=504) && c.contains(RetryOn::GatewayError))
-            || (status.is_server_error() && c.contains(RetryOn::ServerError))
+        (matches!(status.as_u16(), 502..=504) && c.contains(RetryCondition::GatewayError))
+            || (status.is_server_error() && c.contains(RetryCondition::ServerError))
     }
 }
 
@@ -269,7 +296,7 @@ mod tests {
     use http::HeaderValue;
     use http_body_util::Full;
 
-    fn policy(conditions: &[RetryOn]) -> RetryPolicy {
+    fn policy(conditions: &[RetryCondition]) -> RetryPolicy {
         RetryPolicy {
             attempts: 2,
             conditions: Conditions::from_list(conditions),
@@ -293,9 +320,9 @@ mod tests {
     #[test]
     fn sent_requests_need_idempotence_and_a_listed_condition() {
         let p = policy(&[
-            RetryOn::GatewayError,
-            RetryOn::Reset,
-            RetryOn::PerTryTimeout,
+            RetryCondition::GatewayError,
+            RetryCondition::Reset,
+            RetryCondition::PerTryTimeout,
         ]);
         let get = Method::GET;
         assert_eq!(
@@ -329,7 +356,7 @@ mod tests {
 
     #[test]
     fn route_opt_in_allows_non_idempotent_retries() {
-        let mut p = policy(&[RetryOn::ServerError]);
+        let mut p = policy(&[RetryCondition::ServerError]);
         p.non_idempotent = true;
         assert_eq!(
             p.classify(
@@ -345,7 +372,7 @@ mod tests {
 
     #[test]
     fn zero_attempts_disables_policy_retries() {
-        let mut p = policy(&[RetryOn::Reset]);
+        let mut p = policy(&[RetryCondition::Reset]);
         p.attempts = 0;
         assert_eq!(p.classify(&Method::GET, Outcome::Reset), None);
     }

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::clock;
+use datastream_resilience::clock;
 
 /// Decay time constant of the estimate (Finagle, go-zero and Linkerd all use 10 s).
 pub const DECAY: Duration = Duration::from_secs(10);

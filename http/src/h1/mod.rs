@@ -49,11 +49,11 @@ pub use self::body::{BodyError, RequestBody};
 use self::decode::Decoder;
 use self::encode::{Exchange, Framing as WireFraming};
 use self::head::{Framing, Head, HeadError};
-use super::body::{ClientBody, ResponseBody};
-use super::forward::{ConnMeta, handle};
+use super::app::{ConnMeta, HttpServerApp};
+use super::body::ClientBody;
 use super::headers::wants_upgrade;
+use super::metrics::LocalErrors;
 use super::rewind::Rewind;
-use crate::state::Shared;
 
 /// The client connection after a `101 Switching Protocols` answer, with any bytes the client
 /// sent after its request.
@@ -99,12 +99,13 @@ enum Outcome {
 
 /// Serves HTTP/1.1 requests on `stream` until the client leaves, an error, or `close` turns
 /// true. `read_ahead` holds bytes already read from it.
-pub async fn serve_connection(
+pub async fn serve_connection<A: HttpServerApp>(
     stream: TcpStream,
     read_ahead: BytesMut,
-    shared: Arc<Shared>,
+    app: Arc<A>,
     meta: Arc<ConnMeta>,
     settings: Settings,
+    errors: LocalErrors,
     close: watch::Receiver<bool>,
 ) {
     let (read, write) = stream.into_split();
@@ -114,9 +115,10 @@ pub async fn serve_connection(
     };
     let mut conn = Connection {
         write,
-        shared,
+        app,
         meta,
         settings,
+        errors,
         close,
     };
     let mut first = true;
@@ -150,15 +152,16 @@ pub async fn serve_connection(
     }
 }
 
-struct Connection {
+struct Connection<A> {
     write: OwnedWriteHalf,
-    shared: Arc<Shared>,
+    app: Arc<A>,
     meta: Arc<ConnMeta>,
     settings: Settings,
+    errors: LocalErrors,
     close: watch::Receiver<bool>,
 }
 
-impl Connection {
+impl<A: HttpServerApp> Connection<A> {
     /// The next request head; `Ok(None)` when the connection should just close (client gone,
     /// idle or header timeout, drain).
     async fn read_head(&mut self, r: &mut Reader, first: bool) -> Result<Option<Head>, HeadError> {
@@ -208,7 +211,7 @@ impl Connection {
 
     /// Answers a refused head; the connection closes after it.
     async fn refuse(&mut self, error: HeadError) {
-        self.shared.metrics.local_error(error.code());
+        self.errors.count(error.code());
         tracing::debug!(%error, client = %self.meta.client, "refusing a request head");
         let answer = encode::refusal(error.status(), error.code(), &error.to_string());
         let _ = self.write.write_all(&answer).await;
@@ -266,8 +269,8 @@ impl Connection {
         let req = Request::from_parts(parts, body);
         // Not boxed on its own: this whole exchange already is (see `serve_connection`), so an
         // idle connection's task does not carry the request path's state.
-        let mut call = std::pin::pin!(handle(
-            Arc::clone(&self.shared),
+        let mut call = std::pin::pin!(A::handle(
+            Arc::clone(&self.app),
             Arc::clone(&self.meta),
             req,
             upgrade_rx,
@@ -292,7 +295,7 @@ impl Connection {
                 }
             }
         };
-        let resp: Response<ResponseBody> = match resp {
+        let resp: Response<A::Body> = match resp {
             Ok(resp) => resp,
             Err(never) => match never {},
         };

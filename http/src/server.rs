@@ -13,13 +13,12 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
+use super::app::{ConnMeta, HttpServerApp};
 use super::body::ClientBody;
-use super::forward::{ConnMeta, ListenerKind, handle};
 use super::h1;
 use super::headers::Forwarding;
+use super::metrics::ListenerMetrics;
 use super::rewind::Rewind;
-use crate::metrics::ListenerMetrics;
-use crate::state::Shared;
 
 /// The client preface that starts every HTTP/2 prior-knowledge connection (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -52,21 +51,17 @@ impl Default for ServerLimits {
     }
 }
 
-/// Accepts and serves connections until `close` turns true, then lets connections finish their
-/// requests, waiting up to `grace`.
-pub async fn serve(
+/// Accepts connections and serves their requests with `app` until `close` turns true, then lets
+/// connections finish their requests, waiting up to `grace`. `name` names the listener in logs.
+pub async fn serve<A: HttpServerApp>(
     listener: TcpListener,
-    kind: ListenerKind,
-    shared: Arc<Shared>,
+    name: &'static str,
+    app: Arc<A>,
+    metrics: ListenerMetrics,
     limits: ServerLimits,
     mut close: watch::Receiver<bool>,
     grace: watch::Receiver<Duration>,
 ) {
-    let name = match kind {
-        ListenerKind::Traffic => "traffic",
-        ListenerKind::Peer => "peer",
-    };
-    let metrics = shared.metrics.listener(name);
     let h2 = Arc::new(h2_builder(&limits));
     let settings = h1::Settings {
         max_head: limits.max_header_bytes,
@@ -99,8 +94,7 @@ pub async fn serve(
         let conn = Conn {
             stream,
             client,
-            kind,
-            shared: Arc::clone(&shared),
+            app: Arc::clone(&app),
             h2: Arc::clone(&h2),
             settings,
             metrics: metrics.clone(),
@@ -145,24 +139,22 @@ pub(super) async fn closing(close: &mut watch::Receiver<bool>) {
 }
 
 /// One accepted connection.
-struct Conn {
+struct Conn<A> {
     stream: TcpStream,
     client: SocketAddr,
-    kind: ListenerKind,
-    shared: Arc<Shared>,
+    app: Arc<A>,
     h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
     settings: h1::Settings,
     metrics: ListenerMetrics,
     close: watch::Receiver<bool>,
 }
 
-impl Conn {
+impl<A: HttpServerApp> Conn<A> {
     async fn serve(self) {
         let Conn {
             mut stream,
             client,
-            kind,
-            shared,
+            app,
             h2,
             settings,
             metrics,
@@ -189,13 +181,12 @@ impl Conn {
         if read == Ok(true) {
             let meta = Arc::new(ConnMeta {
                 client,
-                listener: kind,
                 forwarding: Forwarding::new(client),
             });
             if first.starts_with(H2_PREFACE) {
                 let svc = service_fn(move |req| {
-                    handle(
-                        Arc::clone(&shared),
+                    A::handle(
+                        Arc::clone(&app),
                         Arc::clone(&meta),
                         req.map(ClientBody::Hyper),
                         None,
@@ -216,7 +207,8 @@ impl Conn {
                     tracing::debug!(%error, %client, "client connection ended with an error");
                 }
             } else {
-                h1::serve_connection(stream, first, shared, meta, settings, close).await;
+                let errors = metrics.errors.clone();
+                h1::serve_connection(stream, first, app, meta, settings, errors, close).await;
             }
         } else {
             tracing::debug!(%client, "client sent nothing in time; closing");
@@ -229,9 +221,29 @@ impl Conn {
 mod tests {
     use super::*;
 
+    /// An application that answers every request with an empty 200.
+    struct Nothing;
+
+    impl HttpServerApp for Nothing {
+        type Body = http_body_util::Empty<bytes::Bytes>;
+
+        fn handle(
+            self: Arc<Self>,
+            _meta: Arc<ConnMeta>,
+            _req: http::Request<ClientBody>,
+            _upgrade: Option<h1::PendingUpgrade>,
+        ) -> impl Future<Output = Result<http::Response<Self::Body>, std::convert::Infallible>>
+        + Send
+        + 'static {
+            async { Ok(http::Response::new(http_body_util::Empty::new())) }
+        }
+    }
+
     /// Every open connection is one task; its future's size is what an idle connection costs
     /// beyond the kernel's socket. Keeping big states (hyper's HTTP/2 connection, an exchange,
-    /// the request path) boxed keeps it small; this fails when one slips in unboxed.
+    /// the request path) boxed keeps it small; this fails when one slips in unboxed. The app
+    /// is behind an `Arc` and its request futures live in the boxed exchange, so the figure
+    /// holds for any app.
     #[test]
     fn an_idle_connection_task_stays_small() {
         fn size_of_future<F: std::future::Future>(_: &F) -> usize {
@@ -247,24 +259,18 @@ mod tests {
             let client = TcpStream::connect(addr).await.unwrap();
             let (stream, peer) = listener.accept().await.unwrap();
             let (_tx, close) = watch::channel(false);
-            let metrics = crate::metrics::Metrics::new();
-            let traffic = datastream_api::TrafficPolicy::default();
-            let policy = crate::config::compile::compile(&traffic, 1, "test", &metrics).unwrap();
-            let listener_metrics = metrics.listener("traffic");
-            let shared = Arc::new(Shared::new(policy, metrics));
             let limits = ServerLimits::default();
             let conn = Conn {
                 stream,
                 client: peer,
-                kind: ListenerKind::Traffic,
-                shared,
+                app: Arc::new(Nothing),
                 h2: Arc::new(h2_builder(&limits)),
                 settings: h1::Settings {
                     max_head: limits.max_header_bytes,
                     header_read_timeout: limits.header_read_timeout,
                     keep_alive_timeout: limits.keep_alive_timeout,
                 },
-                metrics: listener_metrics,
+                metrics: crate::metrics::ServerMetrics::default().listener("traffic"),
                 close,
             };
             let size = size_of_future(&conn.serve());
