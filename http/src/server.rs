@@ -227,15 +227,13 @@ mod tests {
     impl HttpServerApp for Nothing {
         type Body = http_body_util::Empty<bytes::Bytes>;
 
-        fn handle(
+        async fn handle(
             self: Arc<Self>,
             _meta: Arc<ConnMeta>,
             _req: http::Request<ClientBody>,
             _upgrade: Option<h1::PendingUpgrade>,
-        ) -> impl Future<Output = Result<http::Response<Self::Body>, std::convert::Infallible>>
-        + Send
-        + 'static {
-            async { Ok(http::Response::new(http_body_util::Empty::new())) }
+        ) -> Result<http::Response<Self::Body>, std::convert::Infallible> {
+            Ok(http::Response::new(http_body_util::Empty::new()))
         }
     }
 
