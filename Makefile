@@ -10,6 +10,7 @@ test: lint unit e2e
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) deny --offline check licenses bans sources
 
 unit:
 	$(CARGO) test --workspace --exclude datastream-e2e

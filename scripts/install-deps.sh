@@ -14,4 +14,11 @@ fi
 for component in clippy rustfmt; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
+# cargo-deny (licenses, duplicate versions, sources: `make lint`), built once from crates.io and
+# kept in ~/.cargo/bin; its build directory is cached beside the workspace's target dir.
+deny_version=0.20.2
+if [[ "$(cargo deny --version 2>/dev/null)" != "cargo-deny $deny_version" ]]; then
+  CARGO_TARGET_DIR="${DATASTREAM_CACHE:-$HOME/.cache/datastream}/cargo-deny" \
+    cargo install --locked --quiet --version "$deny_version" cargo-deny
+fi
 command -v go >/dev/null || { echo "install-deps: Go 1.26+ is required to build the e2e control plane" >&2; exit 1; }
