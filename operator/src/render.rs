@@ -6,21 +6,18 @@
 //! owner reference; everything else is byte for byte what the controller applies.
 
 use datastream_api::v1alpha1::DataStream;
-use serde::Deserialize;
 
 use crate::desired::{self, Settings};
 
 /// Why a file cannot be rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    /// A YAML document does not parse.
-    #[error("document {index}: {source}")]
+    /// The input is not YAML (the parser's message gives the line and column).
+    #[error("the input is not valid YAML: {source}")]
     Yaml {
-        /// 1-based position of the document in the file.
-        index: usize,
         /// The parser's message.
         #[source]
-        source: serde_yaml::Error,
+        source: serde_saphyr::Error,
     },
     /// A document is a DataStream that does not fit the API types.
     #[error("document {index} (DataStream {name:?}): {source}")]
@@ -44,10 +41,10 @@ pub enum RenderError {
 pub fn render(yaml: &str, settings: &Settings, namespace: &str) -> Result<String, RenderError> {
     let mut out = String::new();
     let mut streams = 0;
-    for (i, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).map_err(|source| RenderError::Yaml { source })?;
+    for (i, value) in documents.into_iter().enumerate() {
         let index = i + 1;
-        let value = serde_json::Value::deserialize(document)
-            .map_err(|source| RenderError::Yaml { index, source })?;
         let is_stream = value.get("kind").and_then(|k| k.as_str()) == Some("DataStream")
             && value
                 .get("apiVersion")
@@ -84,7 +81,7 @@ pub fn to_yaml(children: &desired::Children) -> String {
     let mut out = String::new();
     for object in children.objects() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&object).expect("JSON values serialize to YAML"));
+        out.push_str(&serde_saphyr::to_string(&object).expect("JSON values serialize to YAML"));
     }
     out
 }
@@ -120,9 +117,10 @@ spec:
   workload: { image: example.com/orders:1.0 }
 "#;
         let out = render(input, &settings(), "shop").unwrap();
-        let kinds: Vec<(String, String, String)> = serde_yaml::Deserializer::from_str(&out)
-            .map(|d| {
-                let v = serde_json::Value::deserialize(d).unwrap();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+        let kinds: Vec<(String, String, String)> = documents
+            .into_iter()
+            .map(|v| {
                 let field = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap().to_owned();
                 (
                     field("/kind"),
@@ -175,6 +173,9 @@ spec:
         let broken = render("a: [", &settings(), "default")
             .unwrap_err()
             .to_string();
-        assert!(broken.starts_with("document 1: "), "{broken}");
+        assert!(
+            broken.starts_with("the input is not valid YAML: "),
+            "{broken}"
+        );
     }
 }

@@ -153,7 +153,7 @@ fn settings() -> Settings {
 }
 
 fn stream() -> DataStream {
-    let mut ds: DataStream = serde_yaml::from_str(
+    let mut ds: DataStream = serde_saphyr::from_str(
         "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata: {name: catalog, namespace: shop, generation: 1, uid: 0000-1}\nspec:\n  workload: {image: demo}\n",
     )
     .unwrap();

@@ -29,6 +29,9 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 // Several printer columns share a type, which clippy mistakes for repeated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Client-side CEL evaluation (`DataStream::validate_cel`) is for the admission-rule tests only:
+// it compiles a CEL interpreter, which no binary needs (the API server evaluates the rules).
+#[cfg_attr(test, kube(cel))]
 #[kube(
     group = "datastream.dev",
     version = "v1alpha1",
@@ -39,7 +42,6 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
     category = "datastream",
     status = "DataStreamStatus",
     derive = "PartialEq",
-    cel,
     doc = "A DataStream runs replicas of a data service, each fronted by a sidecar that routes, balances and fails over traffic between them.",
     scale(
         spec_replicas_path = ".spec.replicas",

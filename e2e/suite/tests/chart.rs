@@ -85,14 +85,15 @@ fn check_golden(name: &str, rendered: &str) {
     }
 }
 
-fn documents(rendered: &str) -> Vec<serde_yaml::Value> {
-    serde_yaml::Deserializer::from_str(rendered)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &serde_yaml::Value| !v.is_null())
+fn documents(rendered: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(rendered)
+        .expect("helm renders YAML")
+        .into_iter()
+        .filter(|v| !v.is_null())
         .collect()
 }
 
-fn find<'a>(docs: &'a [serde_yaml::Value], kind: &str, name: &str) -> &'a serde_yaml::Value {
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
@@ -206,12 +207,12 @@ fn operator_rbac_is_exactly_what_it_uses() {
     let docs = documents(&out);
     let role = find(&docs, "ClusterRole", "datastream-operator");
     let mut rules: Vec<String> = role["rules"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| {
-            let list = |v: &serde_yaml::Value| {
-                v.as_sequence()
+            let list = |v: &serde_json::Value| {
+                v.as_array()
                     .unwrap()
                     .iter()
                     .map(|x| x.as_str().unwrap())
@@ -247,16 +248,10 @@ fn operator_rbac_is_exactly_what_it_uses() {
     // Leases only in the release namespace, and only the operator's own for get/update.
     let lease_role = find(&docs, "Role", "datastream-operator-leader-election");
     assert_eq!(lease_role["metadata"]["namespace"], "datastream-system");
-    let rules = lease_role["rules"].as_sequence().unwrap();
-    assert_eq!(
-        rules[0]["verbs"],
-        serde_yaml::from_str::<serde_yaml::Value>("[create]").unwrap()
-    );
+    let rules = lease_role["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["verbs"], serde_json::json!(["create"]));
     assert_eq!(rules[1]["resourceNames"][0], "datastream-operator");
-    assert_eq!(
-        rules[1]["verbs"],
-        serde_yaml::from_str::<serde_yaml::Value>("[get, update]").unwrap()
-    );
+    assert_eq!(rules[1]["verbs"], serde_json::json!(["get", "update"]));
 }
 
 #[test]
@@ -280,7 +275,7 @@ fn operator_pod_is_restricted_and_wired() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["image"], "ghcr.io/datastream-dev/datastream-operator:dev");
     let args: Vec<&str> = c["args"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap())
@@ -291,7 +286,7 @@ fn operator_pod_is_restricted_and_wired() {
         "{args:?}"
     );
     let env: Vec<(&str, &str)> = c["env"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|e| {

@@ -14,7 +14,7 @@ fn settings() -> Settings {
 }
 
 fn stream(yaml: &str) -> DataStream {
-    let mut ds: DataStream = serde_yaml::from_str(yaml).expect("fixture parses");
+    let mut ds: DataStream = serde_saphyr::from_str(yaml).expect("fixture parses");
     ds.metadata.uid = Some("5b3e1f6c-0000-4000-8000-000000000001".into());
     ds
 }

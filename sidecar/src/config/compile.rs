@@ -339,7 +339,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> TrafficPolicy {
-        serde_yaml::from_str(yaml).expect("valid YAML for TrafficPolicy")
+        serde_saphyr::from_str(yaml).expect("valid YAML for TrafficPolicy")
     }
 
     #[test]

@@ -295,7 +295,7 @@ pub async fn backends(n: usize) -> Vec<Arc<Backend>> {
 
 /// Compiles a traffic policy written as YAML (the DataStream `spec.traffic` shape).
 pub fn policy(yaml: &str, metrics: &Metrics) -> Policy {
-    let traffic = serde_yaml::from_str(yaml).expect("valid traffic YAML");
+    let traffic = serde_saphyr::from_str(yaml).expect("valid traffic YAML");
     compile(&traffic, 1, "test", metrics).expect("valid policy")
 }
 

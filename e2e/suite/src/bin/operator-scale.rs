@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     ]);
     let ns = TestNamespace::create("bench-scale");
     let api: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
-    let template: DataStream = serde_yaml::from_str(
+    let template: DataStream = serde_saphyr::from_str(
         "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata: {name: x}\nspec:\n  replicas: 0\n  workload: {image: localhost/datastream-demo-replica:dev}\n",
     )?;
 
