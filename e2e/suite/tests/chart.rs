@@ -305,15 +305,21 @@ fn operator_pod_is_restricted_and_wired() {
     );
 }
 
-/// Every metric the Grafana dashboard queries is one the operator or the sidecar registers, so
-/// that a renamed metric cannot leave a silently empty panel.
+/// Every metric the Grafana dashboard queries is one the operator or the sidecar (any of its four
+/// crates) registers, so that a renamed metric cannot leave a silently empty panel.
 #[test]
 fn dashboard_queries_only_registered_metrics() {
     let dashboard = std::fs::read_to_string(chart().join("dashboards/datastream.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
     let mut sources = String::new();
-    for dir in ["sidecar/src", "operator/src"] {
+    for dir in [
+        "sidecar/src",
+        "http/src",
+        "lb/src",
+        "resilience/src",
+        "operator/src",
+    ] {
         collect_sources(&repo().join(dir), &mut sources);
     }
     let mut unknown = std::collections::BTreeSet::new();
