@@ -456,3 +456,36 @@ pub fn audit_now() -> String {
 pub fn repo_file(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(repo().join(path.as_ref())).unwrap()
 }
+
+/// One invalid variant of a valid manifest: `(what, text replaced, replacement, text the API
+/// server's refusal must contain)`.
+pub type AdmissionCase<'a> = (&'a str, &'a str, &'a str, &'a str);
+
+/// Applies every variant of `valid` in `cases` with a server-side dry run in `namespace` and
+/// returns what went wrong: variants accepted, or refused with a message that does not contain
+/// the expected text (so that it names the field). A case whose replacement does not change the
+/// manifest panics: it would test nothing.
+pub fn admission_failures(
+    namespace: &str,
+    valid: &str,
+    cases: &[AdmissionCase<'_>],
+) -> Vec<String> {
+    let mut failures = vec![];
+    for (what, from, to, names) in cases {
+        let yaml = valid.replacen(from, to, 1);
+        assert_ne!(yaml, valid, "case {what} did not change the spec");
+        let out = kubectl_stdin(
+            &["apply", "--dry-run=server", "-n", namespace, "-f", "-"],
+            Some(&yaml),
+        );
+        if out.ok {
+            failures.push(format!("{what}: accepted"));
+        } else if !out.stderr.contains(names) {
+            failures.push(format!(
+                "{what}: message does not name {names:?}: {}",
+                out.stderr
+            ));
+        }
+    }
+    failures
+}

@@ -535,7 +535,7 @@ async fn invalid_storage_and_rollout_specs_are_rejected_at_admission() {
     assert!(out.ok, "the valid stream must pass: {}", out.stderr);
     let claim = "        size: 16Mi\n";
     // (case, text replaced, replacement, what the message must name)
-    let cases: &[(&str, &str, &str, &str)] = &[
+    let cases: &[AdmissionCase<'_>] = &[
         (
             "size not a quantity",
             claim,
@@ -603,20 +603,7 @@ async fn invalid_storage_and_rollout_specs_are_rejected_at_admission() {
             "at most 52 characters",
         ),
     ];
-    let mut failures = vec![];
-    for (what, from, to, names) in cases {
-        let yaml = valid.replacen(from, to, 1);
-        assert_ne!(yaml, valid, "case {what} did not change the spec");
-        let out = dry_run(&yaml);
-        if out.ok {
-            failures.push(format!("{what}: accepted"));
-        } else if !out.stderr.contains(names) {
-            failures.push(format!(
-                "{what}: message does not name {names:?}: {}",
-                out.stderr
-            ));
-        }
-    }
+    let failures = admission_failures(&ns.name, &valid, cases);
     assert!(failures.is_empty(), "{failures:#?}");
 
     // Transition rules: a claim never goes below what the replicas' claims have (the status
