@@ -8,11 +8,12 @@
 //! EndpointSlices), the policy from the DataStream's `spec.traffic` (or the same shape in a
 //! YAML file); both swap in live.
 //!
-//! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`],
-//! [`endpoint`] (per-replica state and pools), [`balance`], [`route`], [`policy`],
-//! [`proxy`] (listeners and the request path), [`admin`], [`runtime`] (start, drain),
-//! [`state`], [`metrics`]. The failover and overload mechanisms are their own crate,
-//! `datastream-resilience`, which knows nothing of this one or of the API types.
+//! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`], [`route`],
+//! [`policy`], [`proxy`] (the request path behind the HTTP server), [`admin`], [`runtime`]
+//! (listeners, start, drain), [`state`], [`metrics`]. The layers below are their own crates,
+//! which know nothing of this one or of the API types: `datastream-http` (codec, connections,
+//! bodies, pool), `datastream-lb` (per-replica state and the balancers) and
+//! `datastream-resilience` (failover and overload mechanisms).
 
 pub mod admin;
 pub mod app;
