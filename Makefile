@@ -11,6 +11,7 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) deny --offline check licenses bans sources
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 unit:
 	$(CARGO) test --workspace --exclude datastream-e2e

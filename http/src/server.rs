@@ -1,6 +1,6 @@
 //! Listeners: accepting connections under a connection cap, telling HTTP/2 prior knowledge from
 //! HTTP/1 by the first bytes, and serving them (HTTP/1 with the sidecar's own connection, see
-//! [`h1`](super::h1); HTTP/2 with hyper), with graceful shutdown.
+//! [`h1`]; HTTP/2 with hyper), with graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -365,7 +365,7 @@ pub async fn http_exchange(
 }
 
 /// The process id of a pod's container on the process kubelet (`run/pods/<uid>/<name>.pid`
-/// holds "<pid> <start time>"; the start time guards against pid reuse).
+/// holds `<pid> <start time>`; the start time guards against pid reuse).
 pub fn container_pid(pod: &k8s_openapi::api::core::v1::Pod, container: &str) -> i32 {
     let uid = pod.metadata.uid.clone().expect("pods have a uid");
     let pid_file = state_dir()

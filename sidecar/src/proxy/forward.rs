@@ -2,17 +2,17 @@
 //!
 //! Stages, in order (each a seam where the resilience layer inserts its mechanism):
 //!
-//! 1. **admit** ([`admit`]): body-size limit, unsupported methods. Rate limiting and adaptive
+//! 1. **admit** (`admit`): body-size limit, unsupported methods. Rate limiting and adaptive
 //!    shedding go here, before any routing work.
 //! 2. **route** ([`RouteTable::find`](crate::route::RouteTable::find)): the first matching
 //!    route; its mode decides how a replica is chosen. Per-route timeouts, retry policy and
 //!    broadcast hang off the route.
-//! 3. **prepare** ([`prepare`]): hop-by-hop headers, forwarding headers, URI form for the
+//! 3. **prepare** (`prepare`): hop-by-hop headers, forwarding headers, URI form for the
 //!    upstream protocol. Done once, so any later attempt reuses the same request.
-//! 4. **select** ([`select`]): a replica, skipping those an earlier attempt of this request
+//! 4. **select** (`select`): a replica, skipping those an earlier attempt of this request
 //!    failed on (`exclude`). Outlier ejection and breakers act through
 //!    [`Endpoint::eligibility`](datastream_lb::endpoint::Endpoint::eligibility).
-//! 5. **attempt** ([`attempt`]): one try on one replica: connection from the pool, send,
+//! 5. **attempt** (`attempt`): one try on one replica: connection from the pool, send,
 //!    response headers. It returns the request untouched when it provably never reached the
 //!    replica (connect failure, stale pooled connection), which is what makes the built-in
 //!    connect-failure retry safe for every method; per-try timeouts wrap this call.

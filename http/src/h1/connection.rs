@@ -1,0 +1,446 @@
+//! One HTTP/1.1 server connection: the exchange loop the module documentation describes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use http::{Request, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::body::{BodyEnd, Reader, RequestBody};
+use super::decode::Decoder;
+use super::encode::{Exchange, Framing as WireFraming};
+use super::head::{Framing, Head, HeadError};
+use super::{encode, head};
+use crate::app::{ConnMeta, HttpServerApp};
+use crate::body::ClientBody;
+use crate::headers::wants_upgrade;
+use crate::metrics::LocalErrors;
+use crate::rewind::Rewind;
+
+/// The client connection after a `101 Switching Protocols` answer, with any bytes the client
+/// sent after its request.
+pub type Upgraded = Rewind<TcpStream>;
+
+/// The client side of a protocol switch: resolves once the `101` answer has been written.
+pub type PendingUpgrade = oneshot::Receiver<Upgraded>;
+
+/// First read-buffer size for a request head; it doubles up to the header limit.
+const HEAD_BUFFER: usize = 4096;
+/// Response bytes gathered before a write.
+const GATHER: usize = 64 * 1024;
+/// Data frames at least this large are written directly rather than copied.
+const DIRECT_WRITE: usize = 16 * 1024;
+/// How long, and how many bytes, a closing connection reads and discards so that a client still
+/// sending gets the answer rather than a reset.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Limits of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Largest request head (request line and header section).
+    pub max_head: usize,
+    /// Time from a request's first byte to the end of its head; also how long a new connection
+    /// may stay silent.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may stay idle between requests.
+    pub keep_alive_timeout: Duration,
+}
+
+/// What happens after an exchange.
+enum Outcome {
+    /// Read the next request.
+    Next(Reader),
+    /// Close the connection (lingering on the read side when it is still here).
+    Close(Option<Reader>),
+    /// Hand the connection over to the tunnel.
+    Upgrade(Reader, oneshot::Sender<Upgraded>),
+}
+
+/// Serves HTTP/1.1 requests on `stream` until the client leaves, an error, or `close` turns
+/// true. `read_ahead` holds bytes already read from it.
+pub async fn serve_connection<A: HttpServerApp>(
+    stream: TcpStream,
+    read_ahead: BytesMut,
+    app: Arc<A>,
+    meta: Arc<ConnMeta>,
+    settings: Settings,
+    errors: LocalErrors,
+    close: watch::Receiver<bool>,
+) {
+    let (read, write) = stream.into_split();
+    let mut reader = Reader {
+        io: read,
+        buf: read_ahead,
+    };
+    let mut conn = Connection {
+        write,
+        app,
+        meta,
+        settings,
+        errors,
+        close,
+    };
+    let mut first = true;
+    loop {
+        if reader.buf.is_empty() {
+            // An idle connection keeps no buffer.
+            reader.buf = BytesMut::new();
+        }
+        let head = match conn.read_head(&mut reader, first).await {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(error) => {
+                conn.refuse(error).await;
+                return linger(Some(reader), conn.write).await;
+            }
+        };
+        first = false;
+        // Boxed, like the request path inside it: the task of an idle connection then holds
+        // only the small idle state, not the largest state an exchange passes through.
+        match Box::pin(conn.exchange(reader, head)).await {
+            Outcome::Next(r) => reader = r,
+            Outcome::Close(r) => return linger(r, conn.write).await,
+            Outcome::Upgrade(r, tx) => {
+                let Reader { io, buf } = r;
+                if let Ok(stream) = io.reunite(conn.write) {
+                    let _ = tx.send(Rewind::new(buf.freeze(), stream));
+                }
+                return;
+            }
+        }
+    }
+}
+
+struct Connection<A> {
+    write: OwnedWriteHalf,
+    app: Arc<A>,
+    meta: Arc<ConnMeta>,
+    settings: Settings,
+    errors: LocalErrors,
+    close: watch::Receiver<bool>,
+}
+
+impl<A: HttpServerApp> Connection<A> {
+    /// The next request head; `Ok(None)` when the connection should just close (client gone,
+    /// idle or header timeout, drain).
+    async fn read_head(&mut self, r: &mut Reader, first: bool) -> Result<Option<Head>, HeadError> {
+        let s = self.settings;
+        if r.buf.is_empty() {
+            let idle = if first {
+                s.header_read_timeout
+            } else {
+                s.keep_alive_timeout
+            };
+            tokio::select! {
+                biased;
+                () = crate::server::closing(&mut self.close) => return Ok(None),
+                ready = tokio::time::timeout(idle, r.io.readable()) => {
+                    if !matches!(ready, Ok(Ok(()))) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        // Set on the first read that has to wait, microseconds after the head's first bytes were
+        // read: usually the whole head is there already and no timer is armed at all.
+        let mut deadline = None;
+        loop {
+            if !r.buf.is_empty()
+                && let Some(head) = head::parse(&mut r.buf, s.max_head)?
+            {
+                return Ok(Some(head));
+            }
+            let spare = r.buf.capacity() - r.buf.len();
+            if spare < 512 {
+                r.buf.reserve(r.buf.capacity().max(HEAD_BUFFER));
+            }
+            match r.io.try_read_buf(&mut r.buf) {
+                Ok(0) => return Ok(None),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Ok(None),
+            }
+            let until = *deadline.get_or_insert_with(|| Instant::now() + s.header_read_timeout);
+            match tokio::time::timeout_at(until, r.io.read_buf(&mut r.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Answers a refused head; the connection closes after it.
+    async fn refuse(&mut self, error: HeadError) {
+        self.errors.count(error.code());
+        tracing::debug!(%error, client = %self.meta.client, "refusing a request head");
+        let answer = encode::refusal(error.status(), error.code(), &error.to_string());
+        let _ = self.write.write_all(&answer).await;
+    }
+
+    /// One request and its response.
+    async fn exchange(&mut self, reader: Reader, head: Head) -> Outcome {
+        let Head {
+            request,
+            framing,
+            keep_alive,
+            expect_continue,
+            accepts_trailers,
+        } = head;
+        let (parts, ()) = request.into_parts();
+        let method = parts.method.clone();
+        let version = parts.version;
+        let mut local = None;
+        let mut body_end = None;
+        let mut continue_rx = None;
+        let body = match framing {
+            Framing::Empty => {
+                local = Some(reader);
+                ClientBody::Empty
+            }
+            Framing::Length(_) | Framing::Chunked => {
+                let decoder = match framing {
+                    Framing::Length(n) => Decoder::Length(n),
+                    _ => Decoder::ChunkSize,
+                };
+                let (tx, rx) = oneshot::channel();
+                body_end = Some(rx);
+                let wants_continue = expect_continue.then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    continue_rx = Some(rx);
+                    tx
+                });
+                let max_trailers = self.settings.max_head;
+                ClientBody::H1(RequestBody::new(
+                    reader,
+                    decoder,
+                    max_trailers,
+                    wants_continue,
+                    tx,
+                ))
+            }
+        };
+        let (upgrade_tx, upgrade_rx) = if local.is_some() && wants_upgrade(version, &parts.headers)
+        {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let req = Request::from_parts(parts, body);
+        // Not boxed on its own: this whole exchange already is (see `serve_connection`), so an
+        // idle connection's task does not carry the request path's state.
+        let mut call = std::pin::pin!(A::handle(
+            Arc::clone(&self.app),
+            Arc::clone(&self.meta),
+            req,
+            upgrade_rx,
+        ));
+        let mut watch_client = local.is_some();
+        let resp = loop {
+            tokio::select! {
+                biased;
+                resp = &mut call => break resp,
+                sent = recv(&mut continue_rx), if continue_rx.is_some() => {
+                    continue_rx = None;
+                    if sent && self.write.write_all(CONTINUE).await.is_err() {
+                        return Outcome::Close(None);
+                    }
+                }
+                gone = client_gone(local.as_mut()), if watch_client => {
+                    if gone {
+                        // Dropping the call cancels the upstream request.
+                        return Outcome::Close(None);
+                    }
+                    watch_client = false;
+                }
+            }
+        };
+        let resp: Response<A::Body> = match resp {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        };
+        let mut closing = *self.close.borrow();
+        if let Some(rx) = body_end.as_mut() {
+            match rx.try_recv() {
+                Ok(BodyEnd::Complete(r)) => {
+                    local = Some(r);
+                    body_end = None;
+                }
+                Ok(BodyEnd::Abandoned(r)) => {
+                    local = r;
+                    body_end = None;
+                    closing = true;
+                }
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    body_end = None;
+                    closing = true;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        let (parts, body) = resp.into_parts();
+        let mut out = Vec::with_capacity(512);
+        let ex = Exchange {
+            method: &method,
+            version,
+            keep_alive: keep_alive && !closing,
+        };
+        let (mut framing, close) = encode::head(
+            &mut out,
+            &parts,
+            &body.size_hint(),
+            body.is_end_stream(),
+            ex,
+        );
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(tx) = upgrade_tx
+        {
+            if self.write.write_all(&out).await.is_err() {
+                return Outcome::Close(None);
+            }
+            return match local {
+                Some(r) => Outcome::Upgrade(r, tx),
+                None => Outcome::Close(None),
+            };
+        }
+        let mut body = body;
+        if framing != WireFraming::None {
+            let mut trailers = None;
+            loop {
+                let frame = if out.is_empty() {
+                    body.frame().await
+                } else {
+                    match body.frame().now_or_never() {
+                        Some(frame) => frame,
+                        None => {
+                            if !flush(&mut self.write, &mut out).await {
+                                return Outcome::Close(None);
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let data = match frame {
+                    None => break,
+                    Some(Ok(frame)) => match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            trailers = frame.into_trailers().ok();
+                            continue;
+                        }
+                    },
+                    Some(Err(error)) => {
+                        // The upstream failed mid-body: all the client can be told is an
+                        // incomplete response.
+                        tracing::debug!(%error, "response body failed; closing the connection");
+                        let _ = flush(&mut self.write, &mut out).await;
+                        return Outcome::Close(None);
+                    }
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                if encode::data_prefix(&mut out, &mut framing, data.len()).is_err() {
+                    return Outcome::Close(None);
+                }
+                if data.len() >= DIRECT_WRITE {
+                    if !flush(&mut self.write, &mut out).await
+                        || self.write.write_all(&data).await.is_err()
+                    {
+                        return Outcome::Close(None);
+                    }
+                } else {
+                    out.extend_from_slice(&data);
+                }
+                encode::data_suffix(&mut out, framing, data.len());
+                if out.len() >= GATHER && !flush(&mut self.write, &mut out).await {
+                    return Outcome::Close(None);
+                }
+            }
+            let trailers = trailers.as_ref().filter(|_| accepts_trailers);
+            if encode::finish(&mut out, framing, trailers).is_err() {
+                let _ = flush(&mut self.write, &mut out).await;
+                return Outcome::Close(None);
+            }
+        }
+        if !flush(&mut self.write, &mut out).await {
+            return Outcome::Close(None);
+        }
+        drop(body);
+        if close || framing == WireFraming::Eof {
+            return Outcome::Close(local);
+        }
+        let reader = match (local, body_end) {
+            (Some(r), _) => r,
+            (None, Some(rx)) => {
+                // The body is still with the upstream; it is normally over by now.
+                match tokio::time::timeout(self.settings.header_read_timeout, rx).await {
+                    Ok(Ok(BodyEnd::Complete(r))) => r,
+                    Ok(Ok(BodyEnd::Abandoned(r))) => return Outcome::Close(r),
+                    _ => return Outcome::Close(None),
+                }
+            }
+            (None, None) => return Outcome::Close(None),
+        };
+        if *self.close.borrow() {
+            return Outcome::Close(Some(reader));
+        }
+        Outcome::Next(reader)
+    }
+}
+
+/// Writes and clears `out`; false when the client is gone.
+async fn flush(write: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    let ok = write.write_all(out).await.is_ok();
+    out.clear();
+    ok
+}
+
+async fn recv(rx: &mut Option<oneshot::Receiver<()>>) -> bool {
+    match rx {
+        Some(rx) => rx.await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves to true when the client closes its side, false when it sends more (a pipelined
+/// request, left for later).
+async fn client_gone(reader: Option<&mut Reader>) -> bool {
+    let Some(reader) = reader else {
+        return std::future::pending().await;
+    };
+    let mut byte = [0u8; 1];
+    !matches!(reader.io.peek(&mut byte).await, Ok(n) if n > 0)
+}
+
+/// Closes the connection: the write side first, then a bounded wait for the client to finish
+/// sending, so that unread bytes do not make the kernel answer with a reset that could destroy
+/// the response in flight.
+async fn linger(reader: Option<Reader>, mut write: OwnedWriteHalf) {
+    let _ = write.shutdown().await;
+    let Some(mut reader) = reader else { return };
+    let drain = async {
+        let mut scratch = vec![0u8; 4096];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            match reader.io.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}

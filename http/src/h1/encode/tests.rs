@@ -1,0 +1,110 @@
+use super::*;
+use http::Response;
+
+fn encode(
+    resp: Response<()>,
+    size: SizeHint,
+    ended: bool,
+    method: Method,
+    version: Version,
+) -> (String, Framing, bool) {
+    let (parts, ()) = resp.into_parts();
+    let mut out = Vec::new();
+    let ex = Exchange {
+        method: &method,
+        version,
+        keep_alive: true,
+    };
+    let (framing, close) = head(&mut out, &parts, &size, ended, ex);
+    (String::from_utf8(out).unwrap(), framing, close)
+}
+
+#[test]
+fn known_lengths_use_content_length_and_keep_alive() {
+    let resp = Response::builder().header("x-a", "1").body(()).unwrap();
+    let (text, framing, close) = encode(
+        resp,
+        SizeHint::with_exact(5),
+        false,
+        Method::GET,
+        Version::HTTP_11,
+    );
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 5\r\ndate: "),
+        "{text}"
+    );
+    assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+    assert_eq!(framing, Framing::Length(5));
+    assert!(!close);
+}
+
+#[test]
+fn unknown_lengths_are_chunked_or_close_delimited() {
+    let (text, framing, close) = encode(
+        Response::new(()),
+        SizeHint::new(),
+        false,
+        Method::GET,
+        Version::HTTP_11,
+    );
+    assert!(text.contains("transfer-encoding: chunked\r\n"));
+    assert_eq!((framing, close), (Framing::Chunked, false));
+    let (text, framing, close) = encode(
+        Response::new(()),
+        SizeHint::new(),
+        false,
+        Method::GET,
+        Version::HTTP_10,
+    );
+    assert!(text.contains("connection: close\r\n"));
+    assert_eq!((framing, close), (Framing::Eof, true));
+}
+
+#[test]
+fn bodyless_answers_send_no_body() {
+    let resp = Response::builder()
+        .header("content-length", "10")
+        .body(())
+        .unwrap();
+    let (text, framing, _) = encode(resp, SizeHint::new(), false, Method::HEAD, Version::HTTP_11);
+    assert!(text.contains("content-length: 10\r\n"));
+    assert_eq!(framing, Framing::None);
+    let resp = Response::builder().status(204).body(()).unwrap();
+    let (text, framing, _) = encode(resp, SizeHint::new(), true, Method::GET, Version::HTTP_11);
+    assert!(!text.contains("content-length"));
+    assert_eq!(framing, Framing::None);
+}
+
+#[test]
+fn chunks_and_trailers_are_framed() {
+    let mut out = Vec::new();
+    let mut framing = Framing::Chunked;
+    data_prefix(&mut out, &mut framing, 11).unwrap();
+    out.extend_from_slice(b"hello world");
+    data_suffix(&mut out, framing, 11);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().unwrap());
+    finish(&mut out, framing, Some(&trailers)).unwrap();
+    assert_eq!(out, b"b\r\nhello world\r\n0\r\ngrpc-status: 0\r\n\r\n");
+}
+
+#[test]
+fn declared_lengths_are_enforced() {
+    let mut framing = Framing::Length(3);
+    assert_eq!(
+        data_prefix(&mut Vec::new(), &mut framing, 4),
+        Err(LengthMismatch)
+    );
+    let mut framing = Framing::Length(3);
+    data_prefix(&mut Vec::new(), &mut framing, 2).unwrap();
+    assert_eq!(finish(&mut Vec::new(), framing, None), Err(LengthMismatch));
+}
+
+#[test]
+fn refusals_close_the_connection() {
+    let text = refusal(StatusCode::BAD_REQUEST, "bad-request", "nope");
+    let text = std::str::from_utf8(&text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+    assert!(text.contains("connection: close\r\n"));
+    assert!(text.ends_with("\r\n\r\nnope\n"));
+}

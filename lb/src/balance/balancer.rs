@@ -1,0 +1,230 @@
+//! `balance` routes: power of two choices, least request and round robin, with the local
+//! replica kept while it keeps up (`localFirst`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+
+use super::{HASH_BALANCE_FACTOR, HashAlgorithm, Policy, pick_hashed};
+use crate::endpoint::{Eligibility, Endpoint, EndpointSet};
+use datastream_resilience::clock;
+
+/// `localFirst` keeps the local replica while its cost is at most this multiple of the best
+/// peer's: a local hop saves a network round trip, worth some extra queueing, not a lot.
+pub const LOCAL_FIRST_FACTOR: f64 = 2.0;
+/// Random draws p2c makes for an eligible pair before it scans (go-zero's pickTimes).
+const P2C_DRAWS: usize = 3;
+
+/// A balancer for `balance` routes: a policy plus its state.
+#[derive(Debug)]
+pub struct Balancer {
+    policy: Policy,
+    local_first: bool,
+    next: AtomicUsize,
+}
+
+// === impl Balancer ===
+
+impl Balancer {
+    /// A balancer for `policy`; `local_first` prefers the local replica while it keeps up.
+    pub fn new(policy: Policy, local_first: bool) -> Self {
+        Self {
+            policy,
+            local_first,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    /// Picks an endpoint. `key` feeds the hashing policies (a balance route under ring-hash or
+    /// maglev hashes the client address).
+    pub fn pick<'a>(
+        &self,
+        set: &'a EndpointSet,
+        key: u64,
+        exclude: &[SocketAddr],
+    ) -> Option<&'a Arc<Endpoint>> {
+        let now = clock::now_ns();
+        let eps = set.endpoints();
+        if self.local_first
+            && let Some(local) = local_preferred(set, now, exclude)
+        {
+            return Some(local);
+        }
+        let picked = match self.policy {
+            Policy::P2cEwma => {
+                let share = inflight_share(eps, now, exclude);
+                p2c(eps, now, exclude, true, |e| e.load.cost_per(now, share))
+            }
+            Policy::LeastRequest => {
+                // Every replica with fewer requests in flight wins a comparison: none starves.
+                p2c(eps, now, exclude, false, |e| f64::from(e.load.inflight()))
+            }
+            Policy::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                round_robin(eps, start, now, exclude)
+            }
+            Policy::RingHash => {
+                return pick_hashed(
+                    set,
+                    HashAlgorithm::RingHash,
+                    key,
+                    HASH_BALANCE_FACTOR,
+                    exclude,
+                );
+            }
+            Policy::Maglev => {
+                return pick_hashed(
+                    set,
+                    HashAlgorithm::Maglev,
+                    key,
+                    HASH_BALANCE_FACTOR,
+                    exclude,
+                );
+            }
+        };
+        picked.or_else(|| fallback(eps, now, exclude))
+    }
+}
+
+/// The local replica, if `localFirst` should keep it: eligible and not much costlier than the
+/// best eligible peer.
+fn local_preferred<'a>(
+    set: &'a EndpointSet,
+    now: u64,
+    exclude: &[SocketAddr],
+) -> Option<&'a Arc<Endpoint>> {
+    let local = set.local()?;
+    if !usable(local, now, exclude) {
+        return None;
+    }
+    let best_peer = set
+        .endpoints()
+        .iter()
+        .filter(|e| !e.is_local() && usable(e, now, exclude))
+        .map(|e| e.load.cost(now))
+        .min_by(f64::total_cmp);
+    match best_peer {
+        Some(best) if local.load.cost(now) > best * LOCAL_FIRST_FACTOR => None,
+        _ => Some(local),
+    }
+}
+
+/// The average number of requests in flight over the usable endpoints: the unit p2c-ewma
+/// counts a replica's in-flight requests in (see [`Load::cost_per`](crate::endpoint::Load::cost_per)).
+fn inflight_share(eps: &[Arc<Endpoint>], now: u64, exclude: &[SocketAddr]) -> f64 {
+    let (total, n) = eps
+        .iter()
+        .filter(|e| usable(e, now, exclude))
+        .fold((0u64, 0u32), |(t, n), e| {
+            (t + u64::from(e.load.inflight()), n + 1)
+        });
+    if n == 0 {
+        1.0
+    } else {
+        total as f64 / f64::from(n)
+    }
+}
+
+pub(super) fn usable(e: &Endpoint, now: u64, exclude: &[SocketAddr]) -> bool {
+    e.is_eligible(now) && !exclude.contains(&e.addr())
+}
+
+/// Power of two choices: draw two distinct endpoints, keep the cheaper.
+///
+/// With `probe`, the loser of a pair is taken instead when it is idle and has not been picked
+/// for [`FORCE_PICK`](crate::endpoint::FORCE_PICK) (go-zero's `forcePick`): a latency estimate
+/// only changes when requests complete, so a replica that loses every comparison would keep
+/// its old figure and never be seen to recover. It costs at most one request a second per
+/// avoided replica.
+fn p2c<'a>(
+    eps: &'a [Arc<Endpoint>],
+    now: u64,
+    exclude: &[SocketAddr],
+    probe: bool,
+    cost: impl Fn(&Endpoint) -> f64,
+) -> Option<&'a Arc<Endpoint>> {
+    let picked = p2c_draw(eps, now, exclude, probe, &cost);
+    if probe && let Some(e) = picked {
+        e.load.picked(now);
+    }
+    picked
+}
+
+fn p2c_draw<'a>(
+    eps: &'a [Arc<Endpoint>],
+    now: u64,
+    exclude: &[SocketAddr],
+    probe: bool,
+    cost: &impl Fn(&Endpoint) -> f64,
+) -> Option<&'a Arc<Endpoint>> {
+    match eps.len() {
+        0 => return None,
+        1 => return eps.first().filter(|e| usable(e, now, exclude)),
+        _ => {}
+    }
+    let mut rng = rand::rng();
+    for _ in 0..P2C_DRAWS {
+        let a = rng.random_range(0..eps.len());
+        let mut b = rng.random_range(0..eps.len() - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (ea, eb) = (&eps[a], &eps[b]);
+        match (usable(ea, now, exclude), usable(eb, now, exclude)) {
+            (true, true) => {
+                let (win, lose) = if cost(eb) < cost(ea) {
+                    (eb, ea)
+                } else {
+                    (ea, eb)
+                };
+                if probe && lose.load.claim_probe(now) {
+                    return Some(lose);
+                }
+                return Some(win);
+            }
+            (true, false) => return Some(ea),
+            (false, true) => return Some(eb),
+            (false, false) => {}
+        }
+    }
+    // Most endpoints are unusable: the cheapest usable one, if any.
+    eps.iter()
+        .filter(|e| usable(e, now, exclude))
+        .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+}
+
+fn round_robin<'a>(
+    eps: &'a [Arc<Endpoint>],
+    start: usize,
+    now: u64,
+    exclude: &[SocketAddr],
+) -> Option<&'a Arc<Endpoint>> {
+    let n = eps.len();
+    (0..n)
+        .map(|i| &eps[(start + i) % n])
+        .find(|e| usable(e, now, exclude))
+}
+
+/// When nothing is eligible: a draining or slow-start-capped endpoint still serves.
+pub(super) fn fallback<'a>(
+    eps: &'a [Arc<Endpoint>],
+    now: u64,
+    exclude: &[SocketAddr],
+) -> Option<&'a Arc<Endpoint>> {
+    eps.iter()
+        .filter(|e| !exclude.contains(&e.addr()))
+        .filter(|e| {
+            matches!(
+                e.eligibility(now),
+                Eligibility::Draining | Eligibility::SlowStartFull { .. }
+            )
+        })
+        .min_by_key(|e| e.load.inflight())
+}

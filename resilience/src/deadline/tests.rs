@@ -1,0 +1,120 @@
+use super::*;
+
+const MS: u64 = 1_000_000;
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+#[test]
+fn grpc_timeout_units() {
+    assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+    assert_eq!(parse_grpc_timeout(b"2M"), Some(Duration::from_secs(120)));
+    assert_eq!(parse_grpc_timeout(b"3S"), Some(Duration::from_secs(3)));
+    assert_eq!(
+        parse_grpc_timeout(b"250m"),
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(parse_grpc_timeout(b"7u"), Some(Duration::from_micros(7)));
+    assert_eq!(parse_grpc_timeout(b"9n"), Some(Duration::from_nanos(9)));
+    for bad in [
+        &b""[..],
+        b"S",
+        b"123456789S",
+        b"1x",
+        b"-1S",
+        b"1.5S",
+        b" 1S",
+    ] {
+        assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+    }
+}
+
+#[test]
+fn encoding_round_trips_within_eight_digits() {
+    for d in [
+        Duration::from_nanos(5),
+        Duration::from_millis(1500),
+        Duration::from_secs(86_400),
+        Duration::ZERO,
+    ] {
+        let v = encode_grpc_timeout(d);
+        assert!(v.len() <= 9, "{v:?}");
+        let back = parse_grpc_timeout(v.as_bytes()).unwrap();
+        assert!(
+            back <= d && d - back < Duration::from_secs(1),
+            "{d:?} -> {v:?}"
+        );
+    }
+}
+
+#[test]
+fn the_earliest_deadline_wins() {
+    let t = Duration::from_secs(15);
+    let d = Deadline::new(MS, t, &HeaderMap::new());
+    assert_eq!(d.remaining(MS), t);
+    assert!(!d.from_caller());
+    let d = Deadline::new(MS, t, &headers(&[("grpc-timeout", "200m")]));
+    assert_eq!(d.remaining(MS), Duration::from_millis(200));
+    assert!(d.from_caller());
+    let d = Deadline::new(
+        MS,
+        t,
+        &headers(&[("grpc-timeout", "2S"), (DEADLINE_HEADER, "300")]),
+    );
+    assert_eq!(d.remaining(MS), Duration::from_millis(300));
+    let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "60000")]));
+    assert_eq!(d.remaining(MS), t, "the sidecar's own timeout is shorter");
+    let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "soon")]));
+    assert_eq!(d.remaining(MS), t, "an invalid header is ignored");
+}
+
+#[test]
+fn attempts_and_retries_respect_what_is_left() {
+    let d = Deadline::new(0, Duration::from_millis(500), &HeaderMap::new());
+    let per_try = Some(Duration::from_millis(200));
+    assert_eq!(d.attempt_timeout(0, per_try), Duration::from_millis(200));
+    assert_eq!(
+        d.attempt_timeout(400 * MS, per_try),
+        Duration::from_millis(100)
+    );
+    assert_eq!(
+        d.attempt_timeout(400 * MS, None),
+        Duration::from_millis(100)
+    );
+    assert!(d.can_start(
+        300 * MS,
+        Duration::from_millis(50),
+        Duration::from_millis(100)
+    ));
+    assert!(!d.can_start(
+        400 * MS,
+        Duration::from_millis(50),
+        Duration::from_millis(100)
+    ));
+    assert!(d.expired(500 * MS));
+    assert_eq!(d.remaining(600 * MS), Duration::ZERO);
+}
+
+#[test]
+fn propagation_rewrites_only_the_callers_headers() {
+    let mut h = headers(&[("grpc-timeout", "1S")]);
+    let d = Deadline::new(0, Duration::from_secs(15), &h);
+    d.propagate(400 * MS, &mut h);
+    assert_eq!(
+        parse_grpc_timeout(h["grpc-timeout"].as_bytes()),
+        Some(Duration::from_millis(600))
+    );
+    assert!(!h.contains_key(DEADLINE_HEADER));
+    let mut h = headers(&[(DEADLINE_HEADER, "1000")]);
+    let d = Deadline::new(0, Duration::from_secs(15), &h);
+    d.propagate(250 * MS, &mut h);
+    assert_eq!(h[DEADLINE_HEADER], "750");
+    let mut h = HeaderMap::new();
+    Deadline::new(0, Duration::from_secs(15), &h).propagate(MS, &mut h);
+    assert!(h.is_empty());
+}
