@@ -151,6 +151,7 @@ impl RequestBody {
     }
 
     /// An empty body.
+    #[inline]
     pub fn empty() -> Self {
         Self::full(Bytes::new())
     }

@@ -116,6 +116,7 @@ impl Pool {
     }
 
     /// Number of idle HTTP/1 connections.
+    #[inline]
     pub fn idle_count(&self) -> usize {
         self.idle.lock().len() + self.idle_own.lock().len()
     }

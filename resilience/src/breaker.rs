@@ -218,6 +218,7 @@ impl Slots {
     }
 
     /// Places held now.
+    #[inline]
     pub fn held(&self) -> u32 {
         self.held.load(Ordering::Relaxed)
     }

@@ -140,6 +140,7 @@ impl RetryBudget {
     }
 
     /// The configuration.
+    #[inline]
     pub fn config(&self) -> BudgetConfig {
         self.inner.lock().config
     }

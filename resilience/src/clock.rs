@@ -18,12 +18,14 @@ pub fn now_ns() -> u64 {
 
 /// The instant of a reading of [`now_ns`], for timers: a deadline computed from a reading taken
 /// anyway costs no further clock read.
+#[inline]
 pub fn instant_at(ns: u64) -> Instant {
     let epoch = *EPOCH.get_or_init(Instant::now);
     epoch + Duration::from_nanos(ns)
 }
 
 /// The duration between two readings of [`now_ns`], zero if `later` is earlier.
+#[inline]
 pub fn since(earlier_ns: u64, later_ns: u64) -> Duration {
     Duration::from_nanos(later_ns.saturating_sub(earlier_ns))
 }

@@ -47,26 +47,31 @@ impl Deadline {
     }
 
     /// When it passes, on the [`crate::clock`] time line.
+    #[inline]
     pub fn at_ns(&self) -> u64 {
         self.at_ns
     }
 
     /// Time left at `now_ns` (zero once passed).
+    #[inline]
     pub fn remaining(&self, now_ns: u64) -> Duration {
         Duration::from_nanos(self.at_ns.saturating_sub(now_ns))
     }
 
     /// Whether the deadline has passed.
+    #[inline]
     pub fn expired(&self, now_ns: u64) -> bool {
         now_ns >= self.at_ns
     }
 
     /// Whether the caller's header set the deadline.
+    #[inline]
     pub fn from_caller(&self) -> bool {
         self.from_caller
     }
 
     /// The timeout of the next attempt: the per-try timeout if set, never beyond the deadline.
+    #[inline]
     pub fn attempt_timeout(&self, now_ns: u64, per_try: Option<Duration>) -> Duration {
         let left = self.remaining(now_ns);
         per_try.map_or(left, |p| p.min(left))
@@ -74,6 +79,7 @@ impl Deadline {
 
     /// Whether an attempt expected to take `expected` (a replica's latency estimate), after
     /// waiting `backoff`, can still finish before the deadline.
+    #[inline]
     pub fn can_start(&self, now_ns: u64, backoff: Duration, expected: Duration) -> bool {
         self.remaining(now_ns) > backoff.saturating_add(expected)
     }
@@ -98,6 +104,7 @@ impl Deadline {
 }
 
 /// The shortest caller-supplied timeout among the request's headers, if any is valid.
+#[inline]
 pub fn caller_timeout(headers: &HeaderMap) -> Option<Duration> {
     caller_timeout_of(headers.get(GRPC_TIMEOUT), headers.get(DEADLINE_HEADER))
 }

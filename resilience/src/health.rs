@@ -93,6 +93,7 @@ impl HealthStatus {
     }
 
     /// Whether the workload counts as healthy.
+    #[inline]
     pub fn is_healthy(&self) -> bool {
         self.verdict() == Verdict::Healthy
     }

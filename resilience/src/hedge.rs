@@ -65,6 +65,7 @@ impl LatencyRecord {
     }
 
     /// When to send the hedge, if enough is known.
+    #[inline]
     pub fn hedge_delay(&self, config: &HedgeConfig) -> Option<Duration> {
         self.percentile(config.percentile)
             .map(|p| p.max(config.min_delay))

@@ -160,21 +160,25 @@ struct State {
 
 impl Ejections {
     /// Sets the number of replicas in the live set.
+    #[inline]
     pub fn set_total(&self, total: usize) {
         self.total.store(total, Ordering::Relaxed);
     }
 
     /// Replicas in the live set.
+    #[inline]
     pub fn total(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
 
     /// Replicas currently ejected.
+    #[inline]
     pub fn ejected(&self) -> usize {
         self.ejected.load(Ordering::Relaxed)
     }
 
     /// Ejections since start.
+    #[inline]
     pub fn lifetime(&self) -> u64 {
         self.lifetime.load(Ordering::Relaxed)
     }
@@ -203,6 +207,7 @@ impl Ejections {
     }
 
     /// Whether the set is in panic mode under the recorded threshold.
+    #[inline]
     pub fn in_panic(&self) -> bool {
         self.panic(self.panic_threshold.load(Ordering::Relaxed))
     }
@@ -402,12 +407,14 @@ impl Detector {
     }
 
     /// Whether the replica is ejected at `now_ns` (lock-free unless the ejection just ended).
+    #[inline]
     pub fn is_ejected(&self, now_ns: u64) -> bool {
         let until = self.ejected_until_ns.load(Ordering::Relaxed);
         until != 0 && matches!(self.state(now_ns), OutlierState::Ejected { .. })
     }
 
     /// Whether the replica is on probation (one request at a time).
+    #[inline]
     pub fn on_probation(&self) -> bool {
         self.probation.load(Ordering::Relaxed)
     }
@@ -422,6 +429,7 @@ impl Detector {
     }
 
     /// The set-wide ejection figures this detector counts into.
+    #[inline]
     pub fn ejections(&self) -> &Arc<Ejections> {
         &self.ejections
     }

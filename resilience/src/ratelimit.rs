@@ -61,6 +61,7 @@ impl TokenBucket {
     }
 
     /// The settings.
+    #[inline]
     pub fn config(&self) -> RateLimitConfig {
         self.config
     }
@@ -84,6 +85,7 @@ impl TokenBucket {
     }
 
     /// Tokens available at `now_ns`.
+    #[inline]
     pub fn available(&self, now_ns: u64) -> f64 {
         let b = self.state.lock();
         self.refilled(&b, now_ns) as f64 / NANO as f64

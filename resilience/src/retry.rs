@@ -154,6 +154,7 @@ impl Conditions {
     }
 
     /// Whether `on` is in the set.
+    #[inline]
     pub fn contains(self, on: RetryCondition) -> bool {
         self.0 & Self::bit(on) != 0
     }
@@ -232,6 +233,7 @@ impl Backoff {
     }
 
     /// The wait before retry number `retry`, jittered with the thread's random generator.
+    #[inline]
     pub fn jittered(&self, retry: u32) -> Duration {
         self.delay(retry, rand::random::<f64>())
     }

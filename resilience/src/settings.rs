@@ -39,6 +39,7 @@ impl Runtime {
 
     /// Whether the local workload keeps the sidecar from being ready: only a failing check
     /// does; before the first check, readiness follows the rest of the sidecar's state.
+    #[inline]
     pub fn local_workload_failing(&self) -> bool {
         self.local_health.verdict() == Verdict::Unhealthy
     }

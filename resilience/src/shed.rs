@@ -194,11 +194,13 @@ impl Shedder {
     }
 
     /// The limit in force.
+    #[inline]
     pub fn limit(&self) -> u32 {
         self.limit.load(Ordering::Relaxed)
     }
 
     /// Requests in flight.
+    #[inline]
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }

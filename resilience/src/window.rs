@@ -46,11 +46,13 @@ impl<T: Counts> Window<T> {
     }
 
     /// The span the window covers.
+    #[inline]
     pub fn span(&self) -> Duration {
         Duration::from_nanos(self.bucket_ns.saturating_mul(self.slots.len() as u64))
     }
 
     /// The width of one bucket.
+    #[inline]
     pub fn bucket(&self) -> Duration {
         Duration::from_nanos(self.bucket_ns)
     }
@@ -68,6 +70,7 @@ impl<T: Counts> Window<T> {
     }
 
     /// The sum of every bucket still inside the window at `now_ns`.
+    #[inline]
     pub fn sum(&self, now_ns: u64) -> T {
         self.sum_recent(now_ns, self.slots.len())
     }
@@ -123,6 +126,7 @@ impl Counts for Tally {
 
 impl Tally {
     /// Events that did not go well.
+    #[inline]
     pub fn bad(&self) -> u64 {
         self.total.saturating_sub(self.good)
     }

@@ -57,6 +57,7 @@ pub enum Decoder {
 
 impl Decoder {
     /// Whether the body is complete.
+    #[inline]
     pub fn is_done(&self) -> bool {
         *self == Decoder::Done
     }

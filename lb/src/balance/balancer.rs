@@ -38,6 +38,7 @@ impl Balancer {
     }
 
     /// The policy.
+    #[inline]
     pub fn policy(&self) -> Policy {
         self.policy
     }

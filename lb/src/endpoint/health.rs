@@ -69,18 +69,21 @@ impl Health {
     }
 
     /// If down at `now_ns`, how long it stays down.
+    #[inline]
     pub fn down_for(&self, now_ns: u64) -> Option<Duration> {
         let until = self.down_until_ns.load(Ordering::Relaxed);
         (until > now_ns).then(|| clock::since(now_ns, until))
     }
 
     /// Time since the last failure, if there was one.
+    #[inline]
     pub fn since_failure(&self, now_ns: u64) -> Option<Duration> {
         let last = self.last_failure_ns.load(Ordering::Relaxed);
         (last != 0).then(|| clock::since(last, now_ns))
     }
 
     /// Transport failures in a row.
+    #[inline]
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive.load(Ordering::Relaxed)
     }

@@ -107,6 +107,7 @@ impl Load {
 
     /// Linkerd's cost at `now_ns`: the estimate weighted by the requests already waiting on it,
     /// `rtt × (inflight + 1)`. It is [`Self::cost_per`] with one request per replica on average.
+    #[inline]
     pub fn cost(&self, now_ns: u64) -> f64 {
         self.cost_per(now_ns, 1.0)
     }
@@ -126,31 +127,37 @@ impl Load {
     /// so a replica more than about 2.5x slower than its peers (of three) wins only when they
     /// are piling up requests, a moderately slower or overloaded one keeps a share that falls
     /// with its latency, and the result does not depend on how many clients there are.
+    #[inline]
     pub fn cost_per(&self, now_ns: u64, share: f64) -> f64 {
         self.rtt_ns(now_ns) * (1.0 + f64::from(self.inflight()) / share.max(1.0))
     }
 
     /// Requests in flight.
+    #[inline]
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
 
     /// Samples observed so far.
+    #[inline]
     pub fn samples(&self) -> u32 {
         self.samples.load(Ordering::Relaxed)
     }
 
     /// Whether slow start still limits this endpoint.
+    #[inline]
     pub fn warming(&self) -> bool {
         self.warming.load(Ordering::Relaxed)
     }
 
     /// The in-flight cap slow start imposes (one more per completed request), if warming.
+    #[inline]
     pub fn slow_start_cap(&self) -> Option<u32> {
         self.warming().then(|| 1 + self.samples())
     }
 
     /// Records that p2c picked this endpoint at `now_ns`.
+    #[inline]
     pub fn picked(&self, now_ns: u64) {
         self.picked_ns.store(now_ns, Ordering::Relaxed);
     }
@@ -174,6 +181,7 @@ impl Load {
     }
 
     /// Counts a request as started.
+    #[inline]
     pub fn start(&self) {
         self.inflight.fetch_add(1, Ordering::Relaxed);
     }
@@ -219,6 +227,7 @@ impl Load {
     }
 
     /// Restarts slow start (a returning replica), keeping the estimate as its seed.
+    #[inline]
     pub fn restart_slow_start(&self) {
         self.samples.store(0, Ordering::Relaxed);
         self.warming.store(true, Ordering::Relaxed);

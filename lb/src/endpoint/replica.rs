@@ -130,21 +130,25 @@ impl Endpoint {
     }
 
     /// The address requests go to.
+    #[inline]
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The stable name.
+    #[inline]
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Whether this is the local workload.
+    #[inline]
     pub fn is_local(&self) -> bool {
         self.local
     }
 
     /// Whether discovery reports it as terminating.
+    #[inline]
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
@@ -189,6 +193,7 @@ impl Endpoint {
     }
 
     /// Whether [`Self::eligibility`] is `Eligible`.
+    #[inline]
     pub fn is_eligible(&self, now_ns: u64) -> bool {
         self.eligibility(now_ns) == Eligibility::Eligible
     }
@@ -207,6 +212,7 @@ impl Endpoint {
 
 impl InflightGuard {
     /// The endpoint this request holds.
+    #[inline]
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.endpoint
     }
@@ -221,12 +227,14 @@ impl InflightGuard {
     }
 
     /// Records a failed attempt.
+    #[inline]
     pub fn failed(&self, kind: Failure) {
         self.endpoint.metrics.failures.inc();
         self.endpoint.health.failure(kind);
     }
 
     /// Turns the guard into the completion carried by the response body.
+    #[inline]
     pub fn into_completion(self, h1: Option<http1::SendRequest<RequestBody>>) -> Completion {
         Completion { guard: self, h1 }
     }

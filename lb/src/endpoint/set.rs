@@ -106,43 +106,51 @@ impl EndpointSet {
     }
 
     /// The endpoints, sorted by name (ordinals numerically).
+    #[inline]
     pub fn endpoints(&self) -> &[Arc<Endpoint>] {
         &self.endpoints
     }
 
     /// The local workload, if it is part of the set.
+    #[inline]
     pub fn local(&self) -> Option<&Arc<Endpoint>> {
         self.local.map(|i| &self.endpoints[i])
     }
 
     /// Number of endpoints.
+    #[inline]
     pub fn len(&self) -> usize {
         self.endpoints.len()
     }
 
     /// Whether the set is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
 
     /// The hash ring of this set.
+    #[inline]
     pub fn ring(&self) -> &Ring {
         self.ring
             .get_or_init(|| Ring::new(self.endpoints.iter().map(|e| e.name())))
     }
 
     /// The Maglev table of this set.
+    #[inline]
     pub fn maglev(&self) -> &Maglev {
         self.maglev
             .get_or_init(|| Maglev::new(self.endpoints.iter().map(|e| e.name())))
     }
 
     /// The set-wide ejection figures.
+    #[inline]
     pub fn ejections(&self) -> &Arc<Ejections> {
         &self.ejections
     }
 
     /// Which discovery update produced this set.
+    #[inline]
     pub fn version(&self) -> u64 {
         self.version
     }
