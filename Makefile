@@ -10,6 +10,9 @@ test: lint unit e2e
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# cargo-deny reads `cargo metadata` for every target platform; fetch their crates first so
+	# that it can run offline (the advisory database cannot be fetched here, so that check is out).
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
