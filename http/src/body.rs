@@ -9,10 +9,13 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::stream::{BodyFailure, EndSignal, IdleTimer};
 
 /// What a streamed upstream response does when its body is over: return the connection to its
 /// pool and end the request's accounting, or record the failure. The balancer implements it;
@@ -96,6 +99,9 @@ pub enum RequestBodyError {
     /// Reading the client's body failed.
     #[error("reading the request body failed")]
     Client(#[source] ClientBodyError),
+    /// The client sent nothing for the stream idle timeout.
+    #[error("the request body stalled for {0:?}")]
+    Idle(Duration),
 }
 
 /// The body of a request on its way upstream.
@@ -109,7 +115,12 @@ pub struct RequestBody {
 
 #[derive(Debug)]
 enum RequestKind {
-    Client(ClientBody),
+    Client {
+        inner: ClientBody,
+        /// Fired when the body has been read to its end.
+        end: Option<EndSignal>,
+        idle: IdleTimer,
+    },
     Full(Option<Bytes>),
 }
 
@@ -124,6 +135,7 @@ enum ResponseKind<C> {
     Upstream {
         inner: UpstreamBody,
         done: Option<C>,
+        idle: IdleTimer,
     },
     Full(Option<Bytes>),
 }
@@ -135,10 +147,33 @@ impl RequestBody {
     pub fn streaming(inner: ClientBody, limit: Option<u64>) -> Self {
         let limit = limit.unwrap_or(u64::MAX);
         Self {
-            kind: RequestKind::Client(inner),
+            kind: RequestKind::Client {
+                inner,
+                end: None,
+                idle: IdleTimer::new(None),
+            },
             remaining: limit,
             limit,
         }
+    }
+
+    /// Fails a streaming body once the client has sent nothing for `idle` (the stream idle
+    /// timeout); `None` waits for ever.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        if let RequestKind::Client { idle: timer, .. } = &mut self.kind {
+            *timer = IdleTimer::new(idle);
+        }
+        self
+    }
+
+    /// Fires `end` once a streaming body has been read to its end (at once for a body in
+    /// memory or already complete).
+    pub fn with_end_signal(mut self, signal: EndSignal) -> Self {
+        match &mut self.kind {
+            RequestKind::Client { inner, end, .. } if !inner.is_end_stream() => *end = Some(signal),
+            _ => signal.fire(),
+        }
+        self
     }
 
     /// A buffered body (possibly empty).
@@ -160,8 +195,11 @@ impl RequestBody {
     pub fn in_memory(&self) -> Option<Bytes> {
         match &self.kind {
             RequestKind::Full(bytes) => Some(bytes.clone().unwrap_or_default()),
-            RequestKind::Client(ClientBody::Empty) => Some(Bytes::new()),
-            RequestKind::Client(_) => None,
+            RequestKind::Client {
+                inner: ClientBody::Empty,
+                ..
+            } => Some(Bytes::new()),
+            RequestKind::Client { .. } => None,
         }
     }
 }
@@ -177,19 +215,45 @@ impl Body for RequestBody {
         let this = self.get_mut();
         match &mut this.kind {
             RequestKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            RequestKind::Client(inner) => {
-                let frame = match Pin::new(inner).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => return Poll::Ready(None),
+            RequestKind::Client { inner, end, idle } => {
+                let frame = match Pin::new(&mut *inner).poll_frame(cx) {
+                    Poll::Pending => {
+                        if idle.poll_stalled(cx).is_ready() {
+                            if let Some(end) = end {
+                                end.fail(BodyFailure::Stalled);
+                            }
+                            return Poll::Ready(Some(Err(RequestBodyError::Idle(idle.duration()))));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(end) = end.take() {
+                            end.fire();
+                        }
+                        return Poll::Ready(None);
+                    }
                     Poll::Ready(Some(Err(e))) => {
+                        if let Some(end) = end {
+                            end.fail(BodyFailure::Client);
+                        }
                         return Poll::Ready(Some(Err(RequestBodyError::Client(e))));
                     }
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
+                idle.progress();
+                // A reader that trusts `is_end_stream` (hyper does) never polls for the end.
+                if inner.is_end_stream()
+                    && let Some(end) = end.take()
+                {
+                    end.fire();
+                }
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > this.remaining {
                         this.remaining = 0;
+                        if let RequestKind::Client { end: Some(end), .. } = &this.kind {
+                            end.fail(BodyFailure::TooLarge);
+                        }
                         let limit = this.limit;
                         return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
                     }
@@ -203,7 +267,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Full(bytes) => bytes.is_none(),
-            RequestKind::Client(inner) => inner.is_end_stream(),
+            RequestKind::Client { inner, .. } => inner.is_end_stream(),
         }
     }
 
@@ -212,7 +276,7 @@ impl Body for RequestBody {
             RequestKind::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            RequestKind::Client(inner) => inner.size_hint(),
+            RequestKind::Client { inner, .. } => inner.size_hint(),
         }
     }
 }
@@ -236,6 +300,9 @@ pub enum UpstreamBodyError {
     /// Over an own client connection.
     #[error(transparent)]
     Own(#[from] super::h1::client::ClientError),
+    /// The upstream sent nothing for the stream idle timeout.
+    #[error("the response body stalled for {0:?}")]
+    Idle(Duration),
 }
 
 impl UpstreamBody {
@@ -285,16 +352,26 @@ impl<C: BodyCompletion> ResponseBody<C> {
             kind: ResponseKind::Upstream {
                 inner,
                 done: Some(done),
+                idle: IdleTimer::new(None),
             },
         };
         body.complete_if_ended();
         body
     }
 
+    /// Fails the body once the upstream has sent nothing for `idle` (the stream idle timeout);
+    /// `None` waits for ever.
+    pub fn with_idle_timeout(mut self, idle: Option<Duration>) -> Self {
+        if let ResponseKind::Upstream { idle: timer, .. } = &mut self.kind {
+            *timer = IdleTimer::new(idle);
+        }
+        self
+    }
+
     /// Hyper's server stops polling once `is_end_stream` says so, so completion must happen as
     /// soon as the stream is known to be over, not only on a final `None`.
     fn complete_if_ended(&mut self) {
-        if let ResponseKind::Upstream { inner, done } = &mut self.kind
+        if let ResponseKind::Upstream { inner, done, .. } = &mut self.kind
             && inner.is_end_stream()
             && let Some(done) = done.take()
         {
@@ -331,8 +408,23 @@ impl<C: BodyCompletion> Body for ResponseBody<C> {
         let this = self.get_mut();
         match &mut this.kind {
             ResponseKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseKind::Upstream { inner, done } => {
+            ResponseKind::Upstream { inner, done, idle } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);
+                match &polled {
+                    Poll::Pending => {
+                        if idle.poll_stalled(cx).is_ready() {
+                            if let Some(done) = done.take() {
+                                done.fail();
+                            }
+                            return Poll::Ready(Some(Err(UpstreamBodyError::Idle(
+                                idle.duration(),
+                            ))));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Ok(_))) => idle.progress(),
+                    _ => {}
+                }
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = done.take() {

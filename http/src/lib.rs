@@ -9,6 +9,7 @@
 //! - [`headers`]: hop-by-hop rules and forwarding headers.
 //! - [`pool`]: idle upstream connections per address (own HTTP/1 client, hyper HTTP/1 and
 //!   HTTP/2).
+//! - [`stream`]: when a request body ended, and the stream idle timeout.
 //! - [`metrics`]: connection and local-error families, registered by the owner of the registry.
 //!
 //! It depends on no other crate of the workspace: the application sees requests, never the
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod pool;
 mod rewind;
 pub mod server;
+pub mod stream;
 
 pub use self::app::{ConnMeta, HttpServerApp};
 pub use self::rewind::Rewind;

@@ -1,11 +1,20 @@
-//! The caller's deadline, bounding the whole attempt chain.
+//! The deadlines of one request: the caller's and the sidecar's own.
 //!
-//! A request's deadline is the earliest of: its route's (or the policy's) request timeout, a
-//! gRPC caller's `grpc-timeout` header, and the documented [`DEADLINE_HEADER`]
-//! (`x-datastream-deadline-ms: <milliseconds>`) for plain HTTP callers. Every attempt is bounded
-//! by what remains, no retry starts once the time left is shorter than the replica's expected
-//! latency, and the remaining time is written back into the forwarded request's headers so
-//! the workload (and any service it calls) sees the same deadline.
+//! - **The caller's deadline** comes from its `grpc-timeout` header or the documented
+//!   [`DEADLINE_HEADER`] (`x-datastream-deadline-ms: <milliseconds>`) for plain HTTP callers, and
+//!   counts from the request's arrival, like the caller's own clock: it bounds everything,
+//!   including the time the caller spends streaming its request body. When the request is
+//!   forwarded, the caller's remaining time is written back into the header it used, so the
+//!   workload (and any service it calls) sees the caller's deadline, less the time spent here.
+//! - **The sidecar's own timeout** (the route's or the policy's `requestTimeout`) counts from the
+//!   end of the request body, as Envoy's route timeout does, until the response headers: an
+//!   upload or a client-streaming call takes as long as the client needs to send it, and a
+//!   streaming response is not cut once its headers are out (stalls are the stream idle
+//!   timeout's job). It is never advertised to the workload: a deadline the caller did not ask
+//!   for would change the workload's behaviour (a gRPC server cancels the call when it passes).
+//!
+//! The effective deadline is the earlier of the two. Every attempt is bounded by what remains,
+//! and no retry starts once the time left is shorter than the replica's expected latency.
 
 use std::time::Duration;
 
@@ -15,47 +24,61 @@ use http::{HeaderMap, HeaderValue};
 pub const DEADLINE_HEADER: &str = "x-datastream-deadline-ms";
 /// gRPC's deadline header.
 pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// What [`Deadline::remaining`] reports while no deadline is running (a streamed request body
+/// without a caller deadline): long enough to be "never" for a request, short enough that a
+/// timer set from it stays within the timer wheel's range.
+pub const UNBOUNDED: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// The deadline of one request, on the [`crate::clock`] time line.
+/// The deadlines of one request, on the [`crate::clock`] time line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {
+    /// The earlier of the caller's and the sidecar's deadline; `u64::MAX` while neither runs.
     at_ns: u64,
-    /// Whether the caller set it (rather than the sidecar's own timeout).
-    from_caller: bool,
-    /// Whether the request carries a deadline header at all, to be rewritten when forwarded.
-    advertised: bool,
+    /// The caller's deadline, when its headers set one.
+    caller_ns: Option<u64>,
 }
 
 // === impl Deadline ===
 
 impl Deadline {
-    /// The deadline of a request that arrived at `now_ns` with `headers`, under the route's
-    /// `timeout`.
-    pub fn new(now_ns: u64, timeout: Duration, headers: &HeaderMap) -> Self {
-        let grpc = headers.get(GRPC_TIMEOUT);
-        let ours = headers.get(DEADLINE_HEADER);
-        let caller = caller_timeout_of(grpc, ours);
-        let (budget, from_caller) = match caller {
-            Some(c) if c < timeout => (c, true),
-            _ => (timeout, false),
-        };
+    /// The deadlines of a request that arrived at `arrived_ns` with `headers`: the caller's
+    /// runs from now; the sidecar's own starts with [`Self::body_ended`].
+    pub fn new(arrived_ns: u64, headers: &HeaderMap) -> Self {
+        let caller_ns = caller_timeout(headers)
+            .map(|t| arrived_ns.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)));
         Self {
-            at_ns: now_ns.saturating_add(u64::try_from(budget.as_nanos()).unwrap_or(u64::MAX)),
-            from_caller,
-            advertised: grpc.is_some() || ours.is_some(),
+            at_ns: caller_ns.unwrap_or(u64::MAX),
+            caller_ns,
         }
     }
 
-    /// When it passes, on the [`crate::clock`] time line.
+    /// The request body ended at `now_ns`: the sidecar's own `timeout` starts running.
+    #[inline]
+    pub fn body_ended(&mut self, now_ns: u64, timeout: Duration) {
+        let own = now_ns.saturating_add(u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX));
+        self.at_ns = self.at_ns.min(own);
+    }
+
+    /// When the effective deadline passes, on the [`crate::clock`] time line; `u64::MAX` while
+    /// none runs.
     #[inline]
     pub fn at_ns(&self) -> u64 {
         self.at_ns
     }
 
-    /// Time left at `now_ns` (zero once passed).
+    /// When the caller's deadline passes, if it set one.
+    #[inline]
+    pub fn caller_ns(&self) -> Option<u64> {
+        self.caller_ns
+    }
+
+    /// Time left at `now_ns` (zero once passed, [`UNBOUNDED`] while no deadline runs).
     #[inline]
     pub fn remaining(&self, now_ns: u64) -> Duration {
-        Duration::from_nanos(self.at_ns.saturating_sub(now_ns))
+        if self.at_ns == u64::MAX {
+            return UNBOUNDED;
+        }
+        Duration::from_nanos(self.at_ns.saturating_sub(now_ns)).min(UNBOUNDED)
     }
 
     /// Whether the deadline has passed.
@@ -64,10 +87,10 @@ impl Deadline {
         now_ns >= self.at_ns
     }
 
-    /// Whether the caller's header set the deadline.
+    /// Whether the caller's deadline is the one that binds.
     #[inline]
     pub fn from_caller(&self) -> bool {
-        self.from_caller
+        self.caller_ns == Some(self.at_ns)
     }
 
     /// The timeout of the next attempt: the per-try timeout if set, never beyond the deadline.
@@ -84,15 +107,14 @@ impl Deadline {
         self.remaining(now_ns) > backoff.saturating_add(expected)
     }
 
-    /// Writes the time left into the forwarded request: `grpc-timeout` when the caller used
-    /// it, and the DataStream header when the caller used that. A deadline the sidecar set
-    /// itself is not advertised, so the workload's own behaviour does not change.
+    /// Writes the caller's remaining time into the header(s) it used: `grpc-timeout`, the
+    /// DataStream header, or both. The sidecar's own timeout is never advertised.
     pub fn propagate(&self, now_ns: u64, headers: &mut HeaderMap) {
-        if !self.advertised {
+        let Some(caller) = self.caller_ns else {
             // Most requests: no header to look up again.
             return;
-        }
-        let left = self.remaining(now_ns);
+        };
+        let left = Duration::from_nanos(caller.saturating_sub(now_ns));
         if headers.contains_key(GRPC_TIMEOUT) {
             headers.insert(GRPC_TIMEOUT, encode_grpc_timeout(left));
         }

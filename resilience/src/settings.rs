@@ -69,6 +69,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Time allowed per attempt; `None` leaves only the request timeout.
     pub per_try_timeout: Option<Duration>,
+    /// How long a body may stall before the exchange is abandoned; `None` never.
+    pub stream_idle_timeout: Option<Duration>,
     /// Retry rules (routes may allow non-idempotent retries).
     pub retry: RetryPolicy,
     /// Retry budget.

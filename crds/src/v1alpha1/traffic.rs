@@ -456,7 +456,12 @@ pub struct Failover {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub connect_timeout: String,
 
-    /// Time allowed for a whole request, retries included. Answers 504 when it expires.
+    /// Time allowed for a request, retries included, counted from the end of the request body
+    /// to the response headers (so an upload or a client-streaming call is not cut while the
+    /// client sends, and a streaming response is not cut once it started). Answers 504 (gRPC:
+    /// DEADLINE_EXCEEDED) when it expires. A caller's shorter `grpc-timeout` or
+    /// `x-datastream-deadline-ms` counts from the request's arrival and is forwarded as the
+    /// caller's; this timeout is never advertised to the workload.
     #[serde(default = "default_request_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub request_timeout: String,
@@ -465,6 +470,13 @@ pub struct Failover {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub per_try_timeout: Option<String>,
+
+    /// How long a request or response body may go without a byte before the exchange is
+    /// abandoned (Envoy's stream idle timeout): what bounds streams, uploads and long polls,
+    /// which the request timeout leaves alone. `0s` disables it.
+    #[serde(default = "default_stream_idle_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    pub stream_idle_timeout: String,
 
     /// Retry policy.
     #[serde(default)]
@@ -499,6 +511,7 @@ impl Default for Failover {
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             per_try_timeout: None,
+            stream_idle_timeout: default_stream_idle_timeout(),
             retries: Retries::default(),
             outlier_detection: OutlierDetection::default(),
             health_check: HealthCheck::default(),
@@ -515,6 +528,10 @@ fn default_connect_timeout() -> String {
 
 fn default_request_timeout() -> String {
     "15s".to_owned()
+}
+
+fn default_stream_idle_timeout() -> String {
+    "5m".to_owned()
 }
 
 /// Retry policy. Requests that never reached a replica are always retried on another one;

@@ -52,30 +52,57 @@ fn encoding_round_trips_within_eight_digits() {
     }
 }
 
+/// A deadline whose request body was complete on arrival at `at`.
+fn arrived(at: u64, timeout: Duration, h: &HeaderMap) -> Deadline {
+    let mut d = Deadline::new(at, h);
+    d.body_ended(at, timeout);
+    d
+}
+
 #[test]
 fn the_earliest_deadline_wins() {
     let t = Duration::from_secs(15);
-    let d = Deadline::new(MS, t, &HeaderMap::new());
+    let d = arrived(MS, t, &HeaderMap::new());
     assert_eq!(d.remaining(MS), t);
     assert!(!d.from_caller());
-    let d = Deadline::new(MS, t, &headers(&[("grpc-timeout", "200m")]));
+    assert_eq!(d.caller_ns(), None);
+    let d = arrived(MS, t, &headers(&[("grpc-timeout", "200m")]));
     assert_eq!(d.remaining(MS), Duration::from_millis(200));
     assert!(d.from_caller());
-    let d = Deadline::new(
+    let d = arrived(
         MS,
         t,
         &headers(&[("grpc-timeout", "2S"), (DEADLINE_HEADER, "300")]),
     );
     assert_eq!(d.remaining(MS), Duration::from_millis(300));
-    let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "60000")]));
+    let d = arrived(MS, t, &headers(&[(DEADLINE_HEADER, "60000")]));
     assert_eq!(d.remaining(MS), t, "the sidecar's own timeout is shorter");
-    let d = Deadline::new(MS, t, &headers(&[(DEADLINE_HEADER, "soon")]));
+    assert!(!d.from_caller());
+    let d = arrived(MS, t, &headers(&[(DEADLINE_HEADER, "soon")]));
     assert_eq!(d.remaining(MS), t, "an invalid header is ignored");
 }
 
 #[test]
+fn the_own_timeout_starts_when_the_body_ends() {
+    let t = Duration::from_secs(15);
+    // A 20 s upload: only the caller's deadline (if any) runs while the body streams.
+    let mut d = Deadline::new(0, &HeaderMap::new());
+    assert_eq!(d.remaining(20_000 * MS), UNBOUNDED);
+    assert!(!d.expired(20_000 * MS));
+    d.body_ended(20_000 * MS, t);
+    assert_eq!(d.remaining(20_000 * MS), t);
+    assert_eq!(d.remaining(30_000 * MS), Duration::from_secs(5));
+    // The caller's 25 s deadline counts from arrival, whatever the body does.
+    let mut d = Deadline::new(0, &headers(&[("grpc-timeout", "25S")]));
+    assert_eq!(d.remaining(20_000 * MS), Duration::from_secs(5));
+    d.body_ended(20_000 * MS, t);
+    assert_eq!(d.remaining(20_000 * MS), Duration::from_secs(5));
+    assert!(d.from_caller());
+}
+
+#[test]
 fn attempts_and_retries_respect_what_is_left() {
-    let d = Deadline::new(0, Duration::from_millis(500), &HeaderMap::new());
+    let d = arrived(0, Duration::from_millis(500), &HeaderMap::new());
     let per_try = Some(Duration::from_millis(200));
     assert_eq!(d.attempt_timeout(0, per_try), Duration::from_millis(200));
     assert_eq!(
@@ -103,7 +130,7 @@ fn attempts_and_retries_respect_what_is_left() {
 #[test]
 fn propagation_rewrites_only_the_callers_headers() {
     let mut h = headers(&[("grpc-timeout", "1S")]);
-    let d = Deadline::new(0, Duration::from_secs(15), &h);
+    let d = arrived(0, Duration::from_secs(15), &h);
     d.propagate(400 * MS, &mut h);
     assert_eq!(
         parse_grpc_timeout(h["grpc-timeout"].as_bytes()),
@@ -111,10 +138,25 @@ fn propagation_rewrites_only_the_callers_headers() {
     );
     assert!(!h.contains_key(DEADLINE_HEADER));
     let mut h = headers(&[(DEADLINE_HEADER, "1000")]);
-    let d = Deadline::new(0, Duration::from_secs(15), &h);
+    let d = arrived(0, Duration::from_secs(15), &h);
     d.propagate(250 * MS, &mut h);
     assert_eq!(h[DEADLINE_HEADER], "750");
     let mut h = HeaderMap::new();
-    Deadline::new(0, Duration::from_secs(15), &h).propagate(MS, &mut h);
-    assert!(h.is_empty());
+    arrived(0, Duration::from_secs(15), &h).propagate(MS, &mut h);
+    assert!(h.is_empty(), "the sidecar's own timeout is not advertised");
+}
+
+/// A caller whose deadline is longer than the sidecar's timeout keeps its own: forwarding the
+/// sidecar's 15 s would make a gRPC server cancel a 20 s call the caller allowed 60 s for.
+#[test]
+fn a_longer_caller_deadline_is_forwarded_as_the_callers() {
+    let mut h = headers(&[("grpc-timeout", "60S")]);
+    let d = arrived(0, Duration::from_secs(15), &h);
+    assert_eq!(d.remaining(0), Duration::from_secs(15));
+    d.propagate(MS, &mut h);
+    let forwarded = parse_grpc_timeout(h["grpc-timeout"].as_bytes()).unwrap();
+    assert!(
+        forwarded > Duration::from_secs(59) && forwarded < Duration::from_secs(60),
+        "{forwarded:?}"
+    );
 }

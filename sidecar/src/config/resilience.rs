@@ -47,6 +47,11 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
         .per_try_timeout
         .as_deref()
         .map(|v| dur("failover.perTryTimeout", v));
+    let stream_idle_timeout = Some(dur(
+        "failover.streamIdleTimeout",
+        &failover.stream_idle_timeout,
+    ))
+    .filter(|d| !d.is_zero());
     let r = &failover.retries;
     let backoff = Backoff {
         base: dur("failover.retries.backoffBase", &r.backoff_base),
@@ -108,6 +113,7 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
     let positive = |v: i32| u32::try_from(v).unwrap_or(0);
     Ok(Settings {
         connect_timeout,
+        stream_idle_timeout,
         request_timeout,
         per_try_timeout,
         retry: RetryPolicy {

@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 
 use super::ResponseBody;
 use datastream_http::body::{BodyTooLarge, RequestBodyError};
+use datastream_http::stream::BodyFailure;
 use datastream_lb::endpoint::ConnectError;
 
 /// Header naming the sidecar's own error, so clients can tell it from the workload's answers.
@@ -58,6 +59,12 @@ pub enum ProxyError {
     /// Reading the client's body (to make it replayable) failed.
     #[error("reading the request body failed")]
     ClientBody(#[source] datastream_http::body::ClientBodyError),
+    /// The client's streamed body broke off.
+    #[error("the request body broke off")]
+    ClientAborted,
+    /// The client's body stalled for the stream idle timeout.
+    #[error("the request body sent nothing for {0:?}")]
+    ClientIdle(std::time::Duration),
 }
 
 // === impl ProxyError ===
@@ -76,8 +83,11 @@ impl ProxyError {
             }
             ProxyError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream-connect-failed", false),
             ProxyError::Upstream(e) => {
-                if let Some(RequestBodyError::TooLarge(_)) = find_cause::<RequestBodyError>(e) {
+                let cause = find_cause::<RequestBodyError>(e);
+                if let Some(RequestBodyError::TooLarge(_)) = cause {
                     (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true)
+                } else if let Some(RequestBodyError::Idle(_)) = cause {
+                    (StatusCode::REQUEST_TIMEOUT, "stream-idle-timeout", true)
                 } else if e.is_user() {
                     // The client's side failed (its body broke off): nothing to blame upstream for.
                     (StatusCode::BAD_REQUEST, "client-body-failed", true)
@@ -100,6 +110,21 @@ impl ProxyError {
                 false,
             ),
             ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "client-body-failed", true),
+            ProxyError::ClientIdle(_) => (StatusCode::REQUEST_TIMEOUT, "stream-idle-timeout", true),
+            ProxyError::ClientAborted => (StatusCode::BAD_REQUEST, "client-body-failed", true),
+        }
+    }
+
+    /// The gRPC status a gRPC client gets for this error (gRPC's status codes, as its HTTP
+    /// mapping would give them, refined where the sidecar knows more: its own deadline is
+    /// DEADLINE_EXCEEDED, shedding and rate limiting are RESOURCE_EXHAUSTED).
+    pub fn grpc_status(&self) -> GrpcStatus {
+        match self.classify().1 {
+            "timeout" => GrpcStatus::DeadlineExceeded,
+            "overloaded" | "rate-limited" | "body-too-large" => GrpcStatus::ResourceExhausted,
+            "client-body-failed" | "stream-idle-timeout" => GrpcStatus::Cancelled,
+            "bad-request" => GrpcStatus::Internal,
+            _ => GrpcStatus::Unavailable,
         }
     }
 
@@ -109,8 +134,11 @@ impl ProxyError {
             || matches!(self, ProxyError::Upstream(e) if !e.is_user())
     }
 
-    /// The response to send.
-    pub fn into_response(self) -> Response<ResponseBody> {
+    /// The response to send: to a gRPC client (`grpc`), a trailers-only gRPC response.
+    pub fn into_response(self, grpc: bool) -> Response<ResponseBody> {
+        if grpc {
+            return self.into_grpc_response();
+        }
         let (status, code, close) = self.classify();
         let mut resp = Response::new(ResponseBody::full(format!("{code}: {self}\n")));
         *resp.status_mut() = status;
@@ -128,6 +156,92 @@ impl ProxyError {
         }
         resp
     }
+}
+
+impl ProxyError {
+    /// The error for a request whose streamed body failed on the client's side.
+    pub fn from_body_failure(
+        failure: BodyFailure,
+        policy: &crate::policy::Policy,
+        settings: &datastream_resilience::Settings,
+    ) -> Self {
+        match failure {
+            BodyFailure::Stalled => {
+                ProxyError::ClientIdle(settings.stream_idle_timeout.unwrap_or_default())
+            }
+            BodyFailure::TooLarge => ProxyError::BodyTooLarge(BodyTooLarge {
+                limit: policy.max_body.unwrap_or(u64::MAX),
+            }),
+            BodyFailure::Client => ProxyError::ClientAborted,
+        }
+    }
+
+    /// A gRPC "trailers-only" response (HTTP 200, the status in the header block that ends the
+    /// stream), so that gRPC clients see the real reason instead of an HTTP error mapped to
+    /// UNAVAILABLE or INTERNAL. The `x-datastream-error` code is there too.
+    fn into_grpc_response(self) -> Response<ResponseBody> {
+        let code = self.classify().1;
+        let status = self.grpc_status();
+        let mut resp = Response::new(ResponseBody::empty());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(GRPC_STATUS, HeaderValue::from(u16::from(status as u8)));
+        if let Ok(v) = HeaderValue::from_str(&grpc_message(&format!("{code}: {self}"))) {
+            h.insert(GRPC_MESSAGE, v);
+        }
+        h.insert(ERROR_HEADER, HeaderValue::from_static(code));
+        if let ProxyError::RateLimited { retry_after_secs } = self {
+            // gRPC's retry pushback (gRFC A6), in milliseconds.
+            h.insert(
+                GRPC_RETRY_PUSHBACK,
+                HeaderValue::from(retry_after_secs.saturating_mul(1000)),
+            );
+        }
+        resp
+    }
+}
+
+/// The gRPC status codes the sidecar answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum GrpcStatus {
+    /// The client cancelled (its body broke off or stalled).
+    Cancelled = 1,
+    /// The deadline passed.
+    DeadlineExceeded = 4,
+    /// Shed, rate-limited, or a message over the size limit.
+    ResourceExhausted = 8,
+    /// A malformed request.
+    Internal = 13,
+    /// No replica could serve it; retrying later may succeed.
+    Unavailable = 14,
+}
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_MESSAGE: &str = "grpc-message";
+const GRPC_RETRY_PUSHBACK: &str = "grpc-retry-pushback-ms";
+
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...; not
+/// gRPC-Web, whose clients read statuses from the body).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.starts_with(b"application/grpc") && matches!(v.get(16), None | Some(b'+' | b';'))
+    })
+}
+
+/// A `grpc-message` value: percent-encoded outside printable ASCII, and `%` itself (gRPC's
+/// HTTP/2 protocol spec).
+fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The first error of type `E` in the chain starting at `err`.

@@ -23,8 +23,9 @@ use super::forward::{
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
-use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody};
+use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, RequestBodyError};
 use datastream_http::h1::PendingUpgrade;
+use datastream_http::stream::EndSignal;
 use datastream_lb::balance::hash;
 use datastream_lb::endpoint::{Endpoint, EndpointSet};
 use datastream_resilience::Settings;
@@ -98,50 +99,142 @@ pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission) {
         .set(i64::from(limit));
 }
 
-/// Forwards a prepared request within its deadline: the route's (or the policy's) request
-/// timeout, or the caller's `grpc-timeout` / `x-datastream-deadline-ms` when shorter.
+/// Forwards a prepared request within its deadlines (see [`Deadline`]): the caller's
+/// `grpc-timeout` / `x-datastream-deadline-ms`, counted from now, and the route's (or the
+/// policy's) request timeout, counted from the end of the request body.
 pub(super) async fn forward(
     call: Call<'_>,
     parts: Parts,
     body: ClientBody,
     client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let now = clock::now_ns();
-    let timeout = call
-        .route
-        .resilience
-        .timeout
-        .unwrap_or(call.policy.resilience.request_timeout);
-    let deadline = Deadline::new(now, timeout, &parts.headers);
+    let arrived = clock::now_ns();
+    let s = &call.policy.resilience;
+    let timeout = call.route.resilience.timeout.unwrap_or(s.request_timeout);
+    let mut deadline = Deadline::new(arrived, &parts.headers);
+    let policy = RetryPolicy {
+        non_idempotent: call.route.resilience.retry_non_idempotent,
+        ..s.retry.clone()
+    };
+    let broadcast = matches!(call.route.mode, Mode::Broadcast { .. });
+    if broadcast && call.upgrade {
+        return Err(ProxyError::BadRequest(
+            "a broadcast route cannot switch protocols",
+        ));
+    }
+    let repeatable = !call.upgrade
+        && (broadcast
+            || (policy.attempts > 0
+                && (policy.non_idempotent || retry::is_idempotent(&parts.method))));
+    // A request that may be sent more than once has its (small) body in memory first; the
+    // caller's deadline bounds the wait for it.
+    let source = if repeatable {
+        let mut limit = s.replay_limit.min(call.policy.max_body.unwrap_or(u64::MAX));
+        if let Mode::Broadcast { max_body, .. } = call.route.mode {
+            limit = max_body.min(call.policy.max_body.unwrap_or(u64::MAX));
+        }
+        match retry::replay_plan(&parts.headers, body.is_end_stream(), limit) {
+            Replay::Empty => Source::Replay(Bytes::new()),
+            Replay::Buffer(_) => {
+                Source::Replay(read_whole(body, limit, s.stream_idle_timeout, deadline).await?)
+            }
+            Replay::Stream if broadcast => {
+                Source::Replay(read_whole(body, limit, s.stream_idle_timeout, deadline).await?)
+            }
+            Replay::Stream => Source::Once(Some(body)),
+        }
+    } else {
+        Source::Once(Some(body))
+    };
+    let streaming = matches!(&source, Source::Once(Some(b)) if !b.is_end_stream());
+    let end = if streaming {
+        Some(EndSignal::new())
+    } else {
+        let now = match &source {
+            // Reading the body took time; otherwise the arrival reading is still good.
+            Source::Replay(b) if !b.is_empty() => clock::now_ns(),
+            _ => arrived,
+        };
+        deadline.body_ended(now, timeout);
+        None
+    };
     let work = async {
         match call.route.mode {
-            Mode::Broadcast { quorum, max_body } => {
+            Mode::Broadcast { quorum, .. } => {
+                let Source::Replay(bytes) = source else {
+                    unreachable!("broadcast bodies are read first")
+                };
                 // Boxed, as the other rare paths: the common path's future (allocated once per
                 // request) stays small.
-                Box::pin(fan_out(&call, parts, body, deadline, quorum, max_body)).await
+                Box::pin(fan_out(&call, parts, bytes, deadline, quorum)).await
             }
-            _ => with_retries(&call, parts, body, client_upgrade, deadline, now).await,
+            _ => {
+                let r = Retrying {
+                    policy,
+                    deadline,
+                    end: end.clone(),
+                };
+                with_retries(&call, r, parts, source, client_upgrade, arrived).await
+            }
         }
     };
-    match tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), work).await {
-        Ok(result) => result,
-        Err(_) => {
+    tokio::select! {
+        biased;
+        result = work => result,
+        () = expiry(deadline, end.as_ref(), timeout) => {
             call.route.resilience.metrics.timeouts.inc();
             Err(ProxyError::Timeout)
         }
     }
 }
 
+/// Resolves when the request's deadline passes. While the body streams (`end` not fired),
+/// that is the caller's deadline, or the request timeout counted from the body's end.
+async fn expiry(deadline: Deadline, end: Option<&EndSignal>, timeout: Duration) {
+    match end {
+        None => tokio::time::sleep_until(clock::instant_at(deadline.at_ns())).await,
+        // Boxed: only streamed request bodies take this path.
+        Some(end) => Box::pin(streaming_expiry(deadline.caller_ns(), end, timeout)).await,
+    }
+}
+
+async fn streaming_expiry(caller_ns: Option<u64>, end: &EndSignal, timeout: Duration) {
+    let own = async {
+        end.ended().await;
+        tokio::time::sleep(timeout).await;
+    };
+    match caller_ns {
+        Some(at) => tokio::select! {
+            () = tokio::time::sleep_until(clock::instant_at(at)) => {}
+            () = own => {}
+        },
+        None => own.await,
+    }
+}
+
+/// How a request is retried: its policy, its deadlines, and the signal its streamed body fires
+/// at its end.
+struct Retrying {
+    policy: RetryPolicy,
+    deadline: Deadline,
+    end: Option<EndSignal>,
+}
+
 /// Attempts until one answers acceptably or no retry is allowed. `started_ns` is the clock
 /// reading the caller took at the request's start, reused rather than read again.
 async fn with_retries(
     call: &Call<'_>,
+    r: Retrying,
     mut parts: Parts,
-    body: ClientBody,
+    mut source: Source,
     mut client_upgrade: Option<PendingUpgrade>,
-    deadline: Deadline,
     started_ns: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Retrying {
+        policy,
+        deadline,
+        end,
+    } = r;
     let s = &call.policy.resilience;
     let budget = &call.shared.resilience.budget;
     let now = started_ns;
@@ -151,25 +244,11 @@ async fn with_retries(
         .ejections()
         .set_panic_threshold(s.outlier.panic_threshold_percent);
     deadline.propagate(now, &mut parts.headers);
-    let policy = RetryPolicy {
-        non_idempotent: call.route.resilience.retry_non_idempotent,
-        ..s.retry.clone()
-    };
-    let repeatable = !call.upgrade
-        && policy.attempts > 0
-        && (policy.non_idempotent || retry::is_idempotent(&parts.method));
     let method = parts.method.clone();
-    let mut source = if repeatable {
-        let limit = s.replay_limit.min(call.policy.max_body.unwrap_or(u64::MAX));
-        match retry::replay_plan(&parts.headers, body.is_end_stream(), limit) {
-            Replay::Empty => Source::Replay(Bytes::new()),
-            Replay::Buffer(_) => Source::Replay(buffer(body, limit).await?),
-            Replay::Stream => Source::Once(Some(body)),
-        }
-    } else {
-        Source::Once(Some(body))
-    };
     let mut parts = Some(parts);
+    // The body's signal, kept to learn whether a failed attempt was the client's doing.
+    let watch = end.clone();
+    let mut end = end;
     // A request a failed connection handed back unsent, ready for the next replica.
     let mut unsent_req: Option<Request<RequestBody>> = None;
     let mut exclude: Vec<SocketAddr> = Vec::new();
@@ -194,16 +273,21 @@ async fn with_retries(
                 None => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
             (None, Source::Once(body)) => match (parts.take(), body.take()) {
-                (Some(p), Some(b)) => Outgoing::Owned(Request::from_parts(
-                    p,
-                    RequestBody::streaming(b, call.policy.max_body),
-                )),
+                (Some(p), Some(b)) => {
+                    let mut body = RequestBody::streaming(b, call.policy.max_body)
+                        .with_idle_timeout(s.stream_idle_timeout);
+                    if let Some(end) = end.take() {
+                        body = body.with_end_signal(end);
+                    }
+                    Outgoing::Owned(Request::from_parts(p, body))
+                }
                 _ => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
         };
         // The last possible try gets whatever time is left (a per-try timeout would only turn
-        // a slow success into a 504); earlier ones get the per-try timeout.
-        let per_try = if retries >= policy.attempts {
+        // a slow success into a 504), and so does a streamed body, which is sent only once;
+        // earlier ones get the per-try timeout.
+        let per_try = if retries >= policy.attempts || !matches!(source, Source::Replay(_)) {
             None
         } else {
             s.per_try_timeout
@@ -266,7 +350,13 @@ async fn with_retries(
                     budget.record_retry(verdict == Verdict::Success);
                 }
                 if !policy.retries_status(status) {
-                    return Ok(respond(resp, guard, h1, client_upgrade.take()));
+                    return Ok(respond(
+                        resp,
+                        guard,
+                        h1,
+                        client_upgrade.take(),
+                        s.stream_idle_timeout,
+                    ));
                 }
                 (Outcome::Status(status), Some((resp, guard, h1)))
             }
@@ -285,6 +375,10 @@ async fn with_retries(
                 (Outcome::NotSent, None)
             }
             Ok(Err(AttemptError::Failed(error))) => {
+                if let Some(failure) = watch.as_ref().and_then(EndSignal::failure) {
+                    // The client's body broke the exchange; the replica is not to blame.
+                    return Err(ProxyError::from_body_failure(failure, call.policy, s));
+                }
                 if !error.blames_upstream() {
                     return Err(error);
                 }
@@ -336,7 +430,13 @@ async fn with_retries(
             }
             None => {
                 return match reply {
-                    Some((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade.take())),
+                    Some((resp, guard, h1)) => Ok(respond(
+                        resp,
+                        guard,
+                        h1,
+                        client_upgrade.take(),
+                        s.stream_idle_timeout,
+                    )),
                     None => Err(last_error.take().unwrap_or(ProxyError::Timeout)),
                 };
             }
@@ -616,11 +716,27 @@ fn pause_hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     Some(Duration::from_secs(secs))
 }
 
-/// Reads a body into memory, up to `limit` bytes.
-async fn buffer(body: ClientBody, limit: u64) -> Result<Bytes, ProxyError> {
-    retry::buffer(body, limit).await.map_err(|e| match e {
+/// Reads a request body into memory, up to `limit` bytes, within the caller's deadline and
+/// the stream idle timeout.
+async fn read_whole(
+    body: ClientBody,
+    limit: u64,
+    idle: Option<Duration>,
+    deadline: Deadline,
+) -> Result<Bytes, ProxyError> {
+    let body = RequestBody::streaming(body, None).with_idle_timeout(idle);
+    let read = retry::buffer(body, limit);
+    let read = match deadline.caller_ns() {
+        Some(at) => tokio::time::timeout_at(clock::instant_at(at), read)
+            .await
+            .map_err(|_| ProxyError::Timeout)?,
+        None => read.await,
+    };
+    read.map_err(|e| match e {
         BufferError::TooLarge { limit } => ProxyError::BodyTooLarge(BodyTooLarge { limit }),
-        BufferError::Read(e) => ProxyError::ClientBody(e),
+        BufferError::Read(RequestBodyError::Client(e)) => ProxyError::ClientBody(e),
+        BufferError::Read(RequestBodyError::Idle(idle)) => ProxyError::ClientIdle(idle),
+        BufferError::Read(RequestBodyError::TooLarge(e)) => ProxyError::BodyTooLarge(e),
     })
 }
 
@@ -629,22 +745,10 @@ async fn buffer(body: ClientBody, limit: u64) -> Result<Bytes, ProxyError> {
 async fn fan_out(
     call: &Call<'_>,
     mut parts: Parts,
-    body: ClientBody,
+    bytes: Bytes,
     deadline: Deadline,
     quorum: Option<u32>,
-    max_body: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    if call.upgrade {
-        return Err(ProxyError::BadRequest(
-            "a broadcast route cannot switch protocols",
-        ));
-    }
-    let limit = max_body.min(call.policy.max_body.unwrap_or(u64::MAX));
-    let bytes = if body.is_end_stream() {
-        Bytes::new()
-    } else {
-        buffer(body, limit).await?
-    };
     let now = clock::now_ns();
     deadline.propagate(now, &mut parts.headers);
     let local_failing = call.shared.resilience.local_workload_failing();
@@ -671,7 +775,7 @@ async fn fan_out(
                 let now = clock::now_ns();
                 let (verdict, answer) = match result {
                     Ok(Ok((resp, guard, h1))) => {
-                        (verdict_of(resp.status()), Ok(respond(resp, guard, h1, None)))
+                        (verdict_of(resp.status()), Ok(respond(resp, guard, h1, None, s.stream_idle_timeout)))
                     }
                     Ok(Err(AttemptError::NotSent(_, e))) => {
                         (Verdict::Failure, Err(ProxyError::Connect(e)))

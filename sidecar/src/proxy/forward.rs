@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::ResponseBody;
-use super::error::ProxyError;
+use super::error::{ProxyError, is_grpc};
 use super::failover;
 use crate::metrics::RouteMetrics;
 use crate::policy::Policy;
@@ -185,6 +185,9 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let downstream_h1 = req.version() != Version::HTTP_2;
+    // Known before the request is taken apart: the sidecar's own errors answer gRPC calls in
+    // gRPC's terms.
+    let grpc = is_grpc(req.headers());
     let shared = &app.shared;
     let policy = shared.policy();
     let (resp, metrics) = match app.kind {
@@ -199,7 +202,7 @@ pub async fn handle(
             &shared.peer_metrics,
         ),
     };
-    let mut resp = resp.unwrap_or_else(|e| respond_error(shared, e));
+    let mut resp = resp.unwrap_or_else(|e| respond_error(shared, e, grpc));
     if shared.is_draining() && downstream_h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // Draining: ask HTTP/1 clients to reconnect (elsewhere, once readiness propagated)
         // before the listener closes, so no request races a closing keep-alive connection.
@@ -214,11 +217,11 @@ fn observe(metrics: &RouteMetrics, status: StatusCode, started: Instant) {
     metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
 }
 
-fn respond_error(shared: &Shared, error: ProxyError) -> Response<ResponseBody> {
+fn respond_error(shared: &Shared, error: ProxyError, grpc: bool) -> Response<ResponseBody> {
     let (_, code, _) = error.classify();
     shared.metrics.local_error(code);
     tracing::debug!(%error, code, "answering with a local error");
-    error.into_response()
+    error.into_response(grpc)
 }
 
 async fn proxy_traffic(
@@ -269,9 +272,17 @@ async fn proxy_peer(
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
-    let req = Request::from_parts(parts, RequestBody::streaming(body, policy.max_body));
+    let body = RequestBody::streaming(body, policy.max_body)
+        .with_idle_timeout(policy.resilience.stream_idle_timeout);
+    let req = Request::from_parts(parts, body);
     match attempt(local, Outgoing::Owned(req), upgrade).await {
-        Ok((resp, guard, h1)) => Ok(respond(resp, guard, h1, client_upgrade)),
+        Ok((resp, guard, h1)) => Ok(respond(
+            resp,
+            guard,
+            h1,
+            client_upgrade,
+            policy.resilience.stream_idle_timeout,
+        )),
         Err(AttemptError::Failed(e)) => Err(e),
         Err(AttemptError::NotSent(_, e)) => Err(ProxyError::Connect(e)),
     }
@@ -547,12 +558,13 @@ async fn acquire(endpoint: &Endpoint, h2: bool, upgrade: bool) -> Result<Sender,
     })
 }
 
-/// Stage 6: the response for the client.
+/// Stage 6: the response for the client; its body fails once the upstream stalls for `idle`.
 pub(super) fn respond(
     resp: Response<UpstreamBody>,
     guard: InflightGuard,
     h1: Option<http1::SendRequest<RequestBody>>,
     client_upgrade: Option<PendingUpgrade>,
+    idle: Option<Duration>,
 ) -> Response<ResponseBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let (mut parts, body) = resp.into_parts();
@@ -571,7 +583,7 @@ pub(super) fn respond(
     strip_hop_by_hop(&mut parts.headers, false, false);
     Response::from_parts(
         parts,
-        ResponseBody::upstream(body, guard.into_completion(h1)),
+        ResponseBody::upstream(body, guard.into_completion(h1)).with_idle_timeout(idle),
     )
 }
 

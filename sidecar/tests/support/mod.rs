@@ -222,6 +222,20 @@ impl Backend {
                 .header("trailer", "grpc-status, x-replica")
                 .body(BodyExt::boxed(StreamBody::new(frames)))
                 .unwrap()
+        } else if let Some(spec) = path.strip_prefix("/drip/") {
+            // A streaming response: `/drip/<chunks>/<ms between chunks>`.
+            let (n, ms) = spec.split_once('/').unwrap_or(("1", "0"));
+            let (n, ms): (u64, u64) = (n.parse().unwrap_or(1), ms.parse().unwrap_or(0));
+            let frames = futures::stream::iter(0..n).then(move |i| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                Ok::<_, hyper::Error>(Frame::data(Bytes::from(format!("chunk{i}\n"))))
+            });
+            Response::builder()
+                .header("x-backend", &self.name)
+                .body(BodyExt::boxed(StreamBody::new(frames)))
+                .unwrap()
         } else if path == "/version" {
             // What arrived here: the protocol and the authority (URI or Host).
             let authority = req
