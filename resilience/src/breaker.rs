@@ -13,8 +13,10 @@
 //!   which keeps the drop probability high long after the replica recovered (go-zero#4101,
 //!   #5551). Here only attempts that reached the replica count, so recovery is seen as fast as
 //!   the replica's answers show it.
-//! - **No drop below [`MIN_REQUESTS`] attempts** in the window: a handful of failures on a quiet
-//!   replica proves too little to throttle it (go-zero's "protection" constant plays this role).
+//! - **No drop below a minimum request volume** in the window (`min_requests`, default
+//!   [`MIN_REQUESTS`], Hystrix's request volume threshold): a handful of failures on a quiet
+//!   replica proves too little to throttle it, and on a stream with one replica would turn
+//!   unrelated requests away (go-zero's "protection" constant plays this role).
 //!
 //! A request is also let through when none has been for [`PROBE_INTERVAL`], so a replica that
 //! recovered while fully throttled is noticed (go-zero's forced pass).
@@ -27,8 +29,8 @@ use parking_lot::Mutex;
 
 use super::window::{Tally, Window};
 
-/// Fewest attempts in the window before the breaker may drop anything.
-pub const MIN_REQUESTS: u64 = 5;
+/// Fewest attempts in the window before the breaker may drop anything, by default.
+pub const MIN_REQUESTS: u64 = 20;
 /// A request passes at least this often, whatever the drop probability.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Buckets of the breaker window (go-zero's 40).
@@ -43,6 +45,8 @@ pub struct BreakerConfig {
     pub k: f64,
     /// Window over which requests and accepts are counted.
     pub window: Duration,
+    /// Fewest attempts in the window before anything is dropped.
+    pub min_requests: u64,
 }
 
 /// The adaptive throttle of one replica.
@@ -137,7 +141,7 @@ impl Breaker {
             inner.resize(config.window);
             inner.window.sum(now_ns)
         };
-        probability(t, config.k)
+        probability(t, config)
     }
 
     /// The window's figures.
@@ -151,7 +155,7 @@ impl Breaker {
             requests: t.total,
             accepts: t.good,
             drop_probability: if config.enabled {
-                probability(t, config.k)
+                probability(t, config)
             } else {
                 0.0
             },
@@ -175,12 +179,12 @@ impl Inner {
     }
 }
 
-fn probability(t: Tally, k: f64) -> f64 {
-    if t.total < MIN_REQUESTS {
+fn probability(t: Tally, config: &BreakerConfig) -> f64 {
+    if t.total < config.min_requests.max(1) {
         return 0.0;
     }
     let requests = t.total as f64;
-    ((requests - k * t.good as f64) / (requests + 1.0)).max(0.0)
+    ((requests - config.k * t.good as f64) / (requests + 1.0)).max(0.0)
 }
 
 /// A counted slot limit: at most `max` holders at once (unlimited when `None`).

@@ -14,9 +14,11 @@
 //!   (one replica may always be ejected when the percentage is not zero, as in Envoy).
 //! - **Panic.** When fewer than `panic_threshold_percent` of the replicas are un-ejected, the
 //!   ejections are ignored and every replica takes traffic: a partial answer beats none.
-//! - **Probation.** When its time is up, a replica takes one request at a time (the proxy
-//!   enforces this through eligibility); its first success clears it, its first failure
-//!   ejects it again for longer (Linkerd's probation).
+//! - **Probation.** When its time is up, a replica takes at most [`PROBATION_TRIALS`] attempts
+//!   at once, each counted until its response headers (the proxy enforces this through
+//!   eligibility), so a slow trial or a long-lived stream cannot block it; its first success
+//!   clears it, its first failure ejects it again for longer (Linkerd's probation, which
+//!   admits exactly one request and holds it for the whole response).
 //! - **Retry-After.** A 503 or 429 carrying `Retry-After` pauses the replica for that long
 //!   (capped), without counting as a repeated ejection: the replica asked for it.
 //!
@@ -40,6 +42,8 @@ pub const MIN_REQUESTS_FOR_RATE: u64 = 20;
 pub const MAX_EJECTION: Duration = Duration::from_secs(300);
 /// Panic threshold before any policy set one (the API default).
 pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+/// Trial attempts a replica on probation takes at once.
+pub const PROBATION_TRIALS: u32 = 2;
 /// Longest pause a `Retry-After` header can impose.
 pub const MAX_RETRY_AFTER_PAUSE: Duration = Duration::from_secs(30);
 

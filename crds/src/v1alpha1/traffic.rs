@@ -774,6 +774,12 @@ pub struct CircuitBreaker {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
     pub window: String,
 
+    /// Fewest attempts to a replica within the window before the breaker may drop anything: a
+    /// few failures prove too little, and on a single replica would turn unrelated requests away.
+    #[serde(default = "default_breaker_min_requests")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub min_requests: i32,
+
     /// Most requests waiting for a connection to one replica; unset means unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000))]
@@ -786,6 +792,7 @@ impl Default for CircuitBreaker {
             enabled: true,
             k: default_breaker_k(),
             window: default_breaker_window(),
+            min_requests: default_breaker_min_requests(),
             max_pending_requests: None,
         }
     }
@@ -796,6 +803,9 @@ fn default_true() -> bool {
 }
 fn default_breaker_k() -> f64 {
     1.5
+}
+fn default_breaker_min_requests() -> i32 {
+    20
 }
 fn default_breaker_window() -> String {
     "10s".to_owned()

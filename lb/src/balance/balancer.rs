@@ -213,19 +213,43 @@ fn round_robin<'a>(
         .find(|e| usable(e, now, exclude))
 }
 
-/// When nothing is eligible: a draining or slow-start-capped endpoint still serves.
+/// When nothing is eligible: a draining, slow-start-capped or busy probation endpoint still
+/// serves (Kubernetes' terminating-endpoint fallback: a slower answer beats a 503); when even
+/// those are missing, [`panic_pick`].
 pub(super) fn fallback<'a>(
     eps: &'a [Arc<Endpoint>],
     now: u64,
     exclude: &[SocketAddr],
 ) -> Option<&'a Arc<Endpoint>> {
     eps.iter()
-        .filter(|e| !exclude.contains(&e.addr()))
-        .filter(|e| {
-            matches!(
-                e.eligibility(now),
-                Eligibility::Draining | Eligibility::SlowStartFull { .. }
-            )
-        })
+        .filter(|e| !exclude.contains(&e.addr()) && still_serves(e.eligibility(now)))
         .min_by_key(|e| e.load.inflight())
+        .or_else(|| panic_pick(eps, now, exclude))
+}
+
+/// Whether an endpoint that is not eligible can still take a request when nothing else can.
+pub(super) fn still_serves(eligibility: Eligibility) -> bool {
+    matches!(
+        eligibility,
+        Eligibility::Draining | Eligibility::SlowStartFull { .. } | Eligibility::Probation
+    )
+}
+
+/// Panic routing: every replica is down or ejected, so the one expected back soonest is tried
+/// anyway (Envoy's panic threshold taken to its end). A connect attempt is cheap and, when it
+/// fails, provably sent nothing; answering 503 from memory would turn away a replica that is
+/// already back.
+pub(super) fn panic_pick<'a>(
+    eps: &'a [Arc<Endpoint>],
+    now: u64,
+    exclude: &[SocketAddr],
+) -> Option<&'a Arc<Endpoint>> {
+    eps.iter()
+        .filter(|e| !exclude.contains(&e.addr()))
+        .min_by_key(|e| match e.eligibility(now) {
+            Eligibility::Down { retry_in_ms } | Eligibility::Ejected { retry_in_ms, .. } => {
+                retry_in_ms
+            }
+            _ => 0,
+        })
 }

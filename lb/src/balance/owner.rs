@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::HashAlgorithm;
-use super::balancer::{fallback, usable};
+use super::balancer::{fallback, still_serves, usable};
 use crate::endpoint::{Eligibility, Endpoint, EndpointSet};
 use datastream_resilience::clock;
 
@@ -35,7 +35,17 @@ pub fn pick_hashed<'a>(
             (t + u64::from(e.load.inflight()), n + 1)
         });
     if usable_count == 0 {
-        return fallback(eps, now, exclude);
+        // The key's own order still decides, since its owner holds its data: the first
+        // candidate that serves at all, else the first one (panic routing, see `fallback`).
+        let order = || {
+            set.ring()
+                .candidates(key)
+                .map(|i| &eps[i])
+                .filter(|e| !exclude.contains(&e.addr()))
+        };
+        return order()
+            .find(|e| still_serves(e.eligibility(now)))
+            .or_else(|| order().next());
     }
     let cap = if load_bound > 0.0 {
         (load_bound * (total + 1) as f64 / usable_count as f64).ceil() as u32

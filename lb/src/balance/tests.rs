@@ -48,7 +48,7 @@ fn round_robin_is_exact_and_skips_down_endpoints() {
     let s = set(3, None);
     let b = Balancer::new(Policy::RoundRobin, false);
     assert_eq!(counts(&s, &b, 300), vec![100, 100, 100]);
-    s.endpoints()[1].health.failure(Failure::Connect);
+    s.endpoints()[1].health.failure(Failure::Connect, 0);
     let c = counts(&s, &b, 300);
     assert_eq!(c[1], 0);
     assert_eq!(c[0] + c[2], 300);
@@ -67,7 +67,10 @@ fn p2c_avoids_the_slow_endpoint() {
 #[test]
 fn least_request_follows_inflight() {
     let s = set(2, None);
-    let _held = [s.endpoints()[0].start(), s.endpoints()[0].start()];
+    let _held = [
+        s.endpoints()[0].start(datastream_resilience::clock::now_ns()),
+        s.endpoints()[0].start(datastream_resilience::clock::now_ns()),
+    ];
     let c = counts(&s, &Balancer::new(Policy::LeastRequest, false), 100);
     assert_eq!(c, vec![0, 100]);
 }
@@ -87,7 +90,9 @@ fn local_first_keeps_local_until_it_is_much_slower() {
 fn hashing_respects_bounded_load() {
     let s = set(3, None);
     let owner = pick_hashed(&s, HashAlgorithm::RingHash, 7, HASH_BALANCE_FACTOR, &[]).unwrap();
-    let _held: Vec<_> = (0..10).map(|_| owner.start()).collect();
+    let _held: Vec<_> = (0..10)
+        .map(|_| owner.start(datastream_resilience::clock::now_ns()))
+        .collect();
     let other = pick_hashed(&s, HashAlgorithm::RingHash, 7, HASH_BALANCE_FACTOR, &[]).unwrap();
     assert!(
         !Arc::ptr_eq(owner, other),
@@ -101,7 +106,7 @@ fn primary_fails_over_and_takes_back_after_hold_down() {
     let eps = s.endpoints();
     let hold = Duration::from_millis(50);
     assert!(Arc::ptr_eq(pick_primary(&s, hold, &[]).unwrap(), &eps[0]));
-    eps[0].health.failure(Failure::Transport);
+    eps[0].health.failure(Failure::Transport, 0);
     // Not down (one transport failure), but within hold-down: the next one serves.
     assert!(Arc::ptr_eq(pick_primary(&s, hold, &[]).unwrap(), &eps[1]));
     std::thread::sleep(hold);

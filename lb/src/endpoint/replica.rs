@@ -15,7 +15,9 @@ use datastream_http::body::RequestBody;
 use datastream_http::pool::Pool;
 use datastream_resilience::breaker::{Breaker, Slots};
 use datastream_resilience::metrics::EndpointResilienceMetrics;
-use datastream_resilience::outlier::{Detector, EjectReason, Ejections, OutlierState};
+use datastream_resilience::outlier::{
+    Detector, EjectReason, Ejections, OutlierState, PROBATION_TRIALS,
+};
 
 /// What discovery knows about one replica.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,7 +85,8 @@ pub enum Eligibility {
         /// Milliseconds until it returns on probation.
         retry_in_ms: u64,
     },
-    /// Back from an ejection: one request at a time until one succeeds; this one is busy.
+    /// Back from an ejection: at most [`PROBATION_TRIALS`] attempts at once until one
+    /// succeeds; this many are waiting for their answers.
     Probation,
 }
 
@@ -91,6 +94,9 @@ pub enum Eligibility {
 #[derive(Debug)]
 pub struct InflightGuard {
     endpoint: Arc<Endpoint>,
+    /// When the attempt started, on the resilience clock: a failure of an attempt older than
+    /// the endpoint's last mark-down is not news (see [`Health::failure`]).
+    started_ns: u64,
 }
 
 /// Ends a request on an endpoint when the response body ends: records the outcome, returns the
@@ -178,7 +184,9 @@ impl Endpoint {
                 };
             }
             OutlierState::Probation { .. } => {
-                if self.load.inflight() >= 1 {
+                // Trials are counted until their response headers: a long-lived stream that
+                // started on probation does not keep the replica from its next trials.
+                if self.pending.held() >= PROBATION_TRIALS {
                     return Eligibility::Probation;
                 }
             }
@@ -198,12 +206,14 @@ impl Endpoint {
         self.eligibility(now_ns) == Eligibility::Eligible
     }
 
-    /// Counts a new request in flight on this endpoint.
-    pub fn start(self: &Arc<Self>) -> InflightGuard {
+    /// Counts a new request in flight on this endpoint, started at `now_ns` (a reading of the
+    /// resilience clock).
+    pub fn start(self: &Arc<Self>, now_ns: u64) -> InflightGuard {
         self.load.start();
         self.metrics.requests.inc();
         InflightGuard {
             endpoint: Arc::clone(self),
+            started_ns: now_ns,
         }
     }
 }
@@ -226,11 +236,18 @@ impl InflightGuard {
         }
     }
 
-    /// Records a failed attempt.
+    /// When the attempt started, on the resilience clock.
     #[inline]
-    pub fn failed(&self, kind: Failure) {
+    pub fn started_ns(&self) -> u64 {
+        self.started_ns
+    }
+
+    /// Records a failed attempt; returns whether it was news about the endpoint (see
+    /// [`Health::failure`]).
+    #[inline]
+    pub fn failed(&self, kind: Failure) -> bool {
         self.endpoint.metrics.failures.inc();
-        self.endpoint.health.failure(kind);
+        self.endpoint.health.failure(kind, self.started_ns)
     }
 
     /// Turns the guard into the completion carried by the response body.
@@ -262,6 +279,6 @@ impl datastream_http::body::BodyCompletion for Completion {
 
     /// The body failed mid-stream.
     fn fail(self) {
-        self.guard.failed(Failure::Transport);
+        let _ = self.guard.failed(Failure::Transport);
     }
 }

@@ -61,12 +61,13 @@ fn a_replica_returning_from_down_restarts_slow_start() {
     let set = EndpointSet::build(&EndpointSet::default(), &[spec(1)], 1, &metrics);
     let e = &set.endpoints()[0];
     assert!(!e.load.warming());
-    e.health.failure(Failure::Connect);
+    e.health.failure(Failure::Connect, 0);
     assert!(matches!(
         e.eligibility(clock::now_ns()),
         Eligibility::Down { .. }
     ));
-    e.start().responded(Duration::from_millis(5));
+    e.start(datastream_resilience::clock::now_ns())
+        .responded(Duration::from_millis(5));
     assert!(e.load.warming(), "probation passed: ramp up again");
     assert_eq!(e.load.slow_start_cap(), Some(1));
 }

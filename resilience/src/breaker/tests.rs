@@ -8,6 +8,7 @@ fn config() -> BreakerConfig {
         enabled: true,
         k: 1.5,
         window: Duration::from_secs(10),
+        min_requests: MIN_REQUESTS,
     }
 }
 
@@ -52,6 +53,8 @@ fn few_requests_never_throttle() {
         b.record(SEC, false, &c);
     }
     assert_eq!(b.drop_probability(SEC, &c), 0.0);
+    b.record(SEC, false, &c);
+    assert!(b.drop_probability(SEC, &c) > 0.9, "the volume is reached");
 }
 
 #[test]

@@ -145,6 +145,7 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
             enabled: cb.enabled,
             k: cb.k,
             window: cb_window,
+            min_requests: u64::from(positive(cb.min_requests).max(1)),
         },
         max_pending_per_replica: cb.max_pending_requests.map(positive),
         max_concurrent_per_replica: failover.max_concurrent_requests_per_replica.map(positive),

@@ -360,16 +360,18 @@ async fn with_retries(
                 }
                 (Outcome::Status(status), Some((resp, guard, h1)))
             }
-            Ok(Err(AttemptError::NotSent(back, error))) => {
-                record(
-                    call.shared,
-                    s,
-                    call.set,
-                    endpoint,
-                    Verdict::Failure,
-                    None,
-                    now,
-                );
+            Ok(Err(AttemptError::NotSent { back, error, news })) => {
+                if news {
+                    record(
+                        call.shared,
+                        s,
+                        call.set,
+                        endpoint,
+                        Verdict::Failure,
+                        None,
+                        now,
+                    );
+                }
                 unsent_req = back.map(|b| *b);
                 last_error = Some(ProxyError::Connect(error));
                 (Outcome::NotSent, None)
@@ -530,6 +532,7 @@ fn record_result(call: &Call<'_>, endpoint: &Endpoint, result: &AttemptResult) {
         Err(_) => Verdict::Timeout,
         Ok(Ok((resp, _, _))) => verdict_of(resp.status()),
         Ok(Err(AttemptError::Failed(e))) if !e.blames_upstream() => return,
+        Ok(Err(AttemptError::NotSent { news: false, .. })) => return,
         Ok(Err(_)) => Verdict::Failure,
     };
     let s = &call.policy.resilience;
@@ -752,13 +755,18 @@ async fn fan_out(
     let now = clock::now_ns();
     deadline.propagate(now, &mut parts.headers);
     let local_failing = call.shared.resilience.local_workload_failing();
-    let targets: Vec<Arc<Endpoint>> = call
+    let mut targets: Vec<Arc<Endpoint>> = call
         .set
         .endpoints()
         .iter()
         .filter(|e| e.is_eligible(now) && !(e.is_local() && local_failing))
         .cloned()
         .collect();
+    if targets.is_empty() {
+        // Panic routing, as for single picks: every replica is down or ejected, so all are
+        // tried rather than none.
+        targets = call.set.endpoints().to_vec();
+    }
     let needed = broadcast::quorum(quorum, targets.len());
     let per_try = deadline.attempt_timeout(now, call.policy.resilience.per_try_timeout);
     let settings = Arc::new(call.policy.resilience.clone());
@@ -773,18 +781,23 @@ async fn fan_out(
             async move {
                 let result = tokio::time::timeout(per_try, attempt(&endpoint, req, false)).await;
                 let now = clock::now_ns();
+                // `None`: nothing to hold against the replica (the client's fault, or a
+                // connect failure that was old news).
                 let (verdict, answer) = match result {
-                    Ok(Ok((resp, guard, h1))) => {
-                        (verdict_of(resp.status()), Ok(respond(resp, guard, h1, None, s.stream_idle_timeout)))
+                    Ok(Ok((resp, guard, h1))) => (
+                        Some(verdict_of(resp.status())),
+                        Ok(respond(resp, guard, h1, None, s.stream_idle_timeout)),
+                    ),
+                    Ok(Err(AttemptError::NotSent { error, news, .. })) => (
+                        news.then_some(Verdict::Failure),
+                        Err(ProxyError::Connect(error)),
+                    ),
+                    Ok(Err(AttemptError::Failed(e))) => {
+                        (e.blames_upstream().then_some(Verdict::Failure), Err(e))
                     }
-                    Ok(Err(AttemptError::NotSent(_, e))) => {
-                        (Verdict::Failure, Err(ProxyError::Connect(e)))
-                    }
-                    Ok(Err(AttemptError::Failed(e))) => (Verdict::Failure, Err(e)),
-                    Err(_) => (Verdict::Timeout, Err(ProxyError::Timeout)),
+                    Err(_) => (Some(Verdict::Timeout), Err(ProxyError::Timeout)),
                 };
-                let blamed = !matches!(&answer, Err(e) if !e.blames_upstream() && !matches!(e, ProxyError::Timeout));
-                if blamed {
+                if let Some(verdict) = verdict {
                     record(&shared, &s, &set, &endpoint, verdict, None, now);
                 }
                 answer

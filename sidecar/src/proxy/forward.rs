@@ -47,6 +47,7 @@ use datastream_http::h1::PendingUpgrade;
 use datastream_http::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
 use datastream_lb::balance::{self, hash};
 use datastream_lb::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
+use datastream_resilience::clock;
 
 /// Replicas a request tries when connections fail, before it answers 502.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -170,7 +171,16 @@ pub(super) fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
 pub(super) enum AttemptError {
     /// The request never reached the replica; here it is back, unless the caller kept it
     /// ([`Outgoing::Replay`]). Boxed: this is the rare path and the request is large.
-    NotSent(Option<Box<Request<RequestBody>>>, ConnectError),
+    NotSent {
+        /// The request, unless the caller kept it.
+        back: Option<Box<Request<RequestBody>>>,
+        /// Why the connection failed.
+        error: ConnectError,
+        /// Whether the failure told something new about the replica (not one of a burst of
+        /// connects that failed together, nor one while it was already down): only news
+        /// feeds outlier detection and the breaker.
+        news: bool,
+    },
     /// The request may have reached the replica.
     Failed(ProxyError),
 }
@@ -284,7 +294,7 @@ async fn proxy_peer(
             policy.resilience.stream_idle_timeout,
         )),
         Err(AttemptError::Failed(e)) => Err(e),
-        Err(AttemptError::NotSent(_, e)) => Err(ProxyError::Connect(e)),
+        Err(AttemptError::NotSent { error, .. }) => Err(ProxyError::Connect(error)),
     }
 }
 
@@ -424,14 +434,13 @@ pub(super) async fn attempt(
     out: Outgoing<'_>,
     upgrade: bool,
 ) -> Result<Attempted, AttemptError> {
-    let guard = endpoint.start();
-    let started = Instant::now();
+    let guard = endpoint.start(clock::now_ns());
     let h2 = out.version() == Version::HTTP_2;
     if !h2
         && !upgrade
         && let Some(body) = out.in_memory()
     {
-        return attempt_own(endpoint, out, body, guard, started).await;
+        return attempt_own(endpoint, out, body, guard).await;
     }
     // Boxed: hyper's client futures are large, and the own client's path above is the common one.
     Box::pin(attempt_hyper(
@@ -440,7 +449,6 @@ pub(super) async fn attempt(
         h2,
         upgrade,
         guard,
-        started,
     ))
     .await
 }
@@ -452,16 +460,22 @@ async fn attempt_hyper(
     h2: bool,
     upgrade: bool,
     guard: InflightGuard,
-    started: Instant,
 ) -> Result<Attempted, AttemptError> {
+    // An HTTP/2 upstream may send content with its answer to HEAD, which its client rejects
+    // mid-stream; the answer has none (RFC 9110 9.3.2), so its body is never read.
+    let head = req.method() == Method::HEAD;
     // A stale pooled connection hands the request back unsent; then a fresh one is opened. The
     // bound keeps a pool full of dead connections from looping for long.
     for _ in 0..4 {
         let sender = match acquire(endpoint, h2, upgrade).await {
             Ok(s) => s,
             Err(e) => {
-                guard.failed(Failure::Connect);
-                return Err(AttemptError::NotSent(Some(Box::new(req)), e));
+                let news = guard.failed(Failure::Connect);
+                return Err(AttemptError::NotSent {
+                    back: Some(Box::new(req)),
+                    error: e,
+                    news,
+                });
             }
         };
         let (result, h1, reused) = match sender {
@@ -473,8 +487,13 @@ async fn attempt_hyper(
         };
         match result {
             Ok(resp) => {
-                guard.responded(started.elapsed());
-                return Ok((resp.map(UpstreamBody::Hyper), guard, h1));
+                guard.responded(clock::since(guard.started_ns(), clock::now_ns()));
+                let resp = if head {
+                    resp.map(|_| UpstreamBody::Empty)
+                } else {
+                    resp.map(UpstreamBody::Hyper)
+                };
+                return Ok((resp, guard, h1));
             }
             Err(mut e) => match e.take_message() {
                 Some(back) if reused => {
@@ -508,7 +527,6 @@ async fn attempt_own(
     out: Outgoing<'_>,
     body: Bytes,
     guard: InflightGuard,
-    started: Instant,
 ) -> Result<Attempted, AttemptError> {
     // Idle connections the upstream closed are skipped (and dropped) by the pool.
     let conn = match endpoint.pool.take_idle_own() {
@@ -516,8 +534,12 @@ async fn attempt_own(
         None => match endpoint.pool.connect_own().await {
             Ok(conn) => conn,
             Err(e) => {
-                guard.failed(Failure::Connect);
-                return Err(AttemptError::NotSent(out.into_unsent(), e));
+                let news = guard.failed(Failure::Connect);
+                return Err(AttemptError::NotSent {
+                    back: out.into_unsent(),
+                    error: e,
+                    news,
+                });
             }
         },
     };
@@ -527,7 +549,7 @@ async fn attempt_own(
     };
     match sent {
         Ok(resp) => {
-            guard.responded(started.elapsed());
+            guard.responded(clock::since(guard.started_ns(), clock::now_ns()));
             Ok((resp.map(UpstreamBody::Own), guard, None))
         }
         Err(error) => {
