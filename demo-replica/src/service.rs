@@ -79,10 +79,26 @@ where
     B: Body<Data = Bytes> + Send + Sync + 'static,
     B::Error: Into<BoxError>,
 {
+    let head = req.method() == Method::HEAD;
     let mut resp = route(&app, req).await;
     resp.headers_mut()
         .insert(REPLICA_HEADER, app.identity_header.clone());
+    if head {
+        // A response to HEAD has no content (RFC 9110 9.3.2); hyper's HTTP/1 server drops it,
+        // its HTTP/2 server would send it. The length of what a GET would get stays.
+        if let Some(len) = resp.body().size_hint().exact()
+            && !resp.headers().contains_key(http::header::CONTENT_LENGTH)
+        {
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        resp = resp.map(|_| no_content());
+    }
     Ok(resp)
+}
+
+fn no_content() -> ResponseBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
 }
 
 async fn route<B>(app: &App, req: Request<B>) -> Response<ResponseBody>

@@ -289,6 +289,9 @@ pub enum UpstreamBody {
     Hyper(Incoming),
     /// From the own HTTP/1 client; it holds the connection until the end.
     Own(super::h1::client::ResponseBody),
+    /// No content, whatever the upstream sent: the response to a HEAD request (RFC 9110
+    /// 9.3.2), whose upstream body, if any, is dropped unread.
+    Empty,
 }
 
 /// Reading an upstream response body failed.
@@ -309,7 +312,7 @@ impl UpstreamBody {
     fn take_reusable(&mut self) -> Option<super::h1::client::Connection> {
         match self {
             UpstreamBody::Own(b) => b.take_reusable(),
-            UpstreamBody::Hyper(_) => None,
+            UpstreamBody::Hyper(_) | UpstreamBody::Empty => None,
         }
     }
 }
@@ -325,6 +328,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Hyper),
             UpstreamBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(UpstreamBodyError::Own),
+            UpstreamBody::Empty => Poll::Ready(None),
         }
     }
 
@@ -332,6 +336,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Hyper(b) => b.is_end_stream(),
             UpstreamBody::Own(b) => b.is_end_stream(),
+            UpstreamBody::Empty => true,
         }
     }
 
@@ -339,6 +344,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Hyper(b) => b.size_hint(),
             UpstreamBody::Own(b) => b.size_hint(),
+            UpstreamBody::Empty => SizeHint::with_exact(0),
         }
     }
 }
