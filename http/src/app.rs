@@ -7,9 +7,13 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use futures::task::AtomicWaker;
+use http::{HeaderMap, Request, Response, StatusCode};
+use parking_lot::Mutex;
 
 use super::body::ClientBody;
 use super::h1::PendingUpgrade;
@@ -20,14 +24,98 @@ use super::headers::Forwarding;
 pub struct ConnMeta {
     /// The client's address.
     pub client: SocketAddr,
+    /// The address the client connected to: the authority of a request that names none
+    /// (RFC 9112 3.3, "the connection's incoming IP address").
+    pub local: SocketAddr,
     /// The client's forwarding-header entries.
     pub forwarding: Forwarding,
+    /// Interim (1xx) responses to relay to the client ahead of the final one.
+    pub interim: Interim,
 }
+
+/// Interim (1xx) responses on their way to the client while the final response is pending
+/// (RFC 9110 15.2: a proxy MUST forward them). One per connection: an HTTP/1.1 connection
+/// serves one request at a time and opens it for the length of each exchange with an HTTP/1.1
+/// client; otherwise (HTTP/1.0 clients, which must not get 1xx, and HTTP/2 connections, whose
+/// server in hyper cannot send them) it stays closed and pushes are dropped.
+#[derive(Debug, Default)]
+pub struct Interim {
+    open: AtomicBool,
+    pending: AtomicBool,
+    heads: Mutex<Vec<(StatusCode, HeaderMap)>>,
+    waker: AtomicWaker,
+}
+
+impl Interim {
+    /// Whether interim responses pushed now reach the client.
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Queues an interim response for the client. `100 Continue` (the sidecar answers
+    /// `Expect` itself) and `101` (a protocol switch is a final answer here) are not relayed.
+    pub fn push(&self, status: StatusCode, headers: HeaderMap) {
+        if !self.is_open()
+            || !status.is_informational()
+            || status == StatusCode::CONTINUE
+            || status == StatusCode::SWITCHING_PROTOCOLS
+        {
+            return;
+        }
+        self.heads.lock().push((status, headers));
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Opens (or closes) the relay for the exchange that starts (or ends); closing drops what
+    /// was not written.
+    pub(crate) fn set_open(&self, open: bool) {
+        self.open.store(open, Ordering::Relaxed);
+        if !open && self.pending.swap(false, Ordering::Acquire) {
+            self.heads.lock().clear();
+        }
+    }
+
+    /// The interim responses queued so far, if any, without waiting.
+    pub(crate) fn take_now(&self) -> Option<Vec<(StatusCode, HeaderMap)>> {
+        self.pending
+            .swap(false, Ordering::AcqRel)
+            .then(|| std::mem::take(&mut *self.heads.lock()))
+    }
+
+    /// The interim responses queued so far, once there are some.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<(StatusCode, HeaderMap)>> {
+        if !self.pending.load(Ordering::Acquire) {
+            self.waker.register(cx.waker());
+            if !self.pending.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        self.pending.store(false, Ordering::Release);
+        Poll::Ready(std::mem::take(&mut *self.heads.lock()))
+    }
+}
+
+/// What a response body can tell the HTTP/1 encoder beyond `http_body::Body`.
+pub trait BodyHints {
+    /// Whether the body may end with trailers although its length is known (an HTTP/2
+    /// upstream's answer can carry both): the encoder then sends it chunked to a client that
+    /// accepts trailers, since trailers need the chunked coding.
+    #[inline]
+    fn may_end_with_trailers(&self) -> bool {
+        false
+    }
+}
+
+impl<D> BodyHints for http_body_util::Empty<D> {}
+impl<D> BodyHints for http_body_util::Full<D> {}
 
 /// The application behind a listener: one value per listener, shared by its connections.
 pub trait HttpServerApp: Send + Sync + 'static {
     /// Body of the application's responses.
     type Body: http_body::Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static>
+        + BodyHints
         + Send
         + Unpin
         + 'static;

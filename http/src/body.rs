@@ -128,6 +128,8 @@ enum RequestKind {
 #[derive(Debug)]
 pub struct ResponseBody<C> {
     kind: ResponseKind<C>,
+    /// Whether it may end with trailers although its length is known (an HTTP/2 upstream's).
+    may_trail: bool,
 }
 
 #[derive(Debug)]
@@ -138,6 +140,20 @@ enum ResponseKind<C> {
         idle: IdleTimer,
     },
     Full(Option<Bytes>),
+}
+
+/// A frame, with hop-by-hop and framing fields removed if it is a trailers frame.
+fn without_hop_fields(frame: Frame<Bytes>) -> Frame<Bytes> {
+    if !frame.is_trailers() {
+        return frame;
+    }
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            super::headers::strip_trailer_fields(&mut trailers);
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
 }
 
 // === impl RequestBody ===
@@ -241,6 +257,7 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
                 idle.progress();
+                let frame = without_hop_fields(frame);
                 // A reader that trusts `is_end_stream` (hyper does) never polls for the end.
                 if inner.is_end_stream()
                     && let Some(end) = end.take()
@@ -360,9 +377,18 @@ impl<C: BodyCompletion> ResponseBody<C> {
                 done: Some(done),
                 idle: IdleTimer::new(None),
             },
+            may_trail: false,
         };
         body.complete_if_ended();
         body
+    }
+
+    /// Marks an upstream body that may end with trailers whatever its length says (an HTTP/2
+    /// answer can carry `content-length` and trailers), so that an HTTP/1.1 client that
+    /// accepts trailers gets it chunked.
+    pub fn with_trailers_hint(mut self, may_trail: bool) -> Self {
+        self.may_trail = may_trail;
+        self
     }
 
     /// Fails the body once the upstream has sent nothing for `idle` (the stream idle timeout);
@@ -392,6 +418,7 @@ impl<C> ResponseBody<C> {
         let bytes = bytes.into();
         Self {
             kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
+            may_trail: false,
         }
     }
 
@@ -399,7 +426,15 @@ impl<C> ResponseBody<C> {
     pub fn empty() -> Self {
         Self {
             kind: ResponseKind::Full(None),
+            may_trail: false,
         }
+    }
+}
+
+impl<C> super::app::BodyHints for ResponseBody<C> {
+    #[inline]
+    fn may_end_with_trailers(&self) -> bool {
+        self.may_trail
     }
 }
 
@@ -431,6 +466,7 @@ impl<C: BodyCompletion> Body for ResponseBody<C> {
                     Poll::Ready(Some(Ok(_))) => idle.progress(),
                     _ => {}
                 }
+                let polled = polled.map(|f| f.map(|f| f.map(without_hop_fields)));
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = done.take() {

@@ -3,7 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::header::{CONNECTION, Entry, HeaderName, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, EXPECT, Entry, HOST, HeaderName, HeaderValue, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE, VIA,
+};
 use http::{HeaderMap, Version};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -16,8 +19,12 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// `Upgrade` and `Connection: upgrade` stay, because the protocol switch is forwarded.
 /// With `keep_te_trailers`, a client's `te: trailers` goes on: gRPC requires it on HTTP/2, and
 /// an HTTP/1 upstream sends trailers only to a client that accepts them (the sidecar relays
-/// them to such clients).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
+/// them to such clients). An `Expect: 100-continue` goes too: the sidecar answers it itself
+/// when it starts reading the body, so the next hop must not send a second `100`.
+///
+/// Returns whether `te: trailers` was kept, so that the caller can name it in `Connection`
+/// towards an HTTP/1.1 hop (RFC 9110 10.1.4).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) -> bool {
     // Most messages carry none of these: one pass over the names (cheap comparisons) instead
     // of a hash lookup per hop-by-hop name on every request and response.
     let any = headers.keys().any(|n| {
@@ -27,9 +34,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
             || n == UPGRADE
             || n == KEEP_ALIVE
             || n == PROXY_CONNECTION
+            || n == EXPECT
     });
     if !any && !upgrade {
-        return;
+        return false;
     }
     let te_trailers = keep_te_trailers && has_token(headers, &TE, "trailers");
     if headers.contains_key(CONNECTION) {
@@ -40,7 +48,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| !(upgrade && *n == UPGRADE))
+            // Host is the target's, not a connection option (rebuilt by the request path).
+            .filter(|n| !(upgrade && *n == UPGRADE) && *n != HOST)
             .collect();
         for name in named {
             headers.remove(name);
@@ -51,6 +60,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     headers.remove(&PROXY_CONNECTION);
     headers.remove(TRANSFER_ENCODING);
     headers.remove(TE);
+    if headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        headers.remove(EXPECT);
+    }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
@@ -59,7 +74,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     } else {
         headers.remove(UPGRADE);
     }
+    te_trailers
 }
+
+/// Removes from trailers what must not be there or not travel beyond this hop: the
+/// connection-specific fields, framing, routing and the trailer announcement itself (RFC 9110
+/// 6.5.1 and 7.6.1; an HTTP/2 peer resets a stream whose trailers carry any of them).
+pub fn strip_trailer_fields(trailers: &mut HeaderMap) {
+    let any = trailers.keys().any(|n| {
+        n == CONNECTION
+            || n == TE
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+            || n == CONTENT_LENGTH
+            || n == HOST
+            || n == TRAILER
+    });
+    if any {
+        strip_hop_by_hop(trailers, false, false);
+        trailers.remove(CONTENT_LENGTH);
+        trailers.remove(HOST);
+        trailers.remove(TRAILER);
+    }
+}
+
+/// How the sidecar names itself in `Via` (RFC 9110 7.6.3 lets a gateway use a pseudonym, and
+/// asks it not to expose internal host names).
+pub const VIA_PSEUDONYM: &str = "datastream";
 
 /// The forwarding entries of one client, formatted once per connection so that a request
 /// without earlier entries costs no allocation.
@@ -70,6 +113,10 @@ pub struct Forwarding {
     xff: HeaderValue,
     forwarded: HeaderValue,
 }
+
+static VIA_10: HeaderValue = HeaderValue::from_static("1.0 datastream");
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 datastream");
+static VIA_2: HeaderValue = HeaderValue::from_static("2 datastream");
 
 impl Forwarding {
     /// The entries for `client`.
@@ -92,14 +139,23 @@ impl Forwarding {
         }
     }
 
-    /// Appends the client to `x-forwarded-for` and `forwarded`, and sets `x-forwarded-proto`
-    /// when absent. One hash lookup per field (the entry API), as this runs on every request.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto` when
+    /// absent, and appends the sidecar to `Via` with the protocol `version` the request was
+    /// received in (RFC 9110 7.6.3: a gateway MUST). One hash lookup per field (the entry
+    /// API), as this runs on every request.
+    pub fn apply(&self, headers: &mut HeaderMap, version: Version) {
         append(headers, &X_FORWARDED_FOR, &self.xff, &self.ip);
         append(headers, &FORWARDED, &self.forwarded, &self.node);
         headers
             .entry(X_FORWARDED_PROTO.clone())
             .or_insert_with(|| HeaderValue::from_static("http"));
+        let via = match version {
+            Version::HTTP_2 => &VIA_2,
+            Version::HTTP_10 => &VIA_10,
+            _ => &VIA_11,
+        };
+        let text = via.to_str().unwrap_or(VIA_PSEUDONYM);
+        append(headers, &VIA, via, text);
     }
 }
 
@@ -124,9 +180,31 @@ fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue, text:
     }
 }
 
-/// Appends `client` to the forwarding headers (see [`Forwarding::apply`]).
+/// Appends `client` to the forwarding headers of an HTTP/1.1 request (see
+/// [`Forwarding::apply`]).
 pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
-    Forwarding::new(client).apply(headers);
+    Forwarding::new(client).apply(headers, Version::HTTP_11);
+}
+
+/// Whether a Host field value is `uri-host [ ":" port ]` (RFC 9110 7.2), possibly empty (RFC
+/// 9112 3.2 allows it when the target has no authority), without userinfo.
+pub fn valid_host(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    if value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
+        return false;
+    };
+    // `Authority` accepts a port that is not a number; a Host field does not.
+    let after_host = &authority.as_str()[authority.host().len()..];
+    let after_host = after_host.strip_prefix(']').unwrap_or(after_host);
+    match after_host.strip_prefix(':') {
+        None => after_host.is_empty(),
+        Some(port) => port.bytes().all(|b| b.is_ascii_digit()),
+    }
 }
 
 /// Whether an HTTP/1.1 request asks for a protocol switch (`Connection: upgrade` + `Upgrade`).
@@ -191,10 +269,39 @@ mod tests {
             ("upgrade", "websocket"),
         ]);
         assert!(wants_upgrade(Version::HTTP_11, &h));
-        strip_hop_by_hop(&mut h, true, true);
+        assert!(strip_hop_by_hop(&mut h, true, true));
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
+    }
+
+    #[test]
+    fn expect_and_connection_host_are_handled_here() {
+        let mut h = map(&[
+            ("expect", "100-continue"),
+            ("connection", "host, x-a"),
+            ("host", "a"),
+            ("x-a", "1"),
+        ]);
+        assert!(!strip_hop_by_hop(&mut h, false, true));
+        assert!(h.get("expect").is_none());
+        assert!(h.get("x-a").is_none());
+        assert_eq!(h["host"], "a", "Host is never a connection option");
+    }
+
+    #[test]
+    fn trailers_lose_connection_and_framing_fields() {
+        let mut t = map(&[
+            ("grpc-status", "0"),
+            ("connection", "x-b"),
+            ("x-b", "1"),
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("trailer", "grpc-status"),
+        ]);
+        strip_trailer_fields(&mut t);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t["grpc-status"], "0");
     }
 
     #[test]
@@ -204,6 +311,10 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 127.0.0.1");
         assert_eq!(h["forwarded"], "for=1.1.1.1, for=127.0.0.1;proto=http");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["via"], "1.1 datastream");
+        let mut h = map(&[("via", "1.1 edge")]);
+        Forwarding::new("127.0.0.1:5000".parse().unwrap()).apply(&mut h, Version::HTTP_2);
+        assert_eq!(h["via"], "1.1 edge, 2 datastream");
         let mut h = HeaderMap::new();
         append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");

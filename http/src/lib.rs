@@ -25,6 +25,6 @@ mod rewind;
 pub mod server;
 pub mod stream;
 
-pub use self::app::{ConnMeta, HttpServerApp};
+pub use self::app::{BodyHints, ConnMeta, HttpServerApp, Interim};
 pub use self::rewind::Rewind;
 pub use self::server::ServerLimits;

@@ -8,7 +8,7 @@
 //! connections small and lets the rest expire.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
-use crate::h1::client::Connection;
+use crate::h1::client::{Connection, ResponseLimits};
 
 /// Idle HTTP/1 connections are closed after this long: below the keep-alive timeout of common
 /// servers (Node's 5 s, nginx's 75 s), as Linkerd does with 3 s.
@@ -90,6 +90,9 @@ pub struct Pool {
     h2_connect: tokio::sync::Mutex<()>,
     /// The policy's `failover.connectTimeout`, in nanoseconds.
     connect_timeout_ns: AtomicU64,
+    /// The policy's response head limits, for hyper's clients (new connections take them).
+    max_head_bytes: AtomicUsize,
+    max_fields: AtomicUsize,
 }
 
 // === impl Pool ===
@@ -104,6 +107,20 @@ impl Pool {
             h2: Mutex::new(None),
             h2_connect: tokio::sync::Mutex::new(()),
             connect_timeout_ns: AtomicU64::new(CONNECT_TIMEOUT.as_nanos() as u64),
+            max_head_bytes: AtomicUsize::new(ResponseLimits::default().max_head_bytes),
+            max_fields: AtomicUsize::new(ResponseLimits::default().max_fields),
+        }
+    }
+
+    /// Sets the response head limits hyper's clients apply on the connections opened from now
+    /// (the sidecar's own client takes them per request).
+    pub fn set_response_limits(&self, limits: ResponseLimits) {
+        if self.max_head_bytes.load(Ordering::Relaxed) != limits.max_head_bytes {
+            self.max_head_bytes
+                .store(limits.max_head_bytes, Ordering::Relaxed);
+        }
+        if self.max_fields.load(Ordering::Relaxed) != limits.max_fields {
+            self.max_fields.store(limits.max_fields, Ordering::Relaxed);
         }
     }
 
@@ -189,7 +206,11 @@ impl Pool {
         upgrades: bool,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
         let io = self.connect_tcp().await?;
+        let max_head = self.max_head_bytes.load(Ordering::Relaxed);
         let (sender, conn) = http1::Builder::new()
+            .max_headers(self.max_fields.load(Ordering::Relaxed))
+            .max_buf_size(max_head.max(8192))
+            .allow_spaces_after_header_name_in_responses(true)
             .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake {
@@ -228,6 +249,14 @@ impl Pool {
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONN_WINDOW)
             .adaptive_window(false)
+            // HTTP/2 counts 32 bytes of overhead per field (RFC 9113 6.5.2).
+            .max_header_list_size(
+                u32::try_from(
+                    self.max_head_bytes.load(Ordering::Relaxed)
+                        + 32 * self.max_fields.load(Ordering::Relaxed),
+                )
+                .unwrap_or(u32::MAX),
+            )
             .handshake(io)
             .await
             .map_err(|source| ConnectError::Handshake {

@@ -179,9 +179,14 @@ impl<A: HttpServerApp> Conn<A> {
         })
         .await;
         if read == Ok(true) {
+            let local = stream
+                .local_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
             let meta = Arc::new(ConnMeta {
                 client,
+                local,
                 forwarding: Forwarding::new(client),
+                interim: crate::app::Interim::default(),
             });
             if first.starts_with(H2_PREFACE) {
                 let svc = service_fn(move |req| {

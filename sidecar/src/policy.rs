@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::metrics::Metrics;
 use crate::route::{Mode, Route, RouteMatch, RouteTable};
+use datastream_http::h1::client::ResponseLimits;
 use datastream_lb::balance::{self, Balancer};
 use datastream_resilience::Settings;
 
@@ -23,6 +24,8 @@ pub struct Policy {
     pub routes: RouteTable,
     /// Largest request body accepted.
     pub max_body: Option<u64>,
+    /// Largest response head relayed from a replica.
+    pub response_limits: ResponseLimits,
     /// The protocol towards replicas.
     pub upstream_protocol: UpstreamProtocol,
     /// Timeouts, retries, ejection, breaking, shedding and health-check settings.
@@ -53,6 +56,7 @@ impl Policy {
             source: "built-in".to_owned(),
             routes: RouteTable::new(Vec::new(), default),
             max_body,
+            response_limits: ResponseLimits::default(),
             upstream_protocol: UpstreamProtocol::Auto,
             resilience: crate::config::resilience::default_settings(),
             spec: serde_json::json!({ "loadBalancing": { "policy": policy.name(), "localFirst": local_first } }),

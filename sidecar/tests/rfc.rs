@@ -6,12 +6,17 @@
 
 mod support;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use support::{Backend, h2_client, sidecar};
+use parking_lot::Mutex;
+use support::{Backend, h2_client, raw, raw_status, sidecar};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 /// RFC 9110 9.3.2: a response to HEAD has no content. An HTTP/2 backend that sends some anyway
 /// (hyper's HTTP/2 server does) must not turn a good answer into a reset stream: the client
@@ -39,4 +44,427 @@ async fn a_head_answer_has_no_content_whatever_the_upstream_sends() {
         .expect("a clean end")
         .to_bytes();
     assert!(body.is_empty());
+}
+
+// ---- raw backends ------------------------------------------------------------------------------
+
+/// A backend that records every request head it gets and answers each with `answer`.
+struct Scripted {
+    addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    async fn start(answer: &'static [u8]) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            seen.lock()
+                                .push(String::from_utf8_lossy(&head).into_owned());
+                            if s.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Scripted { addr, heads }
+    }
+
+    fn spec(&self) -> datastream_lb::endpoint::EndpointSpec {
+        self.named("scripted")
+    }
+
+    fn named(&self, name: &str) -> datastream_lb::endpoint::EndpointSpec {
+        datastream_lb::endpoint::EndpointSpec {
+            addr: self.addr,
+            name: name.into(),
+            local: false,
+            serving: true,
+        }
+    }
+
+    fn last(&self) -> String {
+        self.heads.lock().last().cloned().unwrap_or_default()
+    }
+
+    fn count(&self) -> usize {
+        self.heads.lock().len()
+    }
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+const WAIT: Duration = Duration::from_secs(3);
+
+/// RFC 9112 3.2: an HTTP/1.1 request without Host gets 400 and goes nowhere.
+#[tokio::test]
+async fn an_http11_request_without_host_is_refused() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(proxy.traffic_addr(), b"GET / HTTP/1.1\r\n\r\n", WAIT).await;
+    assert_eq!(raw_status(&out), Some(400), "{out}");
+    assert!(out.contains("x-datastream-error: bad-request"), "{out}");
+    assert_eq!(backend.count(), 0);
+}
+
+/// RFC 9112 3.3 and 7.2: an HTTP/1.0 request without Host goes upstream as HTTP/1.1 with the
+/// authority of the connection it came on (backends answer an HTTP/1.1 request without Host 400).
+#[tokio::test]
+async fn an_http10_request_without_host_gets_the_connections_authority() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(proxy.traffic_addr(), b"GET /p HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let head = backend.last();
+    assert!(head.starts_with("GET /p HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("host: {}\r\n", proxy.traffic_addr())),
+        "{head}"
+    );
+}
+
+/// RFC 9112 3.2.2: with an absolute-form target, Host is rebuilt from the target and the
+/// request line takes the origin form (an empty path becomes "/").
+#[tokio::test]
+async fn an_absolute_form_target_sets_host() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET http://target.example:8080?x=1 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let head = backend.last();
+    assert!(
+        head.starts_with("GET /?x=1 HTTP/1.1\r\nhost: target.example:8080\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("other.example"), "{head}");
+}
+
+/// Query bytes that curl and others send unencoded (`"`, `<`, `>`) reach the replica
+/// percent-encoded instead of being refused.
+#[tokio::test]
+async fn unencoded_query_bytes_are_forwarded_encoded() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET /s?q=\"a\"<b> HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        backend
+            .last()
+            .starts_with("GET /s?q=%22a%22%3Cb%3E HTTP/1.1\r\n")
+    );
+}
+
+/// RFC 9110 7.6.3 and 10.1.4: the request carries the sidecar in Via, and a forwarded
+/// `TE: trailers` is named in Connection towards an HTTP/1.1 hop; `Expect: 100-continue` is
+/// answered by the sidecar and not forwarded.
+#[tokio::test]
+async fn via_te_and_expect_are_handled_as_an_intermediary() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 edge\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let head = backend.last();
+    assert!(head.contains("via: 1.1 edge, 1.1 datastream\r\n"), "{head}");
+    assert!(head.contains("te: trailers\r\n"), "{head}");
+    assert!(head.contains("connection: te\r\n"), "{head}");
+    let out = raw(
+        proxy.traffic_addr(),
+        b"PUT /k HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+        WAIT,
+    )
+    .await;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(
+        !backend.last().to_ascii_lowercase().contains("expect"),
+        "{}",
+        backend.last()
+    );
+}
+
+/// RFC 9110 7.6.2 and 9.1: OPTIONS with `Max-Forwards: 0` is answered by the sidecar, a
+/// larger value is decremented; TRACE and CONNECT are not implemented (501).
+#[tokio::test]
+async fn max_forwards_trace_and_connect() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&out), Some(200), "{out}");
+    assert_eq!(backend.count(), 0);
+    let out = raw(
+        proxy.traffic_addr(),
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&out), Some(200), "{out}");
+    let head = backend.last();
+    assert!(head.starts_with("OPTIONS * HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("max-forwards: 2\r\n"), "{head}");
+    for req in [
+        &b"TRACE / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+        b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+    ] {
+        let out = raw(proxy.traffic_addr(), req, WAIT).await;
+        assert_eq!(raw_status(&out), Some(501), "{out}");
+    }
+    assert_eq!(backend.count(), 1);
+}
+
+/// RFC 9112 3: a request-target longer than the sidecar parses gets 414.
+#[tokio::test]
+async fn an_overlong_target_gets_414() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let req = format!(
+        "GET /{} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let out = raw(proxy.traffic_addr(), req.as_bytes(), WAIT).await;
+    assert_eq!(raw_status(&out), Some(414), "{out}");
+}
+
+/// RFC 9110 15.2: 1xx answers are forwarded to HTTP/1.1 clients, on the sidecar's own client
+/// (GET) and on hyper's (a streamed POST), and never to HTTP/1.0 clients.
+#[tokio::test]
+async fn early_hints_are_forwarded_to_http11_clients() {
+    const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let backend = Scripted::start(HINTS).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let requests: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    ];
+    for req in requests {
+        let out = raw(proxy.traffic_addr(), req, WAIT).await;
+        assert!(out.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{out}");
+        assert!(out.contains("link: </a.css>; rel=preload\r\n"), "{out}");
+        let last = out.rfind("HTTP/1.1 200 OK").expect("the final answer");
+        assert!(last > 0 && out.ends_with("ok"), "{out}");
+    }
+    let out = raw(proxy.traffic_addr(), b"GET / HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(
+        out.starts_with("HTTP/1.1 200 OK"),
+        "no 1xx to HTTP/1.0: {out}"
+    );
+}
+
+/// RFC 9112 6.1 and 6.3: a response with Transfer-Encoding and Content-Length is forwarded
+/// by its chunked coding without the length; codings the sidecar cannot re-frame, and lengths
+/// that are not one plain number, are 502.
+#[tokio::test]
+async fn upstream_framing_is_repaired_or_refused() {
+    let both = Scripted::start(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let proxy = sidecar("{}", &[both.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("content-length: 100"), "{out}");
+    assert!(out.contains("hello"), "{out}");
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxxxx"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+        b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let leaked: &'static [u8] = Box::leak(bad.to_vec().into_boxed_slice());
+        let backend = Scripted::start(leaked).await;
+        let proxy = sidecar("failover: { retries: { attempts: 0 } }", &[backend.spec()]).await;
+        let out = raw(
+            proxy.traffic_addr(),
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            WAIT,
+        )
+        .await;
+        assert_eq!(
+            raw_status(&out),
+            Some(502),
+            "{}: {out}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+}
+
+/// Response heads as large as clients accept are relayed: 130 `Set-Cookie` fields, a 100 KiB
+/// head. A head over the limit is 502 `upstream-header-too-large`, which is no failure of the
+/// replica's: five of them in a row do not eject it.
+#[tokio::test]
+async fn large_response_heads_are_relayed_and_oversized_ones_do_not_eject() {
+    let mut cookies = String::from("HTTP/1.1 200 OK\r\n");
+    for i in 0..130 {
+        cookies.push_str(&format!("set-cookie: c{i}=v{i}; Path=/\r\n"));
+    }
+    cookies.push_str("content-length: 2\r\n\r\nok");
+    let cookies: &'static [u8] = Box::leak(cookies.into_bytes().into_boxed_slice());
+    let backend = Scripted::start(cookies).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(out.matches("set-cookie: ").count(), 130);
+
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+        "v".repeat(100 * 1024)
+    );
+    let big: &'static [u8] = Box::leak(big.into_bytes().into_boxed_slice());
+    let backend = Scripted::start(big).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+        "v".repeat(200 * 1024)
+    );
+    let huge: &'static [u8] = Box::leak(huge.into_bytes().into_boxed_slice());
+    let backend = Scripted::start(huge).await;
+    let ok = Scripted::start(OK).await;
+    // Primary routing keeps every request on the oversized replica while it is eligible.
+    let proxy = sidecar(
+        "routes: [{ name: all, mode: primary }]",
+        &[backend.named("a-huge"), ok.named("b-ok")],
+    )
+    .await;
+    for _ in 0..6 {
+        let out = raw(
+            proxy.traffic_addr(),
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            WAIT,
+        )
+        .await;
+        assert_eq!(
+            raw_status(&out),
+            Some(502),
+            "{}",
+            &out[..out.len().min(300)]
+        );
+        assert!(
+            out.contains("x-datastream-error: upstream-header-too-large"),
+            "{out}"
+        );
+    }
+    assert_eq!(ok.count(), 0, "the replica was not ejected");
+}
+
+/// RFC 9110 6.5.1 and RFC 9112 7.1.2: trailers from an HTTP/2 upstream reach an HTTP/1.1
+/// client that accepts them even when the answer also carries a length: the sidecar sends it
+/// chunked (the only HTTP/1.1 framing with trailers) instead of by its `Content-Length`.
+#[tokio::test]
+async fn trailers_of_an_http2_answer_with_a_length_reach_http11_clients() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("x-checksum", "abc".parse().unwrap());
+                    let frames = futures::stream::iter([
+                        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(
+                            b"hello",
+                        ))),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("content-length", "5")
+                            .body(StreamBody::new(frames))
+                            .unwrap(),
+                    )
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    let spec = datastream_lb::endpoint::EndpointSpec {
+        addr,
+        name: "h2".into(),
+        local: false,
+        serving: true,
+    };
+    let proxy = sidecar("upstreamProtocol: http2", &[spec]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    assert!(!out.contains("content-length"), "{out}");
+    assert!(
+        out.ends_with("5\r\nhello\r\n0\r\nx-checksum: abc\r\n\r\n"),
+        "{out:?}"
+    );
+    // Without `TE: trailers` the length stays and the trailers are dropped (allowed).
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(out.contains("content-length: 5\r\n"), "{out}");
+    assert!(out.ends_with("\r\n\r\nhello"), "{out:?}");
 }

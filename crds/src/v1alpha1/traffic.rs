@@ -851,6 +851,20 @@ pub struct Limits {
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 0, max = 1073741824))]
     pub max_request_body_bytes: i64,
+
+    /// Largest response head (status line and header section) relayed from a replica; a larger
+    /// one is answered 502 `upstream-header-too-large` (and is no failure of the replica's).
+    /// The default is above what browsers and curl accept, so the sidecar never refuses what
+    /// its client would have read.
+    #[serde(default = "default_max_response_header_bytes")]
+    #[schemars(range(min = 8192, max = 4194304))]
+    pub max_response_header_bytes: i32,
+
+    /// Most header fields in a response head relayed from a replica (for example many
+    /// `Set-Cookie` fields); more are answered like an oversized head.
+    #[serde(default = "default_max_response_header_fields")]
+    #[schemars(range(min = 32, max = 10000))]
+    pub max_response_header_fields: i32,
 }
 
 impl Default for Limits {
@@ -859,8 +873,18 @@ impl Default for Limits {
             rate_limit: None,
             load_shedding: LoadShedding::default(),
             max_request_body_bytes: default_max_body(),
+            max_response_header_bytes: default_max_response_header_bytes(),
+            max_response_header_fields: default_max_response_header_fields(),
         }
     }
+}
+
+fn default_max_response_header_bytes() -> i32 {
+    128 * 1024
+}
+
+fn default_max_response_header_fields() -> i32 {
+    256
 }
 
 fn default_max_body() -> i64 {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use futures::task::noop_waker_ref;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
@@ -24,19 +24,40 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::super::app::Interim;
 use super::super::headers::lists_token;
 use super::decode::{DecodeError, Decoded, Decoder};
 
-/// Header fields accepted in a response head.
-const MAX_HEADERS: usize = 128;
+/// Header fields parsed into a stack array; heads with more (up to the limit) take a heap one.
+const STACK_FIELDS: usize = 256;
 /// Header fields whose positions stay on the stack while a head is parsed.
 const INLINE_FIELDS: usize = 32;
 /// Byte ranges of a field's name and value within the head.
 type Span = ((usize, usize), (usize, usize));
-/// Largest response head.
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest chunk-size or trailer line accepted in a response body.
+const MAX_CHUNK_LINES: usize = 64 * 1024;
 /// Read-buffer growth step.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// How large a response head the client accepts: at least what common clients accept
+/// (browsers and curl take a few hundred fields and well over 64 KiB), so that the sidecar is
+/// never the one to refuse an answer its client would have read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseLimits {
+    /// Largest head, status line included.
+    pub max_head_bytes: usize,
+    /// Most header fields.
+    pub max_fields: usize,
+}
+
+impl Default for ResponseLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 128 * 1024,
+            max_fields: 256,
+        }
+    }
+}
 
 /// An upstream connection that is not in use.
 #[derive(Debug)]
@@ -56,6 +77,15 @@ pub enum ClientError {
     /// The response was not valid HTTP/1.
     #[error("invalid upstream response: {0}")]
     Protocol(&'static str),
+    /// The response head is larger than the limits allow: the replica answered, so this is no
+    /// failure of the replica's, but the answer cannot be relayed.
+    #[error("upstream response head exceeds {max_head_bytes} bytes or {max_fields} fields")]
+    HeadTooLarge {
+        /// The byte limit.
+        max_head_bytes: usize,
+        /// The field limit.
+        max_fields: usize,
+    },
     /// The response body's chunked coding was malformed.
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -84,12 +114,15 @@ impl Connection {
         }
     }
 
-    /// Sends a request with a body already in memory and reads the response head. The body of
-    /// the response reads from this connection; see [`ResponseBody`].
+    /// Sends a request with a body already in memory and reads the response head, within
+    /// `limits`; interim (1xx) answers before it go to `interim`. The body of the response
+    /// reads from this connection; see [`ResponseBody`].
     pub async fn send(
         mut self,
         parts: &Parts,
         body: &Bytes,
+        limits: ResponseLimits,
+        interim: Option<&Interim>,
     ) -> Result<Response<ResponseBody>, ClientError> {
         // A small body goes out with the head in one write; a large one is not copied.
         let inline = body.len() <= 16 * 1024;
@@ -106,13 +139,26 @@ impl Connection {
         let mut buf = BytesMut::new();
         loop {
             if !buf.is_empty()
-                && let Some(head) = parse_response(&mut buf)?
+                && let Some(head) = parse_response(&mut buf, limits)?
             {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // This client never asks for an upgrade.
+                    return Err(ClientError::Protocol("101 to a request without Upgrade"));
+                }
                 if head.status.is_informational() {
-                    // 100 Continue and friends: the final answer follows.
+                    // 103 Early Hints and friends: relayed, and the final answer follows.
+                    if let Some(interim) = interim {
+                        interim.push(head.status, head.headers);
+                    }
                     continue;
                 }
                 let (framing, reusable) = framing(&parts.method, &head)?;
+                let mut headers = head.headers;
+                if head.fields.transfer_encoding {
+                    // RFC 9112 6.3: Transfer-Encoding overrides Content-Length, which an
+                    // intermediary must remove before forwarding.
+                    headers.remove(CONTENT_LENGTH);
+                }
                 let mut resp = Response::new(ResponseBody {
                     conn: Some(self),
                     buf,
@@ -121,11 +167,11 @@ impl Connection {
                 });
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
-                *resp.headers_mut() = head.headers;
+                *resp.headers_mut() = headers;
                 return Ok(resp);
             }
-            if buf.len() >= MAX_HEAD {
-                return Err(ClientError::Protocol("response head too large"));
+            if buf.len() >= limits.max_head_bytes {
+                return Err(limits.exceeded());
             }
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(READ_CHUNK);
@@ -139,6 +185,15 @@ impl Connection {
     }
 }
 
+impl ResponseLimits {
+    fn exceeded(self) -> ClientError {
+        ClientError::HeadTooLarge {
+            max_head_bytes: self.max_head_bytes,
+            max_fields: self.max_fields,
+        }
+    }
+}
+
 /// The request head (and the framing of `body`) in HTTP/1.1 origin form.
 fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &Bytes) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -146,8 +201,14 @@ fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &Bytes) {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // RFC 9110 7.2: Host first.
+    if let Some(host) = parts.headers.get(HOST) {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == HOST {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -177,43 +238,50 @@ struct FramingFields {
     connection_close: bool,
     connection_keep_alive: bool,
     transfer_encoding: bool,
-    chunked: bool,
+    /// Transfer codings listed, and whether the last one is chunked.
+    codings: u32,
+    last_chunked: bool,
     length: Option<u64>,
     bad_length: bool,
 }
 
 /// Parses a response head from the front of `buf`; `Ok(None)` when incomplete.
-fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientError> {
+fn parse_response(
+    buf: &mut BytesMut,
+    limits: ResponseLimits,
+) -> Result<Option<ResponseHead>, ClientError> {
     // As for request heads: nothing zeroed per response (see `head::parse`).
     let mut spans: SmallVec<[Span; INLINE_FIELDS]> = SmallVec::new();
-    let (len, code, minor) = {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let base = buf.as_ptr() as usize;
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            buf,
-            &mut headers,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(_) => return Err(ClientError::Protocol("malformed response head")),
-        };
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            (start, start + s.len())
-        };
-        spans.extend(
-            resp.headers
-                .iter()
-                .map(|h| (span(h.name.as_bytes()), span(h.value))),
-        );
-        (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
+    let parsed = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_FIELDS];
+        let stack = limits.max_fields.min(STACK_FIELDS);
+        match parse_into(buf, &mut headers[..stack], &mut spans)? {
+            Parsed::TooMany if limits.max_fields > STACK_FIELDS => {
+                // A head with more fields than the stack array holds, and a limit that allows it.
+                let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> =
+                    std::iter::repeat_with(MaybeUninit::uninit)
+                        .take(limits.max_fields)
+                        .collect();
+                spans.clear();
+                parse_into(buf, &mut heap, &mut spans)?
+            }
+            parsed => parsed,
+        }
     };
+    let (len, code, minor) = match parsed {
+        Parsed::Complete { len, code, minor } => (len, code, minor),
+        Parsed::Partial => return Ok(None),
+        Parsed::TooMany => return Err(limits.exceeded()),
+    };
+    if len > limits.max_head_bytes {
+        return Err(limits.exceeded());
+    }
     let head = buf.split_to(len).freeze();
-    let status =
-        StatusCode::from_u16(code).map_err(|_| ClientError::Protocol("invalid status code"))?;
+    // RFC 9110 15: status codes are 100-599; anything else has no class to fall back to.
+    let status = StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| s.as_u16() < 600)
+        .ok_or(ClientError::Protocol("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(spans.len());
     let mut fields = FramingFields::default();
     for &((n0, n1), (v0, v1)) in &spans {
@@ -227,15 +295,20 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
             fields.connection_keep_alive |= lists_token(bytes, b"keep-alive");
         } else if name == TRANSFER_ENCODING {
             fields.transfer_encoding = true;
-            fields.chunked |= lists_token(bytes, b"chunked");
+            for coding in bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if !coding.is_empty() {
+                    fields.codings += 1;
+                    fields.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
         } else if name == CONTENT_LENGTH {
-            let n = std::str::from_utf8(bytes)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (n, fields.length) {
-                (None, _) => fields.bad_length = true,
-                (Some(n), Some(l)) if n != l => fields.bad_length = true,
-                (Some(n), _) => fields.length = Some(n),
+            // One value, or a list of identical ones; each a plain decimal number.
+            for item in bytes.split(|&b| b == b',') {
+                match (plain_length(item.trim_ascii()), fields.length) {
+                    (None, _) => fields.bad_length = true,
+                    (Some(n), Some(l)) if n != l => fields.bad_length = true,
+                    (Some(n), _) => fields.length = Some(n),
+                }
             }
         }
         headers.append(name, value);
@@ -251,6 +324,56 @@ fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>, ClientErro
         headers,
         fields,
     }))
+}
+
+/// What one parse of a response head found.
+enum Parsed {
+    Complete { len: usize, code: u16, minor: u8 },
+    Partial,
+    TooMany,
+}
+
+/// Parses `buf` with `headers` as the field array, noting each field's spans.
+fn parse_into<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    spans: &mut SmallVec<[Span; INLINE_FIELDS]>,
+) -> Result<Parsed, ClientError> {
+    let mut resp = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    // RFC 9112 5.1: a proxy removes whitespace between a field name and the colon in a response
+    // rather than refusing it; re-encoding the field does that.
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response_with_uninit_headers(&mut resp, buf, headers);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Ok(Parsed::TooMany),
+        Err(_) => return Err(ClientError::Protocol("malformed response head")),
+    };
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    spans.extend(
+        resp.headers
+            .iter()
+            .map(|h| (span(h.name.as_bytes()), span(h.value))),
+    );
+    Ok(Parsed::Complete {
+        len,
+        code: resp.code.unwrap_or(0),
+        minor: resp.version.unwrap_or(1),
+    })
+}
+
+/// A `Content-Length` value that is one plain decimal number (RFC 9110 8.6: `1*DIGIT`).
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// How a response body is delimited.
@@ -277,10 +400,22 @@ fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), Clie
         return Ok((Framing::Decoded(Decoder::Done), keep_alive));
     }
     if f.transfer_encoding {
-        return if f.chunked {
-            Ok((Framing::Decoded(Decoder::ChunkSize), keep_alive))
+        // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding is badly framed. Codings
+        // other than one chunked would have to be decoded to re-frame the body, and forwarding
+        // them without their Transfer-Encoding would corrupt it: 502 either way.
+        if head.version == Version::HTTP_10 {
+            return Err(ClientError::Protocol(
+                "transfer-encoding in an HTTP/1.0 response",
+            ));
+        }
+        return if f.codings == 1 && f.last_chunked {
+            // With a Content-Length beside it the message is suspect: decoded, never reused.
+            Ok((
+                Framing::Decoded(Decoder::ChunkSize),
+                keep_alive && f.length.is_none() && !f.bad_length,
+            ))
         } else {
-            Ok((Framing::Eof, false))
+            Err(ClientError::Protocol("unsupported transfer coding"))
         };
     }
     if f.bad_length {
@@ -327,12 +462,14 @@ impl http_body::Body for ResponseBody {
         let this = self.get_mut();
         loop {
             match &mut this.framing {
-                Framing::Decoded(decoder) => match decoder.decode(&mut this.buf, MAX_HEAD)? {
-                    Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Decoded::Trailers(t) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
-                    Decoded::End => return Poll::Ready(None),
-                    Decoded::NeedMore => {}
-                },
+                Framing::Decoded(decoder) => {
+                    match decoder.decode(&mut this.buf, MAX_CHUNK_LINES)? {
+                        Decoded::Data(data) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Decoded::Trailers(t) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        Decoded::End => return Poll::Ready(None),
+                        Decoded::NeedMore => {}
+                    }
+                }
                 Framing::Eof => {
                     if !this.buf.is_empty() {
                         let data = this.buf.split().freeze();
@@ -383,7 +520,13 @@ mod tests {
     use http::Request;
 
     fn parse(text: &str) -> ResponseHead {
-        parse_response(&mut BytesMut::from(text)).unwrap().unwrap()
+        parse_response(&mut BytesMut::from(text), ResponseLimits::default())
+            .unwrap()
+            .unwrap()
+    }
+
+    fn try_parse(text: &str) -> Result<Option<ResponseHead>, ClientError> {
+        parse_response(&mut BytesMut::from(text), ResponseLimits::default())
     }
 
     #[test]
@@ -437,12 +580,87 @@ mod tests {
 
     #[test]
     fn garbage_responses_are_protocol_errors() {
-        assert!(parse_response(&mut BytesMut::from("HTTP/1.1 2000 OK\r\n\r\n")).is_err());
-        assert!(parse_response(&mut BytesMut::from("SSH-2.0-OpenSSH\r\n\r\n")).is_err());
-        assert!(
-            parse_response(&mut BytesMut::from("HTTP/1.1 200 OK\r\n"))
-                .unwrap()
-                .is_none()
+        assert!(try_parse("HTTP/1.1 2000 OK\r\n\r\n").is_err());
+        assert!(try_parse("HTTP/1.1 600 Nope\r\n\r\n").is_err());
+        assert!(try_parse("SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(try_parse("HTTP/1.1 200 OK\r\n").unwrap().is_none());
+    }
+
+    /// RFC 9112 6.1 and 6.3: what a proxy must not forward as it came.
+    #[test]
+    fn suspect_framings_are_refused_or_repaired() {
+        let get = Method::GET;
+        // Transfer-Encoding with Content-Length: chunked wins, never reused.
+        let h = parse("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 9\r\n\r\n");
+        assert_eq!(
+            framing(&get, &h).unwrap(),
+            (Framing::Decoded(Decoder::ChunkSize), false)
         );
+        // Codings the sidecar would have to decode, or chunked not last: refused.
+        for te in ["gzip", "gzip, chunked", "chunked, gzip"] {
+            let h = parse(&format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: {te}\r\n\r\n"
+            ));
+            assert!(framing(&get, &h).is_err(), "{te}");
+        }
+        // HTTP/1.0 with Transfer-Encoding is badly framed.
+        let h = parse("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert!(framing(&get, &h).is_err());
+        // A signed length is not a length; an agreeing list is one.
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n");
+        assert!(framing(&get, &h).is_err());
+        let h = parse("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n");
+        assert_eq!(
+            framing(&get, &h).unwrap(),
+            (Framing::Decoded(Decoder::Length(5)), true)
+        );
+        // Whitespace before the colon is removed, not refused (RFC 9112 5.1).
+        let h = parse("HTTP/1.1 200 OK\r\nx-a : b\r\n\r\n");
+        assert_eq!(h.headers["x-a"], "b");
+    }
+
+    /// Heads up to the limits parse (300 Set-Cookie fields with a raised field limit, 100 KiB
+    /// by default); beyond them the error says so.
+    #[test]
+    fn large_heads_parse_up_to_the_limits() {
+        let mut text = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..250 {
+            text.push_str(&format!("set-cookie: c{i}=v\r\n"));
+        }
+        text.push_str("\r\n");
+        assert_eq!(
+            parse(&text).headers.get_all("set-cookie").iter().count(),
+            250
+        );
+        let mut more = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..300 {
+            more.push_str(&format!("set-cookie: c{i}=v\r\n"));
+        }
+        more.push_str("\r\n");
+        assert!(matches!(
+            try_parse(&more),
+            Err(ClientError::HeadTooLarge { .. })
+        ));
+        let raised = ResponseLimits {
+            max_fields: 400,
+            ..ResponseLimits::default()
+        };
+        let head = parse_response(&mut BytesMut::from(more.as_str()), raised)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 300);
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n",
+            "v".repeat(100 * 1024)
+        );
+        assert_eq!(parse(&big).headers["x-big"].len(), 100 * 1024);
+        let small = ResponseLimits {
+            max_head_bytes: 64 * 1024,
+            ..ResponseLimits::default()
+        };
+        assert!(matches!(
+            parse_response(&mut BytesMut::from(big.as_str()), small),
+            Err(ClientError::HeadTooLarge { .. })
+        ));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,9 +19,9 @@ use super::decode::Decoder;
 use super::encode::{Exchange, Framing as WireFraming};
 use super::head::{Framing, Head, HeadError};
 use super::{encode, head};
-use crate::app::{ConnMeta, HttpServerApp};
+use crate::app::{BodyHints, ConnMeta, HttpServerApp};
 use crate::body::ClientBody;
-use crate::headers::wants_upgrade;
+use crate::headers::{strip_hop_by_hop, wants_upgrade};
 use crate::metrics::LocalErrors;
 use crate::rewind::Rewind;
 
@@ -246,10 +246,20 @@ impl<A: HttpServerApp> Connection<A> {
             upgrade_rx,
         ));
         let mut watch_client = local.is_some();
+        // RFC 9110 15.2: a proxy forwards 1xx answers, but never to an HTTP/1.0 client.
+        let interim = &self.meta.interim;
+        let relay = version == Version::HTTP_11;
+        interim.set_open(relay);
         let resp = loop {
             tokio::select! {
                 biased;
                 resp = &mut call => break resp,
+                heads = std::future::poll_fn(|cx| interim.poll_take(cx)), if relay => {
+                    if !write_interim(&mut self.write, heads).await {
+                        interim.set_open(false);
+                        return Outcome::Close(None);
+                    }
+                }
                 sent = recv(&mut continue_rx), if continue_rx.is_some() => {
                     continue_rx = None;
                     if sent && self.write.write_all(CONTINUE).await.is_err() {
@@ -265,6 +275,16 @@ impl<A: HttpServerApp> Connection<A> {
                 }
             }
         };
+        if relay {
+            // Interim answers that arrived with the final one (in the same read) go first.
+            if let Some(heads) = interim.take_now()
+                && !write_interim(&mut self.write, heads).await
+            {
+                interim.set_open(false);
+                return Outcome::Close(None);
+            }
+            interim.set_open(false);
+        }
         let resp: Response<A::Body> = match resp {
             Ok(resp) => resp,
             Err(never) => match never {},
@@ -294,6 +314,7 @@ impl<A: HttpServerApp> Connection<A> {
             method: &method,
             version,
             keep_alive: keep_alive && !closing,
+            trailers: accepts_trailers && body.may_end_with_trailers(),
         };
         let (mut framing, close) = encode::head(
             &mut out,
@@ -397,6 +418,19 @@ impl<A: HttpServerApp> Connection<A> {
         }
         Outcome::Next(reader)
     }
+}
+
+/// Writes interim (1xx) answers; false when the client is gone.
+async fn write_interim(
+    write: &mut OwnedWriteHalf,
+    heads: Vec<(StatusCode, http::HeaderMap)>,
+) -> bool {
+    let mut out = Vec::with_capacity(256);
+    for (status, mut headers) in heads {
+        strip_hop_by_hop(&mut headers, false, false);
+        encode::interim(&mut out, status, &headers);
+    }
+    write.write_all(&out).await.is_ok()
 }
 
 /// Writes and clears `out`; false when the client is gone.

@@ -44,6 +44,10 @@ pub struct Exchange<'a> {
     pub version: Version,
     /// Whether the connection is to be kept open after this response (so far).
     pub keep_alive: bool,
+    /// Whether the client accepts trailers (`TE: trailers`) and the body may end with some
+    /// although its length is known: the body then goes chunked, the only coding that carries
+    /// trailers.
+    pub trailers: bool,
 }
 
 /// Writes the response head into `out` and returns the body framing and whether the connection
@@ -63,10 +67,7 @@ pub fn head(
         if name == CONNECTION {
             says_close |= lists_token(value.as_bytes(), b"close");
         } else if name == CONTENT_LENGTH {
-            declared = value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            declared = plain_length(value.as_bytes());
         } else if name == DATE {
             has_date = true;
         }
@@ -76,22 +77,29 @@ pub fn head(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut add_length = None;
+    // The length on the wire is always the encoder's own, written once: a received field may be
+    // a list ("5, 5"), carry a sign, or contradict the framing (RFC 9110 8.6).
     let framing = if bodyless {
         Framing::None
+    } else if ex.trailers && ex.version == Version::HTTP_11 && !ended {
+        Framing::Chunked
     } else if let Some(n) = declared {
         Framing::Length(n)
     } else if ended {
-        add_length = Some(0);
         Framing::Length(0)
     } else if let Some(n) = size.exact() {
-        add_length = Some(n);
         Framing::Length(n)
     } else if ex.version == Version::HTTP_11 {
         Framing::Chunked
     } else {
         keep_alive = false;
         Framing::Eof
+    };
+    let length = match framing {
+        Framing::Length(n) => Some(n),
+        // A HEAD or 304 answer may say what a GET would have got; 1xx and 204 must not.
+        Framing::None if !status.is_informational() && status != StatusCode::NO_CONTENT => declared,
+        _ => None,
     };
 
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -100,8 +108,7 @@ pub fn head(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && status == StatusCode::NO_CONTENT)
-        {
+        if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -109,7 +116,7 @@ pub fn head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(n) = add_length {
+    if let Some(n) = length {
         let _ = write!(out, "content-length: {n}\r\n");
     }
     if framing == Framing::Chunked {
@@ -129,6 +136,30 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, !keep_alive)
+}
+
+/// A `Content-Length` value that is one plain decimal number (not "+5", not a list).
+fn plain_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Writes an interim (1xx) response head.
+pub fn interim(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends the framing before a data frame of `len` bytes, checking it against a declared

@@ -15,7 +15,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TRANSFE
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use super::super::headers::has_token;
+use super::super::headers::{has_token, valid_host};
 
 /// Header fields accepted per head (nginx and hyper accept about a hundred).
 pub const MAX_HEADERS: usize = 128;
@@ -67,6 +67,9 @@ pub enum HeadError {
     /// A transfer coding the sidecar does not implement.
     #[error("unsupported transfer coding")]
     UnsupportedCoding,
+    /// The request-target alone is longer than the sidecar parses (RFC 9112 section 3).
+    #[error("request-target too long")]
+    UriTooLong,
 }
 
 impl HeadError {
@@ -76,6 +79,7 @@ impl HeadError {
             HeadError::Malformed(_) | HeadError::Ambiguous(_) => StatusCode::BAD_REQUEST,
             HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HeadError::UnsupportedCoding => StatusCode::NOT_IMPLEMENTED,
+            HeadError::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -86,6 +90,7 @@ impl HeadError {
             HeadError::TooLarge => "header-too-large",
             HeadError::Ambiguous(_) => "ambiguous-framing",
             HeadError::UnsupportedCoding => "unsupported-transfer-coding",
+            HeadError::UriTooLong => "uri-too-long",
         }
     }
 }
@@ -116,10 +121,13 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
         let len = match parsed {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => {
-                return if buf.len() >= max_head {
-                    Err(HeadError::TooLarge)
-                } else {
+                return if buf.len() < max_head {
                     Ok(None)
+                } else if !buf.contains(&b'\n') {
+                    // Not even the request line fits: the target is what is too long.
+                    Err(HeadError::UriTooLong)
+                } else {
+                    Err(HeadError::TooLarge)
                 };
             }
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
@@ -130,7 +138,12 @@ pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadEr
             Err(_) => return Err(HeadError::Malformed("header syntax")),
         };
         if len > max_head {
-            return Err(HeadError::TooLarge);
+            let line = buf.iter().position(|&b| b == b'\n').unwrap_or(len);
+            return Err(if line >= max_head {
+                HeadError::UriTooLong
+            } else {
+                HeadError::TooLarge
+            });
         }
         let offset = |s: &[u8]| s.as_ptr() as usize - base;
         let span = |s: &[u8]| (offset(s), offset(s) + s.len());
@@ -159,8 +172,7 @@ fn build(
     } else {
         Version::HTTP_11
     };
-    let uri = Uri::from_maybe_shared(head.slice(target.0..target.1))
-        .map_err(|_| HeadError::Malformed("request target"))?;
+    let uri = target_uri(head, target, &method)?;
     // Room for the forwarding fields the request path adds, so that it does not regrow the map.
     let mut headers = HeaderMap::with_capacity(fields.len() + FORWARDING_FIELDS);
     for f in fields {
@@ -170,9 +182,22 @@ fn build(
             .map_err(|_| HeadError::Malformed("header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(version, &headers)?;
-    if headers.get_all(HOST).iter().count() > 1 {
-        return Err(HeadError::Ambiguous("more than one Host"));
+    let (framing, canonical_length) = framing(version, &headers)?;
+    if let (Framing::Length(n), false) = (framing, canonical_length) {
+        // "5, 5" or repeated lines: forwarded as the one value they agree on (RFC 9110 8.6).
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(HeadError::Ambiguous("more than one Host")),
+        (Some(host), None) if !valid_host(host.as_bytes()) => {
+            return Err(HeadError::Malformed("Host"));
+        }
+        // RFC 9112 3.2: an HTTP/1.1 request without Host gets 400.
+        (None, _) if version == Version::HTTP_11 => {
+            return Err(HeadError::Malformed("missing Host"));
+        }
+        _ => {}
     }
     let keep_alive = match version {
         Version::HTTP_10 => has_token(&headers, &CONNECTION, "keep-alive"),
@@ -198,26 +223,104 @@ fn build(
     })
 }
 
-/// The body framing of a request (RFC 9112 section 6.3), refusing every ambiguity.
-fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> {
+/// The request-target as a URI, checked against the request's method (RFC 9112 3.2): origin
+/// form (`/path?query`) for any method, absolute form (`http://host/path`) for any method, the
+/// asterisk only for OPTIONS, the authority form only for CONNECT (which the request path then
+/// refuses).
+///
+/// Bytes that common clients send unencoded in a query (`"`, `<`, `>`, which RFC 3986 excludes
+/// and the `http` crate's URI parser refuses) are percent-encoded, as a browser would send them;
+/// a server that decodes the query sees the same characters.
+fn target_uri(head: &Bytes, target: (usize, usize), method: &Method) -> Result<Uri, HeadError> {
+    let raw = &head[target.0..target.1];
+    if raw.len() > MAX_TARGET {
+        return Err(HeadError::UriTooLong);
+    }
+    let uri = match Uri::from_maybe_shared(head.slice(target.0..target.1)) {
+        Ok(uri) => uri,
+        Err(_) => Uri::from_maybe_shared(Bytes::from(percent_encode_unsafe(raw)))
+            .map_err(|_| HeadError::Malformed("request target"))?,
+    };
+    match raw.first() {
+        Some(b'/') => {}
+        Some(b'*') if raw.len() == 1 => {
+            if *method != Method::OPTIONS {
+                return Err(HeadError::Malformed(
+                    "asterisk-form target of a method other than OPTIONS",
+                ));
+            }
+        }
+        _ if uri.scheme().is_some() => {
+            if !matches!(uri.scheme_str(), Some("http" | "https")) {
+                return Err(HeadError::Malformed("target scheme"));
+            }
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                // RFC 9110 4.2.4: userinfo from an untrusted source is an error.
+                return Err(HeadError::Malformed("userinfo in the target"));
+            }
+        }
+        _ if *method == Method::CONNECT => {}
+        _ => {
+            return Err(HeadError::Malformed(
+                "authority-form target of a method other than CONNECT",
+            ));
+        }
+    }
+    Ok(uri)
+}
+
+/// Longest request-target parsed (the `http` crate's limit); longer ones get 414.
+const MAX_TARGET: usize = 65_534;
+
+/// `raw` with every byte the `http` crate's URI parser refuses but HTTP clients send (the
+/// printable ASCII outside RFC 3986's set) percent-encoded.
+fn percent_encode_unsafe(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 16);
+    for &b in raw {
+        if matches!(
+            b,
+            b'"' | b'<' | b'>' | b'`' | b'{' | b'}' | b'|' | b'\\' | b'^'
+        ) {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// The body framing of a request (RFC 9112 section 6.3), refusing every ambiguity, and whether
+/// its `Content-Length` (if any) is already one plain value.
+fn framing(version: Version, headers: &HeaderMap) -> Result<(Framing, bool), HeadError> {
     let mut length: Option<u64> = None;
+    let mut lines = 0;
+    let mut canonical = true;
     for value in headers.get_all(CONTENT_LENGTH) {
+        lines += 1;
         // A list of identical values ("5, 5") is allowed; anything else is not.
         for item in value.as_bytes().split(|&b| b == b',') {
-            let n =
-                parse_length(item.trim_ascii()).ok_or(HeadError::Malformed("content-length"))?;
+            let trimmed = item.trim_ascii();
+            canonical &= trimmed.len() == item.len();
+            let n = parse_length(trimmed).ok_or(HeadError::Malformed("content-length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(HeadError::Ambiguous("conflicting content-length"));
+            }
+            if length.is_some() {
+                canonical = false;
             }
             length = Some(n);
         }
     }
+    canonical &= lines <= 1;
     let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
     if codings.peek().is_none() {
-        return Ok(match length {
-            None | Some(0) => Framing::Empty,
-            Some(n) => Framing::Length(n),
-        });
+        return Ok((
+            match length {
+                None | Some(0) => Framing::Empty,
+                Some(n) => Framing::Length(n),
+            },
+            canonical,
+        ));
     }
     if length.is_some() {
         return Err(HeadError::Ambiguous(
@@ -227,25 +330,28 @@ fn framing(version: Version, headers: &HeaderMap) -> Result<Framing, HeadError> 
     if version == Version::HTTP_10 {
         return Err(HeadError::Ambiguous("transfer-encoding in HTTP/1.0"));
     }
-    let mut chunked = false;
+    // RFC 9112 6.3: a request whose last coding is not chunked cannot be framed (400); chunked
+    // after another coding could be, but the sidecar would have to decode that coding (501).
+    let (mut last, mut count) = (&b""[..], 0);
     for value in codings {
         for item in value.as_bytes().split(|&b| b == b',') {
             let item = item.trim_ascii();
-            if item.is_empty() {
-                continue;
+            if !item.is_empty() {
+                last = item;
+                count += 1;
             }
-            if chunked || !item.eq_ignore_ascii_case(b"chunked") {
-                // Anything after (or instead of) a single chunked coding: the sidecar would have
-                // to decode it to re-frame the body.
-                return Err(HeadError::UnsupportedCoding);
-            }
-            chunked = true;
         }
     }
-    if chunked {
-        Ok(Framing::Chunked)
-    } else {
+    if count == 0 {
         Err(HeadError::Malformed("empty transfer-encoding"))
+    } else if !last.eq_ignore_ascii_case(b"chunked") {
+        Err(HeadError::Malformed(
+            "transfer-encoding does not end in chunked",
+        ))
+    } else if count > 1 {
+        Err(HeadError::UnsupportedCoding)
+    } else {
+        Ok((Framing::Chunked, true))
     }
 }
 

@@ -16,6 +16,7 @@ use crate::route::{
     Affinity, HeaderCondition, HeaderMatch, KeySource, Mode, PathMatch, Route, RouteMatch,
     RouteTable,
 };
+use datastream_http::h1::client::ResponseLimits;
 use datastream_lb::balance::{self, Balancer, HashAlgorithm};
 use datastream_resilience::RouteResilience;
 use datastream_resilience::ratelimit::TokenBucket;
@@ -109,6 +110,14 @@ pub fn compile(
         source: source.to_owned(),
         routes: RouteTable::new(routes, default),
         max_body: u64::try_from(max_body).ok(),
+        response_limits: ResponseLimits {
+            max_head_bytes: usize::try_from(traffic.limits.max_response_header_bytes)
+                .unwrap_or(0)
+                .max(8192),
+            max_fields: usize::try_from(traffic.limits.max_response_header_fields)
+                .unwrap_or(0)
+                .max(32),
+        },
         upstream_protocol: traffic.upstream_protocol,
         resilience,
         spec: serde_json::to_value(traffic).unwrap_or_default(),

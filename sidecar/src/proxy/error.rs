@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 
 use super::ResponseBody;
 use datastream_http::body::{BodyTooLarge, RequestBodyError};
+use datastream_http::h1::client::ClientError;
 use datastream_http::stream::BodyFailure;
 use datastream_lb::endpoint::ConnectError;
 
@@ -59,6 +60,12 @@ pub enum ProxyError {
     /// Reading the client's body (to make it replayable) failed.
     #[error("reading the request body failed")]
     ClientBody(#[source] datastream_http::body::ClientBodyError),
+    /// The upstream's answer broke a protocol rule the sidecar cannot repair.
+    #[error("invalid upstream response: {0}")]
+    UpstreamProtocol(&'static str),
+    /// A method the sidecar does not implement (CONNECT, TRACE).
+    #[error("{0} is not implemented")]
+    NotImplemented(&'static str),
     /// The client's streamed body broke off.
     #[error("the request body broke off")]
     ClientAborted,
@@ -88,12 +95,17 @@ impl ProxyError {
                     (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true)
                 } else if let Some(RequestBodyError::Idle(_)) = cause {
                     (StatusCode::REQUEST_TIMEOUT, "stream-idle-timeout", true)
+                } else if e.is_parse_too_large() {
+                    (StatusCode::BAD_GATEWAY, "upstream-header-too-large", false)
                 } else if e.is_user() {
                     // The client's side failed (its body broke off): nothing to blame upstream for.
                     (StatusCode::BAD_REQUEST, "client-body-failed", true)
                 } else {
                     (StatusCode::BAD_GATEWAY, "upstream-failed", false)
                 }
+            }
+            ProxyError::UpstreamH1(ClientError::HeadTooLarge { .. }) => {
+                (StatusCode::BAD_GATEWAY, "upstream-header-too-large", false)
             }
             ProxyError::UpstreamH1(_) => (StatusCode::BAD_GATEWAY, "upstream-failed", false),
             ProxyError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", true),
@@ -112,6 +124,10 @@ impl ProxyError {
             ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "client-body-failed", true),
             ProxyError::ClientIdle(_) => (StatusCode::REQUEST_TIMEOUT, "stream-idle-timeout", true),
             ProxyError::ClientAborted => (StatusCode::BAD_REQUEST, "client-body-failed", true),
+            ProxyError::UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream-failed", false),
+            ProxyError::NotImplemented(_) => {
+                (StatusCode::NOT_IMPLEMENTED, "method-not-implemented", false)
+            }
         }
     }
 
@@ -123,15 +139,21 @@ impl ProxyError {
             "timeout" => GrpcStatus::DeadlineExceeded,
             "overloaded" | "rate-limited" | "body-too-large" => GrpcStatus::ResourceExhausted,
             "client-body-failed" | "stream-idle-timeout" => GrpcStatus::Cancelled,
-            "bad-request" => GrpcStatus::Internal,
+            "bad-request" | "upstream-header-too-large" => GrpcStatus::Internal,
+            "method-not-implemented" => GrpcStatus::Unimplemented,
             _ => GrpcStatus::Unavailable,
         }
     }
 
     /// Whether the failure lies with the upstream replica (for health accounting).
     pub fn blames_upstream(&self) -> bool {
-        matches!(self, ProxyError::Connect(_) | ProxyError::UpstreamH1(_))
-            || matches!(self, ProxyError::Upstream(e) if !e.is_user())
+        match self {
+            ProxyError::Connect(_) => true,
+            // A head over the limits is an answer: the replica works, the sidecar cannot relay it.
+            ProxyError::UpstreamH1(e) => !matches!(e, ClientError::HeadTooLarge { .. }),
+            ProxyError::Upstream(e) => !e.is_user() && !e.is_parse_too_large(),
+            _ => false,
+        }
     }
 
     /// The response to send: to a gRPC client (`grpc`), a trailers-only gRPC response.
@@ -211,6 +233,8 @@ pub enum GrpcStatus {
     DeadlineExceeded = 4,
     /// Shed, rate-limited, or a message over the size limit.
     ResourceExhausted = 8,
+    /// A method the sidecar does not implement.
+    Unimplemented = 12,
     /// A malformed request.
     Internal = 13,
     /// No replica could serve it; retrying later may succeed.

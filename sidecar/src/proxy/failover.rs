@@ -18,11 +18,13 @@ use http_body::Body as _;
 use super::ResponseBody;
 use super::error::ProxyError;
 use super::forward::{
-    AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, Outgoing, attempt, rebuild, respond, select,
+    AttemptError, Attempted, MAX_CONNECT_ATTEMPTS, Outgoing, Relay, attempt, rebuild, respond,
+    select,
 };
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
+use datastream_http::app::ConnMeta;
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, RequestBodyError};
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::stream::EndSignal;
@@ -51,6 +53,18 @@ pub(super) struct Call<'a> {
     pub key: Option<u64>,
     /// Whether it asks for a protocol upgrade.
     pub upgrade: bool,
+    /// The client connection it came on.
+    pub meta: &'a Arc<ConnMeta>,
+}
+
+impl<'a> Call<'a> {
+    /// What its attempts relay to the client, within which limits.
+    fn relay(&self) -> Relay<'a> {
+        Relay {
+            limits: self.policy.response_limits,
+            client: Some(self.meta),
+        }
+    }
 }
 
 /// The request body, as far as retries are concerned.
@@ -294,6 +308,9 @@ async fn with_retries(
         };
         let limit = deadline.attempt_timeout(now, per_try);
         endpoint.pool.set_connect_timeout(s.connect_timeout);
+        endpoint
+            .pool
+            .set_response_limits(call.policy.response_limits);
         let slot = endpoint.pending.try_acquire(None);
         let attempt_started = now;
         let hedge = if is_retry {
@@ -315,7 +332,7 @@ async fn with_retries(
             }
             _ => {
                 let expires = clock::instant_at(now.saturating_add(duration_ns(limit)));
-                let tried = attempt(endpoint, req, call.upgrade);
+                let tried = attempt(endpoint, req, call.upgrade, call.relay());
                 (endpoint, tokio::time::timeout_at(expires, tried).await)
             }
         };
@@ -350,13 +367,13 @@ async fn with_retries(
                     budget.record_retry(verdict == Verdict::Success);
                 }
                 if !policy.retries_status(status) {
-                    return Ok(respond(
+                    return respond(
                         resp,
                         guard,
                         h1,
                         client_upgrade.take(),
                         s.stream_idle_timeout,
-                    ));
+                    );
                 }
                 (Outcome::Status(status), Some((resp, guard, h1)))
             }
@@ -432,13 +449,13 @@ async fn with_retries(
             }
             None => {
                 return match reply {
-                    Some((resp, guard, h1)) => Ok(respond(
+                    Some((resp, guard, h1)) => respond(
                         resp,
                         guard,
                         h1,
                         client_upgrade.take(),
                         s.stream_idle_timeout,
-                    )),
+                    ),
                     None => Err(last_error.take().unwrap_or(ProxyError::Timeout)),
                 };
             }
@@ -487,7 +504,7 @@ async fn hedged<'a>(
     limit: Duration,
     exclude: &[SocketAddr],
 ) -> (&'a Arc<Endpoint>, AttemptResult, Option<&'a Arc<Endpoint>>) {
-    let a = tokio::time::timeout(limit, attempt(first, req, false));
+    let a = tokio::time::timeout(limit, attempt(first, req, false, call.relay()));
     tokio::pin!(a);
     tokio::select! {
         r = &mut a => return (first, r, None),
@@ -510,7 +527,7 @@ async fn hedged<'a>(
         return (first, a.await, None);
     }
     metrics.retry(RetryReason::Hedge);
-    let b = tokio::time::timeout(limit, attempt(second, copy, false));
+    let b = tokio::time::timeout(limit, attempt(second, copy, false, call.relay()));
     tokio::pin!(b);
     let acceptable = |r: &AttemptResult| matches!(r, Ok(Ok((resp, _, _))) if !policy.retries_status(resp.status()));
     let (winner, result, loser, pending_first) = tokio::select! {
@@ -770,6 +787,7 @@ async fn fan_out(
     let needed = broadcast::quorum(quorum, targets.len());
     let per_try = deadline.attempt_timeout(now, call.policy.resilience.per_try_timeout);
     let settings = Arc::new(call.policy.resilience.clone());
+    let limits = call.policy.response_limits;
     let attempts: Vec<_> = targets
         .into_iter()
         .map(|endpoint| {
@@ -779,14 +797,19 @@ async fn fan_out(
             let set = Arc::clone(call.set);
             let s = Arc::clone(&settings);
             async move {
-                let result = tokio::time::timeout(per_try, attempt(&endpoint, req, false)).await;
+                let relay = Relay {
+                    limits,
+                    client: None,
+                };
+                let result =
+                    tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay)).await;
                 let now = clock::now_ns();
                 // `None`: nothing to hold against the replica (the client's fault, or a
                 // connect failure that was old news).
                 let (verdict, answer) = match result {
                     Ok(Ok((resp, guard, h1))) => (
                         Some(verdict_of(resp.status())),
-                        Ok(respond(resp, guard, h1, None, s.stream_idle_timeout)),
+                        respond(resp, guard, h1, None, s.stream_idle_timeout),
                     ),
                     Ok(Err(AttemptError::NotSent { error, news, .. })) => (
                         news.then_some(Verdict::Failure),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use datastream_api::v1alpha1::UpstreamProtocol;
-use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue};
+use http::header::{CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderValue, MAX_FORWARDS, UPGRADE};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -44,7 +44,8 @@ use crate::state::Shared;
 use datastream_http::app::{ConnMeta, HttpServerApp};
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, UpstreamBody};
 use datastream_http::h1::PendingUpgrade;
-use datastream_http::headers::{Forwarding, strip_hop_by_hop, wants_upgrade};
+use datastream_http::h1::client::{ClientError, ResponseLimits};
+use datastream_http::headers::{strip_hop_by_hop, wants_upgrade};
 use datastream_lb::balance::{self, hash};
 use datastream_lb::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 use datastream_resilience::clock;
@@ -167,6 +168,16 @@ pub(super) fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
     req
 }
 
+/// What an attempt relays to the client besides the final answer, and the limits that answer
+/// must fit.
+#[derive(Clone, Copy)]
+pub(super) struct Relay<'a> {
+    /// The policy's response head limits.
+    pub limits: ResponseLimits,
+    /// The client connection, whose interim (1xx) relay gets the upstream's interim answers.
+    pub client: Option<&'a Arc<ConnMeta>>,
+}
+
 /// The outcome of one attempt.
 pub(super) enum AttemptError {
     /// The request never reached the replica; here it is back, unless the caller kept it
@@ -238,12 +249,15 @@ async fn proxy_traffic(
     shared: &Arc<Shared>,
     policy: &Policy,
     route: &Route,
-    meta: &ConnMeta,
+    meta: &Arc<ConnMeta>,
     mut parts: Parts,
     body: ClientBody,
     client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     admit(policy, &parts)?;
+    if let Some(answer) = max_forwards(&mut parts) {
+        return Ok(answer);
+    }
     // Rate limit and adaptive shedding, before any routing work.
     let admission = failover::admit(shared, policy, route)?;
     let endpoints = shared.endpoints();
@@ -252,7 +266,7 @@ async fn proxy_traffic(
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     let key = route_key(route, &parts, meta.client);
-    prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
+    prepare(&mut parts, meta, upgrade, to_h2)?;
     // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
     let call = failover::Call {
         shared,
@@ -261,6 +275,7 @@ async fn proxy_traffic(
         set: &endpoints,
         key,
         upgrade,
+        meta,
     };
     let result = failover::forward(call, parts, body, client_upgrade).await;
     failover::finish(shared, policy, admission);
@@ -270,29 +285,37 @@ async fn proxy_traffic(
 async fn proxy_peer(
     shared: &Shared,
     policy: &Policy,
-    meta: &ConnMeta,
+    meta: &Arc<ConnMeta>,
     req: Request<ClientBody>,
     client_upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     admit(policy, &parts)?;
+    if let Some(answer) = max_forwards(&mut parts) {
+        return Ok(answer);
+    }
     let endpoints = shared.endpoints();
     let local = endpoints.local().ok_or(ProxyError::NoLocalWorkload)?;
     let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
-    prepare(&mut parts, &meta.forwarding, upgrade, to_h2);
+    prepare(&mut parts, meta, upgrade, to_h2)?;
     let body = RequestBody::streaming(body, policy.max_body)
         .with_idle_timeout(policy.resilience.stream_idle_timeout);
     let req = Request::from_parts(parts, body);
-    match attempt(local, Outgoing::Owned(req), upgrade).await {
-        Ok((resp, guard, h1)) => Ok(respond(
+    local.pool.set_response_limits(policy.response_limits);
+    let relay = Relay {
+        limits: policy.response_limits,
+        client: Some(meta),
+    };
+    match attempt(local, Outgoing::Owned(req), upgrade, relay).await {
+        Ok((resp, guard, h1)) => respond(
             resp,
             guard,
             h1,
             client_upgrade,
             policy.resilience.stream_idle_timeout,
-        )),
+        ),
         Err(AttemptError::Failed(e)) => Err(e),
         Err(AttemptError::NotSent { error, .. }) => Err(ProxyError::Connect(error)),
     }
@@ -300,8 +323,23 @@ async fn proxy_peer(
 
 /// Stage 1: checks that need no replica.
 fn admit(policy: &Policy, parts: &Parts) -> Result<(), ProxyError> {
-    if parts.method == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported"));
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        // CONNECT would make the sidecar a tunnel to anywhere; TRACE echoes credentials back
+        // (cross-site tracing). Neither is implemented (RFC 9110 9.1: 501).
+        return Err(ProxyError::NotImplemented(
+            if parts.method == Method::CONNECT {
+                "CONNECT"
+            } else {
+                "TRACE"
+            },
+        ));
+    }
+    if parts.version == Version::HTTP_2 && !h2_field_values_are_trimmed(&parts.headers) {
+        // RFC 9113 8.2.1: HTTP/1 parsers trim these, HTTP/2 does not; an intermediary must not
+        // forward them.
+        return Err(ProxyError::BadRequest(
+            "a field value with leading or trailing whitespace",
+        ));
     }
     if let Some(limit) = policy.max_body
         && let Some(len) = parts.headers.get(CONTENT_LENGTH)
@@ -316,6 +354,34 @@ fn admit(policy: &Policy, parts: &Parts) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+fn h2_field_values_are_trimmed(headers: &http::HeaderMap) -> bool {
+    headers.values().all(|v| {
+        let b = v.as_bytes();
+        !matches!(b.first(), Some(b' ' | b'\t')) && !matches!(b.last(), Some(b' ' | b'\t'))
+    })
+}
+
+/// RFC 9110 7.6.2: an OPTIONS request with `Max-Forwards: 0` is answered here, as its final
+/// recipient; with a larger value, the value is decremented. (TRACE is refused in [`admit`].)
+fn max_forwards(parts: &mut Parts) -> Option<Response<ResponseBody>> {
+    if parts.method != Method::OPTIONS {
+        return None;
+    }
+    let n: u64 = parts
+        .headers
+        .get(MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if n == 0 {
+        return Some(Response::new(ResponseBody::empty()));
+    }
+    parts.headers.insert(MAX_FORWARDS, HeaderValue::from(n - 1));
+    None
 }
 
 /// The hash key of the request: the route's affinity key, or the client address for hashing
@@ -344,30 +410,92 @@ fn upstream_h2(protocol: UpstreamProtocol, client: Version) -> bool {
     }
 }
 
-/// Stage 3: rewrites the request for the upstream protocol (see [`upstream_h2`]): HTTP/2 takes
-/// the authority into the URI and drops `Host`; HTTP/1.1 takes an origin-form URI, a `Host` and
-/// one `Cookie` line (RFC 9113 8.2.3: HTTP/2 may split cookies, HTTP/1.1 must not).
-fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool, to_h2: bool) {
-    let from_h2 = parts.version == Version::HTTP_2;
-    strip_hop_by_hop(&mut parts.headers, upgrade, true);
-    forwarding.apply(&mut parts.headers);
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+/// Where the authority of a request's target comes from (RFC 9112 3.3, RFC 9113 8.3.1).
+enum TargetAuthority {
+    /// The URI: an absolute-form target, or HTTP/2's `:authority`.
+    Uri(Authority),
+    /// The (single, non-empty) Host field.
+    Host,
+    /// Neither: the address the client connected to ("the connection's incoming IP address").
+    Connection(SocketAddr),
+}
+
+/// The authority of the request's target, refusing what RFC 9110 4.2.4 and RFC 9113 8.3.1 call
+/// malformed: userinfo, and an HTTP/2 Host that is not the `:authority` or is repeated.
+fn target_authority(parts: &Parts, local: SocketAddr) -> Result<TargetAuthority, ProxyError> {
+    let host = parts.headers.get(HOST);
+    if let Some(authority) = parts.uri.authority() {
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest("userinfo in the target's authority"));
+        }
+        if parts.version == Version::HTTP_2 && host.is_some() {
+            let mut hosts = parts.headers.get_all(HOST).iter();
+            let same = hosts
+                .next()
+                .is_some_and(|h| same_authority(h.as_bytes(), authority.as_str()));
+            if !same || hosts.next().is_some() {
+                return Err(ProxyError::BadRequest("Host differs from :authority"));
+            }
+        }
+        return Ok(TargetAuthority::Uri(authority.clone()));
+    }
+    match host {
+        Some(h) if !h.is_empty() => {
+            if parts.version == Version::HTTP_2
+                && (parts.headers.get_all(HOST).iter().count() > 1
+                    || !datastream_http::headers::valid_host(h.as_bytes()))
+            {
+                return Err(ProxyError::BadRequest("invalid Host"));
+            }
+            Ok(TargetAuthority::Host)
+        }
+        _ => Ok(TargetAuthority::Connection(local)),
+    }
+}
+
+/// Whether a Host value names the same authority as `:authority` (case-insensitive host, the
+/// default port 80 of `http` implied).
+fn same_authority(host: &[u8], authority: &str) -> bool {
+    let strip = |a: &[u8]| -> Vec<u8> {
+        let a = a.strip_suffix(b":80").unwrap_or(a);
+        a.to_ascii_lowercase()
+    };
+    strip(host) == strip(authority.as_bytes())
+}
+
+/// Stage 3: rewrites the request for the upstream protocol (see [`upstream_h2`]): hop-by-hop
+/// fields removed, forwarding fields and `Via` added; towards HTTP/2 the target's authority
+/// goes into the URI (`:authority`) and `Host` is dropped; towards HTTP/1.1 the URI takes the
+/// origin form, `Host` names the target's authority (rebuilt from an absolute-form target,
+/// RFC 9112 3.2.2, or from the connection when the client sent none) and HTTP/2's split
+/// `Cookie` fields become one line (RFC 9113 8.2.3).
+fn prepare(
+    parts: &mut Parts,
+    conn: &ConnMeta,
+    upgrade: bool,
+    to_h2: bool,
+) -> Result<(), ProxyError> {
+    let from = parts.version;
+    let target = target_authority(parts, conn.local)?;
+    let te = strip_hop_by_hop(&mut parts.headers, upgrade, true);
+    conn.forwarding.apply(&mut parts.headers, from);
+    let path = match parts.uri.path_and_query() {
+        Some(p) if p.as_str().starts_with(['/', '*']) => p.clone(),
+        // `http://host?query` has an empty path, which origin form writes as "/".
+        Some(p) => PathAndQuery::try_from(format!("/{}", p.as_str()))
+            .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+        None => PathAndQuery::from_static("/"),
+    };
     if to_h2 {
-        let authority = parts
-            .uri
-            .authority()
-            .cloned()
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(HOST)
-                    .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            })
-            .unwrap_or_else(|| Authority::from_static("localhost"));
+        let authority = match target {
+            TargetAuthority::Uri(a) => a,
+            TargetAuthority::Host => parts
+                .headers
+                .get(HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| connection_authority(conn.local)),
+            TargetAuthority::Connection(local) => connection_authority(local),
+        };
         parts.headers.remove(HOST);
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(Scheme::HTTP);
@@ -378,18 +506,38 @@ fn prepare(parts: &mut Parts, forwarding: &Forwarding, upgrade: bool, to_h2: boo
         }
         parts.version = Version::HTTP_2;
     } else {
-        if !parts.headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(HOST, v);
+        match target {
+            TargetAuthority::Uri(a) => {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
+            TargetAuthority::Host => {}
+            TargetAuthority::Connection(local) => {
+                if let Ok(v) = HeaderValue::from_str(&local.to_string()) {
+                    parts.headers.insert(HOST, v);
+                }
+            }
         }
-        if from_h2 {
+        if from == Version::HTTP_2 {
             join_cookies(&mut parts.headers);
+        }
+        if te {
+            // RFC 9110 10.1.4: TE applies to one connection, so Connection names it.
+            parts.headers.insert(
+                CONNECTION,
+                HeaderValue::from_static(if upgrade { "upgrade, te" } else { "te" }),
+            );
         }
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
     }
+    Ok(())
+}
+
+/// The address a client connected to, as an authority.
+fn connection_authority(local: SocketAddr) -> Authority {
+    Authority::try_from(local.to_string()).unwrap_or_else(|_| Authority::from_static("localhost"))
 }
 
 /// Folds several `Cookie` field lines into one, separated by "; ".
@@ -433,6 +581,7 @@ pub(super) async fn attempt(
     endpoint: &Arc<Endpoint>,
     out: Outgoing<'_>,
     upgrade: bool,
+    relay: Relay<'_>,
 ) -> Result<Attempted, AttemptError> {
     let guard = endpoint.start(clock::now_ns());
     let h2 = out.version() == Version::HTTP_2;
@@ -440,7 +589,7 @@ pub(super) async fn attempt(
         && !upgrade
         && let Some(body) = out.in_memory()
     {
-        return attempt_own(endpoint, out, body, guard).await;
+        return attempt_own(endpoint, out, body, guard, relay).await;
     }
     // Boxed: hyper's client futures are large, and the own client's path above is the common one.
     Box::pin(attempt_hyper(
@@ -449,6 +598,7 @@ pub(super) async fn attempt(
         h2,
         upgrade,
         guard,
+        relay.client,
     ))
     .await
 }
@@ -460,7 +610,16 @@ async fn attempt_hyper(
     h2: bool,
     upgrade: bool,
     guard: InflightGuard,
+    client: Option<&Arc<ConnMeta>>,
 ) -> Result<Attempted, AttemptError> {
+    if !h2 && let Some(client) = client.filter(|c| c.interim.is_open()) {
+        // 1xx answers reach hyper's HTTP/1 client only through this callback. (Its HTTP/2
+        // client drops them: no hook.)
+        let client = Arc::clone(client);
+        hyper::ext::on_informational(&mut req, move |res| {
+            client.interim.push(res.status(), res.headers().clone());
+        });
+    }
     // An HTTP/2 upstream may send content with its answer to HEAD, which its client rejects
     // mid-stream; the answer has none (RFC 9110 9.3.2), so its body is never read.
     let head = req.method() == Method::HEAD;
@@ -504,7 +663,9 @@ async fn attempt_hyper(
                 }
                 _ => {
                     let error = e.into_error();
-                    if !error.is_user() {
+                    // A head over the limits is an answer the sidecar cannot relay, not a
+                    // failure of the replica's.
+                    if !error.is_user() && !error.is_parse_too_large() {
                         guard.failed(Failure::Transport);
                         if h2 {
                             endpoint.pool.reset_h2();
@@ -527,6 +688,7 @@ async fn attempt_own(
     out: Outgoing<'_>,
     body: Bytes,
     guard: InflightGuard,
+    relay: Relay<'_>,
 ) -> Result<Attempted, AttemptError> {
     // Idle connections the upstream closed are skipped (and dropped) by the pool.
     let conn = match endpoint.pool.take_idle_own() {
@@ -543,9 +705,13 @@ async fn attempt_own(
             }
         },
     };
+    let interim = relay.client.map(|c| &c.interim);
     let sent = match out {
-        Outgoing::Replay(parts, _) => conn.send(parts, &body).await,
-        Outgoing::Owned(req) => conn.send(&req.into_parts().0, &body).await,
+        Outgoing::Replay(parts, _) => conn.send(parts, &body, relay.limits, interim).await,
+        Outgoing::Owned(req) => {
+            conn.send(&req.into_parts().0, &body, relay.limits, interim)
+                .await
+        }
     };
     match sent {
         Ok(resp) => {
@@ -553,7 +719,9 @@ async fn attempt_own(
             Ok((resp.map(UpstreamBody::Own), guard, None))
         }
         Err(error) => {
-            guard.failed(Failure::Transport);
+            if !matches!(error, ClientError::HeadTooLarge { .. }) {
+                guard.failed(Failure::Transport);
+            }
             Err(AttemptError::Failed(ProxyError::UpstreamH1(error)))
         }
     }
@@ -587,26 +755,39 @@ pub(super) fn respond(
     h1: Option<http1::SendRequest<RequestBody>>,
     client_upgrade: Option<PendingUpgrade>,
     idle: Option<Duration>,
-) -> Response<ResponseBody> {
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let status = resp.status();
+    // The upstream leg's protocol, before the response is rewritten: an HTTP/2 answer may end
+    // with trailers whatever its length says.
+    let from_h2 = resp.version() == Version::HTTP_2;
     let (mut parts, body) = resp.into_parts();
-    let body = match (switching, client_upgrade, body) {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        // RFC 9110 7.8: a switch the client did not ask for, or one that does not say to
+        // what, cannot be relayed.
+        let (Some(client_upgrade), UpstreamBody::Hyper(body), true) =
+            (client_upgrade, body, parts.headers.contains_key(UPGRADE))
+        else {
+            return Err(ProxyError::UpstreamProtocol(
+                "101 Switching Protocols without an upgrade to switch to",
+            ));
+        };
         // Upgrades always go through hyper's client, which hands over the connection.
-        (true, Some(client_upgrade), UpstreamBody::Hyper(body)) => {
-            let mut resp = Response::from_parts(parts, body);
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true, false);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
-            return Response::from_parts(parts, ResponseBody::empty());
-        }
-        (_, _, body) => body,
-    };
-    strip_hop_by_hop(&mut parts.headers, false, false);
-    Response::from_parts(
+        let mut resp = Response::from_parts(parts, body);
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true, false);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade, guard));
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
+    // A 426 names the protocols to upgrade to (RFC 9110 15.5.22).
+    let keep_upgrade = status == StatusCode::UPGRADE_REQUIRED;
+    strip_hop_by_hop(&mut parts.headers, keep_upgrade, false);
+    Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body, guard.into_completion(h1)).with_idle_timeout(idle),
-    )
+        ResponseBody::upstream(body, guard.into_completion(h1))
+            .with_idle_timeout(idle)
+            .with_trailers_hint(from_h2),
+    ))
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection; the request
@@ -624,4 +805,67 @@ async fn tunnel(client: PendingUpgrade, upstream: hyper::upgrade::OnUpgrade, gua
         (_, Err(error)) => tracing::debug!(%error, "upstream protocol upgrade failed"),
     }
     drop(guard);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(version: Version, uri: &str, hosts: &[&str]) -> Parts {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(HOST, *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    const LOCAL: &str = "10.0.0.7:7080";
+
+    /// RFC 9113 8.3.1: `:authority` wins, and a Host that differs from it, or a second Host,
+    /// makes an HTTP/2 request malformed; userinfo never passes (RFC 9110 4.2.4).
+    #[test]
+    fn the_target_authority_follows_rfc_9112_and_9113() {
+        let local = LOCAL.parse().unwrap();
+        let h2 = |uri, hosts: &[&str]| target_authority(&parts(Version::HTTP_2, uri, hosts), local);
+        assert!(
+            matches!(h2("http://a.example/", &[]), Ok(TargetAuthority::Uri(a)) if a == "a.example")
+        );
+        assert!(h2("http://a.example/", &["A.example:80"]).is_ok());
+        assert!(h2("http://a.example/", &["b.example"]).is_err());
+        assert!(h2("http://a.example/", &["a.example", "a.example"]).is_err());
+        assert!(h2("http://u@a.example/", &[]).is_err());
+        let h1 =
+            |uri, hosts: &[&str]| target_authority(&parts(Version::HTTP_11, uri, hosts), local);
+        assert!(matches!(h1("/p", &["a"]), Ok(TargetAuthority::Host)));
+        assert!(matches!(
+            h1("/p", &[""]),
+            Ok(TargetAuthority::Connection(_))
+        ));
+        assert!(matches!(h1("/p", &[]), Ok(TargetAuthority::Connection(_))));
+    }
+
+    /// An HTTP/2 request going to an HTTP/1.1 replica gets Host from `:authority` (replacing
+    /// the client's), and one going the other way gets `:authority` from Host, or from the
+    /// connection when there is none (never a made-up name).
+    #[test]
+    fn prepare_rebuilds_host_and_authority() {
+        let meta = ConnMeta {
+            client: "10.0.0.9:5000".parse().unwrap(),
+            local: LOCAL.parse().unwrap(),
+            forwarding: datastream_http::headers::Forwarding::new("10.0.0.9:5000".parse().unwrap()),
+            interim: Default::default(),
+        };
+        let mut p = parts(Version::HTTP_2, "http://a.example/x?y", &["a.example"]);
+        prepare(&mut p, &meta, false, false).unwrap();
+        assert_eq!(p.uri, "/x?y");
+        assert_eq!(p.headers[HOST], "a.example");
+        assert_eq!(p.headers["via"], "2 datastream");
+        let mut p = parts(Version::HTTP_11, "/x", &["b.example"]);
+        prepare(&mut p, &meta, false, true).unwrap();
+        assert_eq!(p.uri, "http://b.example/x");
+        assert!(p.headers.get(HOST).is_none());
+        let mut p = parts(Version::HTTP_10, "/x", &[]);
+        prepare(&mut p, &meta, false, true).unwrap();
+        assert_eq!(p.uri.to_string(), format!("http://{LOCAL}/x"));
+    }
 }

@@ -11,6 +11,7 @@ fn encode(
     let (parts, ()) = resp.into_parts();
     let mut out = Vec::new();
     let ex = Exchange {
+        trailers: false,
         method: &method,
         version,
         keep_alive: true,

@@ -35,26 +35,32 @@ fn incomplete_heads_ask_for_more_until_the_limit() {
 
 #[test]
 fn keep_alive_follows_the_version_and_connection_header() {
-    assert!(!ok("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+    assert!(!ok("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").keep_alive);
     assert!(!ok("GET / HTTP/1.0\r\n\r\n").keep_alive);
     assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
 }
 
 #[test]
 fn framing_is_decided_from_length_or_chunked() {
-    let h = ok("POST / HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
+    let h = ok("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
     assert_eq!(h.framing, Framing::Length(5));
     assert!(h.expect_continue);
     assert_eq!(
-        ok("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing,
+        ok("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").framing,
         Framing::Empty
     );
+    // Agreeing lengths are forwarded as the one value (RFC 9110 8.6).
+    for case in [
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+    ] {
+        let h = ok(case);
+        assert_eq!(h.framing, Framing::Length(3));
+        let lengths: Vec<_> = h.request.headers().get_all(CONTENT_LENGTH).iter().collect();
+        assert_eq!(lengths, ["3"], "{case:?}");
+    }
     assert_eq!(
-        ok("POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n").framing,
-        Framing::Length(3)
-    );
-    assert_eq!(
-        ok("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").framing,
+        ok("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n").framing,
         Framing::Chunked
     );
 }
@@ -89,7 +95,6 @@ fn smuggling_shapes_are_refused() {
     for case in [
         "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
     ] {
         assert_eq!(
             parse_str(case).unwrap_err(),
@@ -97,6 +102,86 @@ fn smuggling_shapes_are_refused() {
             "{case:?}"
         );
     }
+    // RFC 9112 6.3: a last coding other than chunked leaves the request unframed: 400.
+    for case in [
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    ] {
+        assert!(
+            matches!(parse_str(case), Err(HeadError::Malformed(_))),
+            "{case:?}"
+        );
+    }
+}
+
+/// RFC 9112 3.2: Host is required in HTTP/1.1, once, and valid; HTTP/1.0 may omit it.
+#[test]
+fn host_is_required_once_and_valid() {
+    assert_eq!(
+        parse_str("GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+        HeadError::Malformed("missing Host")
+    );
+    assert!(
+        ok("GET / HTTP/1.0\r\n\r\n")
+            .request
+            .headers()
+            .get(HOST)
+            .is_none()
+    );
+    for good in ["a", "a.example:8080", "10.0.0.1:80", "[::1]:7080", ""] {
+        let h = ok(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n"));
+        assert_eq!(h.request.headers()[HOST], good);
+    }
+    for bad in ["u@a", "a:b", "a:80:90", "a b", "a/b"] {
+        assert!(
+            matches!(
+                parse_str(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")),
+                Err(HeadError::Malformed(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+/// RFC 9112 3.2: the target's form fits the method; userinfo and foreign schemes are refused.
+#[test]
+fn the_target_form_fits_the_method() {
+    assert_eq!(
+        ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").request.uri(),
+        "*"
+    );
+    let h = ok("GET http://b.example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(h.request.uri().authority().unwrap(), "b.example:81");
+    for bad in [
+        "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET a.example:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET http://u:p@a.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET ftp://a.example/ HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        assert!(
+            matches!(parse_str(bad), Err(HeadError::Malformed(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Query bytes that curl and others send raw (`"`, `<`, `>`) are forwarded percent-encoded, not
+/// refused.
+#[test]
+fn unencoded_query_bytes_are_percent_encoded() {
+    let h = ok("GET /s?q=\"a<b>\"&x={1} HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(h.request.uri(), "/s?q=%22a%3Cb%3E%22&x=%7B1%7D");
+}
+
+/// RFC 9112 3: a request-target longer than the sidecar parses gets 414, not 431.
+#[test]
+fn an_overlong_target_is_414() {
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(9000));
+    assert_eq!(parse_str(&long).unwrap_err(), HeadError::UriTooLong);
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000));
+    let mut buf = BytesMut::from(long.as_str());
+    assert_eq!(parse(&mut buf, 1 << 20).unwrap_err(), HeadError::UriTooLong);
 }
 
 #[test]
