@@ -30,6 +30,8 @@ pub struct ServerLimits {
     pub max_connections: usize,
     /// Largest request header section; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Most header fields in a request; more get 431.
+    pub max_header_fields: usize,
     /// Time a client has to send a complete request head; slower ones are disconnected.
     pub header_read_timeout: Duration,
     /// HTTP/2 streams per connection.
@@ -44,6 +46,7 @@ impl Default for ServerLimits {
         Self {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
+            max_header_fields: h1::MAX_HEADERS,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 256,
             keep_alive_timeout: Duration::from_secs(3600),
@@ -65,6 +68,7 @@ pub async fn serve<A: HttpServerApp>(
     let h2 = Arc::new(h2_builder(&limits));
     let settings = h1::Settings {
         max_head: limits.max_header_bytes,
+        max_fields: limits.max_header_fields,
         header_read_timeout: limits.header_read_timeout,
         keep_alive_timeout: limits.keep_alive_timeout,
     };
@@ -270,6 +274,7 @@ mod tests {
                 h2: Arc::new(h2_builder(&limits)),
                 settings: h1::Settings {
                     max_head: limits.max_header_bytes,
+                    max_fields: limits.max_header_fields,
                     header_read_timeout: limits.header_read_timeout,
                     keep_alive_timeout: limits.keep_alive_timeout,
                 },

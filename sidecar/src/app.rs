@@ -205,6 +205,7 @@ fn settings_json(r: &RuntimeSettings, mode: &str, me: Option<&Identity>) -> serd
         "server": {
             "maxConnections": r.limits.max_connections,
             "maxHeaderBytes": r.limits.max_header_bytes,
+            "maxHeaderFields": r.limits.max_header_fields,
             "headerReadTimeoutMs": r.limits.header_read_timeout.as_millis() as u64,
         },
         "drain": {

@@ -468,3 +468,37 @@ async fn trailers_of_an_http2_answer_with_a_length_reach_http11_clients() {
     assert!(out.contains("content-length: 5\r\n"), "{out}");
     assert!(out.ends_with("\r\n\r\nhello"), "{out:?}");
 }
+
+/// RFC 9113 8.2.1: an HTTP/2 field value with leading or trailing whitespace (which HTTP/1
+/// parsers would trim) is not forwarded: 400.
+#[tokio::test]
+async fn http2_values_with_outer_whitespace_are_refused() {
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let req = Request::get(format!("http://{}/", proxy.traffic_addr()))
+        .header("x-a", http::HeaderValue::from_static(" v"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(backend.count(), 0);
+}
+
+/// RFC 9110 15.5.22: a 426 names the protocols to upgrade to; its `Upgrade` field survives the
+/// hop-by-hop rules.
+#[tokio::test]
+async fn a_426_keeps_its_upgrade_field() {
+    let backend = Scripted::start(
+        b"HTTP/1.1 426 Upgrade Required\r\nupgrade: h2c\r\nconnection: upgrade\r\ncontent-length: 0\r\n\r\n",
+    )
+    .await;
+    let proxy = sidecar("{}", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(raw_status(&out), Some(426), "{out}");
+    assert!(out.contains("upgrade: h2c\r\n"), "{out}");
+}

@@ -50,6 +50,8 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub struct Settings {
     /// Largest request head (request line and header section).
     pub max_head: usize,
+    /// Most header fields in a request head.
+    pub max_fields: usize,
     /// Time from a request's first byte to the end of its head; also how long a new connection
     /// may stay silent.
     pub header_read_timeout: Duration,
@@ -157,7 +159,7 @@ impl<A: HttpServerApp> Connection<A> {
         let mut deadline = None;
         loop {
             if !r.buf.is_empty()
-                && let Some(head) = head::parse(&mut r.buf, s.max_head)?
+                && let Some(head) = head::parse(&mut r.buf, s.max_head, s.max_fields)?
             {
                 return Ok(Some(head));
             }

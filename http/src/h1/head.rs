@@ -17,7 +17,8 @@ use smallvec::SmallVec;
 
 use super::super::headers::{has_token, valid_host};
 
-/// Header fields accepted per head (nginx and hyper accept about a hundred).
+/// Header fields accepted per request head by default (`--max-header-fields`; hyper accepts
+/// 100), and the size of the stack array heads are parsed into.
 pub const MAX_HEADERS: usize = 128;
 /// Header fields whose positions are kept on the stack while a head is parsed; more spill to
 /// the heap.
@@ -104,60 +105,109 @@ struct Field {
 
 /// Parses one request head from the front of `buf`. `Ok(None)`: incomplete, read more (unless
 /// `buf` already holds `max_head` bytes, which is [`HeadError::TooLarge`]). On success the head's
-/// bytes are split off `buf`; header values and the target share them without copying.
-pub fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, HeadError> {
+/// bytes are split off `buf`; header values and the target share them without copying. More
+/// than `max_fields` fields is [`HeadError::TooLarge`].
+pub fn parse(
+    buf: &mut BytesMut,
+    max_head: usize,
+    max_fields: usize,
+) -> Result<Option<Head>, HeadError> {
     // Neither array is zeroed per request: httparse fills the uninitialised one, and the spans
     // stay inline for the usual few dozen fields.
     let mut fields: SmallVec<[Field; INLINE_FIELDS]> = SmallVec::new();
-    let (len, method, target, minor) = {
+    let parsed = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut []);
-        let base = buf.as_ptr() as usize;
-        let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
+        match parse_into(
             buf,
-            &mut headers,
-        );
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => {
-                return if buf.len() < max_head {
-                    Ok(None)
-                } else if !buf.contains(&b'\n') {
-                    // Not even the request line fits: the target is what is too long.
-                    Err(HeadError::UriTooLong)
-                } else {
-                    Err(HeadError::TooLarge)
-                };
+            &mut headers[..max_fields.min(MAX_HEADERS)],
+            &mut fields,
+        ) {
+            Err(HeadError::TooLarge) if max_fields > MAX_HEADERS && buf.len() <= max_head => {
+                // More fields than the stack array holds, and a limit that allows them.
+                let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> =
+                    std::iter::repeat_with(MaybeUninit::uninit)
+                        .take(max_fields)
+                        .collect();
+                fields.clear();
+                parse_into(buf, &mut heap, &mut fields)
             }
-            Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-            Err(httparse::Error::Version) => return Err(HeadError::Malformed("HTTP version")),
-            Err(httparse::Error::Token | httparse::Error::Status) => {
-                return Err(HeadError::Malformed("request line"));
-            }
-            Err(_) => return Err(HeadError::Malformed("header syntax")),
-        };
-        if len > max_head {
-            let line = buf.iter().position(|&b| b == b'\n').unwrap_or(len);
-            return Err(if line >= max_head {
-                HeadError::UriTooLong
-            } else {
-                HeadError::TooLarge
-            });
+            parsed => parsed,
         }
-        let offset = |s: &[u8]| s.as_ptr() as usize - base;
-        let span = |s: &[u8]| (offset(s), offset(s) + s.len());
-        let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-            .map_err(|_| HeadError::Malformed("method"))?;
-        let target = span(req.path.unwrap_or_default().as_bytes());
-        fields.extend(req.headers.iter().map(|h| Field {
-            name: span(h.name.as_bytes()),
-            value: span(h.value),
-        }));
-        (len, method, target, req.version.unwrap_or(1))
     };
+    let Some(RequestLine {
+        len,
+        method,
+        target,
+        minor,
+    }) = parsed?
+    else {
+        return if buf.len() < max_head {
+            Ok(None)
+        } else if !buf.contains(&b'\n') {
+            // Not even the request line fits: the target is what is too long.
+            Err(HeadError::UriTooLong)
+        } else {
+            Err(HeadError::TooLarge)
+        };
+    };
+    if len > max_head {
+        let line = buf.iter().position(|&b| b == b'\n').unwrap_or(len);
+        return Err(if line >= max_head {
+            HeadError::UriTooLong
+        } else {
+            HeadError::TooLarge
+        });
+    }
     let head = buf.split_to(len).freeze();
     build(&head, method, target, minor, &fields).map(Some)
+}
+
+/// What one parse of a complete request head found besides its fields.
+struct RequestLine {
+    /// The head's length in bytes.
+    len: usize,
+    method: Method,
+    /// The target's span.
+    target: (usize, usize),
+    /// The minor HTTP version.
+    minor: u8,
+}
+
+/// One parse of `buf` with `headers` as the field array, or `None` while incomplete.
+fn parse_into<'b>(
+    buf: &'b [u8],
+    headers: &mut [MaybeUninit<httparse::Header<'b>>],
+    fields: &mut SmallVec<[Field; INLINE_FIELDS]>,
+) -> Result<Option<RequestLine>, HeadError> {
+    let mut req = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let parsed =
+        httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, headers);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => return Err(HeadError::Malformed("HTTP version")),
+        Err(httparse::Error::Token | httparse::Error::Status) => {
+            return Err(HeadError::Malformed("request line"));
+        }
+        Err(_) => return Err(HeadError::Malformed("header syntax")),
+    };
+    let offset = |s: &[u8]| s.as_ptr() as usize - base;
+    let span = |s: &[u8]| (offset(s), offset(s) + s.len());
+    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
+        .map_err(|_| HeadError::Malformed("method"))?;
+    let target = span(req.path.unwrap_or_default().as_bytes());
+    fields.extend(req.headers.iter().map(|h| Field {
+        name: span(h.name.as_bytes()),
+        value: span(h.value),
+    }));
+    Ok(Some(RequestLine {
+        len,
+        method,
+        target,
+        minor: req.version.unwrap_or(1),
+    }))
 }
 
 fn build(

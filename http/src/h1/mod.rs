@@ -33,3 +33,4 @@ mod head;
 
 pub use self::body::{BodyError, RequestBody};
 pub use self::connection::{PendingUpgrade, Settings, Upgraded, serve_connection};
+pub use self::head::MAX_HEADERS;

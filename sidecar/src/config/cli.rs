@@ -75,6 +75,10 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", global = true)]
     pub max_header_bytes: Option<usize>,
 
+    /// Most header fields in a request (431 above).
+    #[arg(long, value_name = "N", global = true)]
+    pub max_header_fields: Option<usize>,
+
     /// Time a client has to send a request head (e.g. 10s).
     #[arg(long, value_name = "DURATION", global = true)]
     pub header_read_timeout: Option<String>,
@@ -195,6 +199,7 @@ impl Cli {
             drain_timeout: self.drain_timeout.clone(),
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
+            max_header_fields: self.max_header_fields,
             header_read_timeout: self.header_read_timeout.clone(),
             max_body_bytes: self.max_body_bytes,
             per_try_timeout: self.per_try_timeout.clone(),

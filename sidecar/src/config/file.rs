@@ -74,6 +74,9 @@ pub struct ServerFile {
     /// Largest request header section (431 above).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
+    /// Most header fields in a request (431 above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_header_fields: Option<usize>,
     /// Time allowed to send a request head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_read_timeout: Option<String>,

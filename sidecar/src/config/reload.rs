@@ -104,6 +104,7 @@ pub fn apply(
     if (r.traffic, r.peer, r.admin) != (l.traffic, l.peer, l.admin)
         || r.limits.max_connections != l.limits.max_connections
         || r.limits.max_header_bytes != l.limits.max_header_bytes
+        || r.limits.max_header_fields != l.limits.max_header_fields
         || r.limits.header_read_timeout != l.limits.header_read_timeout
     {
         tracing::warn!("listener and server-limit changes take effect at the next restart");

@@ -35,6 +35,8 @@ pub struct Overrides {
     pub max_connections: Option<usize>,
     /// `--max-header-bytes`.
     pub max_header_bytes: Option<usize>,
+    /// `--max-header-fields`.
+    pub max_header_fields: Option<usize>,
     /// `--header-read-timeout`.
     pub header_read_timeout: Option<String>,
     /// `--max-body-bytes`.
@@ -165,6 +167,15 @@ impl Resolved {
                 "max-header-bytes: must be between 1024 and 1048576, got {max_header_bytes}"
             ));
         }
+        let max_header_fields = flags
+            .max_header_fields
+            .or(file.server.max_header_fields)
+            .unwrap_or(defaults.max_header_fields);
+        if !(16..=10_000).contains(&max_header_fields) {
+            errors.push(format!(
+                "max-header-fields: must be between 16 and 10000, got {max_header_fields}"
+            ));
+        }
         let log_level =
             pick(&flags.log_level, &file.log_level).unwrap_or_else(|| DEFAULT_LOG_LEVEL.into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -188,6 +199,7 @@ impl Resolved {
                 limits: ServerLimits {
                     max_connections,
                     max_header_bytes,
+                    max_header_fields,
                     header_read_timeout: header_read_timeout
                         .unwrap_or(defaults.header_read_timeout),
                     ..defaults

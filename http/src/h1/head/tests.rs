@@ -2,7 +2,7 @@ use super::*;
 
 fn parse_str(s: &str) -> Result<Option<Head>, HeadError> {
     let mut buf = BytesMut::from(s);
-    parse(&mut buf, 8192)
+    parse(&mut buf, 8192, MAX_HEADERS)
 }
 
 fn ok(s: &str) -> Head {
@@ -12,7 +12,7 @@ fn ok(s: &str) -> Head {
 #[test]
 fn parses_a_simple_request_and_leaves_what_follows() {
     let mut buf = BytesMut::from("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Id: 7\r\n\r\nNEXT");
-    let head = parse(&mut buf, 8192).unwrap().unwrap();
+    let head = parse(&mut buf, 8192, MAX_HEADERS).unwrap().unwrap();
     assert_eq!(head.request.method(), Method::GET);
     assert_eq!(head.request.uri(), "/a?b=1");
     assert_eq!(head.request.version(), Version::HTTP_11);
@@ -30,7 +30,10 @@ fn incomplete_heads_ask_for_more_until_the_limit() {
             .is_none()
     );
     let mut buf = BytesMut::from("GET / HTTP/1.1\r\nX: aaaaaaaaaaaaaaaa\r\n");
-    assert_eq!(parse(&mut buf, 16).unwrap_err(), HeadError::TooLarge);
+    assert_eq!(
+        parse(&mut buf, 16, MAX_HEADERS).unwrap_err(),
+        HeadError::TooLarge
+    );
 }
 
 #[test]
@@ -181,7 +184,10 @@ fn an_overlong_target_is_414() {
     assert_eq!(parse_str(&long).unwrap_err(), HeadError::UriTooLong);
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(70_000));
     let mut buf = BytesMut::from(long.as_str());
-    assert_eq!(parse(&mut buf, 1 << 20).unwrap_err(), HeadError::UriTooLong);
+    assert_eq!(
+        parse(&mut buf, 1 << 20, MAX_HEADERS).unwrap_err(),
+        HeadError::UriTooLong
+    );
 }
 
 #[test]
@@ -203,5 +209,17 @@ fn too_many_fields_is_too_large() {
     }
     s.push_str("\r\n");
     let mut buf = BytesMut::from(s.as_str());
-    assert_eq!(parse(&mut buf, 1 << 20).unwrap_err(), HeadError::TooLarge);
+    assert_eq!(
+        parse(&mut buf, 1 << 20, MAX_HEADERS).unwrap_err(),
+        HeadError::TooLarge
+    );
+    // A raised limit takes them (parsed into a heap array), a lowered one refuses fewer.
+    let mut buf = BytesMut::from(format!("{}host: a\r\n\r\n", &s[..s.len() - 2]).as_str());
+    let head = parse(&mut buf, 1 << 20, 300).unwrap().unwrap();
+    assert_eq!(head.request.headers().len(), MAX_HEADERS + 2);
+    let mut buf = BytesMut::from("GET / HTTP/1.1\r\nhost: a\r\nx: 1\r\ny: 2\r\n\r\n");
+    assert_eq!(
+        parse(&mut buf, 1 << 20, 2).unwrap_err(),
+        HeadError::TooLarge
+    );
 }
