@@ -3,9 +3,10 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 .PHONY: test lint unit conformance e2e build demo demo-down crd cluster-up cluster-down
-# Every test: formatting, lints, unit and integration tests, the conformance suites (h2spec and
-# gRPC interop, directly and through the sidecar; see conformance/README.md), then the end-to-end
-# suites on a real local control plane (needs root for network namespaces; see e2e/README.md).
+# Every test: formatting, lints, unit and integration tests, the conformance suites (h2spec, gRPC
+# interop, HTTP/1.1 and WebSocket clients, directly and through the sidecar; see
+# conformance/README.md), then the end-to-end suites on a real local control plane (needs root for
+# network namespaces; see e2e/README.md).
 test: lint unit conformance e2e
 
 lint:
@@ -20,8 +21,9 @@ lint:
 unit:
 	$(CARGO) test --workspace --exclude datastream-e2e
 
-# Builds h2spec and grpc-go's interop programs from conformance/go.mod (cached), then fails on any
-# case that passes without the sidecar and fails through it.
+# Builds h2spec and grpc-go's interop programs from conformance/go.mod and the client libraries'
+# venv from conformance/clients/requirements.txt (both cached), then fails on any case that passes
+# without the sidecar and fails through it.
 conformance:
 	CARGO=$(CARGO) ./conformance/run.sh
 

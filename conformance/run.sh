@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Conformance suites written by others, run against our data plane: h2spec (HTTP/2) and grpc-go's
-# interop client and server. Every suite runs once without the sidecar and once (or more) through
+# Conformance suites written by others, run against our data plane: h2spec (HTTP/2), grpc-go's
+# interop client and server, and HTTP/1.1 and WebSocket client libraries (requests, httpx, aiohttp,
+# websockets, curl; clients/). Every suite runs once without the sidecar and once (or more) through
 # it; a case that passes without the sidecar and fails through it is a regression, and any
 # regression makes this script exit 1. Cases that fail in both runs are reported, not counted: they
 # show a limit of the test setup or of the backend, not of the sidecar.
@@ -12,7 +13,8 @@
 # Every process is started by this script, bounded by `timeout`, and killed (by its pid) on exit.
 #
 # Knobs (environment): CARGO, H2SPEC_ARGS (extra h2spec flags, e.g. -S for strict), CASE_TIMEOUT
-# (seconds per interop case, default 60), CONFORMANCE_OUT (logs, default conformance/.out).
+# (seconds per interop case, default 60), CONFORMANCE_OUT (logs, default conformance/.out), SUITES
+# (which suites, default "h2spec grpc clients"), PYTHON and DATASTREAM_CACHE (the clients venv).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +31,12 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 say() { echo "conformance: $*"; }
 die() { echo "conformance: $*" >&2; exit 2; }
+
+suites=" ${SUITES:-h2spec grpc clients} "
+want() { [[ "$suites" == *" $1 "* ]]; }
+for s in $suites; do
+  [[ "$s" == h2spec || "$s" == grpc || "$s" == clients ]] || die "unknown suite '$s' in SUITES (h2spec, grpc, clients)"
+done
 
 rm -rf "$out"
 mkdir -p "$out"
@@ -151,12 +159,21 @@ responses() {
 
 # ---- builds -----------------------------------------------------------------------------------
 if [[ "${CONFORMANCE_IN_NETNS:-}" != 1 ]]; then
-  t0="$(now)"
-  timeout 3600 "$here/build.sh"
-  say "Go tools ready in $(elapsed "$t0")"
+  if want h2spec || want grpc; then
+    t0="$(now)"
+    timeout 3600 "$here/build.sh"
+    say "Go tools ready in $(elapsed "$t0")"
+  fi
   t0="$(now)"
   timeout 3600 "$cargo" build -p datastream-sidecar -p datastream-demo-replica
   say "workspace binaries ready in $(elapsed "$t0")"
+  if want clients; then
+    # The client libraries come from PyPI, so the venv is made here, before the namespace; inside,
+    # clients/run.sh finds it in the cache under the same key.
+    t0="$(now)"
+    venv="$(timeout 1000 "$here/clients/venv.sh")" || die "the clients venv could not be made"
+    say "clients venv ready in $(elapsed "$t0"): $venv"
+  fi
 fi
 
 # ---- isolation --------------------------------------------------------------------------------
@@ -169,6 +186,7 @@ ip link set lo up
 say "in a private network namespace: $(ip -brief addr | tr -s ' ' | paste -sd ';')"
 
 regressions=0
+h2_regressions=0 grpc_regressions=0 clients_regressions=0
 
 # ---- h2spec ----------------------------------------------------------------------------------------
 # JUnit report -> one line per case: id, status (pass/fail/skip), title, error text.
@@ -218,49 +236,51 @@ h2spec_case() {
   [[ -s "$xml" ]] && junit_cases "$xml" | awk -F'\t' '{ print $2; exit }' || echo fail
 }
 
-say "h2spec (h2c, prior knowledge): directly, and through a sidecar (upstream protocol auto)"
-t0="$(now)"
-start_replica h2spec-replica
-replica_port=$port
-start_sidecar h2spec-sidecar --endpoints "127.0.0.1:$replica_port"
-h2spec_sidecar=$traffic h2spec_admin=$admin
-echo "h2spec summary:"
-run_h2spec direct "$replica_port"
-run_h2spec sidecar "$h2spec_sidecar"
-# Cases whose status differs; a regression is pass -> not pass.
-LC_ALL=C join -t $'\t' -a 1 -a 2 -e missing -o 0,1.2,2.2,1.3,2.4 \
-  "$out/h2spec-direct.tsv" "$out/h2spec-sidecar.tsv" \
-  | awk -F'\t' '$2 != $3' >"$out/h2spec-diff.tsv"
-# Some cases race the backend (a replica that answers a GET before the client has sent its next
-# frame passes or fails by timing): each pass -> fail candidate is rerun 3 times on each side, and
-# counts as a regression only if the sidecar fails it every time while the direct run passes it at
-# least once; otherwise it is reported as flaky.
-: >"$out/h2spec-verdict.tsv"
-while IFS=$'\t' read -r id st_direct st_sidecar title err; do
-  verdict=differs
-  if [[ "$st_direct" == pass ]]; then
-    d=0 s=0
-    for _ in 1 2 3; do
-      [[ "$(h2spec_case "$replica_port" "$id")" == pass ]] && d=$((d + 1))
-      [[ "$(h2spec_case "$h2spec_sidecar" "$id")" == pass ]] && s=$((s + 1))
-    done
-    if ((s == 0)); then verdict=REGRESSION; else verdict="flaky(sidecar passed $s/3 reruns, direct $d/3)"; fi
-  fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$st_direct" "$st_sidecar" "$title" "$err" "$verdict" >>"$out/h2spec-verdict.tsv"
-done <"$out/h2spec-diff.tsv"
-h2_regressions=$(awk -F'\t' '$6 == "REGRESSION"' "$out/h2spec-verdict.tsv" | wc -l)
-if [[ -s "$out/h2spec-verdict.tsv" ]]; then
-  echo "h2spec cases that differ (verdict, id, direct -> sidecar, title; sidecar error):"
-  awk -F'\t' '{ printf "  %-10s %-16s %s -> %s  %s%s\n%s", ($6 == "differs" ? "" : $6 == "REGRESSION" ? $6 : "flaky"), $1, $2, $3, $4,
-    ($6 ~ /^flaky/ ? "  [" $6 "]" : ""), ($5 != "" && $5 != "missing" ? "      sidecar: " $5 "\n" : "") }' "$out/h2spec-verdict.tsv"
-else
-  echo "h2spec: no case differs"
+if want h2spec; then
+  say "h2spec (h2c, prior knowledge): directly, and through a sidecar (upstream protocol auto)"
+  t0="$(now)"
+  start_replica h2spec-replica
+  replica_port=$port
+  start_sidecar h2spec-sidecar --endpoints "127.0.0.1:$replica_port"
+  h2spec_sidecar=$traffic h2spec_admin=$admin
+  echo "h2spec summary:"
+  run_h2spec direct "$replica_port"
+  run_h2spec sidecar "$h2spec_sidecar"
+  # Cases whose status differs; a regression is pass -> not pass.
+  LC_ALL=C join -t $'\t' -a 1 -a 2 -e missing -o 0,1.2,2.2,1.3,2.4 \
+    "$out/h2spec-direct.tsv" "$out/h2spec-sidecar.tsv" \
+    | awk -F'\t' '$2 != $3' >"$out/h2spec-diff.tsv"
+  # Some cases race the backend (a replica that answers a GET before the client has sent its next
+  # frame passes or fails by timing): each pass -> fail candidate is rerun 3 times on each side, and
+  # counts as a regression only if the sidecar fails it every time while the direct run passes it at
+  # least once; otherwise it is reported as flaky.
+  : >"$out/h2spec-verdict.tsv"
+  while IFS=$'\t' read -r id st_direct st_sidecar title err; do
+    verdict=differs
+    if [[ "$st_direct" == pass ]]; then
+      d=0 s=0
+      for _ in 1 2 3; do
+        [[ "$(h2spec_case "$replica_port" "$id")" == pass ]] && d=$((d + 1))
+        [[ "$(h2spec_case "$h2spec_sidecar" "$id")" == pass ]] && s=$((s + 1))
+      done
+      if ((s == 0)); then verdict=REGRESSION; else verdict="flaky(sidecar passed $s/3 reruns, direct $d/3)"; fi
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$id" "$st_direct" "$st_sidecar" "$title" "$err" "$verdict" >>"$out/h2spec-verdict.tsv"
+  done <"$out/h2spec-diff.tsv"
+  h2_regressions=$(awk -F'\t' '$6 == "REGRESSION"' "$out/h2spec-verdict.tsv" | wc -l)
+  if [[ -s "$out/h2spec-verdict.tsv" ]]; then
+    echo "h2spec cases that differ (verdict, id, direct -> sidecar, title; sidecar error):"
+    awk -F'\t' '{ printf "  %-10s %-16s %s -> %s  %s%s\n%s", ($6 == "differs" ? "" : $6 == "REGRESSION" ? $6 : "flaky"), $1, $2, $3, $4,
+      ($6 ~ /^flaky/ ? "  [" $6 "]" : ""), ($5 != "" && $5 != "missing" ? "      sidecar: " $5 "\n" : "") }' "$out/h2spec-verdict.tsv"
+  else
+    echo "h2spec: no case differs"
 fi
 n=$(responses "$h2spec_admin" traffic)
 ((n > 0)) || die "the h2spec sidecar sent no response: h2spec did not go through it"
 echo "h2spec sidecar sent $n responses"
 regressions=$((regressions + h2_regressions))
 say "h2spec done in $(elapsed "$t0"): $h2_regressions regression(s)"
+fi
 
 # ---- gRPC interop ----------------------------------------------------------------------------------
 # grpc-go's own interop_test.sh list (every case its plain server supports), plus the four
@@ -281,101 +301,122 @@ cases=(
 # As grpc-go's interop_test.sh: the ORCA cases need the test LB policy that reads the reports.
 service_config='{ "loadBalancingConfig": [{ "test_backend_metrics_load_balancer": {} }]}'
 
-say "gRPC interop: directly and through three sidecar paths"
-t0="$(now)"
-start_interop_server interop-server
-server_port=$port
-start_sidecar grpc-sidecar-auto --endpoints "127.0.0.1:$server_port"
-auto_port=$traffic auto_admin=$admin
-start_sidecar grpc-sidecar-http2 --endpoints "127.0.0.1:$server_port" --upstream-protocol http2
-http2_port=$traffic http2_admin=$admin
-# Two hops: A routes to B's peer listener; B delivers to its local workload, the interop server.
-start_sidecar grpc-sidecar-b --local-endpoint "127.0.0.1:$server_port" --peer-listen PEER
-b_peer=$peer b_admin=$admin
-start_sidecar grpc-sidecar-a --endpoints "127.0.0.1:$b_peer"
-a_port=$traffic a_admin=$admin
+if want grpc; then
+  say "gRPC interop: directly and through three sidecar paths"
+  t0="$(now)"
+  start_interop_server interop-server
+  server_port=$port
+  start_sidecar grpc-sidecar-auto --endpoints "127.0.0.1:$server_port"
+  auto_port=$traffic auto_admin=$admin
+  start_sidecar grpc-sidecar-http2 --endpoints "127.0.0.1:$server_port" --upstream-protocol http2
+  http2_port=$traffic http2_admin=$admin
+  # Two hops: A routes to B's peer listener; B delivers to its local workload, the interop server.
+  start_sidecar grpc-sidecar-b --local-endpoint "127.0.0.1:$server_port" --peer-listen PEER
+  b_peer=$peer b_admin=$admin
+  start_sidecar grpc-sidecar-a --endpoints "127.0.0.1:$b_peer"
+  a_port=$traffic a_admin=$admin
 
-paths=(direct auto http2 two-hop)
-declare -A path_port=([direct]=$server_port [auto]=$auto_port [http2]=$http2_port [two-hop]=$a_port)
-declare -A result
+  paths=(direct auto http2 two-hop)
+  declare -A path_port=([direct]=$server_port [auto]=$auto_port [http2]=$http2_port [two-hop]=$a_port)
+  declare -A result
 
-# run_case CASE PATH: pass, fail, timeout or unsupported; the client's output is kept in the log.
-run_case() {
-  local log="$out/interop-$2-$1.log" rc=0
-  timeout -k 5 "$case_timeout" "$here/.bin/grpc-interop-client" --server_host 127.0.0.1 \
-    --server_port "${path_port[$2]}" --test_case "$1" --service_config_json "$service_config" \
-    >"$log" 2>&1 || rc=$?
-  if ((rc == 0)); then echo pass
-  elif grep -q "Unsupported test case" "$log"; then echo unsupported
-  elif ((rc == 124 || rc == 137)); then echo timeout
-  else echo fail
-  fi
-}
-
-for c in "${cases[@]}"; do
-  for p in "${paths[@]}"; do
-    if [[ "$p" != direct && "${result[$c,direct]}" == unsupported ]]; then
-      result[$c,$p]=unsupported
-      continue
+  # run_case CASE PATH: pass, fail, timeout or unsupported; the client's output is kept in the log.
+  run_case() {
+    local log="$out/interop-$2-$1.log" rc=0
+    timeout -k 5 "$case_timeout" "$here/.bin/grpc-interop-client" --server_host 127.0.0.1 \
+      --server_port "${path_port[$2]}" --test_case "$1" --service_config_json "$service_config" \
+      >"$log" 2>&1 || rc=$?
+    if ((rc == 0)); then echo pass
+    elif grep -q "Unsupported test case" "$log"; then echo unsupported
+    elif ((rc == 124 || rc == 137)); then echo timeout
+    else echo fail
     fi
-    r=$(run_case "$c" "$p")
-    # A failure through a sidecar of a case that passed directly is run twice more: one that passes
-    # then is shown as flaky (and its first failure kept), not counted as a regression.
-    if [[ "$p" != direct && "${result[$c,direct]}" == pass && "$r" != pass ]]; then
-      cp "$out/interop-$p-$c.log" "$out/interop-$p-$c.first.log"
-      for _ in 1 2; do
-        [[ "$(run_case "$c" "$p")" == pass ]] && { r="flaky($r)"; break; }
-      done
-      cp "$out/interop-$p-$c.first.log" "$out/interop-$p-$c.log"
-    fi
-    result[$c,$p]=$r
+  }
+
+  for c in "${cases[@]}"; do
+    for p in "${paths[@]}"; do
+      if [[ "$p" != direct && "${result[$c,direct]}" == unsupported ]]; then
+        result[$c,$p]=unsupported
+        continue
+      fi
+      r=$(run_case "$c" "$p")
+      # A failure through a sidecar of a case that passed directly is run twice more: one that passes
+      # then is shown as flaky (and its first failure kept), not counted as a regression.
+      if [[ "$p" != direct && "${result[$c,direct]}" == pass && "$r" != pass ]]; then
+        cp "$out/interop-$p-$c.log" "$out/interop-$p-$c.first.log"
+        for _ in 1 2; do
+          [[ "$(run_case "$c" "$p")" == pass ]] && { r="flaky($r)"; break; }
+        done
+        cp "$out/interop-$p-$c.first.log" "$out/interop-$p-$c.log"
+      fi
+      result[$c,$p]=$r
+    done
   done
-done
 
-grpc_regressions=0
-printf '\ngRPC interop (rows: test case; columns: path; "!" marks a regression)\n'
-printf '  %-29s' case
-printf '%-16s' "${paths[@]}"
-echo
-for c in "${cases[@]}"; do
-  printf '  %-29s' "$c"
-  for p in "${paths[@]}"; do
-    r=${result[$c,$p]}
-    if [[ "$p" != direct && "${result[$c,direct]}" == pass && "$r" != pass && "$r" != flaky* ]]; then
-      r="$r!"
-      grpc_regressions=$((grpc_regressions + 1))
-    fi
-    printf '%-16s' "$r"
-  done
+  grpc_regressions=0
+  printf '\ngRPC interop (rows: test case; columns: path; "!" marks a regression)\n'
+  printf '  %-29s' case
+  printf '%-16s' "${paths[@]}"
   echo
-done
-echo "  paths: direct = client -> interop server; auto = through one sidecar (upstream protocol auto);"
-echo "         http2 = one sidecar with --upstream-protocol http2; two-hop = sidecar A -> sidecar B's peer listener -> server"
-failed=0
-for c in "${cases[@]}"; do
-  for p in "${paths[@]}"; do
-    r=${result[$c,$p]}
-    [[ "$r" == pass || "$r" == unsupported ]] && continue
-    ((failed++ == 0)) && echo "gRPC failures (last lines of the client's output; full logs in $out):"
-    echo "  $c via $p: $r"
-    grep -v '^\s*$' "$out/interop-$p-$c.log" | tail -n 3 | cut -c1-400 | sed 's/^/      /'
+  for c in "${cases[@]}"; do
+    printf '  %-29s' "$c"
+    for p in "${paths[@]}"; do
+      r=${result[$c,$p]}
+      if [[ "$p" != direct && "${result[$c,direct]}" == pass && "$r" != pass && "$r" != flaky* ]]; then
+        r="$r!"
+        grpc_regressions=$((grpc_regressions + 1))
+      fi
+      printf '%-16s' "$r"
+    done
+    echo
   done
-done
-# Each sidecar must have answered on the listener its path uses: a path that bypassed it (a wrong
-# port, a client that fell back elsewhere) would pass without testing the sidecar at all.
-for s in "auto:$auto_admin:traffic" "http2:$http2_admin:traffic" "two-hop-A:$a_admin:traffic" "two-hop-B:$b_admin:peer"; do
-  IFS=: read -r label adm listener <<<"$s"
-  n=$(responses "$adm" "$listener")
-  ((n > 0)) || die "sidecar $label sent no response on its $listener listener: the path did not go through it"
-  echo "  sidecar $label: $n responses on its $listener listener"
-done
-regressions=$((regressions + grpc_regressions))
-say "gRPC interop done in $(elapsed "$t0"): $grpc_regressions regression(s)"
+  echo "  paths: direct = client -> interop server; auto = through one sidecar (upstream protocol auto);"
+  echo "         http2 = one sidecar with --upstream-protocol http2; two-hop = sidecar A -> sidecar B's peer listener -> server"
+  failed=0
+  for c in "${cases[@]}"; do
+    for p in "${paths[@]}"; do
+      r=${result[$c,$p]}
+      [[ "$r" == pass || "$r" == unsupported ]] && continue
+      ((failed++ == 0)) && echo "gRPC failures (last lines of the client's output; full logs in $out):"
+      echo "  $c via $p: $r"
+      grep -v '^\s*$' "$out/interop-$p-$c.log" | tail -n 3 | cut -c1-400 | sed 's/^/      /'
+    done
+  done
+  # Each sidecar must have answered on the listener its path uses: a path that bypassed it (a wrong
+  # port, a client that fell back elsewhere) would pass without testing the sidecar at all.
+  for s in "auto:$auto_admin:traffic" "http2:$http2_admin:traffic" "two-hop-A:$a_admin:traffic" "two-hop-B:$b_admin:peer"; do
+    IFS=: read -r label adm listener <<<"$s"
+    n=$(responses "$adm" "$listener")
+    ((n > 0)) || die "sidecar $label sent no response on its $listener listener: the path did not go through it"
+    echo "  sidecar $label: $n responses on its $listener listener"
+  done
+  regressions=$((regressions + grpc_regressions))
+  say "gRPC interop done in $(elapsed "$t0"): $grpc_regressions regression(s)"
+fi
+
+# ---- HTTP/1.1 and WebSocket clients ----------------------------------------------------------------
+# clients/run.sh: pytest with requests, httpx, aiohttp, websockets and curl against Python backends
+# and the demo replica, each case directly and through a sidecar with requestTimeout 1s; it prints
+# its table, reruns the sidecar failures that would count (flaky if a rerun passes) and writes the
+# number of regressions to $out/clients/regressions. Exit 0 or 1 is a result, anything else setup.
+if want clients; then
+  say "clients (requests, httpx, aiohttp, websockets, curl): directly and through a sidecar"
+  t0="$(now)"
+  rc=0
+  CLIENTS_NO_BUILD=1 CLIENTS_OUT="$out/clients" CARGO_TARGET_DIR="$(dirname "$target")" \
+    timeout -k 10 900 "$here/clients/run.sh" || rc=$?
+  if ((rc > 1)) || [[ ! -s "$out/clients/regressions" ]]; then
+    die "the clients suite exited $rc without a verdict (see $out/clients)"
+  fi
+  clients_regressions=$(cat "$out/clients/regressions")
+  regressions=$((regressions + clients_regressions))
+  say "clients done in $(elapsed "$t0"): $clients_regressions regression(s)"
+fi
 
 # ---- verdict ----------------------------------------------------------------------------------------
 echo
 if ((regressions > 0)); then
-  say "FAILED: $regressions regression(s) (h2spec $h2_regressions, gRPC $grpc_regressions); logs in $out"
+  say "FAILED: $regressions regression(s) (h2spec $h2_regressions, gRPC $grpc_regressions, clients $clients_regressions); logs in $out"
   exit 1
 fi
 say "ok: no case that passes without the sidecar fails through it; logs in $out"
