@@ -84,14 +84,27 @@ impl Interim {
             .then(|| std::mem::take(&mut *self.heads.lock()))
     }
 
-    /// The interim responses queued so far, once there are some.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<(StatusCode, HeaderMap)>> {
+    /// The interim responses queued so far, once there are some. `registered` says whether
+    /// this task's waker is already in place: one exchange is one task, so registering once per
+    /// wake-up is enough (most exchanges never see a 1xx, and this is polled on each of their
+    /// wake-ups).
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        registered: &mut bool,
+    ) -> Poll<Vec<(StatusCode, HeaderMap)>> {
         if !self.pending.load(Ordering::Acquire) {
+            if *registered {
+                return Poll::Pending;
+            }
             self.waker.register(cx.waker());
+            *registered = true;
             if !self.pending.load(Ordering::Acquire) {
                 return Poll::Pending;
             }
         }
+        // The push that set `pending` also took the waker: register again next time.
+        *registered = false;
         self.pending.store(false, Ordering::Release);
         Poll::Ready(std::mem::take(&mut *self.heads.lock()))
     }

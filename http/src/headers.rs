@@ -154,8 +154,9 @@ impl Forwarding {
             Version::HTTP_10 => &VIA_10,
             _ => &VIA_11,
         };
-        let text = via.to_str().unwrap_or(VIA_PSEUDONYM);
-        append(headers, &VIA, via, text);
+        // A field line of its own rather than joined into an earlier one: `Via` is a list, and
+        // RFC 9110 5.3 makes the two forms equivalent; this one costs no lookup.
+        headers.append(VIA, via.clone());
     }
 }
 
@@ -187,24 +188,59 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
 }
 
 /// Whether a Host field value is `uri-host [ ":" port ]` (RFC 9110 7.2), possibly empty (RFC
-/// 9112 3.2 allows it when the target has no authority), without userinfo.
+/// 9112 3.2 allows it when the target has no authority), without userinfo. A byte scan rather
+/// than a URI parse: it runs on every HTTP/1.1 request.
 pub fn valid_host(value: &[u8]) -> bool {
-    if value.is_empty() {
-        return true;
-    }
-    if value.contains(&b'@') {
-        return false;
-    }
-    let Ok(authority) = http::uri::Authority::try_from(value) else {
-        return false;
+    let (host, port) = match value.first() {
+        None => return true,
+        // An IP literal: `[` address `]`, then an optional port.
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inner = &value[1..end];
+                let ok = !inner.is_empty()
+                    && inner
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'v' | b'V'));
+                if !ok {
+                    return false;
+                }
+                (&value[..0], &value[end + 1..])
+            }
+            None => return false,
+        },
+        Some(_) => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &value[..0]),
+        },
     };
-    // `Authority` accepts a port that is not a number; a Host field does not.
-    let after_host = &authority.as_str()[authority.host().len()..];
-    let after_host = after_host.strip_prefix(']').unwrap_or(after_host);
-    match after_host.strip_prefix(':') {
-        None => after_host.is_empty(),
-        Some(port) => port.bytes().all(|b| b.is_ascii_digit()),
-    }
+    // reg-name: unreserved, percent-encoded and sub-delims; no userinfo, path or spaces.
+    let host_ok = host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    host_ok && port_ok
 }
 
 /// Whether an HTTP/1.1 request asks for a protocol switch (`Connection: upgrade` + `Upgrade`).
@@ -276,6 +312,27 @@ mod tests {
     }
 
     #[test]
+    fn host_values_are_checked_by_their_grammar() {
+        for good in [
+            "a",
+            "a.example:8080",
+            "10.0.0.1:80",
+            "[::1]:7080",
+            "[::1]",
+            "",
+            "a:",
+            "x_y",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good:?}");
+        }
+        for bad in [
+            "u@a", "a:b", "a:80:90", "a b", "a/b", "[::1", "[]:80", "[::1]x", "a?b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn expect_and_connection_host_are_handled_here() {
         let mut h = map(&[
             ("expect", "100-continue"),
@@ -314,7 +371,8 @@ mod tests {
         assert_eq!(h["via"], "1.1 datastream");
         let mut h = map(&[("via", "1.1 edge")]);
         Forwarding::new("127.0.0.1:5000".parse().unwrap()).apply(&mut h, Version::HTTP_2);
-        assert_eq!(h["via"], "1.1 edge, 2 datastream");
+        let via: Vec<_> = h.get_all("via").iter().collect();
+        assert_eq!(via, ["1.1 edge", "2 datastream"]);
         let mut h = HeaderMap::new();
         append_forwarded(&mut h, "[::1]:5000".parse().unwrap());
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");

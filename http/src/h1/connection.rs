@@ -252,11 +252,12 @@ impl<A: HttpServerApp> Connection<A> {
         let interim = &self.meta.interim;
         let relay = version == Version::HTTP_11;
         interim.set_open(relay);
+        let mut registered = false;
         let resp = loop {
             tokio::select! {
                 biased;
                 resp = &mut call => break resp,
-                heads = std::future::poll_fn(|cx| interim.poll_take(cx)), if relay => {
+                heads = std::future::poll_fn(|cx| interim.poll_take(cx, &mut registered)), if relay => {
                     if !write_interim(&mut self.write, heads).await {
                         interim.set_open(false);
                         return Outcome::Close(None);

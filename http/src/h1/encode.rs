@@ -63,11 +63,14 @@ pub fn head(
     let headers = &parts.headers;
     // One pass over the fields instead of a hash lookup per field of interest.
     let (mut says_close, mut declared, mut has_date) = (false, None, false);
+    // The received value, when it is the plain number the framing uses: copied, not formatted.
+    let mut declared_text: Option<&[u8]> = None;
     for (name, value) in headers {
         if name == CONNECTION {
             says_close |= lists_token(value.as_bytes(), b"close");
         } else if name == CONTENT_LENGTH {
             declared = plain_length(value.as_bytes());
+            declared_text = declared.map(|_| value.as_bytes());
         } else if name == DATE {
             has_date = true;
         }
@@ -117,7 +120,12 @@ pub fn head(
         out.extend_from_slice(b"\r\n");
     }
     if let Some(n) = length {
-        let _ = write!(out, "content-length: {n}\r\n");
+        out.extend_from_slice(b"content-length: ");
+        match declared_text.filter(|_| declared == Some(n)) {
+            Some(text) => out.extend_from_slice(text),
+            None => push_decimal(out, n),
+        }
+        out.extend_from_slice(b"\r\n");
     }
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -136,6 +144,21 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, !keep_alive)
+}
+
+/// Appends `n` in decimal (without the formatting machinery: this runs on most responses).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// A `Content-Length` value that is one plain decimal number (not "+5", not a list).

@@ -24,8 +24,9 @@ pub const MAX_HEADERS: usize = 128;
 /// the heap.
 const INLINE_FIELDS: usize = 32;
 /// Fields the request path may add before forwarding (`x-forwarded-for`, `forwarded`,
-/// `x-forwarded-proto`, and a deadline).
-const FORWARDING_FIELDS: usize = 4;
+/// `x-forwarded-proto`, `via`, and a `Host` or a deadline): a map that regrew would rehash and
+/// copy every field.
+const FORWARDING_FIELDS: usize = 5;
 
 /// How the body of a request is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

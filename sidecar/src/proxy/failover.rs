@@ -192,24 +192,27 @@ pub(super) async fn forward(
             }
         }
     };
-    tokio::select! {
-        biased;
-        result = work => result,
-        () = expiry(deadline, end.as_ref(), timeout) => {
-            call.route.resilience.metrics.timeouts.inc();
-            Err(ProxyError::Timeout)
-        }
-    }
-}
-
-/// Resolves when the request's deadline passes. While the body streams (`end` not fired),
-/// that is the caller's deadline, or the request timeout counted from the body's end.
-async fn expiry(deadline: Deadline, end: Option<&EndSignal>, timeout: Duration) {
-    match end {
-        None => tokio::time::sleep_until(clock::instant_at(deadline.at_ns())).await,
+    let expired = match &end {
+        // The common case, a body already complete: one timer at the earlier deadline.
+        None => tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), work)
+            .await
+            .map_err(|_| ()),
         // Boxed: only streamed request bodies take this path.
-        Some(end) => Box::pin(streaming_expiry(deadline.caller_ns(), end, timeout)).await,
-    }
+        Some(end) => {
+            Box::pin(async {
+                tokio::select! {
+                    biased;
+                    result = work => Ok(result),
+                    () = streaming_expiry(deadline.caller_ns(), end, timeout) => Err(()),
+                }
+            })
+            .await
+        }
+    };
+    expired.unwrap_or_else(|()| {
+        call.route.resilience.metrics.timeouts.inc();
+        Err(ProxyError::Timeout)
+    })
 }
 
 async fn streaming_expiry(caller_ns: Option<u64>, end: &EndSignal, timeout: Duration) {

@@ -207,8 +207,8 @@ pub async fn handle(
     let started = Instant::now();
     let downstream_h1 = req.version() != Version::HTTP_2;
     // Known before the request is taken apart: the sidecar's own errors answer gRPC calls in
-    // gRPC's terms.
-    let grpc = is_grpc(req.headers());
+    // gRPC's terms. gRPC runs over HTTP/2 only (gRPC-Web clients read statuses from the body).
+    let grpc = !downstream_h1 && is_grpc(req.headers());
     let shared = &app.shared;
     let policy = shared.policy();
     let (resp, metrics) = match app.kind {
@@ -423,6 +423,11 @@ enum TargetAuthority {
 /// The authority of the request's target, refusing what RFC 9110 4.2.4 and RFC 9113 8.3.1 call
 /// malformed: userinfo, and an HTTP/2 Host that is not the `:authority` or is repeated.
 fn target_authority(parts: &Parts, local: SocketAddr) -> Result<TargetAuthority, ProxyError> {
+    if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() {
+        // An HTTP/1.1 request in origin form: the sidecar's own HTTP/1 server admitted it only
+        // with exactly one valid Host (no lookup needed on the most common path).
+        return Ok(TargetAuthority::Host);
+    }
     let host = parts.headers.get(HOST);
     if let Some(authority) = parts.uri.authority() {
         if authority.as_str().contains('@') {
