@@ -9,7 +9,6 @@ use rand::Rng;
 
 use super::{HASH_BALANCE_FACTOR, HashAlgorithm, Policy, pick_hashed};
 use crate::endpoint::{Eligibility, Endpoint, EndpointSet};
-use datastream_resilience::clock;
 
 /// `localFirst` keeps the local replica while its cost is at most this multiple of the best
 /// peer's: a local hop saves a network round trip, worth some extra queueing, not a lot.
@@ -43,15 +42,15 @@ impl Balancer {
         self.policy
     }
 
-    /// Picks an endpoint. `key` feeds the hashing policies (a balance route under ring-hash or
-    /// maglev hashes the client address).
+    /// Picks an endpoint at `now` (a reading of the resilience clock). `key` feeds the hashing
+    /// policies (a balance route under ring-hash or maglev hashes the client address).
     pub fn pick<'a>(
         &self,
         set: &'a EndpointSet,
         key: u64,
         exclude: &[SocketAddr],
+        now: u64,
     ) -> Option<&'a Arc<Endpoint>> {
-        let now = clock::now_ns();
         let eps = set.endpoints();
         if self.local_first
             && let Some(local) = local_preferred(set, now, exclude)
@@ -78,6 +77,7 @@ impl Balancer {
                     key,
                     HASH_BALANCE_FACTOR,
                     exclude,
+                    now,
                 );
             }
             Policy::Maglev => {
@@ -87,6 +87,7 @@ impl Balancer {
                     key,
                     HASH_BALANCE_FACTOR,
                     exclude,
+                    now,
                 );
             }
         };

@@ -8,22 +8,21 @@ use std::time::Duration;
 use super::HashAlgorithm;
 use super::balancer::{fallback, still_serves, usable};
 use crate::endpoint::{Eligibility, Endpoint, EndpointSet};
-use datastream_resilience::clock;
 
 /// Bounded-load factor for consistent hashing: an owner with more than this multiple of the
 /// average in-flight load passes the key to the next candidate (Envoy's hash_balance_factor 125).
 pub const HASH_BALANCE_FACTOR: f64 = 1.25;
-/// Consistent hashing with bounded load: the key's first candidate that is usable and below
-/// `load_bound` times the average in-flight load (0 disables the bound); else its first usable
-/// candidate.
+/// Consistent hashing with bounded load at `now`: the key's first candidate that is usable and
+/// below `load_bound` times the average in-flight load (0 disables the bound); else its first
+/// usable candidate.
 pub fn pick_hashed<'a>(
     set: &'a EndpointSet,
     algorithm: HashAlgorithm,
     key: u64,
     load_bound: f64,
     exclude: &[SocketAddr],
+    now: u64,
 ) -> Option<&'a Arc<Endpoint>> {
-    let now = clock::now_ns();
     let eps = set.endpoints();
     if eps.is_empty() {
         return None;
@@ -100,8 +99,8 @@ pub fn pick_primary<'a>(
     set: &'a EndpointSet,
     hold_down: Duration,
     exclude: &[SocketAddr],
+    now: u64,
 ) -> Option<&'a Arc<Endpoint>> {
-    let now = clock::now_ns();
     let eps = set.endpoints();
     // Slow start limits how fast load moves onto a replica; a primary takes all of it anyway.
     let up = |e: &Endpoint| {

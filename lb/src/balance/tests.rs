@@ -6,6 +6,7 @@ use super::*;
 use crate::endpoint::EndpointSet;
 use crate::endpoint::metrics::LbMetrics;
 use crate::endpoint::{EndpointSpec, Failure};
+use datastream_resilience::clock;
 
 fn set(n: u16, local: Option<u16>) -> EndpointSet {
     let specs: Vec<EndpointSpec> = (1..=n)
@@ -25,7 +26,7 @@ fn set(n: u16, local: Option<u16>) -> EndpointSet {
 fn counts(set: &EndpointSet, b: &Balancer, n: usize) -> Vec<usize> {
     let mut c = vec![0; set.len()];
     for i in 0..n {
-        let e = b.pick(set, i as u64, &[]).expect("a pick");
+        let e = b.pick(set, i as u64, &[], clock::now_ns()).expect("a pick");
         c[set
             .endpoints()
             .iter()
@@ -89,11 +90,27 @@ fn local_first_keeps_local_until_it_is_much_slower() {
 #[test]
 fn hashing_respects_bounded_load() {
     let s = set(3, None);
-    let owner = pick_hashed(&s, HashAlgorithm::RingHash, 7, HASH_BALANCE_FACTOR, &[]).unwrap();
+    let owner = pick_hashed(
+        &s,
+        HashAlgorithm::RingHash,
+        7,
+        HASH_BALANCE_FACTOR,
+        &[],
+        clock::now_ns(),
+    )
+    .unwrap();
     let _held: Vec<_> = (0..10)
         .map(|_| owner.start(datastream_resilience::clock::now_ns()))
         .collect();
-    let other = pick_hashed(&s, HashAlgorithm::RingHash, 7, HASH_BALANCE_FACTOR, &[]).unwrap();
+    let other = pick_hashed(
+        &s,
+        HashAlgorithm::RingHash,
+        7,
+        HASH_BALANCE_FACTOR,
+        &[],
+        clock::now_ns(),
+    )
+    .unwrap();
     assert!(
         !Arc::ptr_eq(owner, other),
         "an overloaded owner passes the key on"
@@ -105,10 +122,19 @@ fn primary_fails_over_and_takes_back_after_hold_down() {
     let s = set(3, None);
     let eps = s.endpoints();
     let hold = Duration::from_millis(50);
-    assert!(Arc::ptr_eq(pick_primary(&s, hold, &[]).unwrap(), &eps[0]));
+    assert!(Arc::ptr_eq(
+        pick_primary(&s, hold, &[], clock::now_ns()).unwrap(),
+        &eps[0]
+    ));
     eps[0].health.failure(Failure::Transport, 0);
     // Not down (one transport failure), but within hold-down: the next one serves.
-    assert!(Arc::ptr_eq(pick_primary(&s, hold, &[]).unwrap(), &eps[1]));
+    assert!(Arc::ptr_eq(
+        pick_primary(&s, hold, &[], clock::now_ns()).unwrap(),
+        &eps[1]
+    ));
     std::thread::sleep(hold);
-    assert!(Arc::ptr_eq(pick_primary(&s, hold, &[]).unwrap(), &eps[0]));
+    assert!(Arc::ptr_eq(
+        pick_primary(&s, hold, &[], clock::now_ns()).unwrap(),
+        &eps[0]
+    ));
 }

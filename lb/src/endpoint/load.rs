@@ -196,7 +196,12 @@ impl Load {
 
     /// Folds one latency sample into the estimate.
     pub fn observe(&self, rtt: Duration) {
-        let now = clock::now_ns();
+        self.observe_at(rtt, clock::now_ns());
+    }
+
+    /// Folds one latency sample, taken at `now` (a reading of the resilience clock the caller
+    /// already has), into the estimate.
+    pub fn observe_at(&self, rtt: Duration, now: u64) {
         let rtt_ns = rtt.max(MIN_RTT).as_nanos() as f64;
         let prev = self.rtt_ns(now);
         let first = self.samples() == 0;

@@ -97,6 +97,9 @@ pub struct InflightGuard {
     /// When the attempt started, on the resilience clock: a failure of an attempt older than
     /// the endpoint's last mark-down is not news (see [`Health::failure`]).
     started_ns: u64,
+    /// When its response headers arrived (0 until then): the reading the request path goes on
+    /// with, rather than reading the clock again.
+    answered_ns: u64,
 }
 
 /// Ends a request on an endpoint when the response body ends: records the outcome, returns the
@@ -214,6 +217,7 @@ impl Endpoint {
         InflightGuard {
             endpoint: Arc::clone(self),
             started_ns: now_ns,
+            answered_ns: 0,
         }
     }
 }
@@ -227,9 +231,12 @@ impl InflightGuard {
         &self.endpoint
     }
 
-    /// Records the time to response headers and that the attempt reached the endpoint.
-    pub fn responded(&self, latency: Duration) {
-        self.endpoint.load.observe(latency);
+    /// Records that the response headers arrived at `now_ns` (the time to them feeds the
+    /// latency estimate) and that the attempt reached the endpoint.
+    pub fn responded_at(&mut self, now_ns: u64) {
+        self.answered_ns = now_ns;
+        let latency = Duration::from_nanos(now_ns.saturating_sub(self.started_ns));
+        self.endpoint.load.observe_at(latency, now_ns);
         if self.endpoint.health.success() {
             // A returning replica ramps up again until its latency has converged.
             self.endpoint.load.restart_slow_start();
@@ -240,6 +247,12 @@ impl InflightGuard {
     #[inline]
     pub fn started_ns(&self) -> u64 {
         self.started_ns
+    }
+
+    /// When its response headers arrived, on the resilience clock (0 before).
+    #[inline]
+    pub fn answered_ns(&self) -> u64 {
+        self.answered_ns
     }
 
     /// Records a failed attempt; returns whether it was news about the endpoint (see

@@ -67,7 +67,7 @@ fn a_replica_returning_from_down_restarts_slow_start() {
         Eligibility::Down { .. }
     ));
     e.start(datastream_resilience::clock::now_ns())
-        .responded(Duration::from_millis(5));
+        .responded_at(datastream_resilience::clock::now_ns() + 5_000_000);
     assert!(e.load.warming(), "probation passed: ramp up again");
     assert_eq!(e.load.slow_start_cap(), Some(1));
 }

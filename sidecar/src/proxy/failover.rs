@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,6 +56,9 @@ pub(super) struct Call<'a> {
     pub upgrade: bool,
     /// The client connection it came on.
     pub meta: &'a Arc<ConnMeta>,
+    /// The latest clock reading the request path took (0: none yet), handed back with the
+    /// answer so that the caller need not read the clock again.
+    pub last_ns: AtomicU64,
 }
 
 impl<'a> Call<'a> {
@@ -82,8 +86,8 @@ pub(super) fn admit(
     shared: &Shared,
     policy: &Policy,
     route: &Route,
+    now: u64,
 ) -> Result<Admission, ProxyError> {
-    let now = clock::now_ns();
     if let Some(bucket) = &route.resilience.rate_limit
         && let Err(limited) = bucket.try_acquire(now)
     {
@@ -102,9 +106,9 @@ pub(super) fn admit(
         })
 }
 
-/// Ends an admission: its latency feeds the concurrency limit.
-pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission) {
-    admission.finish(clock::now_ns(), &policy.resilience.shed);
+/// Ends an admission at `now`: its latency feeds the concurrency limit.
+pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission, now: u64) {
+    admission.finish(now, &policy.resilience.shed);
     let limit = shared.resilience.shedder.limit();
     shared
         .metrics
@@ -116,13 +120,32 @@ pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission) {
 /// Forwards a prepared request within its deadlines (see [`Deadline`]): the caller's
 /// `grpc-timeout` / `x-datastream-deadline-ms`, counted from now, and the route's (or the
 /// policy's) request timeout, counted from the end of the request body.
+///
+/// `arrived` is the clock reading taken when the request arrived; the answer comes with the
+/// reading taken when it was known (the response headers' arrival, usually), so that the
+/// caller need not read the clock again.
 pub(super) async fn forward(
     call: Call<'_>,
     parts: Parts,
     body: ClientBody,
     client_upgrade: Option<PendingUpgrade>,
+    arrived: u64,
+) -> (Result<Response<ResponseBody>, ProxyError>, u64) {
+    let result = within_deadlines(&call, parts, body, client_upgrade, arrived).await;
+    let done = match call.last_ns.load(Ordering::Relaxed) {
+        0 => clock::now_ns(),
+        n => n,
+    };
+    (result, done)
+}
+
+async fn within_deadlines(
+    call: &Call<'_>,
+    parts: Parts,
+    body: ClientBody,
+    client_upgrade: Option<PendingUpgrade>,
+    arrived: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let arrived = clock::now_ns();
     let s = &call.policy.resilience;
     let timeout = call.route.resilience.timeout.unwrap_or(s.request_timeout);
     let mut deadline = Deadline::new(arrived, &parts.headers);
@@ -161,15 +184,15 @@ pub(super) async fn forward(
         Source::Once(Some(body))
     };
     let streaming = matches!(&source, Source::Once(Some(b)) if !b.is_end_stream());
+    // Reading the body took time; otherwise the arrival reading is still good.
+    let ready = match &source {
+        Source::Replay(b) if !b.is_empty() => clock::now_ns(),
+        _ => arrived,
+    };
     let end = if streaming {
         Some(EndSignal::new())
     } else {
-        let now = match &source {
-            // Reading the body took time; otherwise the arrival reading is still good.
-            Source::Replay(b) if !b.is_empty() => clock::now_ns(),
-            _ => arrived,
-        };
-        deadline.body_ended(now, timeout);
+        deadline.body_ended(ready, timeout);
         None
     };
     let work = async {
@@ -180,7 +203,7 @@ pub(super) async fn forward(
                 };
                 // Boxed, as the other rare paths: the common path's future (allocated once per
                 // request) stays small.
-                Box::pin(fan_out(&call, parts, bytes, deadline, quorum)).await
+                Box::pin(fan_out(call, parts, bytes, deadline, quorum)).await
             }
             _ => {
                 let r = Retrying {
@@ -188,7 +211,7 @@ pub(super) async fn forward(
                     deadline,
                     end: end.clone(),
                 };
-                with_retries(&call, r, parts, source, client_upgrade, arrived).await
+                with_retries(call, r, parts, source, client_upgrade, ready).await
             }
         }
     };
@@ -211,6 +234,8 @@ pub(super) async fn forward(
     };
     expired.unwrap_or_else(|()| {
         call.route.resilience.metrics.timeouts.inc();
+        // Whatever was read last is older than this.
+        call.last_ns.store(0, Ordering::Relaxed);
         Err(ProxyError::Timeout)
     })
 }
@@ -272,12 +297,7 @@ async fn with_retries(
     let (mut retries, mut unsent) = (0u32, 0usize);
     let mut last_error: Option<ProxyError> = None;
     let mut is_retry = false;
-    // Buffering the body may have waited on the client.
-    let mut now = if matches!(source, Source::Replay(ref b) if !b.is_empty()) {
-        clock::now_ns()
-    } else {
-        now
-    };
+    let mut now = now;
     loop {
         let endpoint = match pick(call, &exclude, now) {
             Ok(e) => e,
@@ -335,12 +355,17 @@ async fn with_retries(
             }
             _ => {
                 let expires = clock::instant_at(now.saturating_add(duration_ns(limit)));
-                let tried = attempt(endpoint, req, call.upgrade, call.relay());
+                let tried = attempt(endpoint, req, call.upgrade, call.relay(), now);
                 (endpoint, tokio::time::timeout_at(expires, tried).await)
             }
         };
         drop(slot);
-        now = clock::now_ns();
+        // An answer's guard holds the reading taken when its headers arrived.
+        now = match &result {
+            Ok(Ok((_, guard, _))) => guard.answered_ns(),
+            _ => clock::now_ns(),
+        };
+        call.last_ns.store(now, Ordering::Relaxed);
         if s.hedge.is_some()
             && let Ok(Ok(_)) = &result
         {
@@ -507,7 +532,10 @@ async fn hedged<'a>(
     limit: Duration,
     exclude: &[SocketAddr],
 ) -> (&'a Arc<Endpoint>, AttemptResult, Option<&'a Arc<Endpoint>>) {
-    let a = tokio::time::timeout(limit, attempt(first, req, false, call.relay()));
+    let a = tokio::time::timeout(
+        limit,
+        attempt(first, req, false, call.relay(), clock::now_ns()),
+    );
     tokio::pin!(a);
     tokio::select! {
         r = &mut a => return (first, r, None),
@@ -530,7 +558,7 @@ async fn hedged<'a>(
         return (first, a.await, None);
     }
     metrics.retry(RetryReason::Hedge);
-    let b = tokio::time::timeout(limit, attempt(second, copy, false, call.relay()));
+    let b = tokio::time::timeout(limit, attempt(second, copy, false, call.relay(), now));
     tokio::pin!(b);
     let acceptable = |r: &AttemptResult| matches!(r, Ok(Ok((resp, _, _))) if !policy.retries_status(resp.status()));
     let (winner, result, loser, pending_first) = tokio::select! {
@@ -642,10 +670,10 @@ fn pick<'a>(
     let mut skipped: Vec<SocketAddr> = Vec::new();
     loop {
         let candidate = if skipped.is_empty() {
-            select(call.route, call.set, call.key, exclude)
+            select(call.route, call.set, call.key, exclude, now)
         } else {
             let both: Vec<SocketAddr> = exclude.iter().chain(&skipped).copied().collect();
-            select(call.route, call.set, call.key, &both)
+            select(call.route, call.set, call.key, &both, now)
         };
         let Some(e) = candidate else {
             return Err(if skipped.is_empty() {
@@ -805,7 +833,7 @@ async fn fan_out(
                     client: None,
                 };
                 let result =
-                    tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay)).await;
+                    tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay, now)).await;
                 let now = clock::now_ns();
                 // `None`: nothing to hold against the replica (the client's fault, or a
                 // connect failure that was old news).

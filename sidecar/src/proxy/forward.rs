@@ -32,7 +32,6 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::TokioIo;
-use tokio::time::Instant;
 
 use super::ResponseBody;
 use super::error::{ProxyError, is_grpc};
@@ -204,7 +203,7 @@ pub async fn handle(
     req: Request<ClientBody>,
     upgrade: Option<PendingUpgrade>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let started = Instant::now();
+    let started = clock::now_ns();
     let downstream_h1 = req.version() != Version::HTTP_2;
     // Known before the request is taken apart: the sidecar's own errors answer gRPC calls in
     // gRPC's terms. gRPC runs over HTTP/2 only (gRPC-Web clients read statuses from the body).
@@ -215,7 +214,8 @@ pub async fn handle(
         ListenerKind::Traffic => {
             let (parts, body) = req.into_parts();
             let route = policy.routes.find(&parts);
-            let resp = proxy_traffic(shared, &policy, route, &meta, parts, body, upgrade).await;
+            let resp =
+                proxy_traffic(shared, &policy, route, &meta, parts, body, upgrade, started).await;
             (resp, &route.metrics)
         }
         ListenerKind::Peer => (
@@ -234,8 +234,9 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn observe(metrics: &RouteMetrics, status: StatusCode, started: Instant) {
-    metrics.observe(status.as_u16(), started.elapsed().as_secs_f64());
+fn observe(metrics: &RouteMetrics, status: StatusCode, started_ns: u64) {
+    let took = clock::since(started_ns, clock::now_ns());
+    metrics.observe(status.as_u16(), took.as_secs_f64());
 }
 
 fn respond_error(shared: &Shared, error: ProxyError, grpc: bool) -> Response<ResponseBody> {
@@ -245,6 +246,8 @@ fn respond_error(shared: &Shared, error: ProxyError, grpc: bool) -> Response<Res
     error.into_response(grpc)
 }
 
+/// The traffic listener's request path, for a request that arrived at `arrived_ns`.
+#[allow(clippy::too_many_arguments)]
 async fn proxy_traffic(
     shared: &Arc<Shared>,
     policy: &Policy,
@@ -253,13 +256,14 @@ async fn proxy_traffic(
     mut parts: Parts,
     body: ClientBody,
     client_upgrade: Option<PendingUpgrade>,
+    arrived_ns: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     admit(policy, &parts)?;
     if let Some(answer) = max_forwards(&mut parts) {
         return Ok(answer);
     }
     // Rate limit and adaptive shedding, before any routing work.
-    let admission = failover::admit(shared, policy, route)?;
+    let admission = failover::admit(shared, policy, route, arrived_ns)?;
     let endpoints = shared.endpoints();
     let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
     // HTTP/2 has no Upgrade: an h2c-only replica answers the request as an ordinary one.
@@ -276,9 +280,10 @@ async fn proxy_traffic(
         key,
         upgrade,
         meta,
+        last_ns: std::sync::atomic::AtomicU64::new(0),
     };
-    let result = failover::forward(call, parts, body, client_upgrade).await;
-    failover::finish(shared, policy, admission);
+    let (result, done_ns) = failover::forward(call, parts, body, client_upgrade, arrived_ns).await;
+    failover::finish(shared, policy, admission, done_ns);
     result
 }
 
@@ -308,7 +313,7 @@ async fn proxy_peer(
         limits: policy.response_limits,
         client: Some(meta),
     };
-    match attempt(local, Outgoing::Owned(req), upgrade, relay).await {
+    match attempt(local, Outgoing::Owned(req), upgrade, relay, clock::now_ns()).await {
         Ok((resp, guard, h1)) => respond(
             resp,
             guard,
@@ -561,34 +566,37 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Stage 4: the replica for this request, or none.
+/// Stage 4: the replica for this request at `now`, or none.
 pub(super) fn select<'a>(
     route: &Route,
     set: &'a EndpointSet,
     key: Option<u64>,
     exclude: &[SocketAddr],
+    now: u64,
 ) -> Option<&'a Arc<Endpoint>> {
     match &route.mode {
-        Mode::Balance(b) => b.pick(set, key.unwrap_or(0), exclude),
+        Mode::Balance(b) => b.pick(set, key.unwrap_or(0), exclude, now),
         Mode::Affinity(a) => match key {
-            Some(k) => balance::pick_hashed(set, a.algorithm, k, a.load_bound, exclude),
-            None => a.keyless.pick(set, 0, exclude),
+            Some(k) => balance::pick_hashed(set, a.algorithm, k, a.load_bound, exclude, now),
+            None => a.keyless.pick(set, 0, exclude, now),
         },
-        Mode::Primary { hold_down } => balance::pick_primary(set, *hold_down, exclude),
+        Mode::Primary { hold_down } => balance::pick_primary(set, *hold_down, exclude, now),
         // Broadcast requests go to every replica (see `failover`); a single pick takes the
         // first usable one.
-        Mode::Broadcast { .. } => balance::pick_primary(set, Duration::ZERO, exclude),
+        Mode::Broadcast { .. } => balance::pick_primary(set, Duration::ZERO, exclude, now),
     }
 }
 
-/// Stage 5: one attempt on `endpoint`.
+/// Stage 5: one attempt on `endpoint`, starting at `now` (a reading of the resilience clock).
+/// A response's guard carries the reading taken when its headers arrived.
 pub(super) async fn attempt(
     endpoint: &Arc<Endpoint>,
     out: Outgoing<'_>,
     upgrade: bool,
     relay: Relay<'_>,
+    now: u64,
 ) -> Result<Attempted, AttemptError> {
-    let guard = endpoint.start(clock::now_ns());
+    let guard = endpoint.start(now);
     let h2 = out.version() == Version::HTTP_2;
     if !h2
         && !upgrade
@@ -614,7 +622,7 @@ async fn attempt_hyper(
     mut req: Request<RequestBody>,
     h2: bool,
     upgrade: bool,
-    guard: InflightGuard,
+    mut guard: InflightGuard,
     client: Option<&Arc<ConnMeta>>,
 ) -> Result<Attempted, AttemptError> {
     if !h2 && let Some(client) = client.filter(|c| c.interim.is_open()) {
@@ -651,7 +659,7 @@ async fn attempt_hyper(
         };
         match result {
             Ok(resp) => {
-                guard.responded(clock::since(guard.started_ns(), clock::now_ns()));
+                guard.responded_at(clock::now_ns());
                 let resp = if head {
                     resp.map(|_| UpstreamBody::Empty)
                 } else {
@@ -692,7 +700,7 @@ async fn attempt_own(
     endpoint: &Arc<Endpoint>,
     out: Outgoing<'_>,
     body: Bytes,
-    guard: InflightGuard,
+    mut guard: InflightGuard,
     relay: Relay<'_>,
 ) -> Result<Attempted, AttemptError> {
     // Idle connections the upstream closed are skipped (and dropped) by the pool.
@@ -720,7 +728,7 @@ async fn attempt_own(
     };
     match sent {
         Ok(resp) => {
-            guard.responded(clock::since(guard.started_ns(), clock::now_ns()));
+            guard.responded_at(clock::now_ns());
             Ok((resp.map(UpstreamBody::Own), guard, None))
         }
         Err(error) => {
@@ -842,11 +850,12 @@ mod tests {
         let h1 =
             |uri, hosts: &[&str]| target_authority(&parts(Version::HTTP_11, uri, hosts), local);
         assert!(matches!(h1("/p", &["a"]), Ok(TargetAuthority::Host)));
-        assert!(matches!(
-            h1("/p", &[""]),
-            Ok(TargetAuthority::Connection(_))
-        ));
-        assert!(matches!(h1("/p", &[]), Ok(TargetAuthority::Connection(_))));
+        // HTTP/1.1 in origin form always has its Host (the server refused it otherwise), an
+        // empty one included, which goes on as the client sent it.
+        assert!(matches!(h1("/p", &[""]), Ok(TargetAuthority::Host)));
+        let h10 = |hosts: &[&str]| target_authority(&parts(Version::HTTP_10, "/p", hosts), local);
+        assert!(matches!(h10(&[""]), Ok(TargetAuthority::Connection(_))));
+        assert!(matches!(h10(&[]), Ok(TargetAuthority::Connection(_))));
     }
 
     /// An HTTP/2 request going to an HTTP/1.1 replica gets Host from `:authority` (replacing
