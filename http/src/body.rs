@@ -257,7 +257,11 @@ impl Body for RequestBody {
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
                 idle.progress();
-                let frame = without_hop_fields(frame);
+                let frame = if frame.is_trailers() {
+                    without_hop_fields(frame)
+                } else {
+                    frame
+                };
                 // A reader that trusts `is_end_stream` (hyper does) never polls for the end.
                 if inner.is_end_stream()
                     && let Some(end) = end.take()
@@ -466,7 +470,13 @@ impl<C: BodyCompletion> Body for ResponseBody<C> {
                     Poll::Ready(Some(Ok(_))) => idle.progress(),
                     _ => {}
                 }
-                let polled = polled.map(|f| f.map(|f| f.map(without_hop_fields)));
+                // Data frames, nearly all of them, pass as they are.
+                let polled = match polled {
+                    Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => {
+                        Poll::Ready(Some(Ok(without_hop_fields(frame))))
+                    }
+                    other => other,
+                };
                 match &polled {
                     Poll::Ready(None) => {
                         if let Some(done) = done.take() {
