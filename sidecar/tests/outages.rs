@@ -151,3 +151,88 @@ async fn a_few_failures_do_not_open_the_breaker() {
     }
     assert!(dropped > 0, "the breaker never opened");
 }
+
+/// The issue's own shape: 100 new connections at once to a replica whose listen backlog is
+/// full (it listens with a backlog of 1 and accepts nothing for a while), so most connects time
+/// out together. That is one observation: once the replica accepts again, it serves within 2 s
+/// (the compounded backoff used to keep it out for 30 s while it answered directly).
+#[tokio::test]
+async fn a_burst_of_connect_timeouts_counts_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opened = std::sync::Arc::clone(&open);
+    tokio::spawn(async move {
+        opened.notified().await;
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = s.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let spec = datastream_lb::endpoint::EndpointSpec {
+        addr,
+        name: "busy".into(),
+        local: false,
+        serving: true,
+    };
+    let proxy = sidecar(
+        "failover: { connectTimeout: 300ms, requestTimeout: 2s }",
+        &[spec],
+    )
+    .await;
+    let client = h1_client();
+    let burst: Vec<_> = (0..100)
+        .map(|_| {
+            let client = client.clone();
+            let to = proxy.traffic_addr();
+            tokio::spawn(async move { status(&client, to, "/").await })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for r in burst {
+        codes.push(r.await.unwrap().0);
+    }
+    assert!(
+        codes.iter().filter(|c| **c == 502).count() > 50,
+        "most connects timed out together: {codes:?}"
+    );
+    open.notify_one();
+    let back = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        let (code, why) = status(&client, proxy.traffic_addr(), "/").await;
+        answers.push((back.elapsed(), code, why));
+        if code == 200 || back.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    let (took, code, _) = answers.last().cloned().unwrap();
+    assert_eq!(code, 200, "never served: {answers:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "served after {took:?}: {answers:?}"
+    );
+    assert!(answers.iter().all(|(_, c, _)| *c != 503), "{answers:?}");
+}
