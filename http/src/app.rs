@@ -29,15 +29,13 @@ pub struct ConnMeta {
     pub local: SocketAddr,
     /// The client's forwarding-header entries.
     pub forwarding: Forwarding,
-    /// Interim (1xx) responses to relay to the client ahead of the final one.
-    pub interim: Interim,
 }
 
 /// Interim (1xx) responses on their way to the client while the final response is pending
-/// (RFC 9110 15.2: a proxy MUST forward them). One per connection: an HTTP/1.1 connection
-/// serves one request at a time and opens it for the length of each exchange with an HTTP/1.1
-/// client; otherwise (HTTP/1.0 clients, which must not get 1xx, and HTTP/2 connections, whose
-/// server in hyper cannot send them) it stays closed and pushes are dropped.
+/// (RFC 9110 15.2: a proxy MUST forward them). An HTTP/1.1 connection has one, since it serves
+/// one request at a time, and opens it for the length of each exchange with an HTTP/1.1 client
+/// (HTTP/1.0 clients must not get 1xx); each HTTP/2 stream has its own. Pushed while closed,
+/// a response is dropped.
 #[derive(Debug, Default)]
 pub struct Interim {
     open: AtomicBool,
@@ -66,6 +64,18 @@ impl Interim {
         self.heads.lock().push((status, headers));
         self.pending.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Queues the sidecar's own `100 Continue` (the request path started reading the body of a
+    /// request that expects it).
+    pub fn push_continue(&self) {
+        if self.is_open() {
+            self.heads
+                .lock()
+                .push((StatusCode::CONTINUE, HeaderMap::new()));
+            self.pending.store(true, Ordering::Release);
+            self.waker.wake();
+        }
     }
 
     /// Opens (or closes) the relay for the exchange that starts (or ends); closing drops what
@@ -134,11 +144,13 @@ pub trait HttpServerApp: Send + Sync + 'static {
         + 'static;
 
     /// Answers one request; errors are answers too. `upgrade` is the client side of a
-    /// protocol switch, for HTTP/1 requests that ask for one.
+    /// protocol switch, for HTTP/1 requests that ask for one; `interim` relays 1xx answers to
+    /// the client ahead of the final one (`None` for clients that must not get them).
     fn handle(
         self: Arc<Self>,
         meta: Arc<ConnMeta>,
         req: Request<ClientBody>,
         upgrade: Option<PendingUpgrade>,
+        interim: Option<Arc<Interim>>,
     ) -> impl Future<Output = Result<Response<Self::Body>, Infallible>> + Send + 'static;
 }

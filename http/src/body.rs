@@ -43,8 +43,8 @@ pub enum ClientBody {
     Empty,
     /// Streamed from an HTTP/1 connection.
     H1(super::h1::RequestBody),
-    /// Streamed from an HTTP/2 connection (hyper).
-    Hyper(Incoming),
+    /// Streamed from an HTTP/2 stream.
+    H2(super::h2::RecvBody),
 }
 
 /// Reading the client's body failed.
@@ -53,9 +53,9 @@ pub enum ClientBodyError {
     /// On an HTTP/1 connection.
     #[error(transparent)]
     H1(#[from] super::h1::BodyError),
-    /// On an HTTP/2 connection.
+    /// On an HTTP/2 stream.
     #[error(transparent)]
-    Hyper(#[from] hyper::Error),
+    H2(#[from] h2::Error),
 }
 
 impl Body for ClientBody {
@@ -69,7 +69,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::H1),
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::Hyper),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(ClientBodyError::H2),
         }
     }
 
@@ -77,7 +77,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::H1(b) => b.is_end_stream(),
-            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -85,7 +85,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::H1(b) => b.size_hint(),
-            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //!   the first bytes, graceful drain; every request goes to an [`HttpServerApp`].
 //! - [`h1`]: the HTTP/1.1 codec (heads, framing, chunked bodies, trailers), the server
 //!   connection and the upstream client connection.
+//! - [`h2`]: HTTP/2 server connections on the `h2` crate (interim responses included).
 //! - [`body`]: request and response bodies as enums, not boxed trait objects; a streamed
 //!   upstream response completes through a [`body::BodyCompletion`] its creator supplies.
 //! - [`headers`]: hop-by-hop rules and forwarding headers.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod body;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod metrics;
 pub mod pool;

@@ -1,20 +1,17 @@
 //! Listeners: accepting connections under a connection cap, telling HTTP/2 prior knowledge from
 //! HTTP/1 by the first bytes, and serving them (HTTP/1 with the sidecar's own connection, see
-//! [`h1`]; HTTP/2 with hyper), with graceful shutdown.
+//! [`h1`]; HTTP/2 with [`h2`](super::h2)), with graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::app::{ConnMeta, HttpServerApp};
-use super::body::ClientBody;
 use super::h1;
 use super::headers::Forwarding;
 use super::metrics::ListenerMetrics;
@@ -65,7 +62,7 @@ pub async fn serve<A: HttpServerApp>(
     mut close: watch::Receiver<bool>,
     grace: watch::Receiver<Duration>,
 ) {
-    let h2 = Arc::new(h2_builder(&limits));
+    let h2 = h2_settings(&limits);
     let settings = h1::Settings {
         max_head: limits.max_header_bytes,
         max_fields: limits.max_header_fields,
@@ -99,7 +96,7 @@ pub async fn serve<A: HttpServerApp>(
             stream,
             client,
             app: Arc::clone(&app),
-            h2: Arc::clone(&h2),
+            h2,
             settings,
             metrics: metrics.clone(),
             close: close.clone(),
@@ -129,12 +126,11 @@ pub async fn serve<A: HttpServerApp>(
     }
 }
 
-fn h2_builder(limits: &ServerLimits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams);
-    b
+fn h2_settings(limits: &ServerLimits) -> super::h2::Settings {
+    super::h2::Settings {
+        max_header_list_size: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+        max_concurrent_streams: limits.max_concurrent_streams,
+    }
 }
 
 /// Resolves once `close` turns true (or its sender is gone).
@@ -147,7 +143,7 @@ struct Conn<A> {
     stream: TcpStream,
     client: SocketAddr,
     app: Arc<A>,
-    h2: Arc<hyper::server::conn::http2::Builder<TokioExecutor>>,
+    h2: super::h2::Settings,
     settings: h1::Settings,
     metrics: ListenerMetrics,
     close: watch::Receiver<bool>,
@@ -162,7 +158,7 @@ impl<A: HttpServerApp> Conn<A> {
             h2,
             settings,
             metrics,
-            mut close,
+            close,
         } = self;
         metrics.total.inc();
         metrics.open.inc();
@@ -190,29 +186,13 @@ impl<A: HttpServerApp> Conn<A> {
                 client,
                 local,
                 forwarding: Forwarding::new(client),
-                interim: crate::app::Interim::default(),
             });
             if first.starts_with(H2_PREFACE) {
-                let svc = service_fn(move |req| {
-                    A::handle(
-                        Arc::clone(&app),
-                        Arc::clone(&meta),
-                        req.map(ClientBody::Hyper),
-                        None,
-                    )
-                });
-                let io = TokioIo::new(Rewind::new(first.freeze(), stream));
-                // Boxed: hyper's HTTP/2 connection state is large, and every HTTP/1
-                // connection's task would otherwise reserve room for it.
-                let mut conn = Box::pin(h2.serve_connection(io, svc));
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    () = closing(&mut close) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
-                if let Err(error) = result {
+                let io = Rewind::new(first.freeze(), stream);
+                // Boxed: an HTTP/2 connection's state is large, and every HTTP/1 connection's
+                // task would otherwise reserve room for it.
+                let served = Box::pin(super::h2::serve_connection(io, app, meta, h2, close)).await;
+                if let Err(error) = served {
                     tracing::debug!(%error, %client, "client connection ended with an error");
                 }
             } else {
@@ -239,15 +219,16 @@ mod tests {
         async fn handle(
             self: Arc<Self>,
             _meta: Arc<ConnMeta>,
-            _req: http::Request<ClientBody>,
+            _req: http::Request<crate::body::ClientBody>,
             _upgrade: Option<h1::PendingUpgrade>,
+            _interim: Option<Arc<crate::app::Interim>>,
         ) -> Result<http::Response<Self::Body>, std::convert::Infallible> {
             Ok(http::Response::new(http_body_util::Empty::new()))
         }
     }
 
     /// Every open connection is one task; its future's size is what an idle connection costs
-    /// beyond the kernel's socket. Keeping big states (hyper's HTTP/2 connection, an exchange,
+    /// beyond the kernel's socket. Keeping big states (an HTTP/2 connection, an exchange,
     /// the request path) boxed keeps it small; this fails when one slips in unboxed. The app
     /// is behind an `Arc` and its request futures live in the boxed exchange, so the figure
     /// holds for any app.
@@ -271,7 +252,7 @@ mod tests {
                 stream,
                 client: peer,
                 app: Arc::new(Nothing),
-                h2: Arc::new(h2_builder(&limits)),
+                h2: h2_settings(&limits),
                 settings: h1::Settings {
                     max_head: limits.max_header_bytes,
                     max_fields: limits.max_header_fields,

@@ -505,3 +505,60 @@ async fn a_426_keeps_its_upgrade_field() {
     assert_eq!(raw_status(&out), Some(426), "{out}");
     assert!(out.contains("upgrade: h2c\r\n"), "{out}");
 }
+
+/// RFC 9110 15.2 over HTTP/2: a replica's `103 Early Hints` reaches an HTTP/2 client ahead of
+/// the final answer (the sidecar's own HTTP/2 server sends interim responses; hyper's could
+/// not), and a client that sends `Expect: 100-continue` gets `100 Continue` once the sidecar
+/// reads its body. Driven with the `h2` crate's client, which reports interim responses.
+#[tokio::test]
+async fn interim_answers_reach_http2_clients() {
+    const HINTS: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let backend = Scripted::start(HINTS).await;
+    let proxy = sidecar("upstreamProtocol: http1", &[backend.spec()]).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.traffic_addr())
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/", proxy.traffic_addr()))
+        .body(())
+        .unwrap();
+    let (mut resp, _) = client.send_request(req, true).unwrap();
+    let hint = std::future::poll_fn(|cx| resp.poll_informational(cx))
+        .await
+        .expect("an interim response")
+        .unwrap();
+    assert_eq!(hint.status(), StatusCode::EARLY_HINTS);
+    assert_eq!(hint.headers()["link"], "</a.css>; rel=preload");
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Expect: 100-continue over HTTP/2.
+    let backend = Scripted::start(OK).await;
+    let proxy = sidecar("upstreamProtocol: http1", &[backend.spec()]).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.traffic_addr())
+        .await
+        .unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::put(format!("http://{}/k", proxy.traffic_addr()))
+        .header("expect", "100-continue")
+        .header("content-length", "2")
+        .body(())
+        .unwrap();
+    let (mut resp, mut body) = client.send_request(req, false).unwrap();
+    let go = tokio::time::timeout(
+        Duration::from_secs(5),
+        std::future::poll_fn(|cx| resp.poll_informational(cx)),
+    )
+    .await
+    .expect("100 Continue before the body is sent")
+    .expect("an interim response")
+    .unwrap();
+    assert_eq!(go.status(), StatusCode::CONTINUE);
+    body.send_data(Bytes::from_static(b"hi"), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
+    assert!(!backend.last().to_ascii_lowercase().contains("expect"));
+}

@@ -19,7 +19,7 @@ use super::decode::Decoder;
 use super::encode::{Exchange, Framing as WireFraming};
 use super::head::{Framing, Head, HeadError};
 use super::{encode, head};
-use crate::app::{BodyHints, ConnMeta, HttpServerApp};
+use crate::app::{BodyHints, ConnMeta, HttpServerApp, Interim};
 use crate::body::ClientBody;
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
 use crate::metrics::LocalErrors;
@@ -89,6 +89,7 @@ pub async fn serve_connection<A: HttpServerApp>(
         write,
         app,
         meta,
+        interim: Arc::new(Interim::default()),
         settings,
         errors,
         close,
@@ -128,6 +129,8 @@ struct Connection<A> {
     write: OwnedWriteHalf,
     app: Arc<A>,
     meta: Arc<ConnMeta>,
+    /// Interim answers of the exchange in progress (one at a time on HTTP/1).
+    interim: Arc<Interim>,
     settings: Settings,
     errors: LocalErrors,
     close: watch::Receiver<bool>,
@@ -239,6 +242,10 @@ impl<A: HttpServerApp> Connection<A> {
             (None, None)
         };
         let req = Request::from_parts(parts, body);
+        // RFC 9110 15.2: a proxy forwards 1xx answers, but never to an HTTP/1.0 client.
+        let relay = version == Version::HTTP_11;
+        let interim = Arc::clone(&self.interim);
+        interim.set_open(relay);
         // Not boxed on its own: this whole exchange already is (see `serve_connection`), so an
         // idle connection's task does not carry the request path's state.
         let mut call = std::pin::pin!(A::handle(
@@ -246,12 +253,9 @@ impl<A: HttpServerApp> Connection<A> {
             Arc::clone(&self.meta),
             req,
             upgrade_rx,
+            relay.then(|| Arc::clone(&interim)),
         ));
         let mut watch_client = local.is_some();
-        // RFC 9110 15.2: a proxy forwards 1xx answers, but never to an HTTP/1.0 client.
-        let interim = &self.meta.interim;
-        let relay = version == Version::HTTP_11;
-        interim.set_open(relay);
         let mut registered = false;
         let resp = loop {
             tokio::select! {

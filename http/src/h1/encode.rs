@@ -257,6 +257,13 @@ thread_local! {
     static DATE_CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
 }
 
+/// The current date as a `Date` field value (from the same per-second cache).
+pub(crate) fn date_value() -> http::HeaderValue {
+    let mut value = None;
+    with_date(|d| value = http::HeaderValue::from_bytes(d).ok());
+    value.unwrap_or_else(|| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+}
+
 fn with_date(f: impl FnOnce(&[u8])) {
     let now = SystemTime::now();
     let secs = now

@@ -28,7 +28,7 @@ mod body;
 pub mod client;
 mod connection;
 mod decode;
-mod encode;
+pub(crate) mod encode;
 mod head;
 
 pub use self::body::{BodyError, RequestBody};

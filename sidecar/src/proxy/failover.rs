@@ -25,7 +25,7 @@ use super::forward::{
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
-use datastream_http::app::ConnMeta;
+use datastream_http::app::Interim;
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, RequestBodyError};
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::stream::EndSignal;
@@ -54,8 +54,8 @@ pub(super) struct Call<'a> {
     pub key: Option<u64>,
     /// Whether it asks for a protocol upgrade.
     pub upgrade: bool,
-    /// The client connection it came on.
-    pub meta: &'a Arc<ConnMeta>,
+    /// The relay of interim answers to its client, if the client can get them.
+    pub interim: Option<&'a Arc<Interim>>,
     /// The latest clock reading the request path took (0: none yet), handed back with the
     /// answer so that the caller need not read the clock again.
     pub last_ns: AtomicU64,
@@ -66,7 +66,7 @@ impl<'a> Call<'a> {
     fn relay(&self) -> Relay<'a> {
         Relay {
             limits: self.policy.response_limits,
-            client: Some(self.meta),
+            interim: self.interim,
         }
     }
 }
@@ -830,7 +830,7 @@ async fn fan_out(
             async move {
                 let relay = Relay {
                     limits,
-                    client: None,
+                    interim: None,
                 };
                 let result =
                     tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay, now)).await;

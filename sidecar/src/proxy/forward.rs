@@ -40,7 +40,7 @@ use crate::metrics::RouteMetrics;
 use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
-use datastream_http::app::{ConnMeta, HttpServerApp};
+use datastream_http::app::{ConnMeta, HttpServerApp, Interim};
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, UpstreamBody};
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::h1::client::{ClientError, ResponseLimits};
@@ -89,8 +89,9 @@ impl HttpServerApp for ProxyApp {
         meta: Arc<ConnMeta>,
         req: Request<ClientBody>,
         upgrade: Option<PendingUpgrade>,
+        interim: Option<Arc<Interim>>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
-        handle(self, meta, req, upgrade)
+        handle(self, meta, req, upgrade, interim)
     }
 }
 
@@ -173,8 +174,8 @@ pub(super) fn rebuild(parts: &Parts, body: Bytes) -> Request<RequestBody> {
 pub(super) struct Relay<'a> {
     /// The policy's response head limits.
     pub limits: ResponseLimits,
-    /// The client connection, whose interim (1xx) relay gets the upstream's interim answers.
-    pub client: Option<&'a Arc<ConnMeta>>,
+    /// Where the upstream's interim (1xx) answers go, for a client that can get them.
+    pub interim: Option<&'a Arc<Interim>>,
 }
 
 /// The outcome of one attempt.
@@ -196,12 +197,14 @@ pub(super) enum AttemptError {
 }
 
 /// Serves one request: never fails, errors become responses. `upgrade` is the client side of
-/// a protocol switch, for HTTP/1 requests that ask for one.
+/// a protocol switch, for HTTP/1 requests that ask for one; `interim` relays the replica's 1xx
+/// answers to the client.
 pub async fn handle(
     app: Arc<ProxyApp>,
     meta: Arc<ConnMeta>,
     req: Request<ClientBody>,
     upgrade: Option<PendingUpgrade>,
+    interim: Option<Arc<Interim>>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = clock::now_ns();
     let downstream_h1 = req.version() != Version::HTTP_2;
@@ -214,12 +217,17 @@ pub async fn handle(
         ListenerKind::Traffic => {
             let (parts, body) = req.into_parts();
             let route = policy.routes.find(&parts);
-            let resp =
-                proxy_traffic(shared, &policy, route, &meta, parts, body, upgrade, started).await;
+            let exchange = Exchange {
+                meta: &meta,
+                upgrade,
+                interim: interim.as_ref(),
+                arrived_ns: started,
+            };
+            let resp = proxy_traffic(shared, &policy, route, exchange, parts, body).await;
             (resp, &route.metrics)
         }
         ListenerKind::Peer => (
-            proxy_peer(shared, &policy, &meta, req, upgrade).await,
+            proxy_peer(shared, &policy, &meta, req, upgrade, interim.as_ref()).await,
             &shared.peer_metrics,
         ),
     };
@@ -246,18 +254,32 @@ fn respond_error(shared: &Shared, error: ProxyError, grpc: bool) -> Response<Res
     error.into_response(grpc)
 }
 
-/// The traffic listener's request path, for a request that arrived at `arrived_ns`.
-#[allow(clippy::too_many_arguments)]
+/// What the traffic listener's request path knows of a request besides its head and body.
+struct Exchange<'a> {
+    meta: &'a Arc<ConnMeta>,
+    /// The client side of a protocol switch, for HTTP/1 requests that ask for one.
+    upgrade: Option<PendingUpgrade>,
+    /// The relay of interim answers, for a client that can get them.
+    interim: Option<&'a Arc<Interim>>,
+    /// The clock reading taken when it arrived.
+    arrived_ns: u64,
+}
+
+/// The traffic listener's request path.
 async fn proxy_traffic(
     shared: &Arc<Shared>,
     policy: &Policy,
     route: &Route,
-    meta: &Arc<ConnMeta>,
+    exchange: Exchange<'_>,
     mut parts: Parts,
     body: ClientBody,
-    client_upgrade: Option<PendingUpgrade>,
-    arrived_ns: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let Exchange {
+        meta,
+        upgrade: client_upgrade,
+        interim,
+        arrived_ns,
+    } = exchange;
     admit(policy, &parts)?;
     if let Some(answer) = max_forwards(&mut parts) {
         return Ok(answer);
@@ -279,7 +301,7 @@ async fn proxy_traffic(
         set: &endpoints,
         key,
         upgrade,
-        meta,
+        interim,
         last_ns: std::sync::atomic::AtomicU64::new(0),
     };
     let (result, done_ns) = failover::forward(call, parts, body, client_upgrade, arrived_ns).await;
@@ -293,6 +315,7 @@ async fn proxy_peer(
     meta: &Arc<ConnMeta>,
     req: Request<ClientBody>,
     client_upgrade: Option<PendingUpgrade>,
+    interim: Option<&Arc<Interim>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     admit(policy, &parts)?;
@@ -311,7 +334,7 @@ async fn proxy_peer(
     local.pool.set_response_limits(policy.response_limits);
     let relay = Relay {
         limits: policy.response_limits,
-        client: Some(meta),
+        interim,
     };
     match attempt(local, Outgoing::Owned(req), upgrade, relay, clock::now_ns()).await {
         Ok((resp, guard, h1)) => respond(
@@ -611,7 +634,7 @@ pub(super) async fn attempt(
         h2,
         upgrade,
         guard,
-        relay.client,
+        relay.interim,
     ))
     .await
 }
@@ -623,14 +646,14 @@ async fn attempt_hyper(
     h2: bool,
     upgrade: bool,
     mut guard: InflightGuard,
-    client: Option<&Arc<ConnMeta>>,
+    interim: Option<&Arc<Interim>>,
 ) -> Result<Attempted, AttemptError> {
-    if !h2 && let Some(client) = client.filter(|c| c.interim.is_open()) {
+    if !h2 && let Some(interim) = interim.filter(|i| i.is_open()) {
         // 1xx answers reach hyper's HTTP/1 client only through this callback. (Its HTTP/2
         // client drops them: no hook.)
-        let client = Arc::clone(client);
+        let interim = Arc::clone(interim);
         hyper::ext::on_informational(&mut req, move |res| {
-            client.interim.push(res.status(), res.headers().clone());
+            interim.push(res.status(), res.headers().clone());
         });
     }
     // An HTTP/2 upstream may send content with its answer to HEAD, which its client rejects
@@ -718,7 +741,7 @@ async fn attempt_own(
             }
         },
     };
-    let interim = relay.client.map(|c| &c.interim);
+    let interim = relay.interim.map(|i| &**i);
     let sent = match out {
         Outgoing::Replay(parts, _) => conn.send(parts, &body, relay.limits, interim).await,
         Outgoing::Owned(req) => {
@@ -867,7 +890,6 @@ mod tests {
             client: "10.0.0.9:5000".parse().unwrap(),
             local: LOCAL.parse().unwrap(),
             forwarding: datastream_http::headers::Forwarding::new("10.0.0.9:5000".parse().unwrap()),
-            interim: Default::default(),
         };
         let mut p = parts(Version::HTTP_2, "http://a.example/x?y", &["a.example"]);
         prepare(&mut p, &meta, false, false).unwrap();
