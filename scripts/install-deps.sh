@@ -3,7 +3,7 @@
 # machine. Idempotent: every step checks before it installs, so warm machines pay nothing.
 set -euo pipefail
 need=()
-for bin in ip:iproute2 nsenter:util-linux unshare:util-linux flock:util-linux curl:curl; do
+for bin in ip:iproute2 nsenter:util-linux unshare:util-linux flock:util-linux curl:curl faketime:faketime; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
 done
 if ((${#need[@]})); then
@@ -11,6 +11,9 @@ if ((${#need[@]})); then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
+# The toolchain of the workspace's rust-version, for `make lint`'s MSRV check.
+msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+rustup toolchain list | grep -q "^$msrv" || rustup toolchain install "$msrv" --profile minimal
 for component in clippy rustfmt; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done

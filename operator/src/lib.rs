@@ -7,6 +7,7 @@
 //! - [`apply`]: compare-then-apply, so that a steady stream costs no API request.
 //! - [`controller`]: watches, reconcile, error policy.
 //! - [`leader`]: Lease-based leader election.
+//! - [`fence`]: the client layer that refuses writes outside the leadership term.
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
@@ -15,6 +16,7 @@ pub mod controller;
 pub mod desired;
 pub mod error;
 pub mod expectations;
+pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod quantity;

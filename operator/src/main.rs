@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
-use datastream_operator::{admin, controller, desired, leader, metrics};
+use datastream_operator::{admin, controller, desired, fence, leader, metrics};
 use kube::Client;
 use tracing::{error, info};
 
@@ -123,7 +123,44 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::try_default().await?;
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
+    let mut config = kube::Config::infer().await?;
+    // Names this replica in the apiserver's audit log and request metrics.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&format!(
+            "datastream-operator/{} ({identity})",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .unwrap_or_else(|_| {
+            http::HeaderValue::from_static(concat!(
+                "datastream-operator/",
+                env!("CARGO_PKG_VERSION")
+            ))
+        }),
+    ));
+    let timing = leader::Timing::default();
+    timing.validate()?;
+    // The elector's own client; the controller's refuses writes outside the leadership term.
+    let elector_client = Client::try_from(config.clone())?;
+    let mut elector = args.leader_elect.then(|| {
+        leader::Elector::new(
+            elector_client,
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            timing,
+        )
+    });
+    let leadership = elector
+        .as_ref()
+        .map_or_else(leader::Leadership::unconditional, |e| e.leadership());
+    let client = kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&fence::FenceLayer::new(leadership))
+        .build();
     let streams: kube::Api<datastream_api::DataStream> = kube::Api::all(client.clone());
     if let Err(e) = streams
         .list(&kube::api::ListParams::default().limit(1))
@@ -151,24 +188,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id()));
     let settings = desired::Settings {
         sidecar_image: args.sidecar_image.clone(),
     };
 
-    let elector = args.leader_elect.then(|| {
-        leader::Elector::new(
-            client.clone(),
-            &args.lease_namespace,
-            &args.lease_name,
-            &identity,
-            leader::Timing::default(),
-        )
-    });
-    if let Some(elector) = &elector {
+    if let Some(elector) = &mut elector {
         tokio::select! {
             _ = elector.acquire() => {}
             _ = shutdown_signal() => return Ok(()),
@@ -190,7 +214,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         },
     ));
 
-    let outcome: Result<(), Box<dyn std::error::Error>> = match &elector {
+    let outcome: Result<(), Box<dyn std::error::Error>> = match &mut elector {
         Some(elector) => tokio::select! {
             lost = elector.hold() => Err(Box::new(lost)),
             _ = shutdown_signal() => Ok(()),
@@ -205,7 +229,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     if outcome.is_ok() {
         // Let in-flight reconciles finish before giving up the Lease.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
-        if let Some(elector) = &elector {
+        if let Some(elector) = &mut elector {
             elector.release().await;
         }
     }

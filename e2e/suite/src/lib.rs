@@ -216,15 +216,38 @@ pub const SIDECAR_IMAGE: &str = "localhost/datastream-sidecar:dev";
 /// Image name the process kubelet maps to the demo replica binary.
 pub const DEMO_IMAGE: &str = "localhost/datastream-demo-replica:dev";
 
+/// How to start an operator process beyond its identity.
+#[derive(Clone, Debug, Default)]
+pub struct OperatorOptions {
+    /// Kubeconfig to use instead of the admin one (for example one that goes through a
+    /// [`BlackHoleProxy`]).
+    pub kubeconfig: Option<PathBuf>,
+    /// Offset of the process's wall clock, in libfaketime's form (`+30s`, `-30s`); the
+    /// monotonic clock is left alone, as skew between machines leaves it.
+    pub clock_offset: Option<String>,
+}
+
+/// libfaketime's preload for multi-threaded programs (Debian's `faketime` package).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
 impl Operator {
     /// Starts an operator electing its leader through a Lease in `lease_namespace`.
     pub fn start(identity: &str, lease_namespace: &str) -> Self {
+        Self::start_with(identity, lease_namespace, &OperatorOptions::default())
+    }
+
+    /// Starts an operator with `options`.
+    pub fn start_with(identity: &str, lease_namespace: &str, options: &OperatorOptions) -> Self {
         let port = free_port();
         let admin = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(state_dir().join(format!("logs/operator-{identity}.log")))
             .unwrap();
-        let child = Command::new(binary("datastream-operator"))
-            .env("KUBECONFIG", kubeconfig_path())
+        let mut command = Command::new(binary("datastream-operator"));
+        command
+            .env(
+                "KUBECONFIG",
+                options.kubeconfig.clone().unwrap_or_else(kubeconfig_path),
+            )
             .args([
                 "--sidecar-image",
                 SIDECAR_IMAGE,
@@ -238,7 +261,18 @@ impl Operator {
                 identity,
                 "--log",
                 "info,datastream_operator=debug",
-            ])
+            ]);
+        if let Some(offset) = &options.clock_offset {
+            assert!(
+                Path::new(LIBFAKETIME).exists(),
+                "{LIBFAKETIME} is missing: install Debian's faketime package (scripts/install-deps.sh does)"
+            );
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME", offset)
+                .env("DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = command
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -248,6 +282,21 @@ impl Operator {
             admin,
             identity: identity.to_owned(),
         }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stops the process (SIGSTOP), as a stalled VM or an overloaded node would.
+    pub fn freeze(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// Resumes a frozen process (SIGCONT).
+    pub fn thaw(&self) {
+        signal(self.pid(), "CONT");
     }
 
     /// Kills the process at once (SIGKILL), as a crash would.
@@ -275,6 +324,189 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A TCP proxy on loopback in front of the apiserver that can black-hole its connections: once
+/// cut, it keeps every connection open but forwards nothing in either direction (bytes are read
+/// and dropped), as a network partition that neither resets nor closes looks to both ends.
+pub struct BlackHoleProxy {
+    /// Its listening address.
+    pub addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHoleProxy {
+    /// Starts a proxy to `upstream`.
+    pub async fn start(upstream: std::net::SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
+                {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if flag.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        // Never close while cut: a partition sends no FIN either.
+                        while flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        let _ = to.shutdown().await;
+                    });
+                }
+            }
+        });
+        BlackHoleProxy { addr, cut, task }
+    }
+
+    /// Stops forwarding, on every connection, open or new.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Writes a copy of the admin kubeconfig that reaches the apiserver through this proxy (the
+    /// apiserver's certificate names 127.0.0.1) and returns its path.
+    pub fn kubeconfig(&self, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+        let server = apiserver_url();
+        assert!(text.contains(&server), "{server} not in the kubeconfig");
+        let path = state_dir().join(format!("run/kubeconfig-{name}"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            text.replace(&server, &format!("https://{}", self.addr)),
+        )
+        .unwrap();
+        path
+    }
+}
+
+impl Drop for BlackHoleProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The apiserver's URL in the admin kubeconfig (`https://host:port`).
+pub fn apiserver_url() -> String {
+    let text = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    text.lines()
+        .find_map(|line| line.trim().strip_prefix("server:"))
+        .map(|url| url.trim().to_owned())
+        .expect("a server in the kubeconfig")
+}
+
+/// The apiserver's address, from the admin kubeconfig.
+pub fn apiserver_addr() -> std::net::SocketAddr {
+    apiserver_url()
+        .trim_start_matches("https://")
+        .parse()
+        .expect("the kubeconfig's server is https://IP:PORT")
+}
+
+/// Every write (create, update, patch, delete) the apiserver's audit log records after `since`
+/// in `namespace`, with its user agent, resource and the time the apiserver received it, in
+/// order of arrival.
+pub fn audited_writes_by_agent(namespace: &str, since: &str) -> Vec<AuditedWrite> {
+    let mut writes: Vec<AuditedWrite> = read_audit_log()
+        .into_iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(|e| e["objectRef"]["namespace"] == namespace)
+        .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
+        .map(|e| AuditedWrite {
+            user_agent: e["userAgent"].as_str().unwrap_or_default().to_owned(),
+            verb: e["verb"].as_str().unwrap_or_default().to_owned(),
+            resource: e["objectRef"]["resource"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            name: e["objectRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            code: e["responseStatus"]["code"].as_u64().unwrap_or_default(),
+            received: e["requestReceivedTimestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+        .collect();
+    writes.sort_by(|a, b| a.received.cmp(&b.received));
+    writes
+}
+
+/// One write in the audit log.
+#[derive(Clone, Debug)]
+pub struct AuditedWrite {
+    /// The client's User-Agent (the operator's names its replica).
+    pub user_agent: String,
+    /// create, update, patch or delete.
+    pub verb: String,
+    /// The resource's plural.
+    pub resource: String,
+    /// The object's name.
+    pub name: String,
+    /// The response's status code.
+    pub code: u64,
+    /// When the apiserver received it (RFC 3339, microseconds, UTC: sorts as text).
+    pub received: String,
+}
+
+fn read_audit_log() -> Vec<serde_json::Value> {
+    let path = state_dir().join("logs/audit.log");
+    let mut text = String::new();
+    // The apiserver rotates the log at 200 MB into audit-<time>.log: read the rotated one too.
+    if let Ok(entries) = std::fs::read_dir(state_dir().join("logs")) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("audit-") && name.ends_with(".log") {
+                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+    }
+    text.push_str(
+        &std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())),
+    );
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .collect()
 }
 
 /// A TCP port free on loopback right now.
@@ -407,23 +639,8 @@ pub const OPERATOR_WRITTEN_RESOURCES: [&str; 10] = [
 /// Write requests (create/update/patch/delete) recorded in the apiserver's audit log for
 /// `namespace` on the resources in `resources`, after `since`.
 pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<serde_json::Value> {
-    let path = state_dir().join("logs/audit.log");
-    let mut text = String::new();
-    // The apiserver rotates the log at 200 MB into audit-<time>.log: read the rotated one too.
-    if let Ok(entries) = std::fs::read_dir(state_dir().join("logs")) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("audit-") && name.ends_with(".log") {
-                text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
-            }
-        }
-    }
-    text.push_str(
-        &std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())),
-    );
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+    read_audit_log()
+        .into_iter()
         .filter(|e| e["stage"] == "ResponseComplete")
         .filter(|e| {
             matches!(
