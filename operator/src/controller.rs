@@ -29,7 +29,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{Outcome, as_served, immutable_change, max_unavailable, up_to_date};
+use crate::apply::{
+    Outcome, applied_from, as_served, immutable_change, max_unavailable, stamp, up_to_date,
+};
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
@@ -41,9 +43,22 @@ pub const FIELD_MANAGER: &str = "datastream-operator";
 /// Streams reconciled at the same time.
 const RECONCILE_CONCURRENCY: u16 = 16;
 
-/// How often a DataStream is reconciled with no event at all: watches can miss events, and a
-/// reconcile of an unchanged stream costs no request.
-const RESYNC: Duration = Duration::from_secs(300);
+/// How often a DataStream is reconciled with no event at all (the default of
+/// `--resync-period`): watches can miss events, and a reconcile of an unchanged stream costs no
+/// request.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// `delay` spread by up to ±10 %, the same for the same stream and attempt: streams that failed
+/// or were created together do not come back in lockstep, and tests can predict the delay.
+pub fn jittered(stream: &ObjectRef<DataStream>, attempt: u32, delay: Duration) -> Duration {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    stream.hash(&mut hasher);
+    attempt.hash(&mut hasher);
+    // A fraction in [0.9, 1.1) from the hash's top 16 bits.
+    let unit = (hasher.finish() >> 48) as f64 / 65_536.0;
+    delay.mul_f64(0.9 + 0.2 * unit)
+}
 
 /// Cached children, by kind. Filled by watches restricted to objects this operator manages.
 #[derive(Clone)]
@@ -147,6 +162,8 @@ pub struct Context {
     pub expectations: crate::expectations::Expectations,
     /// Consecutive failures per stream, for exponential requeue backoff.
     failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, u32>>,
+    /// Reconcile period of a stream with no event.
+    resync: Duration,
 }
 
 /// First requeue delay after a failed reconcile; doubles per consecutive failure.
@@ -186,7 +203,14 @@ impl Context {
             health: Arc::new(WatchHealth::all_synced()),
             expectations: Default::default(),
             failures: Mutex::default(),
+            resync: RESYNC,
         }
+    }
+
+    /// Reconciles every stream at least every `resync` (jittered).
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
     }
 }
 
@@ -223,7 +247,12 @@ where
 {
     let name = desired.meta().name.clone().unwrap_or_default();
     let live = cached(store, ns, &name);
-    if up_to_date(live.as_deref(), compared) {
+    let mut desired = desired.clone();
+    let digest = stamp(&mut desired);
+    let desired = &desired;
+    if live.as_deref().is_some_and(|l| applied_from(l, &digest))
+        && up_to_date(live.as_deref(), compared)
+    {
         return Ok((Outcome::Unchanged, live.map(|l| (*l).clone())));
     }
     let kind = kind_of::<K>();
@@ -710,7 +739,7 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(if waiting {
         status::CLAIM_PENDING_GRACE
     } else {
-        RESYNC
+        jittered(&ObjectRef::from(ds), 0, ctx.resync)
     }))
 }
 
@@ -746,7 +775,7 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
         *count = count.saturating_add(1);
         *count
     };
-    let delay = backoff(failures);
+    let delay = jittered(&ObjectRef::from(ds.as_ref()), failures, backoff(failures));
     warn!(name = %ds.name_any(), %error, failures, ?delay, "reconcile failed; requeueing");
     ctx.metrics
         .errors
@@ -869,6 +898,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<WatchHealth>,
     instance: String,
+    resync: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
@@ -913,7 +943,8 @@ pub async fn run(
             stores.clone(),
             instance,
         )
-        .with_health(health.clone()),
+        .with_health(health.clone())
+        .with_resync(resync),
     );
 
     let streams: Api<DataStream> = Api::all(client.clone());

@@ -83,6 +83,9 @@ struct RunArgs {
     /// Identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// How often every DataStream is reconciled with no event (seconds; jittered by ±10 %).
+    #[arg(long, env = "DATASTREAM_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    resync_seconds: u64,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "DATASTREAM_LOG", default_value = "info")]
     log: String,
@@ -209,6 +212,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics.clone(),
         health,
         identity,
+        std::time::Duration::from_secs(args.resync_seconds),
         async move {
             let _ = stop_rx.await;
         },

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use datastream_api::v1alpha1::DataStream;
-use datastream_operator::controller::{Context, Stores, reconcile};
+use datastream_operator::apply::stamp;
+use datastream_operator::controller::{Context, Stores, jittered, reconcile};
 use datastream_operator::desired::{self, Settings};
 use datastream_operator::metrics::Metrics;
 use http::{Method, Request, Response, StatusCode};
@@ -161,9 +162,25 @@ fn stream() -> DataStream {
     ds
 }
 
+/// The children as the operator applies them: stamped with the digest of what was applied.
+fn applied_children(ds: &DataStream) -> desired::Children {
+    let mut c = desired::children(ds, &settings());
+    stamp(&mut c.stateful_set);
+    stamp(&mut c.client_service);
+    stamp(&mut c.peer_service);
+    stamp(&mut c.service_account);
+    stamp(&mut c.role);
+    stamp(&mut c.role_binding);
+    if let Some(pdb) = &mut c.pdb {
+        stamp(pdb);
+    }
+    stamp(&mut c.network_policy);
+    c
+}
+
 /// Fills the caches with exactly what the operator would have applied, plus server defaults.
 fn settle(caches: &mut Caches, ds: &DataStream) {
-    let c = desired::children(ds, &settings());
+    let c = applied_children(ds);
     let mut set = c.stateful_set.clone();
     set.metadata.uid = Some("d-1".into());
     set.metadata.generation = Some(1);
@@ -306,7 +323,7 @@ async fn drift_is_corrected_and_deleted_children_restored() {
     let ds = stream();
     settle(&mut caches, &ds);
     // Someone edits the client Service's port by hand and deletes the Role.
-    let mut edited = desired::children(&ds, &settings()).client_service;
+    let mut edited = applied_children(&ds).client_service;
     edited.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 8081;
     caches
         .services
@@ -417,19 +434,19 @@ async fn repeated_failures_back_off_exponentially_and_success_resets() {
     let delays: Vec<Action> = (0..3)
         .map(|_| error_policy(ds.clone(), &error, ctx.clone()))
         .collect();
-    assert_eq!(
-        delays,
-        [
-            Action::requeue(std::time::Duration::from_secs(1)),
-            Action::requeue(std::time::Duration::from_secs(2)),
-            Action::requeue(std::time::Duration::from_secs(4))
-        ]
-    );
+    let key = kube::runtime::reflector::ObjectRef::from(ds.as_ref());
+    let expected = |attempt: u32, seconds: u64| {
+        let delay = jittered(&key, attempt, std::time::Duration::from_secs(seconds));
+        assert!(
+            delay >= std::time::Duration::from_secs(seconds).mul_f64(0.9)
+                && delay < std::time::Duration::from_secs(seconds).mul_f64(1.1),
+            "{delay:?} is not {seconds} s ± 10 %"
+        );
+        Action::requeue(delay)
+    };
+    assert_eq!(delays, [expected(1, 1), expected(2, 2), expected(3, 4)]);
     reconcile(ds.clone(), ctx.clone()).await.unwrap();
-    assert_eq!(
-        error_policy(ds, &error, ctx),
-        Action::requeue(std::time::Duration::from_secs(1))
-    );
+    assert_eq!(error_policy(ds, &error, ctx), expected(1, 1));
 }
 
 fn deletes(requests: &[Recorded]) -> Vec<(String, serde_json::Value)> {
@@ -514,7 +531,7 @@ async fn a_rollout_setting_the_server_drops_does_not_reapply_on_every_reconcile(
         Some(serde_json::from_value(serde_json::json!({ "maxUnavailable": 2 })).unwrap());
     settle(&mut caches, &ds);
     // What a server without the MaxUnavailableStatefulSet gate stores: no rollingUpdate at all.
-    let mut served = desired::children(&ds, &settings()).stateful_set;
+    let mut served = applied_children(&ds).stateful_set;
     served.metadata.uid = Some("d-1".into());
     served.metadata.generation = Some(1);
     served

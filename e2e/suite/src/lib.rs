@@ -225,6 +225,8 @@ pub struct OperatorOptions {
     /// Offset of the process's wall clock, in libfaketime's form (`+30s`, `-30s`); the
     /// monotonic clock is left alone, as skew between machines leaves it.
     pub clock_offset: Option<String>,
+    /// More command-line arguments.
+    pub args: Vec<String>,
 }
 
 /// libfaketime's preload for multi-threaded programs (Debian's `faketime` package).
@@ -261,7 +263,8 @@ impl Operator {
                 identity,
                 "--log",
                 "info,datastream_operator=debug",
-            ]);
+            ])
+            .args(&options.args);
         if let Some(offset) = &options.clock_offset {
             assert!(
                 Path::new(LIBFAKETIME).exists(),

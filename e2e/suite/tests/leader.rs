@@ -124,6 +124,7 @@ async fn a_partitioned_leader_stops_before_a_skewed_standby_takes_over() {
         &OperatorOptions {
             kubeconfig: Some(proxy.kubeconfig("part-a")),
             clock_offset: Some("+30s".into()),
+            ..OperatorOptions::default()
         },
     );
     let first = wait_for(&ns.name, "a leader", Duration::from_secs(30), || {
@@ -135,8 +136,8 @@ async fn a_partitioned_leader_stops_before_a_skewed_standby_takes_over() {
         "part-b",
         &ns.name,
         &OperatorOptions {
-            kubeconfig: None,
             clock_offset: Some("-30s".into()),
+            ..OperatorOptions::default()
         },
     );
     kubectl_stdin(

@@ -410,3 +410,131 @@ async fn a_standby_operator_takes_over_within_the_lease_time() {
     assert_eq!(holder, "leader-b");
     second.kill();
 }
+
+/// A stream with quantities in non-canonical form and most optional fields set, whose
+/// StatefulSet another field manager then edits (`kubectl set env`), costs no write once it is
+/// steady, over several resync periods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_specs_and_other_managers_edits_cost_no_writes_at_steady_state() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-steady");
+    let resync = Duration::from_secs(8);
+    let _operator = Operator::start_with(
+        "steady-0",
+        &ns.name,
+        &OperatorOptions {
+            args: vec!["--resync-seconds".into(), resync.as_secs().to_string()],
+            ..OperatorOptions::default()
+        },
+    );
+    let manifest = format!(
+        r#"apiVersion: datastream.dev/v1alpha1
+kind: DataStream
+metadata:
+  name: steady
+spec:
+  replicas: 2
+  workload:
+    image: {DEMO_IMAGE}
+    port: 8080
+    readinessPath: /ready
+    env:
+    - {{ name: DEMO_GREETING, value: steady }}
+    resources:
+      requests: {{ cpu: "0.1", memory: 0.0625Gi }}
+      limits: {{ cpu: "1.0", memory: 1024Mi }}
+    volumeClaims:
+    - {{ name: data, mountPath: /var/lib/steady, size: 0.015625Gi }}
+    pod:
+      labels: {{ team: storage }}
+      annotations: {{ example.com/owner: storage }}
+      tolerations: [{{ key: dedicated, operator: Equal, value: steady, effect: NoSchedule }}]
+      terminationGracePeriodSeconds: 5
+  sidecar:
+    logLevel: debug
+    resources:
+      requests: {{ cpu: "0.05", memory: 32768Ki }}
+      limits: {{ memory: 0.125Gi }}
+  rollout: {{ maxUnavailable: 1, minReadySeconds: 1 }}
+  traffic:
+    loadBalancing: {{ policy: least-request }}
+"#
+    );
+    let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest));
+    assert!(applied.ok, "{}", applied.stderr);
+    let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    let settled = || async {
+        let ds = stream(&streams, "steady").await?;
+        let status = ds.status?;
+        let set = stateful_sets.get_opt("steady").await.ok()??;
+        let set_status = set.status?;
+        (status.ready_replicas == 2
+            && set_status.updated_replicas == Some(2)
+            && set_status.current_revision == set_status.update_revision
+            && set_status.observed_generation == set.metadata.generation)
+            .then_some(())
+    };
+    wait_for(
+        &ns.name,
+        "2 ready replicas",
+        Duration::from_secs(120),
+        settled,
+    )
+    .await;
+
+    // Another manager adds an entry to a list the operator also writes to (env, merged by name).
+    kubectl_ok(&[
+        "set",
+        "env",
+        "statefulset/steady",
+        "-n",
+        &ns.name,
+        "-c",
+        "workload",
+        "EXTRA_FROM_KUBECTL=1",
+    ]);
+    wait_for(
+        &ns.name,
+        "the edited StatefulSet rolled out",
+        Duration::from_secs(120),
+        || async {
+            let set = stateful_sets.get_opt("steady").await.ok()??;
+            let env = set
+                .spec?
+                .template
+                .spec?
+                .containers
+                .into_iter()
+                .next()?
+                .env?;
+            env.iter()
+                .any(|e| e.name == "EXTRA_FROM_KUBECTL")
+                .then_some(())?;
+            settled().await
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let since = audit_now();
+    let window = resync * 3;
+    tokio::time::sleep(window).await;
+    let writes = audited_writes(&ns.name, &OPERATOR_WRITTEN_RESOURCES, &since);
+    assert!(
+        writes.is_empty(),
+        "a steady stream caused {} writes in {window:?} (resync {resync:?}): {writes:#?}",
+        writes.len()
+    );
+    // Server-side apply left the other manager's entry alone, and so did the operator.
+    let set = stateful_sets.get("steady").await.unwrap();
+    let env = set.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter().any(|e| e.name == "EXTRA_FROM_KUBECTL"),
+        "{env:?}"
+    );
+}
