@@ -17,7 +17,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -273,6 +273,29 @@ where
         ));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    // The caches hold only objects labelled as ours; an object of another owner with this name
+    // is invisible to them, so look before creating.
+    let in_the_way = match &live {
+        Some(live) => Some(live.meta().clone()),
+        None => api
+            .get_metadata_opt(&name)
+            .await
+            .map_err(|source| Error::Lookup {
+                kind,
+                name: name.clone(),
+                source,
+            })?
+            .map(|found| found.metadata),
+    };
+    if let Some(found) = in_the_way
+        && controller_uid(&found) != controller_uid(desired.meta())
+    {
+        return Err(Error::NameConflict {
+            kind,
+            name,
+            holder: holder_of(&found),
+        });
+    }
     ctx.metrics.wrote(kind, "apply");
     let applied = api
         .patch(
@@ -302,6 +325,28 @@ where
         Outcome::Created
     };
     Ok((outcome, Some(applied)))
+}
+
+/// The uid of an object's controller (its owner reference with `controller: true`).
+fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// Who controls an object that is in the way, for a condition message.
+fn holder_of(meta: &ObjectMeta) -> String {
+    match meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        Some(owner) => format!("controlled by {} {}", owner.kind, owner.name),
+        None => "not controlled by this DataStream".into(),
+    }
 }
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
@@ -720,7 +765,7 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
             ctx,
             ds,
             EventType::Warning,
-            "ReconcileFailed",
+            error.event_reason(),
             "Reconcile",
             note,
         )

@@ -35,6 +35,30 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A child's name is taken by an object this DataStream does not control: the operator
+    /// neither takes it over nor, later, lets it be garbage-collected.
+    #[error(
+        "{kind} {name} already exists and is {holder}: the operator will not take it over; rename the DataStream or remove the {kind}"
+    )]
+    NameConflict {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Name of the child (and of the object in the way).
+        name: String,
+        /// Who controls the object in the way, in words.
+        holder: String,
+    },
+    /// Looking up whether a child's name is free failed.
+    #[error("looking up {kind} {name}: {source}")]
+    Lookup {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Name of the child.
+        name: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
     /// Writing the DataStream's status failed.
     #[error("writing status: {0}")]
     Status(#[source] kube::Error),
@@ -48,6 +72,15 @@ impl Error {
     pub fn condition_reason(&self) -> &'static str {
         match self {
             Error::ResizeClaim { .. } => "VolumeResizeFailed",
+            Error::NameConflict { .. } => "NameConflict",
+            _ => "ReconcileFailed",
+        }
+    }
+
+    /// Reason of the Warning event this error publishes.
+    pub fn event_reason(&self) -> &'static str {
+        match self {
+            Error::NameConflict { .. } => "NameConflict",
             _ => "ReconcileFailed",
         }
     }
@@ -58,6 +91,8 @@ impl Error {
             Error::Apply { .. } => "Apply",
             Error::Delete { .. } => "Delete",
             Error::ResizeClaim { .. } => "ResizeClaim",
+            Error::NameConflict { .. } => "NameConflict",
+            Error::Lookup { .. } => "Lookup",
             Error::Status(_) => "Status",
             Error::MissingNamespace => "MissingNamespace",
         }

@@ -33,6 +33,9 @@ struct FakeApi {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// When set, applies of this kind's plural fail with 500.
     fail_plural: Arc<Mutex<Option<&'static str>>>,
+    /// Objects that exist but are not in the operator's caches (not labelled as its own), by
+    /// path; GETs of any other object answer 404.
+    foreign: Arc<Mutex<std::collections::HashMap<String, serde_json::Value>>>,
 }
 
 impl FakeApi {
@@ -52,13 +55,23 @@ impl FakeApi {
                     body: body.clone(),
                 });
                 let failing = *fake.fail_plural.lock();
-                let (status, answer) = if failing.is_some_and(|p| path.contains(&format!("/{p}/")))
+                let (status, answer) = if parts.method != Method::GET
+                    && failing.is_some_and(|p| path.contains(&format!("/{p}/")))
                 {
                     (
                         StatusCode::INTERNAL_SERVER_ERROR,
                         serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                             "message": "etcdserver: request timed out", "reason": "InternalError", "code": 500}),
                     )
+                } else if parts.method == Method::GET {
+                    match fake.foreign.lock().get(&path) {
+                        Some(object) => (StatusCode::OK, object.clone()),
+                        None => (
+                            StatusCode::NOT_FOUND,
+                            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "message": "not found", "reason": "NotFound", "code": 404}),
+                        ),
+                    }
                 } else if path.ends_with("/status") {
                     // The real server answers a status patch with the whole object.
                     let mut object = serde_json::to_value(stream()).unwrap();
@@ -420,6 +433,73 @@ async fn apply_errors_surface_as_condition_event_and_error() {
             .contains("applying StatefulSet catalog")
     );
     assert!(events(&requests).contains(&"ReconcileFailed".to_owned()));
+}
+
+#[tokio::test]
+async fn a_name_taken_by_an_object_of_another_owner_is_left_alone_and_reported() {
+    let fake = FakeApi::default();
+    // A Service the user made by hand holds the client Service's name; a cached Service of
+    // another stream holds the peer Service's name.
+    fake.foreign.lock().insert(
+        "/api/v1/namespaces/shop/services/catalog".into(),
+        serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "catalog", "namespace": "shop", "uid": "hand-1"}}),
+    );
+    let (stores, _caches) = caches();
+    let ctx = context(&fake, stores);
+    let error = reconcile(Arc::new(stream()), ctx)
+        .await
+        .expect_err("a name conflict fails the reconcile");
+    assert_eq!(error.metric_label(), "NameConflict");
+    assert_eq!(
+        error.to_string(),
+        "Service catalog already exists and is not controlled by this DataStream: the operator will not take it over; rename the DataStream or remove the Service"
+    );
+    let requests = fake.take();
+    // Nothing was written to the Service in the way.
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.method != Method::GET && r.path.ends_with("/services/catalog")),
+        "{requests:#?}"
+    );
+    let status = status_writes(&requests);
+    let degraded = status[0].body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NameConflict");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service catalog already exists"),
+        "{degraded}"
+    );
+    assert!(events(&requests).contains(&"NameConflict".to_owned()));
+}
+
+#[tokio::test]
+async fn a_cached_child_controlled_by_another_stream_is_a_name_conflict() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = stream();
+    let mut theirs = applied_children(&ds).peer_service;
+    theirs.metadata.owner_references.as_mut().unwrap()[0].uid = "other-stream".into();
+    theirs.metadata.owner_references.as_mut().unwrap()[0].name = "catalog-old".into();
+    caches
+        .services
+        .apply_watcher_event(&watcher::Event::Apply(theirs));
+    let error = reconcile(Arc::new(ds), ctx).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Service catalog-peers already exists and is controlled by DataStream catalog-old: the operator will not take it over; rename the DataStream or remove the Service"
+    );
 }
 
 #[tokio::test]

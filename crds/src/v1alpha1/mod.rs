@@ -95,6 +95,12 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 #[kube(validation = Rule::new("size(self.metadata.name) <= 52").message(
     "metadata.name must be at most 52 characters: replica pods are named <name>-<ordinal> and their StatefulSet revision label adds 11 more characters"
 ))]
+#[kube(validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message(
+    "metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter and ending with a letter or digit, no '.'): it is the name of the stream's Services"
+))]
+#[kube(validation = Rule::new("!self.metadata.name.endsWith('-peers')").message(
+    "metadata.name must not end in -peers: <name>-peers is the peer Service of the stream <name>, and this stream's client Service would take that name"
+))]
 #[kube(validation = Rule::new(
     "!has(self.status) || !has(self.status.volumeClaims) || !has(self.spec.workload.volumeClaims) || self.spec.workload.volumeClaims.all(c, !isQuantity(c.size) || self.status.volumeClaims.all(s, s.name != c.name || !isQuantity(s.size) || quantity(c.size).compareTo(quantity(s.size)) >= 0))"
 ).message(

@@ -532,6 +532,21 @@ fn stream_names_leave_room_for_ordinals_and_revision_labels() {
 }
 
 #[test]
+fn stream_names_are_service_names_that_cannot_collide() {
+    for name in ["1catalog", "cat.alog", "catalog-", "-catalog"] {
+        let object = with(valid(), "/metadata/name", json!(name));
+        assert_cel_rejects(object, "metadata.name must be a DNS-1035 label");
+    }
+    // Stream `catalog`'s peer Service is `catalog-peers`: no stream may be called that.
+    let object = with(valid(), "/metadata/name", json!("catalog-peers"));
+    assert_cel_rejects(object, "metadata.name must not end in -peers");
+    for name in ["c", "catalog-2", "peers", "catalog-peersx", "a1-b2"] {
+        let object = with(valid(), "/metadata/name", json!(name));
+        assert_eq!(cel_errors(&object), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
 fn a_claim_cannot_go_below_what_its_replicas_claims_have() {
     let object = with_claims(json!([{ "name": "data", "mountPath": "/data", "size": "1Gi" }]));
     let status = |size: &str| json!({ "volumeClaims": [{ "name": "data", "size": size }] });

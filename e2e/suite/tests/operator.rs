@@ -123,6 +123,16 @@ async fn invalid_datastreams_are_rejected_at_admission() {
             "    failover:\n      retries:\n        budgetRatio: 2\n    loadBalancing:",
         ),
         ("missing image", &format!("    image: {DEMO_IMAGE}\n"), ""),
+        (
+            "a name another stream's peer Service has",
+            "  name: ok\n",
+            "  name: ok-peers\n",
+        ),
+        (
+            "a name that is no Service name",
+            "  name: ok\n",
+            "  name: 9ok\n",
+        ),
     ];
     let mut failures = vec![];
     for (what, from, to) in cases {
@@ -536,5 +546,68 @@ spec:
     assert!(
         env.iter().any(|e| e.name == "EXTRA_FROM_KUBECTL"),
         "{env:?}"
+    );
+}
+
+/// A child name taken by an object the stream does not control: the operator leaves the object
+/// alone (no take-over, so no garbage collection with the stream) and says so in the status and
+/// an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_taken_by_someone_elses_object_is_reported_and_left_alone() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-conflict");
+    let _operator = Operator::start("conflict-0", &ns.name);
+    kubectl_ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "taken",
+        "-n",
+        &ns.name,
+        "--tcp=80:8080",
+    ]);
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let before = services.get("taken").await.unwrap();
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("taken", 1, "x")),
+    );
+    let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
+    let message = wait_for(
+        &ns.name,
+        "a Degraded condition with reason NameConflict",
+        Duration::from_secs(30),
+        || async {
+            let status = stream(&streams, "taken").await?.status?;
+            let degraded = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True")?;
+            (degraded.reason == "NameConflict").then(|| degraded.message.clone())
+        },
+    )
+    .await;
+    assert!(
+        message.contains("Service taken already exists and is not controlled by this DataStream"),
+        "{message}"
+    );
+    let events = kubectl_ok(&["get", "events", "-n", &ns.name, "-o", "json"]);
+    assert!(events.contains("\"reason\": \"NameConflict\""), "{events}");
+    // The Service is exactly as its owner left it.
+    let after = services.get("taken").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(after.metadata.owner_references, None);
+
+    // Deleting the stream does not take the Service with it.
+    kubectl_ok(&["delete", "dst", "taken", "-n", &ns.name, "--wait=true"]);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let still = services.get_opt("taken").await.unwrap();
+    assert!(
+        still.is_some(),
+        "the user's Service was deleted with the stream"
     );
 }
