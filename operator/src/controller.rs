@@ -18,7 +18,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{DeleteParams, PartialObjectMeta, Patch, PatchParams, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -86,7 +86,7 @@ pub struct Stores {
     pub endpoint_slices: Store<EndpointSlice>,
     /// Metadata of the replicas' pods (labels carry each one's revision), to say which replicas
     /// a rollout has not reached yet.
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
 }
 
 /// Watch health, for `/readyz`.
@@ -735,7 +735,7 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let claims: Vec<Arc<PersistentVolumeClaim>> = desired::replica_claim_names(ds)
         .filter_map(|name| cached(&ctx.stores.claims, &ns, &name))
         .collect();
-    let pods: Vec<Arc<PartialObjectMeta<Pod>>> = ctx
+    let pods: Vec<Arc<Pod>> = ctx
         .stores
         .pods
         .state()
@@ -878,19 +878,18 @@ where
     (reader, stream)
 }
 
-/// A metadata-only cache of the replicas' pods (a pod's labels hold its revision; nothing else of
-/// it is read, and full pods with their status would cost far more memory and watch traffic).
+/// A cache of the replicas' pods, each reduced to what status reads ([`crate::pods::strip`]):
+/// the revision label, scheduling, container failures and the sidecar's policy report.
 fn replica_pods(
     client: &Client,
     metrics: &Arc<Metrics>,
     health: &Arc<WatchHealth>,
     managed_by: &str,
 ) -> (
-    Store<PartialObjectMeta<Pod>>,
-    impl Stream<Item = Result<PartialObjectMeta<Pod>, watcher::Error>> + Send + 'static,
+    Store<Pod>,
+    impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
 ) {
-    // An `Api` of `PartialObjectMeta` lists and watches metadata only.
-    let api: Api<PartialObjectMeta<Pod>> = Api::all(client.clone());
+    let api: Api<Pod> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
     let metrics = metrics.clone();
     let health = health.clone();
@@ -899,10 +898,7 @@ fn replica_pods(
         writer,
         watcher(api, watcher::Config::default().labels(&selector))
             .default_backoff()
-            .modify(|pod| {
-                pod.managed_fields_mut().clear();
-                pod.annotations_mut().clear();
-            }),
+            .modify(crate::pods::strip),
     )
     .inspect(move |event| match event {
         Ok(watcher::Event::InitDone) => health.synced("Pod"),
@@ -916,19 +912,20 @@ fn replica_pods(
         _ => {}
     })
     .touched_objects()
-    // A pod's metadata changes with every status update (its resourceVersion); only a new
-    // revision label, a new pod or one being deleted can change what the stream reports (the
-    // final removal of a deleted pod passes no event, and needs none: its replacement does).
+    // A pod changes with every status update; only what the summary keeps (a new revision label,
+    // a failure, the policy report, a new pod or one being deleted) can change what the stream
+    // reports (the final removal of a deleted pod passes no event, and needs none: its
+    // replacement does).
     .predicate_filter(
-        |pod: &PartialObjectMeta<Pod>| {
-            let revision = pod
-                .labels()
-                .get(REVISION_LABEL)
-                .cloned()
-                .unwrap_or_default();
+        |pod: &Pod| {
             let mut hasher = std::hash::DefaultHasher::new();
-            let deleting = pod.metadata.deletion_timestamp.is_some();
-            std::hash::Hash::hash(&(pod.uid(), revision, deleting), &mut hasher);
+            let summary = (
+                pod.uid(),
+                pod.labels().get(REVISION_LABEL).cloned(),
+                pod.metadata.deletion_timestamp.is_some(),
+                serde_json::to_string(&pod.status).unwrap_or_default(),
+            );
+            std::hash::Hash::hash(&summary, &mut hasher);
             Some(std::hash::Hasher::finish(&hasher))
         },
         Default::default(),
@@ -1025,7 +1022,7 @@ pub async fn run(
             let name = claim.labels().get(INSTANCE_LABEL)?.clone();
             Some(ObjectRef::<DataStream>::new(&name).within(&ns))
         })
-        .watches_stream(pod_events, |pod: PartialObjectMeta<Pod>| {
+        .watches_stream(pod_events, |pod: Pod| {
             let ns = pod.namespace()?;
             let name = pod.labels().get(INSTANCE_LABEL)?.clone();
             Some(ObjectRef::<DataStream>::new(&name).within(&ns))

@@ -4,6 +4,7 @@
 //! - [`quantity`]: resource quantities compared by value.
 //! - [`render`]: the same children, printed offline (`datastream-operator render -f`).
 //! - [`status`]: pure observed children → status and conditions.
+//! - [`pods`]: the replica pods' cached summary and the failures read from it.
 //! - [`apply`]: compare-then-apply, so that a steady stream costs no API request.
 //! - [`controller`]: watches, reconcile, error policy.
 //! - [`leader`]: Lease-based leader election.
@@ -19,6 +20,7 @@ pub mod expectations;
 pub mod fence;
 pub mod leader;
 pub mod metrics;
+pub mod pods;
 pub mod quantity;
 pub mod render;
 pub mod status;

@@ -13,7 +13,6 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::PartialObjectMeta;
 
 use crate::desired::{claim_name, selector_string};
 use crate::quantity::Quantity;
@@ -28,10 +27,7 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 /// Names of the replicas not yet on `update_revision`, in ordinal order. A pod without the label
 /// (not yet seen by the StatefulSet controller) counts as outdated.
-fn outdated_replicas(
-    pods: &[&PartialObjectMeta<Pod>],
-    update_revision: Option<&str>,
-) -> Vec<String> {
+fn outdated_replicas(pods: &[&Pod], update_revision: Option<&str>) -> Vec<String> {
     let Some(update) = update_revision else {
         return Vec::new();
     };
@@ -66,8 +62,8 @@ pub struct Observed<'a> {
     pub peer_slices: Vec<&'a EndpointSlice>,
     /// The PersistentVolumeClaims of the current replicas (not those a scale-down retained).
     pub claims: Vec<&'a PersistentVolumeClaim>,
-    /// Metadata of the stream's pods.
-    pub pods: Vec<&'a PartialObjectMeta<Pod>>,
+    /// The stream's pods, as [`crate::pods::strip`] keeps them.
+    pub pods: Vec<&'a Pod>,
     /// The error of this reconcile's apply step, if it failed: a condition reason and a message.
     pub apply_error: Option<(&'static str, String)>,
 }
@@ -137,8 +133,19 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
     // the latest template and is ready.
     let revisions_converged = set_status.update_revision.is_none()
         || set_status.current_revision == set_status.update_revision;
-    let rolled_out =
-        set_current && revisions_converged && updated == desired && replicas == desired;
+    // A rollout is complete once a replica has been ready on it: a fresh stream whose pods never
+    // start (a bad image) has converged revisions at once, but nothing has rolled out.
+    let was_complete = ds
+        .status
+        .as_ref()
+        .and_then(|s| s.condition(CONDITION_PROGRESSING))
+        .is_some_and(|c| c.reason == "RolloutComplete");
+    let rolled_out = set_current
+        && revisions_converged
+        && updated == desired
+        && replicas == desired
+        && (ready > 0 || desired == 0 || was_complete);
+    let failing = crate::pods::problems(&observed.pods);
     let pending = pending_claims(&observed.claims, &now);
 
     let mut endpoints: Vec<String> = observed
@@ -248,6 +255,13 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
             status: true,
             reason: "VolumeClaimPending",
             message: pending.join("; "),
+        }
+    } else if let Some(first) = failing.first() {
+        Verdict {
+            type_: CONDITION_DEGRADED,
+            status: true,
+            reason: first.reason,
+            message: crate::pods::describe(&failing),
         }
     } else if !progressing.status && ready < desired {
         Verdict {
@@ -467,6 +481,76 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_whose_replicas_never_became_ready_has_not_rolled_out() {
+        // A fresh StatefulSet: revisions converge at once, every pod is "updated", none ready.
+        let d = set(3, 3, 3, 0);
+        let observed = Observed {
+            stateful_set: Some(&d),
+            ..Observed::default()
+        };
+        let s = derive(&stream(3), &observed, time(10));
+        let progressing = condition(&s, CONDITION_PROGRESSING);
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "RollingOut")
+        );
+        assert_eq!(s.phase, Some(Phase::Pending));
+        // Once one replica is ready the rollout completes, and stays complete when replicas
+        // later fail (Available and Degraded tell that story).
+        let ready = set(3, 3, 3, 3);
+        let s = derive(
+            &stream(3),
+            &Observed {
+                stateful_set: Some(&ready),
+                ..Observed::default()
+            },
+            time(20),
+        );
+        assert_eq!(
+            condition(&s, CONDITION_PROGRESSING).reason,
+            "RolloutComplete"
+        );
+        let mut later = stream(3);
+        later.status = Some(s);
+        let s = derive(&later, &observed, time(30));
+        assert_eq!(
+            condition(&s, CONDITION_PROGRESSING).reason,
+            "RolloutComplete"
+        );
+        assert_eq!(
+            condition(&s, CONDITION_DEGRADED).reason,
+            "ReplicasUnavailable"
+        );
+    }
+
+    #[test]
+    fn a_failing_pod_makes_the_stream_degraded_with_the_kubelets_reason() {
+        let d = set(2, 2, 2, 1);
+        let failing: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "catalog-1"},
+            "status": {"containerStatuses": [
+                {"name": "workload", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}}
+            ]}
+        }))
+        .unwrap();
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: vec![&failing],
+            ..Observed::default()
+        };
+        let s = derive(&stream(2), &observed, time(10));
+        let degraded = condition(&s, CONDITION_DEGRADED);
+        assert_eq!(degraded.status, "True");
+        assert_eq!(degraded.reason, "ErrImagePull");
+        assert_eq!(
+            degraded.message,
+            "pod catalog-1 container workload: ErrImagePull: pull access denied"
+        );
+        assert_eq!(s.phase, Some(Phase::Degraded));
+    }
+
+    #[test]
     fn new_stream_is_pending_and_progressing() {
         let s = derive(&stream(3), &Observed::default(), time(10));
         assert_eq!(s.phase, Some(Phase::Pending));
@@ -670,17 +754,16 @@ mod tests {
         );
     }
 
-    fn pod_meta(name: &str, revision: Option<&str>) -> PartialObjectMeta<Pod> {
+    fn pod_meta(name: &str, revision: Option<&str>) -> Pod {
         let mut meta = ObjectMeta {
             name: Some(name.into()),
             ..ObjectMeta::default()
         };
         meta.labels =
             revision.map(|r| std::collections::BTreeMap::from([(REVISION_LABEL.into(), r.into())]));
-        PartialObjectMeta {
-            types: None,
+        Pod {
             metadata: meta,
-            _phantom: std::marker::PhantomData,
+            ..Pod::default()
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! An image whose last path segment (ignoring any `:tag` and `@digest`) is one of [`MAPPED_BINARIES`] runs
 //! `<bin-dir>/<that name>`, whatever the registry prefix or tag. Any other image cannot run here and the
-//! container waits with reason [`IMAGE_NOT_MAPPED`].
+//! container waits with reason [`IMAGE_NOT_MAPPED`] (`ErrImagePull`, as a kubelet says).
 //!
 //! `command` and `args` follow Kubernetes semantics with the mapped binary as the image entrypoint:
 //! - no `command`: the mapped binary runs with `args`;
@@ -20,8 +20,9 @@ pub const MAPPED_BINARIES: [&str; 3] = [
     "datastream-demo-replica",
 ];
 
-/// Waiting reason of a container whose image maps to no local binary.
-pub const IMAGE_NOT_MAPPED: &str = "ImageNotMapped";
+/// Waiting reason of a container whose image maps to no local binary: the kubelet's reason for an
+/// image it cannot pull, so that the operator's failure reporting sees what it would on a cluster.
+pub const IMAGE_NOT_MAPPED: &str = "ErrImagePull";
 
 /// Returns the mapped binary name of `image`, if any.
 pub fn binary_for_image(image: &str) -> Option<&'static str> {

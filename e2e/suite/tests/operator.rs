@@ -611,3 +611,100 @@ async fn a_name_taken_by_someone_elses_object_is_reported_and_left_alone() {
         "the user's Service was deleted with the stream"
     );
 }
+
+/// Pod-level failures reach the stream's status within seconds of the kubelet or the scheduler
+/// reporting them, with their reason and message, and a stream that never had a ready replica
+/// never says its rollout completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_failures_show_as_degraded_within_seconds() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-podfail");
+    let _operator = Operator::start("podfail-0", &ns.name);
+    let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let cases: [(&str, String, &str, &str); 3] = [
+        (
+            "badimage",
+            stream_yaml("badimage", 1, "x").replace(DEMO_IMAGE, "localhost/no-such-image:1"),
+            "ErrImagePull",
+            "no-such-image",
+        ),
+        (
+            "nowhere",
+            stream_yaml("nowhere", 1, "x").replace(
+                "    readinessPath: /ready\n",
+                "    readinessPath: /ready\n    pod:\n      nodeSelector: { datastream.dev/no-such-node: \"true\" }\n",
+            ),
+            "Unschedulable",
+            "cannot be scheduled",
+        ),
+        (
+            "crashing",
+            stream_yaml("crashing", 1, "x").replace(
+                "    readinessPath: /ready\n",
+                "    readinessPath: /ready\n    command: [/bin/false]\n",
+            ),
+            "CrashLoopBackOff",
+            "last exit code 1",
+        ),
+    ];
+    for (name, manifest, reason, words) in &cases {
+        let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(manifest));
+        assert!(applied.ok, "{}", applied.stderr);
+        // When the kubelet (or the scheduler) first says so on the pod.
+        let reported = wait_for(
+            &ns.name,
+            &format!("{name}: the pod reporting {reason}"),
+            Duration::from_secs(90),
+            || async {
+                let pod = pods.get_opt(&format!("{name}-0")).await.ok()??;
+                let status = pod.status?;
+                let said = status
+                    .container_statuses
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+                    .chain(
+                        status
+                            .conditions
+                            .iter()
+                            .flatten()
+                            .filter(|c| c.status == "False")
+                            .filter_map(|c| c.reason.clone()),
+                    )
+                    .any(|r| r == *reason);
+                said.then(Instant::now)
+            },
+        )
+        .await;
+        let message = wait_for(
+            &ns.name,
+            &format!("{name}: Degraded with reason {reason}"),
+            Duration::from_secs(30),
+            || async {
+                let status = stream(&streams, name).await?.status?;
+                let degraded = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Degraded" && c.status == "True")?;
+                (degraded.reason == *reason).then(|| degraded.message.clone())
+            },
+        )
+        .await;
+        let took = reported.elapsed();
+        eprintln!("{name}: Degraded/{reason} {took:?} after the pod said so: {message}");
+        assert!(
+            took <= Duration::from_secs(10),
+            "{name}: the status took {took:?} to report {reason}"
+        );
+        assert!(message.contains(words), "{name}: {message}");
+        let status = stream(&streams, name).await.unwrap().status.unwrap();
+        let progressing = status.condition("Progressing").unwrap();
+        assert_ne!(
+            progressing.reason, "RolloutComplete",
+            "{name} never had a ready replica"
+        );
+    }
+}
