@@ -1,11 +1,13 @@
-//! The Helm chart without a cluster: `helm lint`, the values schema, and golden renders of
-//! `helm template` with default and with full values.
+//! The Helm chart without a cluster: `helm lint`, the values schema, golden renders of
+//! `helm template` with default and with full values, and each optional object, on and off.
 //!
 //! Set `UPDATE_GOLDEN=1` to rewrite the goldens after an intended chart change, then review the
 //! diff.
 
 use std::path::PathBuf;
 use std::process::Command;
+
+use serde_json::{Value, json};
 
 use datastream_e2e::{repo, state_dir};
 
@@ -53,6 +55,13 @@ fn template(extra: &[&str]) -> (bool, String, String) {
     helm(&args)
 }
 
+/// The documents of a render that must succeed.
+fn render(extra: &[&str]) -> Vec<Value> {
+    let (ok, out, err) = template(extra);
+    assert!(ok, "helm template {extra:?} failed:\n{err}");
+    documents(&out)
+}
+
 fn full_values() -> String {
     chart()
         .join("tests/full-values.yaml")
@@ -85,15 +94,15 @@ fn check_golden(name: &str, rendered: &str) {
     }
 }
 
-fn documents(rendered: &str) -> Vec<serde_json::Value> {
-    serde_saphyr::from_multiple::<serde_json::Value>(rendered)
+fn documents(rendered: &str) -> Vec<Value> {
+    serde_saphyr::from_multiple::<Value>(rendered)
         .expect("helm renders YAML")
         .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
 
-fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
         .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
@@ -211,7 +220,7 @@ fn operator_rbac_is_exactly_what_it_uses() {
         .unwrap()
         .iter()
         .map(|r| {
-            let list = |v: &serde_json::Value| {
+            let list = |v: &Value| {
                 v.as_array()
                     .unwrap()
                     .iter()
@@ -249,9 +258,9 @@ fn operator_rbac_is_exactly_what_it_uses() {
     let lease_role = find(&docs, "Role", "datastream-operator-leader-election");
     assert_eq!(lease_role["metadata"]["namespace"], "datastream-system");
     let rules = lease_role["rules"].as_array().unwrap();
-    assert_eq!(rules[0]["verbs"], serde_json::json!(["create"]));
+    assert_eq!(rules[0]["verbs"], json!(["create"]));
     assert_eq!(rules[1]["resourceNames"][0], "datastream-operator");
-    assert_eq!(rules[1]["verbs"], serde_json::json!(["get", "update"]));
+    assert_eq!(rules[1]["verbs"], json!(["get", "update"]));
 }
 
 #[test]
@@ -310,7 +319,7 @@ fn operator_pod_is_restricted_and_wired() {
 #[test]
 fn dashboard_queries_only_registered_metrics() {
     let dashboard = std::fs::read_to_string(chart().join("dashboards/datastream.json")).unwrap();
-    let json: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let json: Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
     assert!(json["panels"].as_array().is_some_and(|p| p.len() >= 10));
     let mut sources = String::new();
     for dir in [
@@ -357,4 +366,20 @@ fn collect_sources(dir: &std::path::Path, out: &mut String) {
             out.push_str(&std::fs::read_to_string(&path).unwrap());
         }
     }
+}
+
+// === helm test pod ===
+
+/// The `helm test` pod is part of the chart (a bare `tests/` in .helmignore once dropped
+/// templates/tests/ with the golden files, and `helm test` then ran nothing and passed).
+#[test]
+fn helm_test_pod_is_packaged() {
+    let docs = render(&[]);
+    let pod = find(&docs, "Pod", "datastream-test");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    assert_eq!(pod["spec"]["containers"][0]["args"][0], "probe");
+    assert_eq!(
+        pod["spec"]["containers"][0]["image"],
+        "ghcr.io/datastream-dev/datastream-demo-replica:0.1.0"
+    );
 }
