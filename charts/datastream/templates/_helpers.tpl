@@ -83,3 +83,16 @@ runAsGroup: {{ .Values.runAsUser }}
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/*
+Refuses a genuine Kubernetes 1.20.0. Chart.yaml's kubeVersion admits ">=1.29.0-0 || 1.20.0":
+1.20.0 is the version Helm assumes without a cluster (`helm template`, `--dry-run=client`) when its
+binary was built without the Makefile's -X ...chartutil.k8sVersionMajor/Minor flags (`go install`,
+programs that embed Helm's Go packages). Offline, Helm's API versions are every one it knows,
+policy/v1 included; an API server at 1.20 serves no policy/v1 (GA in 1.21), so it is refused here.
+*/}}
+{{- define "datastream.checkKubeVersion" -}}
+{{- if and (semverCompare "<1.29.0-0" .Capabilities.KubeVersion.Version) (not (.Capabilities.APIVersions.Has "policy/v1")) }}
+{{- fail (printf "DataStream needs Kubernetes >= 1.29; this cluster runs %s" .Capabilities.KubeVersion.Version) }}
+{{- end }}
+{{- end -}}

@@ -4,6 +4,7 @@
 //! Set `UPDATE_GOLDEN=1` to rewrite the goldens after an intended chart change, then review the
 //! diff.
 
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -40,7 +41,16 @@ fn helm(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `helm template` of the chart as release `datastream` in `datastream-system`, for Kubernetes
+/// [`KUBE_VERSION`].
 fn template(extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["--kube-version", KUBE_VERSION];
+    args.extend_from_slice(extra);
+    template_offline(&args)
+}
+
+/// `helm template` with Helm's own idea of the cluster (no `--kube-version`).
+fn template_offline(extra: &[&str]) -> (bool, String, String) {
     let chart = chart();
     let mut args = vec![
         "template",
@@ -48,8 +58,6 @@ fn template(extra: &[&str]) -> (bool, String, String) {
         chart.to_str().unwrap(),
         "--namespace",
         "datastream-system",
-        "--kube-version",
-        KUBE_VERSION,
     ];
     args.extend_from_slice(extra);
     helm(&args)
@@ -382,4 +390,176 @@ fn helm_test_pod_is_packaged() {
         pod["spec"]["containers"][0]["image"],
         "ghcr.io/datastream-dev/datastream-demo-replica:0.1.0"
     );
+}
+
+// === Kubernetes versions ===
+
+/// `helm template` needs no `--kube-version`. Without a cluster Helm checks Chart.yaml's kubeVersion
+/// against a version built into its binary: v1.20.0 unless the build stamps another with the
+/// Makefile's `-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor/Minor` flags, which `go install`
+/// (our e2e/scripts/build-cluster.sh) and programs embedding Helm's packages do not. The range
+/// admits exactly that version; the render is the same as for a supported cluster.
+#[test]
+fn template_renders_offline_without_kube_version() {
+    for extra in [vec![], vec!["-f".to_owned(), full_values()]] {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let (ok, offline, err) = template_offline(&extra);
+        assert!(
+            ok,
+            "helm template {extra:?} without --kube-version failed:\n{err}"
+        );
+        let (ok, pinned, err) = template(&extra);
+        assert!(ok, "{err}");
+        assert_eq!(
+            offline, pinned,
+            "the offline render differs from {KUBE_VERSION}'s"
+        );
+    }
+}
+
+/// Unsupported versions are still refused (--kube-version keeps only major.minor.patch, so the
+/// build and vendor suffixes of real clusters are checked by `real_kubernetes_1_20_is_refused`).
+#[test]
+fn kube_version_below_1_29_is_refused() {
+    for (version, accepted) in [
+        ("1.28.15", false),
+        ("1.20.1", false),
+        ("1.19.0", false),
+        ("1.29.0", true),
+        ("1.36.3", true),
+        ("2.0.0", true),
+    ] {
+        let (ok, _, err) = template_offline(&["--kube-version", version]);
+        assert_eq!(ok, accepted, "Kubernetes {version}: {err}");
+        if !accepted {
+            assert!(
+                err.contains("chart requires kubeVersion: >=1.29.0-0"),
+                "{version}: {err}"
+            );
+        }
+    }
+}
+
+/// A real 1.20.0 API server passes Chart.yaml's range (which admits Helm's offline default) but
+/// not the chart's own check: it serves no policy/v1. `helm template --validate` against a fake
+/// API server that answers discovery like one (and like a 1.28 and an EKS 1.20.0 one).
+#[test]
+fn real_kubernetes_1_20_is_refused() {
+    let guard = "DataStream needs Kubernetes >= 1.29; this cluster runs";
+    for (version, policy, refusal) in [
+        ("v1.20.0", "v1beta1", guard),
+        ("v1.20.0+k3s1", "v1beta1", guard),
+        ("v1.20.0-eks-1", "v1beta1", "chart requires kubeVersion"),
+        ("v1.28.3", "v1", "chart requires kubeVersion"),
+    ] {
+        let (ok, _, err) = validate_against(version, policy);
+        assert!(!ok && err.contains(refusal), "{version}: {err}");
+    }
+    // The control: the same server with policy/v1 gets past both checks (the render then fails
+    // further on, where Helm validates the objects against the server's OpenAPI, which it lacks).
+    let (_, _, err) = validate_against("v1.20.0", "v1");
+    assert!(
+        !err.contains(guard) && !err.contains("chart requires kubeVersion"),
+        "{err}"
+    );
+}
+
+/// `helm template --validate` against a fake API server of `version` serving policy/`policy`.
+fn validate_against(version: &str, policy: &str) -> (bool, String, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let version = version.to_owned();
+    let policy = format!("policy/{policy}");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split(' ').nth(1).unwrap_or("/");
+            let (status, body) = discovery(path.split('?').next().unwrap(), &version, &policy);
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = std::env::temp_dir().join(format!(
+        "datastream-chart-{}-{}",
+        std::process::id(),
+        server.rsplit(':').next().unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+             users:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    \
+             user: fake\ncurrent-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let chart = chart();
+    let out = Command::new(state_dir().join("bin/helm"))
+        .args(["template", "datastream", chart.to_str().unwrap()])
+        .args(["--namespace", "datastream-system", "--validate"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        // Discovery caches and Helm's state go to the scratch directory.
+        .env("HOME", &dir)
+        .env("KUBECACHEDIR", dir.join("kube-cache"))
+        .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+        .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+        .env("HELM_DATA_HOME", dir.join("helm/data"))
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The discovery answers of a minimal API server (legacy, unaggregated discovery).
+fn discovery(path: &str, version: &str, policy: &str) -> (&'static str, String) {
+    let resources = |group_version: &str, name: &str, kind: &str| {
+        json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+            "resources": [{"name": name, "singularName": "", "namespaced": true, "kind": kind,
+                           "verbs": ["get", "list", "create"]}],
+        })
+    };
+    let group = |name: &str, group_version: &str| {
+        let v = json!({"groupVersion": group_version, "version": group_version.rsplit('/').next()});
+        json!({"name": name, "versions": [v.clone()], "preferredVersion": v})
+    };
+    let minor = version.split('.').nth(1).unwrap_or("0");
+    let body = match path {
+        "/version" => json!({"major": "1", "minor": minor, "gitVersion": version,
+                             "platform": "linux/amd64"}),
+        "/api" => json!({"kind": "APIVersions", "versions": ["v1"],
+                         "serverAddressByClientCIDRs": []}),
+        "/apis" => json!({"kind": "APIGroupList", "apiVersion": "v1",
+                          "groups": [group("apps", "apps/v1"), group("policy", policy)]}),
+        "/api/v1" => resources("v1", "pods", "Pod"),
+        "/apis/apps/v1" => resources("apps/v1", "deployments", "Deployment"),
+        p if p == format!("/apis/{policy}") => {
+            resources(policy, "poddisruptionbudgets", "PodDisruptionBudget")
+        }
+        _ => {
+            return (
+                "404 Not Found",
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "NotFound", "code": 404})
+                .to_string(),
+            );
+        }
+    };
+    ("200 OK", body.to_string())
 }
