@@ -49,20 +49,25 @@ app.kubernetes.io/part-of: datastream
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* repository@digest when a digest is set (the tag is then ignored), else repository:tag. */}}
 {{- define "datastream.image" -}}
+{{- if .digest -}}
+{{- printf "%s@%s" .repository .digest -}}
+{{- else -}}
 {{- printf "%s:%s" .repository (default .appVersion .tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "datastream.operatorImage" -}}
-{{- include "datastream.image" (dict "repository" .Values.image.repository "tag" .Values.image.tag "appVersion" .Chart.AppVersion) -}}
+{{- include "datastream.image" (dict "repository" .Values.image.repository "tag" .Values.image.tag "digest" .Values.image.digest "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "datastream.sidecarImage" -}}
-{{- include "datastream.image" (dict "repository" .Values.sidecar.image.repository "tag" .Values.sidecar.image.tag "appVersion" .Chart.AppVersion) -}}
+{{- include "datastream.image" (dict "repository" .Values.sidecar.image.repository "tag" .Values.sidecar.image.tag "digest" .Values.sidecar.image.digest "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{- define "datastream.testImage" -}}
-{{- include "datastream.image" (dict "repository" .Values.test.image.repository "tag" .Values.test.image.tag "appVersion" .Chart.AppVersion) -}}
+{{- include "datastream.image" (dict "repository" .Values.test.image.repository "tag" .Values.test.image.tag "digest" .Values.test.image.digest "appVersion" .Chart.AppVersion) -}}
 {{- end -}}
 
 {{/* The restricted Pod Security Standard, for every container of the chart. */}}

@@ -563,3 +563,107 @@ fn discovery(path: &str, version: &str, policy: &str) -> (&'static str, String) 
     };
     ("200 OK", body.to_string())
 }
+
+// === images ===
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A digest replaces the tag: for the operator's own image, for the sidecar image it injects
+/// (--sidecar-image) and for the test pod.
+#[test]
+fn image_digests_replace_tags() {
+    let operator = format!("image.digest={DIGEST}");
+    let sidecar = format!("sidecar.image.digest={DIGEST}");
+    let test = format!("test.image.digest={DIGEST}");
+    let docs = render(&[
+        "--set",
+        "image.tag=ignored",
+        "--set",
+        &operator,
+        "--set",
+        &sidecar,
+        "--set",
+        &test,
+    ]);
+    let pod = &find(&docs, "Deployment", "datastream-operator")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/datastream-dev/datastream-operator@{DIGEST}")
+    );
+    assert!(
+        c["args"].as_array().unwrap().contains(&json!(format!(
+            "--sidecar-image=ghcr.io/datastream-dev/datastream-sidecar@{DIGEST}"
+        ))),
+        "{}",
+        c["args"]
+    );
+    assert_eq!(
+        find(&docs, "Pod", "datastream-test")["spec"]["containers"][0]["image"],
+        format!("ghcr.io/datastream-dev/datastream-demo-replica@{DIGEST}")
+    );
+    // Without digests, tags (the appVersion by default).
+    let docs = render(&[]);
+    let c = &find(&docs, "Deployment", "datastream-operator")["spec"]["template"]["spec"]["containers"]
+        [0];
+    assert_eq!(
+        c["image"],
+        "ghcr.io/datastream-dev/datastream-operator:0.1.0"
+    );
+    assert!(c["args"].as_array().unwrap().contains(&json!(
+        "--sidecar-image=ghcr.io/datastream-dev/datastream-sidecar:0.1.0"
+    )));
+}
+
+// === values schema of the newer settings ===
+
+/// Wrong values of the chart's newer settings are refused by the schema, with an error naming
+/// the value.
+#[test]
+fn values_schema_refuses_wrong_new_values_by_name() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "/image/digest",
+            "a tag as digest",
+            &["--set", "image.digest=latest"],
+        ),
+        (
+            "/sidecar/image/digest",
+            "a short digest",
+            &["--set", "sidecar.image.digest=sha256:abc"],
+        ),
+        (
+            "/test/image/digest",
+            "upper-case hex",
+            &[
+                "--set",
+                "test.image.digest=sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            ],
+        ),
+    ];
+    let mut wrong = vec![];
+    for (path, what, args) in cases {
+        let (ok, _, err) = template(args);
+        if ok || !err.contains("schema") || !err.contains(&format!("at '{path}'")) {
+            wrong.push(format!(
+                "{what}: expected a schema error at {path}, got: {err}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // And the values they stand for are accepted.
+    for args in [
+        vec![
+            "--set",
+            "image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+        vec![
+            "--set",
+            "sidecar.image.digest=sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        ],
+    ] {
+        let (ok, _, err) = template(&args);
+        assert!(ok, "{args:?}: {err}");
+    }
+}
