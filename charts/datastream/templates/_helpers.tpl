@@ -40,6 +40,15 @@ app.kubernetes.io/name: {{ include "datastream.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+Labels selecting the operator pods in the chart's newer selectors (PodDisruptionBudget,
+NetworkPolicy, topology spread): the selector labels alone also match the `helm test` pod.
+*/}}
+{{- define "datastream.operatorPodLabels" -}}
+{{ include "datastream.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
 {{/* Labels on every object of the chart. */}}
 {{- define "datastream.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}

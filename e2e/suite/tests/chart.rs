@@ -116,6 +116,27 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
 }
 
+/// The kinds of the rendered objects, for "nothing of this kind" assertions.
+fn kinds(docs: &[Value]) -> Vec<&str> {
+    docs.iter().filter_map(|d| d["kind"].as_str()).collect()
+}
+
+/// Whether `selector.matchLabels` selects an object with `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let wanted = selector["matchLabels"].as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels[k] == *v)
+}
+
+/// Labels of the operator's pods and of the `helm test` pod in a render.
+fn pod_labels(docs: &[Value]) -> (Value, Value) {
+    let deploy = find(docs, "Deployment", "datastream-operator");
+    let test = find(docs, "Pod", "datastream-test");
+    (
+        deploy["spec"]["template"]["metadata"]["labels"].clone(),
+        test["metadata"]["labels"].clone(),
+    )
+}
+
 #[test]
 fn chart_lints_clean_with_default_and_full_values() {
     let chart = chart();
@@ -615,6 +636,110 @@ fn image_digests_replace_tags() {
     )));
 }
 
+// === disruption budget and topology spread ===
+
+/// A PodDisruptionBudget (maxUnavailable 1 by default) exists only with more than one replica,
+/// and selects the operator pods and not the `helm test` pod.
+#[test]
+fn disruption_budget_only_with_several_replicas() {
+    assert!(!kinds(&render(&[])).contains(&"PodDisruptionBudget"));
+    assert!(
+        !kinds(&render(&[
+            "--set",
+            "replicaCount=2",
+            "--set",
+            "podDisruptionBudget.enabled=false"
+        ]))
+        .contains(&"PodDisruptionBudget")
+    );
+
+    let docs = render(&["--set", "replicaCount=2"]);
+    let pdb = find(&docs, "PodDisruptionBudget", "datastream-operator");
+    assert_eq!(pdb["metadata"]["namespace"], "datastream-system");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(pdb["spec"].get("minAvailable").is_none());
+    assert_eq!(pdb["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
+    let (operator, test) = pod_labels(&docs);
+    assert!(selects(&pdb["spec"]["selector"], &operator), "{pdb}");
+    assert!(!selects(&pdb["spec"]["selector"], &test), "{pdb}");
+
+    let docs = render(&[
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "podDisruptionBudget.minAvailable=2",
+    ]);
+    let spec = &find(&docs, "PodDisruptionBudget", "datastream-operator")["spec"];
+    assert_eq!(spec["minAvailable"], 2);
+    assert!(spec.get("maxUnavailable").is_none());
+    let docs = render(&[
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=50%",
+    ]);
+    let spec = &find(&docs, "PodDisruptionBudget", "datastream-operator")["spec"];
+    assert_eq!(spec["maxUnavailable"], "50%");
+
+    // A budget that could never allow an eviction is refused.
+    let (ok, _, err) = template(&[
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "podDisruptionBudget.minAvailable=2",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("podDisruptionBudget.minAvailable (2) must be below replicaCount (2)"),
+        "{err}"
+    );
+}
+
+/// By default the operator pods prefer distinct nodes (and never wait for one); values replace
+/// the constraints, and an entry without labelSelector gets the operator pods'.
+#[test]
+fn operator_pods_spread_over_nodes() {
+    let spread = |docs: &[Value]| {
+        find(docs, "Deployment", "datastream-operator")["spec"]["template"]["spec"]
+            ["topologySpreadConstraints"]
+            .clone()
+    };
+    let docs = render(&[]);
+    let (operator, test) = pod_labels(&docs);
+    let default = spread(&docs);
+    assert_eq!(
+        default,
+        json!([{
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "datastream-operator",
+                "app.kubernetes.io/instance": "datastream",
+                "app.kubernetes.io/component": "operator",
+            }},
+        }])
+    );
+    assert!(selects(&default[0]["labelSelector"], &operator));
+    assert!(!selects(&default[0]["labelSelector"], &test));
+
+    let own = json!({"matchLabels": {"team": "platform"}});
+    let custom = json!([
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+         "whenUnsatisfiable": "DoNotSchedule", "matchLabelKeys": ["pod-template-hash"]},
+        {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname",
+         "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": own},
+    ]);
+    let set = format!("topologySpreadConstraints={custom}");
+    let rendered = spread(&render(&["--set-json", &set]));
+    let mut expected = custom.clone();
+    expected[0]["labelSelector"] = default[0]["labelSelector"].clone();
+    assert_eq!(rendered, expected);
+
+    let none = spread(&render(&["--set-json", "topologySpreadConstraints=[]"]));
+    assert!(none.is_null(), "{none}");
+}
+
 // === values schema of the newer settings ===
 
 /// Wrong values of the chart's newer settings are refused by the schema, with an error naming
@@ -640,6 +765,53 @@ fn values_schema_refuses_wrong_new_values_by_name() {
                 "test.image.digest=sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
             ],
         ),
+        (
+            "/topologySpreadConstraints/0/whenUnsatisfiable",
+            "misspelled whenUnsatisfiable",
+            &[
+                "--set-json",
+                r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"k","whenUnsatisfiable":"Schedule"}]"#,
+            ],
+        ),
+        (
+            "/topologySpreadConstraints/0",
+            "no topologyKey",
+            &[
+                "--set-json",
+                r#"topologySpreadConstraints=[{"maxSkew":1,"whenUnsatisfiable":"ScheduleAnyway"}]"#,
+            ],
+        ),
+        (
+            "/topologySpreadConstraints/0/maxSkew",
+            "maxSkew 0",
+            &[
+                "--set-json",
+                r#"topologySpreadConstraints=[{"maxSkew":0,"topologyKey":"k","whenUnsatisfiable":"ScheduleAnyway"}]"#,
+            ],
+        ),
+        (
+            "/podDisruptionBudget/maxUnavailable",
+            "maxUnavailable 0 (blocks every drain)",
+            &["--set", "podDisruptionBudget.maxUnavailable=0"],
+        ),
+        (
+            "/podDisruptionBudget/minAvailable",
+            "minAvailable 100%",
+            &["--set", "podDisruptionBudget.minAvailable=100%"],
+        ),
+        (
+            "/podDisruptionBudget/unhealthyPodEvictionPolicy",
+            "unknown eviction policy",
+            &[
+                "--set",
+                "podDisruptionBudget.unhealthyPodEvictionPolicy=Never",
+            ],
+        ),
+        (
+            "/podDisruptionBudget",
+            "misspelled key",
+            &["--set", "podDisruptionBudget.maxUnavailble=1"],
+        ),
     ];
     let mut wrong = vec![];
     for (path, what, args) in cases {
@@ -661,6 +833,13 @@ fn values_schema_refuses_wrong_new_values_by_name() {
         vec![
             "--set",
             "sidecar.image.digest=sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+        ],
+        vec!["--set", "podDisruptionBudget.maxUnavailable=100%"],
+        vec![
+            "--set",
+            "replicaCount=3",
+            "--set",
+            "podDisruptionBudget.minAvailable=0",
         ],
     ] {
         let (ok, _, err) = template(&args);
