@@ -740,6 +740,74 @@ fn operator_pods_spread_over_nodes() {
     assert!(none.is_null(), "{none}");
 }
 
+// === NetworkPolicy ===
+
+/// Off by default. On: the operator pods (not the test pod) accept nothing but the admin port
+/// from the listed sources (none by default), and dial only the API server and DNS.
+#[test]
+fn network_policy_is_off_by_default_and_least_privilege_when_on() {
+    assert!(!kinds(&render(&[])).contains(&"NetworkPolicy"));
+
+    let dns = json!({
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+        }],
+    });
+    let docs = render(&["--set", "networkPolicy.enabled=true"]);
+    let np = find(&docs, "NetworkPolicy", "datastream-operator");
+    let (operator, test) = pod_labels(&docs);
+    assert!(selects(&np["spec"]["podSelector"], &operator), "{np}");
+    assert!(!selects(&np["spec"]["podSelector"], &test), "{np}");
+    assert_eq!(np["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(np["spec"]["ingress"], json!([]));
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([
+            {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]},
+            dns,
+        ])
+    );
+
+    let monitoring = json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    }]);
+    let from = format!("networkPolicy.ingress.from={monitoring}");
+    let docs = render(&[
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "adminPort=9090",
+        "--set-json",
+        &from,
+        "--set-json",
+        r#"networkPolicy.egress.apiServer.cidrs=["172.18.0.2/32","fd00::2/128"]"#,
+        "--set-json",
+        "networkPolicy.egress.apiServer.ports=[6443]",
+        "--set-json",
+        "networkPolicy.egress.dns.to=[]",
+        "--set-json",
+        r#"networkPolicy.extraEgress=[{"ports":[{"port":3128}]}]"#,
+    ]);
+    let np = find(&docs, "NetworkPolicy", "datastream-operator");
+    assert_eq!(
+        np["spec"]["ingress"],
+        json!([{"from": monitoring, "ports": [{"port": 9090, "protocol": "TCP"}]}])
+    );
+    assert_eq!(
+        np["spec"]["egress"],
+        json!([
+            {
+                "ports": [{"port": 6443, "protocol": "TCP"}],
+                "to": [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "fd00::2/128"}}],
+            },
+            {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+            {"ports": [{"port": 3128}]},
+        ])
+    );
+}
+
 // === values schema of the newer settings ===
 
 /// Wrong values of the chart's newer settings are refused by the schema, with an error naming
@@ -812,6 +880,58 @@ fn values_schema_refuses_wrong_new_values_by_name() {
             "misspelled key",
             &["--set", "podDisruptionBudget.maxUnavailble=1"],
         ),
+        (
+            "/networkPolicy/enabled",
+            "enabled as a string",
+            &["--set-string", "networkPolicy.enabled=true"],
+        ),
+        (
+            "/networkPolicy/ingress/from/0",
+            "misspelled peer selector",
+            &[
+                "--set-json",
+                r#"networkPolicy.ingress.from=[{"namespaceSelectr":{}}]"#,
+            ],
+        ),
+        (
+            "/networkPolicy/ingress/from/0",
+            "empty peer",
+            &["--set-json", "networkPolicy.ingress.from=[{}]"],
+        ),
+        (
+            "/networkPolicy/egress/apiServer/cidrs/0",
+            "an address without prefix length",
+            &[
+                "--set-json",
+                r#"networkPolicy.egress.apiServer.cidrs=["10.0.0.1"]"#,
+            ],
+        ),
+        (
+            "/networkPolicy/egress/apiServer/cidrs/0",
+            "an IPv4 prefix length over 32",
+            &[
+                "--set-json",
+                r#"networkPolicy.egress.apiServer.cidrs=["10.0.0.0/33"]"#,
+            ],
+        ),
+        (
+            "/networkPolicy/egress/apiServer/ports/0",
+            "port 0",
+            &["--set-json", "networkPolicy.egress.apiServer.ports=[0]"],
+        ),
+        (
+            "/networkPolicy/egress/apiServer/ports",
+            "no API server port",
+            &["--set-json", "networkPolicy.egress.apiServer.ports=[]"],
+        ),
+        (
+            "/networkPolicy/extraEgress/0/ports/0/protocol",
+            "ICMP",
+            &[
+                "--set-json",
+                r#"networkPolicy.extraEgress=[{"ports":[{"protocol":"ICMP"}]}]"#,
+            ],
+        ),
     ];
     let mut wrong = vec![];
     for (path, what, args) in cases {
@@ -840,6 +960,10 @@ fn values_schema_refuses_wrong_new_values_by_name() {
             "replicaCount=3",
             "--set",
             "podDisruptionBudget.minAvailable=0",
+        ],
+        vec![
+            "--set-json",
+            r#"networkPolicy.egress.apiServer.cidrs=["0.0.0.0/0","::/0","2001:db8::/32"]"#,
         ],
     ] {
         let (ok, _, err) = template(&args);
