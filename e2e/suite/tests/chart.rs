@@ -808,6 +808,93 @@ fn network_policy_is_off_by_default_and_least_privilege_when_on() {
     );
 }
 
+// === PrometheusRule ===
+
+/// Off by default. On: exactly the alerts of docs/operations.md ("Suggested alerts"), parsed from
+/// both sides: names, expressions, `for`, labels and annotations, with the doc's comments as the
+/// description annotations.
+#[test]
+fn prometheus_rule_has_exactly_the_documented_alerts() {
+    assert!(!kinds(&render(&[])).contains(&"PrometheusRule"));
+
+    let docs = render(&[
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.prometheusRule.labels.release=prometheus",
+    ]);
+    let rule = find(&docs, "PrometheusRule", "datastream-alerts");
+    assert_eq!(rule["metadata"]["namespace"], "datastream-system");
+    assert_eq!(rule["metadata"]["labels"]["release"], "prometheus");
+    let chart_groups = rule["spec"]["groups"].as_array().expect("spec.groups");
+
+    let doc_groups = documented_alerts();
+    assert!(
+        doc_groups.len() == 1 && doc_groups[0]["rules"].as_array().unwrap().len() >= 10,
+        "docs/operations.md's alerts were not found"
+    );
+    assert_eq!(chart_groups.len(), doc_groups.len());
+    for (chart, doc) in chart_groups.iter().zip(&doc_groups) {
+        assert_eq!(chart["name"], doc["name"]);
+        let names = |g: &Value| -> Vec<String> {
+            g["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["alert"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(names(chart), names(doc), "the alerts differ");
+        for (c, d) in chart["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(doc["rules"].as_array().unwrap())
+        {
+            assert_eq!(c, d, "alert {} differs from docs/operations.md", d["alert"]);
+        }
+    }
+}
+
+/// The rule groups of the YAML block under "## Suggested alerts" in docs/operations.md, each
+/// alert's comment lines joined into its `description` annotation.
+fn documented_alerts() -> Vec<Value> {
+    let doc = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    let section = doc
+        .split("\n## Suggested alerts\n")
+        .nth(1)
+        .expect("docs/operations.md has a \"Suggested alerts\" section");
+    let block = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a yaml block in \"Suggested alerts\"");
+    let mut descriptions: Vec<(String, Vec<&str>)> = vec![];
+    for line in block.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert:") {
+            descriptions.push((name.trim().to_owned(), vec![]));
+        } else if let (Some(comment), Some((_, lines))) =
+            (line.strip_prefix('#'), descriptions.last_mut())
+        {
+            lines.push(comment.trim());
+        }
+    }
+    let parsed: Value = serde_saphyr::from_str(block).expect("the doc's alerts are YAML");
+    let mut groups = parsed["groups"].as_array().expect("groups").clone();
+    for group in &mut groups {
+        for rule in group["rules"].as_array_mut().expect("rules") {
+            let (_, lines) = descriptions
+                .iter()
+                .find(|(name, _)| rule["alert"] == name.as_str())
+                .unwrap();
+            if !lines.is_empty() {
+                rule["annotations"]["description"] = json!(lines.join(" "));
+            }
+        }
+    }
+    groups
+}
+
 // === values schema of the newer settings ===
 
 /// Wrong values of the chart's newer settings are refused by the schema, with an error naming
@@ -931,6 +1018,16 @@ fn values_schema_refuses_wrong_new_values_by_name() {
                 "--set-json",
                 r#"networkPolicy.extraEgress=[{"ports":[{"protocol":"ICMP"}]}]"#,
             ],
+        ),
+        (
+            "/metrics/prometheusRule/enabled",
+            "enabled as a string",
+            &["--set-string", "metrics.prometheusRule.enabled=yes"],
+        ),
+        (
+            "/metrics/prometheusRule/labels/release",
+            "label value not a string",
+            &["--set", "metrics.prometheusRule.labels.release=1"],
         ),
     ];
     let mut wrong = vec![];
