@@ -4,6 +4,8 @@
 //! sidecar (which reads `spec.traffic` as its routing, balancing and failover policy). It has no
 //! client or runtime code: only types, their schema (with CEL admission rules) and small helpers.
 
+#[cfg(any(test, feature = "admission"))]
+pub mod admission;
 pub mod v1alpha1;
 
 pub use v1alpha1::{DataStream, DataStreamSpec, DataStreamStatus, TrafficPolicy};

@@ -29,9 +29,6 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 // Several printer columns share a type, which clippy mistakes for repeated attributes.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-// Client-side CEL evaluation (`DataStream::validate_cel`) is for the admission-rule tests only:
-// it compiles a CEL interpreter, which no binary needs (the API server evaluates the rules).
-#[cfg_attr(test, kube(cel))]
 #[kube(
     group = "datastream.dev",
     version = "v1alpha1",

@@ -33,34 +33,15 @@ fn valid() -> Value {
 
 /// Applies the defaults the apiserver would, by a round trip through the Rust types.
 fn defaulted(object: &Value) -> DataStream {
-    serde_json::from_value(object.clone()).expect("test object deserializes")
+    crate::admission::deserialize(object).expect("test object deserializes")
 }
 
 fn cel_errors(object: &Value) -> Vec<String> {
-    match defaulted(object).validate_cel() {
-        Ok(()) => vec![],
-        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
-    }
+    crate::admission::cel_errors(object)
 }
 
 fn schema_errors(object: &Value) -> Vec<String> {
-    let crd = DataStream::crd();
-    let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .unwrap()
-            .open_api_v3_schema
-            .as_ref()
-            .unwrap(),
-    )
-    .unwrap();
-    let validator =
-        jsonschema::validator_for(&schema).expect("the CRD schema is a valid JSON schema");
-    validator
-        .iter_errors(object)
-        .map(|e| format!("{}: {}", e.instance_path, e))
-        .collect()
+    crate::admission::schema_errors(object)
 }
 
 fn with(mut object: Value, pointer: &str, value: Value) -> Value {
@@ -395,6 +376,16 @@ fn durations_parse_like_the_schema_accepts() {
     for bad in ["", "10", "s", "1.5s", "-1s", "1d", "99999999999s"] {
         assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
     }
+}
+
+#[test]
+fn the_full_traffic_reference_is_valid() {
+    let object = crate::admission::full_traffic_reference();
+    assert_eq!(
+        crate::admission::admission_errors(&object),
+        Vec::<String>::new()
+    );
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
 }
 
 #[test]
