@@ -101,9 +101,15 @@ pub async fn serve<A: HttpServerApp>(
             metrics: metrics.clone(),
             close: close.clone(),
         };
+        // The connection's future lives in its own heap block, not inside tokio's task cell:
+        // the cell is allocated 128-byte aligned, and an aligned block of about 2 KiB per idle
+        // connection leaves holes glibc cannot reuse between the request buffers freed around it
+        // (measured: +3.5 MB RSS at 10,000 idle connections when the cell grew from 1,792 to
+        // 1,920 bytes). One allocation per connection, none per request.
+        let serving = Box::pin(conn.serve());
         tokio::spawn(async move {
             let _permit = permit;
-            conn.serve().await;
+            serving.await;
         });
     }
     drop(listener);
