@@ -373,9 +373,84 @@ fn durations_parse_like_the_schema_accepts() {
         parse_duration("2h").unwrap(),
         std::time::Duration::from_secs(7200)
     );
-    for bad in ["", "10", "s", "1.5s", "-1s", "1d", "99999999999s"] {
-        assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+    // The parser and the schema accept exactly the same strings: what admission lets through,
+    // the sidecar parses, and what the sidecar refuses, admission refuses.
+    let long = "1h".repeat(17);
+    let cases = [
+        ("0s", true),
+        ("0ms", true),
+        ("999999999ms", true),
+        ("999999999s", true),
+        ("9999999m", true),
+        ("99999h", true),
+        ("1h30m15s250ms", true),
+        ("1000000000ms", false),
+        ("1000000000s", false),
+        ("10000000m", false),
+        ("100000h", false),
+        ("99999999999h", false),
+        ("4294967296ms", false),
+        ("0000000001h", false),
+        (&long[..32], true),
+        (&long, false),
+        ("", false),
+        ("10", false),
+        ("s", false),
+        ("1.5s", false),
+        ("-1s", false),
+        ("1d", false),
+        ("1us", false),
+        ("10 s", false),
+        ("1h ", false),
+    ];
+    for (text, ok) in cases {
+        let parsed = parse_duration(text);
+        assert_eq!(parsed.is_ok(), ok, "parse_duration({text:?}) = {parsed:?}");
+        let object = with(
+            valid(),
+            "/spec/traffic/failover/requestTimeout",
+            json!(text),
+        );
+        let refused = schema_errors(&object)
+            .iter()
+            .any(|e| e.starts_with("/spec/traffic/failover/requestTimeout"));
+        assert_eq!(refused, !ok, "schema on {text:?}");
     }
+    assert!(matches!(
+        parse_duration("99999999999h"),
+        Err(DurationError::Range(_))
+    ));
+    assert!(matches!(
+        parse_duration("ten"),
+        Err(DurationError::Syntax(_))
+    ));
+}
+
+#[test]
+fn no_admitted_duration_overflows_go() {
+    // The API server's CEL `duration()` is Go's time.Duration: at most 2^63-1 ns (about 2562047h).
+    // The largest total the pattern admits within the length limit, by dynamic programming over
+    // the text length: each part is the largest number the pattern allows before a unit.
+    let parts: [(u128, usize); 4] = [
+        (999_999_999 * 1_000_000, 11),     // 999999999ms
+        (999_999_999 * 1_000_000_000, 10), // 999999999s
+        (9_999_999 * 60_000_000_000, 8),   // 9999999m
+        (99_999 * 3_600_000_000_000, 6),   // 99999h
+    ];
+    let mut best = vec![0u128; DURATION_MAX_LEN + 1];
+    for len in 1..=DURATION_MAX_LEN {
+        best[len] = best[len - 1];
+        for (nanos, width) in parts {
+            if width <= len {
+                best[len] = best[len].max(best[len - width] + nanos);
+            }
+        }
+    }
+    assert!(
+        best[DURATION_MAX_LEN] < i64::MAX as u128,
+        "{} ns admitted",
+        best[DURATION_MAX_LEN]
+    );
 }
 
 #[test]

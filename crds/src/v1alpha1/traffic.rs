@@ -8,52 +8,73 @@ use std::time::Duration;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
-/// Pattern every duration string must match: Go-style units, e.g. `250ms`, `2s`, `1m30s`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// Pattern every duration string must match: numbers with Go-style units, e.g. `250ms`, `2s`,
+/// `1m30s`. Each number has at most 9 digits before `ms` or `s`, 7 before `m` and 5 before `h`
+/// (99999h is over 11 years): with at most [`DURATION_MAX_LEN`] characters, every duration the
+/// pattern admits fits the sidecar's parser and the API server's CEL `duration()` (Go's
+/// `time.Duration`, about 292 years), so no admitted duration can overflow anywhere.
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,9}(ms|s)|[0-9]{1,7}m|[0-9]{1,5}h)+$";
+
+/// Most characters in a duration string.
+pub const DURATION_MAX_LEN: usize = 32;
 
 /// Why a duration string could not be parsed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {value:?}: expected a number with a unit (ms, s, m, h), e.g. 250ms, 2s or 1m30s"
-)]
-pub struct DurationError {
-    /// The rejected text.
-    pub value: String,
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not numbers with units.
+    #[error(
+        "invalid duration {0:?}: expected numbers with a unit (ms, s, m, h), e.g. 250ms, 2s or 1m30s"
+    )]
+    Syntax(String),
+    /// Well formed, but a number has too many digits or the text is too long.
+    #[error(
+        "duration {0:?} is out of range: at most 32 characters, with at most 9 digits before ms or s, 7 before m and 5 before h"
+    )]
+    Range(String),
 }
 
-/// Parses a duration written as the API accepts it (`250ms`, `2s`, `1m30s`).
+/// Parses a duration written as the API accepts it (`250ms`, `2s`, `1m30s`): exactly the strings
+/// that [`DURATION_PATTERN`] and [`DURATION_MAX_LEN`] admit, so what passes admission parses.
 pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
-    let err = || DurationError {
-        value: value.to_owned(),
-    };
+    let syntax = || DurationError::Syntax(value.to_owned());
     let mut rest = value;
     let mut total = Duration::ZERO;
+    let mut in_range = value.len() <= DURATION_MAX_LEN;
     if rest.is_empty() {
-        return Err(err());
+        return Err(syntax());
     }
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(syntax)?;
         if digits == 0 {
-            return Err(err());
+            return Err(syntax());
         }
-        let amount: u64 = rest[..digits].parse().map_err(|_| err())?;
+        let number = &rest[..digits];
         rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
+        let (unit, len, max_digits) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2, 9)
         } else if rest.starts_with('s') {
-            (Duration::from_secs(1), 1)
+            (Duration::from_secs(1), 1, 9)
         } else if rest.starts_with('m') {
-            (Duration::from_secs(60), 1)
+            (Duration::from_secs(60), 1, 7)
         } else if rest.starts_with('h') {
-            (Duration::from_secs(3600), 1)
+            (Duration::from_secs(3600), 1, 5)
         } else {
-            return Err(err());
+            return Err(syntax());
         };
-        let amount = u32::try_from(amount).map_err(|_| err())?;
-        total = total
-            .checked_add(unit.checked_mul(amount).ok_or_else(err)?)
-            .ok_or_else(err)?;
         rest = &rest[len..];
+        if digits > max_digits {
+            // Keep reading: a malformed tail is reported as such.
+            in_range = false;
+            continue;
+        }
+        // At most 9 digits: always a u32, and the sum of at most 16 parts never overflows.
+        let amount: u32 = number.parse().map_err(|_| syntax())?;
+        total += unit * amount;
+    }
+    if !in_range {
+        return Err(DurationError::Range(value.to_owned()));
     }
     Ok(total)
 }
@@ -162,7 +183,7 @@ pub struct Route {
 
     /// Overall timeout of this route's requests, overriding `failover.requestTimeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub timeout: Option<String>,
 
     /// Retry requests of this route even when their method is not idempotent (for example a POST
@@ -366,7 +387,7 @@ pub enum HashingAlgorithm {
 pub struct Primary {
     /// How long a recovered primary must stay healthy before it takes traffic back.
     #[serde(default = "default_hold_down")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub hold_down: String,
 }
 
@@ -453,7 +474,7 @@ impl LoadBalancingPolicy {
 pub struct Failover {
     /// Time allowed to open a connection to a replica.
     #[serde(default = "default_connect_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub connect_timeout: String,
 
     /// Time allowed for a request, retries included, counted from the end of the request body
@@ -463,19 +484,19 @@ pub struct Failover {
     /// `x-datastream-deadline-ms` counts from the request's arrival and is forwarded as the
     /// caller's; this timeout is never advertised to the workload.
     #[serde(default = "default_request_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub request_timeout: String,
 
     /// Time allowed for one attempt on one replica; unset means only the request timeout applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub per_try_timeout: Option<String>,
 
     /// How long a request or response body may go without a byte before the exchange is
     /// abandoned (Envoy's stream idle timeout): what bounds streams, uploads and long polls,
     /// which the request timeout leaves alone. `0s` disables it.
     #[serde(default = "default_stream_idle_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub stream_idle_timeout: String,
 
     /// Retry policy.
@@ -563,12 +584,12 @@ pub struct Retries {
 
     /// First backoff before a retry; doubles per retry with full jitter.
     #[serde(default = "default_backoff_base")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub backoff_base: String,
 
     /// Largest backoff before a retry.
     #[serde(default = "default_backoff_max")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub backoff_max: String,
 }
 
@@ -643,12 +664,12 @@ pub struct OutlierDetection {
 
     /// Window over which failure rates are measured.
     #[serde(default = "default_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub interval: String,
 
     /// First ejection time; each repeated ejection of the same replica lasts longer.
     #[serde(default = "default_base_ejection_time")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub base_ejection_time: String,
 
     /// Largest share of replicas ejected at once, in percent (0 to 100).
@@ -700,12 +721,12 @@ fn default_panic_threshold() -> i32 {
 pub struct HealthCheck {
     /// Time between checks.
     #[serde(default = "default_hc_interval")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub interval: String,
 
     /// Time allowed for one check.
     #[serde(default = "default_hc_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub timeout: String,
 
     /// Consecutive failed checks that mark a replica unhealthy.
@@ -771,7 +792,7 @@ pub struct CircuitBreaker {
 
     /// Sliding window over which requests and accepts are counted.
     #[serde(default = "default_breaker_window")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub window: String,
 
     /// Fewest attempts to a replica within the window before the breaker may drop anything: a
@@ -823,7 +844,7 @@ pub struct Hedging {
 
     /// Never hedge earlier than this.
     #[serde(default = "default_hedge_min_delay")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub min_delay: String,
 }
 
@@ -923,7 +944,7 @@ pub struct LoadShedding {
     /// Latency the limiter aims to keep admitted requests under (a tolerance above the measured
     /// minimum); the concurrency limit shrinks when latency exceeds it.
     #[serde(default = "default_shed_target")]
-    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h))+$"), length(max = 32))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     pub latency_target: String,
 
     /// Lowest concurrency limit the limiter may set.
