@@ -454,6 +454,113 @@ fn no_admitted_duration_overflows_go() {
 }
 
 #[test]
+fn durations_the_sidecar_needs_positive_are_positive() {
+    let cases = [
+        (
+            with(valid(), "/spec/traffic/routes/0/timeout", json!("0s")),
+            "traffic.routes[].timeout must be more than 0",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/traffic/failover",
+                json!({ "connectTimeout": "0s", "requestTimeout": "0ms" }),
+            ),
+            "failover.requestTimeout must be more than 0",
+        ),
+        (
+            with(valid(), "/spec/traffic/failover/perTryTimeout", json!("0s")),
+            "failover.perTryTimeout must be more than 0",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/traffic/failover/outlierDetection",
+                json!({ "interval": "0s" }),
+            ),
+            "failover.outlierDetection.interval must be more than 0",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/traffic/failover/healthCheck",
+                json!({ "interval": "0s", "timeout": "0s" }),
+            ),
+            "failover.healthCheck.interval must be more than 0",
+        ),
+        (
+            with(
+                valid(),
+                "/spec/traffic/failover/circuitBreaker",
+                json!({ "window": "0m" }),
+            ),
+            "failover.circuitBreaker.window must be more than 0",
+        ),
+    ];
+    for (object, message) in cases {
+        assert_eq!(schema_errors(&object), Vec::<String>::new(), "{message}");
+        assert_cel_rejects(object, message);
+    }
+    // Zero stays allowed where it means something: no stream idle timeout, no hold-down.
+    let object = with(
+        valid(),
+        "/spec/traffic/failover/streamIdleTimeout",
+        json!("0s"),
+    );
+    let object = with(
+        object,
+        "/spec/traffic/routes/1/primary/holdDown",
+        json!("0s"),
+    );
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+}
+
+#[test]
+fn load_bound_is_off_or_at_least_one() {
+    for bound in [0.5, 0.99, 0.01] {
+        let object = with(
+            valid(),
+            "/spec/traffic/routes/0/affinity/loadBound",
+            json!(bound),
+        );
+        assert_cel_rejects(
+            object,
+            "affinity.loadBound must be 0 (no bound) or between 1 and 10",
+        );
+    }
+    for bound in [json!(0), json!(0.0), json!(1), json!(1.25), json!(10)] {
+        let object = with(
+            valid(),
+            "/spec/traffic/routes/0/affinity/loadBound",
+            bound.clone(),
+        );
+        assert_eq!(cel_errors(&object), Vec::<String>::new(), "{bound}");
+        assert_eq!(schema_errors(&object), Vec::<String>::new(), "{bound}");
+    }
+    let object = with(
+        valid(),
+        "/spec/traffic/routes/0/affinity/loadBound",
+        json!(10.5),
+    );
+    assert_schema_rejects(object, "/spec/traffic/routes/0/affinity/loadBound");
+}
+
+#[test]
+fn header_match_values_are_header_values() {
+    for field in ["exact", "prefix"] {
+        let at = format!("/spec/traffic/routes/1/match/headers/0/{field}");
+        for bad in ["a\nb", "a\rb", "\u{0}", "x\u{7f}", "\u{1b}[0m"] {
+            let object = with(valid(), &at, json!(bad));
+            assert_schema_rejects(object, &at);
+        }
+        for good in ["acme", "a\tb", "caf\u{e9}", "", "a b; q=0.5"] {
+            let object = with(valid(), &at, json!(good));
+            assert_eq!(schema_errors(&object), Vec::<String>::new(), "{good:?}");
+        }
+    }
+}
+
+#[test]
 fn the_full_traffic_reference_is_valid() {
     let object = crate::admission::full_traffic_reference();
     assert_eq!(

@@ -150,6 +150,9 @@ impl UpstreamProtocol {
     .message("primary is only used by routes with mode primary"))]
 #[x_kube(validation = Rule::new("self.mode == 'broadcast' || !has(self.broadcast)")
     .message("broadcast is only used by routes with mode broadcast"))]
+#[x_kube(validation = Rule::new("!has(self.timeout) || duration(self.timeout) > duration('0s')")
+    .message("traffic.routes[].timeout must be more than 0 (leave it unset to use failover.requestTimeout)")
+    .field_path(".timeout"))]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     /// Name of the route, unique in the table; used in metrics and logs.
@@ -275,6 +278,10 @@ impl HttpMethod {
     }
 }
 
+/// Pattern of a header value (RFC 9110 field-value characters, as the `http` crate checks them):
+/// no control characters except horizontal tab.
+pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x08\x0A-\x1F\x7F]*$";
+
 /// A condition on one request header (names are case-insensitive). Exactly one of `exact`,
 /// `prefix` and `present`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -289,14 +296,15 @@ pub struct HeaderMatch {
     )]
     pub name: String,
 
-    /// The header value must equal this.
+    /// The header value must equal this. A header value: no control characters but tab.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 4096), regex(pattern = HEADER_VALUE_PATTERN))]
     pub exact: Option<String>,
 
-    /// The header value must start with this.
+    /// The header value must start with this. No control characters but tab (no request could
+    /// carry them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 4096), regex(pattern = HEADER_VALUE_PATTERN))]
     pub prefix: Option<String>,
 
     /// `true`: the header must be present; `false`: it must be absent.
@@ -323,6 +331,9 @@ pub enum RouteMode {
 
 /// Where the affinity key comes from and how keys map to replicas.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.loadBound == 0.0 || self.loadBound >= 1.0")
+    .message("affinity.loadBound must be 0 (no bound) or between 1 and 10: below 1, the replicas together could not take the mean load")
+    .field_path(".loadBound"))]
 #[serde(rename_all = "camelCase")]
 pub struct Affinity {
     /// The request part that holds the key.
@@ -333,7 +344,8 @@ pub struct Affinity {
     pub hashing: HashingAlgorithm,
 
     /// Bounded load: a replica takes at most this factor times the mean in-flight load before the
-    /// key spills to the next owner. 1.25 is the Google bounded-load default; 0 disables the bound.
+    /// key spills to the next owner. 1.25 is the Google bounded-load default; 0 disables the bound;
+    /// otherwise between 1 and 10.
     #[serde(default = "default_load_bound")]
     #[schemars(range(min = 0.0, max = 10.0))]
     pub load_bound: f64,
@@ -470,6 +482,12 @@ impl LoadBalancingPolicy {
 #[x_kube(validation = Rule::new("duration(self.connectTimeout) <= duration(self.requestTimeout)")
     .message("failover.connectTimeout must not exceed failover.requestTimeout")
     .field_path(".connectTimeout"))]
+#[x_kube(validation = Rule::new("duration(self.requestTimeout) > duration('0s')")
+    .message("failover.requestTimeout must be more than 0")
+    .field_path(".requestTimeout"))]
+#[x_kube(validation = Rule::new("!has(self.perTryTimeout) || duration(self.perTryTimeout) > duration('0s')")
+    .message("failover.perTryTimeout must be more than 0 (leave it unset for no per-try limit)")
+    .field_path(".perTryTimeout"))]
 #[serde(rename_all = "camelCase")]
 pub struct Failover {
     /// Time allowed to open a connection to a replica.
@@ -649,6 +667,8 @@ pub enum RetryOn {
 
 /// Passive outlier detection.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.interval) > duration('0s')")
+    .message("failover.outlierDetection.interval must be more than 0").field_path(".interval"))]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Consecutive failed attempts that eject a replica.
@@ -717,6 +737,8 @@ fn default_panic_threshold() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)")
     .message("failover.healthCheck.timeout must not exceed its interval").field_path(".timeout"))]
+#[x_kube(validation = Rule::new("duration(self.interval) > duration('0s')")
+    .message("failover.healthCheck.interval must be more than 0").field_path(".interval"))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Time between checks.
@@ -778,6 +800,8 @@ fn default_healthy_threshold() -> i32 {
 
 /// Adaptive client-side circuit breaking (Google SRE "client-side throttling").
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("duration(self.window) > duration('0s')")
+    .message("failover.circuitBreaker.window must be more than 0").field_path(".window"))]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// Whether the breaker is on.
