@@ -103,13 +103,19 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
 ).message(
     "spec.workload.volumeClaims[].size cannot be smaller than status.volumeClaims[].size, the size the replicas' claims already have: a volume can only grow, and only where its StorageClass allows volume expansion"
 ).field_path(".spec.workload.volumeClaims"))]
+// A quorum above the replicas is refused, on `kubectl scale` and autoscalers too (the scale
+// subresource runs these rules): the message says why and what to do. Zero replicas (a paused
+// stream, no sidecar running) is always allowed. See docs/operations.md.
 #[x_kube(validation = Rule::new(
-    "!has(self.traffic) || !has(self.traffic.routes) || self.traffic.routes.all(r, !has(r.broadcast) || !has(r.broadcast.quorum) || r.broadcast.quorum <= self.replicas)"
-).message("traffic.routes[].broadcast.quorum must not exceed spec.replicas: the quorum could never be reached").field_path(".traffic.routes"))]
+    "self.replicas == 0 || !has(self.traffic) || !has(self.traffic.routes) || self.traffic.routes.all(r, !has(r.broadcast) || !has(r.broadcast.quorum) || r.broadcast.quorum <= self.replicas)"
+).message(
+    "spec.replicas must be 0 or at least every traffic.routes[].broadcast.quorum: with fewer replicas the broadcast could never reach its quorum. This also refuses kubectl scale and autoscalers: to scale below a quorum, lower or remove traffic.routes[].broadcast.quorum first"
+).field_path(".replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct DataStreamSpec {
     /// Number of replicas (pods) of the data service. Each pod runs the workload and a sidecar.
-    /// Supports `kubectl scale dst NAME --replicas=N` and HorizontalPodAutoscalers.
+    /// Supports `kubectl scale dst NAME --replicas=N` and HorizontalPodAutoscalers. Must be 0 or
+    /// at least the `quorum` of every broadcast route (scaling below one is refused).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,

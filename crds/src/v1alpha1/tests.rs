@@ -204,10 +204,19 @@ fn health_check_timeout_must_not_exceed_interval() {
 
 #[test]
 fn quorum_must_not_exceed_replicas() {
+    let message = "spec.replicas must be 0 or at least every traffic.routes[].broadcast.quorum";
     let object = with(valid(), "/spec/traffic/routes/2/broadcast/quorum", json!(4));
-    assert_cel_rejects(object, "broadcast.quorum must not exceed spec.replicas");
+    assert_cel_rejects(object, message);
+    // `kubectl scale --replicas=1` sends the same object with only spec.replicas changed: the
+    // refusal says why and what to do first.
     let object = with(valid(), "/spec/replicas", json!(1));
-    assert_cel_rejects(object, "broadcast.quorum must not exceed spec.replicas");
+    assert_cel_rejects(object.clone(), message);
+    assert_cel_rejects(object, "to scale below a quorum, lower or remove");
+    // Equal is reachable, and a stream scaled to zero runs no sidecar to miss its quorum.
+    for replicas in [0, 2] {
+        let object = with(valid(), "/spec/replicas", json!(replicas));
+        assert_eq!(cel_errors(&object), Vec::<String>::new(), "{replicas}");
+    }
 }
 
 #[test]

@@ -412,7 +412,9 @@ fn default_hold_down() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Broadcast {
     /// Successful replica answers needed before the sidecar answers. Defaults to a majority of
-    /// the ready replicas. Must not exceed `spec.replicas`.
+    /// the ready replicas. Must not exceed `spec.replicas` (unless that is 0), so scaling below
+    /// it is refused: lower or remove the quorum first. While fewer replicas are ready than the
+    /// quorum, broadcasts are answered 503 `broadcast-quorum-unreachable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub quorum: Option<i32>,
