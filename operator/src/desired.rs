@@ -541,6 +541,19 @@ fn role(ds: &DataStream, names: &Names) -> Role {
                 verbs: vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()],
                 ..PolicyRule::default()
             },
+            // Each sidecar reports on its own pod whether it accepted the policy: the replicas'
+            // pods only, by name, and only their status.
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["pods/status".to_owned()]),
+                resource_names: Some(
+                    (0..ds.spec.replicas.max(1))
+                        .map(|ordinal| format!("{}-{ordinal}", names.base))
+                        .collect(),
+                ),
+                verbs: vec!["patch".to_owned()],
+                ..PolicyRule::default()
+            },
         ]),
     }
 }

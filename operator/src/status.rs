@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use datastream_api::v1alpha1::{
-    CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_PROGRESSING, DataStream, DataStreamStatus,
-    Phase, SIDECAR_PEER_PORT, VolumeClaimStatus,
+    CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_POLICY_ACCEPTED, CONDITION_PROGRESSING,
+    DataStream, DataStreamStatus, POD_CONDITION_POLICY, Phase, SIDECAR_PEER_PORT,
+    VolumeClaimStatus, parse_policy_report,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -292,10 +293,21 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
     };
 
     let previous = ds.status.as_ref();
-    let conditions = [available, progressing, degraded]
+    let (policy_status, policy_reason, policy_message, policy_current) =
+        policy_verdict(&observed.pods, generation.unwrap_or(0));
+    let mut conditions: Vec<Condition> = [available, progressing, degraded]
         .into_iter()
         .map(|v| settle(v, previous, generation, &now))
         .collect();
+    conditions.push(settle_as(
+        CONDITION_POLICY_ACCEPTED,
+        policy_status,
+        policy_reason,
+        policy_message,
+        previous,
+        generation,
+        &now,
+    ));
 
     DataStreamStatus {
         observed_generation: generation,
@@ -309,6 +321,7 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         volume_claims: volume_claims(ds, &observed.claims),
         outdated_replicas: outdated_replicas(&observed.pods, set_status.update_revision.as_deref()),
         phase: Some(phase),
+        policy_current_replicas: policy_current,
         conditions,
     }
 }
@@ -381,18 +394,92 @@ fn settle(
     now: &Time,
 ) -> Condition {
     let status = if v.status { "True" } else { "False" };
+    settle_as(
+        v.type_, status, v.reason, v.message, previous, generation, now,
+    )
+}
+
+/// A condition whose `lastTransitionTime` moves only when its status changes.
+fn settle_as(
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    previous: Option<&DataStreamStatus>,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
     let last_transition_time = previous
-        .and_then(|p| p.condition(v.type_))
+        .and_then(|p| p.condition(type_))
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
     Condition {
-        type_: v.type_.to_owned(),
+        type_: type_.to_owned(),
         status: status.to_owned(),
-        reason: v.reason.to_owned(),
-        message: v.message,
+        reason: reason.to_owned(),
+        message,
         observed_generation: generation,
         last_transition_time,
+    }
+}
+
+/// How the sidecars took the policy of `generation`, from the reports on their pods: the
+/// condition's status, reason and message, and how many run it.
+fn policy_verdict(pods: &[&Pod], generation: i64) -> (&'static str, &'static str, String, i32) {
+    let mut current = 0;
+    let mut rejected = Vec::new();
+    let mut live = 0;
+    for pod in pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        live += 1;
+        let report = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == POD_CONDITION_POLICY))
+            .and_then(|c| {
+                let (reported, detail) = parse_policy_report(c.message.as_deref()?)?;
+                Some((reported, c.status == "True", detail.map(str::to_owned)))
+            });
+        match report {
+            Some((reported, true, _)) if reported == generation => current += 1,
+            Some((reported, false, detail)) if reported == generation => rejected.push(format!(
+                "{}: {}",
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                detail.unwrap_or_else(|| "rejected".into())
+            )),
+            _ => {}
+        }
+    }
+    rejected.sort();
+    if !rejected.is_empty() {
+        (
+            "False",
+            "Rejected",
+            format!(
+                "{} of {live} sidecars rejected the policy of generation {generation}: {}",
+                rejected.len(),
+                rejected.join("; ")
+            ),
+            current,
+        )
+    } else if live > 0 && current == live {
+        (
+            "True",
+            "Accepted",
+            format!("all {live} sidecars run the policy of generation {generation}"),
+            current,
+        )
+    } else {
+        (
+            "Unknown",
+            "Pending",
+            format!("{current} of {live} sidecars report the policy of generation {generation}"),
+            current,
+        )
     }
 }
 
@@ -548,6 +635,99 @@ mod tests {
             "pod catalog-1 container workload: ErrImagePull: pull access denied"
         );
         assert_eq!(s.phase, Some(Phase::Degraded));
+    }
+
+    fn reporting(name: &str, status: &str, message: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": POD_CONDITION_POLICY, "status": status,
+                                        "reason": "x", "message": message}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn policy_accepted_counts_the_sidecars_on_the_current_generation() {
+        let d = set(3, 3, 3, 3);
+        let pods = [
+            reporting("catalog-0", "True", "generation 4"),
+            reporting("catalog-1", "True", "generation 3"),
+            Pod::default(),
+        ];
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: pods.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&stream(3), &observed, time(10));
+        assert_eq!(s.policy_current_replicas, 1);
+        let policy = condition(&s, CONDITION_POLICY_ACCEPTED);
+        assert_eq!(
+            (
+                policy.status.as_str(),
+                policy.reason.as_str(),
+                policy.message.as_str()
+            ),
+            (
+                "Unknown",
+                "Pending",
+                "1 of 3 sidecars report the policy of generation 4"
+            )
+        );
+
+        let all = [
+            reporting("catalog-0", "True", "generation 4"),
+            reporting("catalog-1", "True", "generation 4"),
+            reporting("catalog-2", "True", "generation 4"),
+        ];
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: all.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&stream(3), &observed, time(10));
+        assert_eq!(s.policy_current_replicas, 3);
+        let policy = condition(&s, CONDITION_POLICY_ACCEPTED);
+        assert_eq!(
+            (policy.status.as_str(), policy.reason.as_str()),
+            ("True", "Accepted")
+        );
+    }
+
+    #[test]
+    fn one_sidecar_rejecting_the_policy_makes_policy_accepted_false_with_its_words() {
+        let d = set(2, 2, 2, 2);
+        let pods = [
+            reporting("catalog-0", "True", "generation 4"),
+            reporting(
+                "catalog-1",
+                "False",
+                "generation 4: rejected, keeping the last good policy: traffic.routes[0] (a).timeout: must be more than 0",
+            ),
+        ];
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: pods.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&stream(2), &observed, time(10));
+        let policy = condition(&s, CONDITION_POLICY_ACCEPTED);
+        assert_eq!(policy.status, "False");
+        assert_eq!(policy.reason, "Rejected");
+        assert_eq!(
+            policy.message,
+            "1 of 2 sidecars rejected the policy of generation 4: catalog-1: rejected, keeping the last good policy: traffic.routes[0] (a).timeout: must be more than 0"
+        );
+        assert_eq!(s.policy_current_replicas, 1);
+        // A rejection of an older generation no longer counts.
+        let old = [reporting("catalog-0", "False", "generation 3: nope")];
+        let observed = Observed {
+            stateful_set: Some(&d),
+            pods: old.iter().collect(),
+            ..Observed::default()
+        };
+        let s = derive(&stream(2), &observed, time(10));
+        assert_eq!(condition(&s, CONDITION_POLICY_ACCEPTED).status, "Unknown");
     }
 
     #[test]

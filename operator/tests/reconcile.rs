@@ -374,9 +374,14 @@ async fn scaling_applies_the_stateful_set_and_records_an_event() {
     ds.metadata.generation = Some(2);
     reconcile(Arc::new(ds), ctx).await.unwrap();
     let requests = fake.take();
+    // The sidecars' Role names the replicas' pods (each may report on its own pod's status),
+    // so it grows with them, before the StatefulSet creates the new pods.
     assert_eq!(
         applies(&requests),
-        ["/apis/apps/v1/namespaces/shop/statefulsets/catalog"]
+        [
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/catalog-sidecar",
+            "/apis/apps/v1/namespaces/shop/statefulsets/catalog"
+        ]
     );
     assert!(events(&requests).contains(&"Scaled".to_owned()));
     let status = status_writes(&requests);

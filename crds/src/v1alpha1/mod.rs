@@ -84,6 +84,20 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
         description = "What is wrong, when the stream is Degraded (AsExpected otherwise)"
     ),
     printcolumn(
+        name = "Policy-Current",
+        type_ = "integer",
+        json_path = ".status.policyCurrentReplicas",
+        priority = 1,
+        description = "Sidecars running the traffic policy of the current generation"
+    ),
+    printcolumn(
+        name = "Policy-Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"PolicyAccepted\")].status",
+        priority = 1,
+        description = "Whether every sidecar accepted the current policy (False: one rejected it; Unknown: not all reported yet)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -10,6 +10,32 @@ pub const CONDITION_AVAILABLE: &str = "Available";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 /// Condition type: something is wrong (fewer ready replicas than desired, or a reconcile error).
 pub const CONDITION_DEGRADED: &str = "Degraded";
+/// Condition type: every sidecar runs the traffic policy of the current generation (False, with
+/// the sidecar's words, when one rejected it; Unknown while sidecars have not reported it yet).
+pub const CONDITION_POLICY_ACCEPTED: &str = "PolicyAccepted";
+
+/// Pod condition type each sidecar sets on its own pod: whether it accepted the traffic policy
+/// of the generation its message names (see [`policy_report_message`]).
+pub const POD_CONDITION_POLICY: &str = "datastream.dev/PolicyAccepted";
+
+/// The message of a sidecar's [`POD_CONDITION_POLICY`]: `generation <N>`, then `: <detail>`
+/// when there is more to say (why the policy was rejected).
+pub fn policy_report_message(generation: i64, detail: Option<&str>) -> String {
+    match detail {
+        Some(detail) => format!("generation {generation}: {detail}"),
+        None => format!("generation {generation}"),
+    }
+}
+
+/// The generation and detail of a [`policy_report_message`].
+pub fn parse_policy_report(message: &str) -> Option<(i64, Option<&str>)> {
+    let rest = message.strip_prefix("generation ")?;
+    let (number, detail) = match rest.split_once(": ") {
+        Some((number, detail)) => (number, Some(detail)),
+        None => (rest, None),
+    };
+    Some((number.parse().ok()?, detail))
+}
 
 /// Observed state of a DataStream.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -61,11 +87,16 @@ pub struct DataStreamStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub volume_claims: Vec<VolumeClaimStatus>,
 
+    /// Sidecars that run the traffic policy of `observedGeneration` (as they report it on their
+    /// pods); equal to `replicas` once a policy change has reached every replica.
+    #[serde(default)]
+    pub policy_current_replicas: i32,
+
     /// Short summary: Pending, Progressing, Available or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// Standard conditions: Available, Progressing and Degraded.
+    /// Conditions: Available, Progressing, Degraded and PolicyAccepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -107,5 +138,23 @@ impl DataStreamStatus {
     /// The condition of the given type, if present.
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+#[cfg(test)]
+mod policy_report_tests {
+    use super::*;
+
+    #[test]
+    fn policy_reports_round_trip() {
+        assert_eq!(policy_report_message(7, None), "generation 7");
+        assert_eq!(parse_policy_report("generation 7"), Some((7, None)));
+        let rejected = policy_report_message(8, Some("traffic.routes[0]: bad: really"));
+        assert_eq!(
+            parse_policy_report(&rejected),
+            Some((8, Some("traffic.routes[0]: bad: really")))
+        );
+        assert_eq!(parse_policy_report("gen 7"), None);
+        assert_eq!(parse_policy_report("generation x"), None);
     }
 }

@@ -800,8 +800,14 @@ impl Worker {
         }
         let api = Api::<Pod>::namespaced(self.ctx.client.clone(), &self.ns);
         let patch = serde_json::json!({ "status": status });
+        // A strategic merge, as the kubelet sends: conditions merge by type, so conditions other
+        // writers own (readiness gates, the sidecar's policy report) stay.
         match api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch),
+            )
             .await
         {
             Ok(_) => {

@@ -271,6 +271,7 @@ fn operator_rbac_is_exactly_what_it_uses() {
         [
             " persistentvolumeclaims get,list,watch,patch",
             " pods list,watch",
+            " pods/status patch",
             " services,serviceaccounts get,list,watch,create,patch",
             "apps deployments get,list,watch,delete",
             "apps statefulsets get,list,watch,create,patch,delete",

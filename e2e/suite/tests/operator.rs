@@ -708,3 +708,109 @@ async fn pod_failures_show_as_degraded_within_seconds() {
         );
     }
 }
+
+/// Every sidecar reports on its pod whether it runs the policy of the stream's generation; the
+/// stream counts the sidecars on the current one and says when one rejected it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_report_the_policy_they_run_and_the_stream_shows_it() {
+    use k8s_openapi::api::core::v1::Pod;
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-policy");
+    let _operator = Operator::start("policy-0", &ns.name);
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("pol", 2, "x")),
+    );
+    let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
+    let accepted_on = |generation: i64| {
+        let streams = streams.clone();
+        async move {
+            let ds = stream(&streams, "pol").await?;
+            let status = ds.status?;
+            let condition = status.condition("PolicyAccepted")?;
+            (ds.metadata.generation == Some(generation)
+                && status.policy_current_replicas == 2
+                && condition.status == "True")
+                .then(|| condition.message.clone())
+        }
+    };
+    let first = stream(&streams, "pol")
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap();
+    let message = wait_for(
+        &ns.name,
+        "both sidecars on the first policy",
+        Duration::from_secs(120),
+        || accepted_on(first),
+    )
+    .await;
+    assert_eq!(
+        message,
+        format!("all 2 sidecars run the policy of generation {first}")
+    );
+    let wide = kubectl_ok(&["get", "dst", "pol", "-n", &ns.name, "-o", "wide"]);
+    assert!(wide.contains("POLICY-CURRENT"), "{wide}");
+
+    // A policy change reaches both sidecars (no pod restarts: traffic changes do not roll pods).
+    kubectl_ok(&[
+        "patch",
+        "dst",
+        "pol",
+        "-n",
+        &ns.name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"traffic":{"loadBalancing":{"policy":"least-request"}}}}"#,
+    ]);
+    let second = first + 1;
+    wait_for(
+        &ns.name,
+        "both sidecars on the changed policy",
+        Duration::from_secs(30),
+        || accepted_on(second),
+    )
+    .await;
+
+    // A sidecar that rejects a policy says so on its pod (the shape the sidecar writes, here
+    // written as it would be): the stream turns PolicyAccepted False with its words, and the
+    // kubelet's own status updates leave the report in place.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let patch = serde_json::json!({"status": {"conditions": [{
+        "type": "datastream.dev/PolicyAccepted", "status": "False", "reason": "Rejected",
+        "message": format!("generation {second}: rejected, keeping the last good policy: simulated")
+    }]}});
+    pods.patch_status(
+        "pol-1",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Strategic(&patch),
+    )
+    .await
+    .unwrap();
+    let message = wait_for(
+        &ns.name,
+        "PolicyAccepted False",
+        Duration::from_secs(15),
+        || async {
+            let status = stream(&streams, "pol").await?.status?;
+            let condition = status.condition("PolicyAccepted")?;
+            (condition.status == "False").then(|| condition.message.clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        message,
+        format!(
+            "1 of 2 sidecars rejected the policy of generation {second}: pol-1: rejected, keeping the last good policy: simulated"
+        )
+    );
+    let pod = pods.get("pol-1").await.unwrap();
+    let conditions = pod.status.unwrap().conditions.unwrap();
+    assert!(
+        conditions.iter().any(|c| c.type_ == "Ready"),
+        "{conditions:?}"
+    );
+}

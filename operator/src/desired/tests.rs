@@ -267,14 +267,25 @@ fn containers_are_locked_down() {
 fn sidecar_role_is_least_privilege() {
     let c = children(&stream(MINIMAL), &settings());
     let rules = c.role.rules.unwrap();
-    assert_eq!(rules.len(), 2);
+    assert_eq!(rules.len(), 3);
     assert_eq!(
         rules[0].resource_names.as_deref(),
         Some(&["catalog".to_owned()][..])
     );
-    for rule in &rules {
+    for rule in &rules[..2] {
         assert_eq!(rule.verbs, ["get", "list", "watch"]);
     }
+    // The policy report: patch the status of the stream's own pods, by name, nothing else.
+    assert_eq!(
+        rules[2].resources.as_deref(),
+        Some(&["pods/status".to_owned()][..])
+    );
+    assert_eq!(rules[2].verbs, ["patch"]);
+    let three = children(&stream(STATEFUL), &settings());
+    assert_eq!(
+        three.role.rules.unwrap()[2].resource_names.as_deref(),
+        Some(&["kv-0".to_owned(), "kv-1".to_owned(), "kv-2".to_owned()][..])
+    );
 }
 
 const POD_SURFACE: &str = r#"

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use datastream_api::v1alpha1::DataStream;
+use datastream_api::v1alpha1::{DataStream, POD_CONDITION_POLICY, policy_report_message};
 use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
@@ -43,25 +43,116 @@ pub struct Identity {
     pub workload: SocketAddr,
 }
 
-/// Watches the DataStream and the peer EndpointSlices until `close` turns true.
+/// Watches the DataStream and the peer EndpointSlices until `close` turns true, and reports on
+/// the pod whether each generation's policy was accepted.
 pub async fn run(client: Client, me: Identity, shared: Arc<Shared>, close: watch::Receiver<bool>) {
-    let policy = watch_policy(client.clone(), me.clone(), Arc::clone(&shared));
+    let (reports, reported) = watch::channel(None);
+    let policy = watch_policy(client.clone(), me.clone(), Arc::clone(&shared), reports);
+    let report = report_policy(client.clone(), me.clone(), reported);
     let endpoints = watch_endpoints(client, me, shared);
     let mut close = close;
     tokio::select! {
         _ = policy => {}
+        _ = report => {}
         _ = endpoints => {}
         _ = close.wait_for(|c| *c) => {}
     }
 }
 
-async fn watch_policy(client: Client, me: Identity, shared: Arc<Shared>) {
+/// What a sidecar says on its pod about the policy of one generation of its DataStream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyReport {
+    /// The DataStream's `metadata.generation`.
+    pub generation: i64,
+    /// Whether the policy compiled and is live.
+    pub accepted: bool,
+    /// Why it was rejected.
+    pub detail: Option<String>,
+}
+
+impl PolicyReport {
+    /// The strategic-merge patch of `pods/status` that sets the report's condition; the
+    /// kubelet's conditions, merged by type, stay as they are.
+    pub fn status_patch(&self, now: k8s_openapi::jiff::Timestamp) -> serde_json::Value {
+        let (status, reason) = if self.accepted {
+            ("True", "Accepted")
+        } else {
+            ("False", "Rejected")
+        };
+        serde_json::json!({
+            "status": {
+                "conditions": [{
+                    "type": POD_CONDITION_POLICY,
+                    "status": status,
+                    "reason": reason,
+                    "message": policy_report_message(self.generation, self.detail.as_deref()),
+                    "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+                }]
+            }
+        })
+    }
+}
+
+/// Writes the latest report to the pod's status, retrying with backoff (1 s doubling to 30 s)
+/// until it lands or a newer report replaces it.
+async fn report_policy(
+    client: Client,
+    me: Identity,
+    mut reports: watch::Receiver<Option<PolicyReport>>,
+) {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, &me.namespace);
+    while reports.changed().await.is_ok() {
+        let mut delay = std::time::Duration::from_secs(1);
+        loop {
+            let Some(report) = reports.borrow_and_update().clone() else {
+                break;
+            };
+            let patch = report.status_patch(k8s_openapi::jiff::Timestamp::now());
+            match pods
+                .patch_status(
+                    &me.pod_name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Strategic(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(
+                        generation = report.generation,
+                        accepted = report.accepted,
+                        "policy report written to the pod"
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, ?delay, "cannot write the policy report to the pod; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        changed = reports.changed() => if changed.is_err() { return },
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+async fn watch_policy(
+    client: Client,
+    me: Identity,
+    shared: Arc<Shared>,
+    reports: watch::Sender<Option<PolicyReport>>,
+) {
     let api: Api<DataStream> = Api::namespaced(client, &me.namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={}", me.datastream));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Apply(ds) | Event::InitApply(ds)) => apply_policy(&shared, &ds),
+            Ok(Event::Apply(ds) | Event::InitApply(ds)) => {
+                if let Some(report) = apply_policy(&shared, &ds) {
+                    reports.send_replace(Some(report));
+                }
+            }
             Ok(Event::Delete(ds)) => tracing::warn!(
                 name = %ds.name_any(),
                 "own DataStream deleted; keeping the last policy"
@@ -72,7 +163,9 @@ async fn watch_policy(client: Client, me: Identity, shared: Arc<Shared>) {
     }
 }
 
-fn apply_policy(shared: &Shared, ds: &DataStream) {
+/// Compiles and installs the stream's policy unless this generation is live already; returns
+/// what to report on the pod.
+fn apply_policy(shared: &Shared, ds: &DataStream) -> Option<PolicyReport> {
     let generation = ds.metadata.generation.unwrap_or(0);
     let live = shared.config_status();
     let source = format!(
@@ -81,12 +174,29 @@ fn apply_policy(shared: &Shared, ds: &DataStream) {
         ds.name_any()
     );
     if live.source == source {
-        return;
+        return None;
     }
-    match compile(&ds.spec.traffic, live.version + 1, &source, &shared.metrics) {
-        Ok(policy) => shared.set_policy(policy),
-        Err(errors) => shared.reject_config(format!("{source}: {}", errors.join("; "))),
-    }
+    Some(
+        match compile(&ds.spec.traffic, live.version + 1, &source, &shared.metrics) {
+            Ok(policy) => {
+                shared.set_policy(policy);
+                PolicyReport {
+                    generation,
+                    accepted: true,
+                    detail: None,
+                }
+            }
+            Err(errors) => {
+                let detail = errors.join("; ");
+                shared.reject_config(format!("{source}: {detail}"));
+                PolicyReport {
+                    generation,
+                    accepted: false,
+                    detail: Some(format!("rejected, keeping the last good policy: {detail}")),
+                }
+            }
+        },
+    )
 }
 
 async fn watch_endpoints(client: Client, me: Identity, shared: Arc<Shared>) {
