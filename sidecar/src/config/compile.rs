@@ -1,6 +1,6 @@
 //! Compiling the API's `TrafficPolicy` into the sidecar's [`Policy`]: every string parsed, every
-//! cross-field rule checked, all problems reported together. The hot path only ever sees the
-//! result.
+//! cross-field rule checked, all problems reported together (each a [`PolicyError`] naming one
+//! [`Rule`]). The hot path only ever sees the result.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use datastream_api::v1alpha1::{
 use http::{HeaderName, HeaderValue, Method};
 
 use crate::config::resilience::{compile_settings, default_settings, rate_limit_config};
+pub use crate::config::rules::{PolicyError, Rule};
 use crate::metrics::Metrics;
 use crate::policy::{DEFAULT_ROUTE, Policy};
 use crate::route::{
@@ -28,6 +29,17 @@ pub fn compile(
     source: &str,
     metrics: &Metrics,
 ) -> Result<Policy, Vec<String>> {
+    compile_policy(traffic, version, source, metrics)
+        .map_err(|errors| errors.iter().map(ToString::to_string).collect())
+}
+
+/// [`compile`], with each problem as the rule it breaks.
+pub fn compile_policy(
+    traffic: &TrafficPolicy,
+    version: u64,
+    source: &str,
+    metrics: &Metrics,
+) -> Result<Policy, Vec<PolicyError>> {
     let mut errors = Vec::new();
     let lb = &traffic.load_balancing;
     let policy = balancer_policy(lb.policy);
@@ -35,37 +47,41 @@ pub fn compile(
     for (i, r) in traffic.routes.iter().enumerate() {
         let at = format!("traffic.routes[{i}] ({})", r.name);
         if r.name.is_empty() || r.name == DEFAULT_ROUTE {
-            errors.push(format!(
-                "{at}: name must be non-empty and not {DEFAULT_ROUTE:?}"
-            ));
+            errors.push(PolicyError::new(format!("{at}.name"), Rule::RouteName));
         }
         if traffic.routes[..i].iter().any(|o| o.name == r.name) {
-            errors.push(format!("{at}: duplicate route name"));
+            errors.push(PolicyError::new(
+                format!("{at}.name"),
+                Rule::DuplicateRouteName,
+            ));
         }
         let matcher = compile_match(&r.matches, &at, &mut errors);
         let mode = compile_mode(r, policy, lb.local_first, &at, &mut errors);
         let timeout = r.timeout.as_deref().and_then(|t| match parse_duration(t) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                errors.push(format!("{at}.timeout: must be more than 0"));
+                errors.push(PolicyError::new(
+                    format!("{at}.timeout"),
+                    Rule::ZeroDuration,
+                ));
                 None
             }
             Err(e) => {
-                errors.push(format!("{at}.timeout: {e}"));
+                errors.push(PolicyError::duration(format!("{at}.timeout"), &e));
                 None
             }
         });
-        let rate_limit = r
-            .rate_limit
-            .as_ref()
-            .or(traffic.limits.rate_limit.as_ref())
-            .map(|rl| {
-                TokenBucket::new(rate_limit_config(
-                    &format!("{at}.rateLimit"),
-                    rl,
-                    &mut errors,
-                ))
-            });
+        let rate_limit = match (&r.rate_limit, &traffic.limits.rate_limit) {
+            (Some(rl), _) => Some(rate_limit_config(
+                &format!("{at}.rateLimit"),
+                rl,
+                &mut errors,
+            )),
+            // `limits.rateLimit` is checked (once) with the rest of `limits`.
+            (None, Some(rl)) => Some(rate_limit_config("", rl, &mut Vec::new())),
+            (None, None) => None,
+        }
+        .map(TokenBucket::new);
         if let Some(mode) = mode {
             let mut route = Route::new(&r.name, matcher, mode, metrics.route("traffic", &r.name));
             route.resilience = RouteResilience {
@@ -78,15 +94,16 @@ pub fn compile(
             routes.push(route);
         }
     }
-    check_failover(&traffic.failover, &mut errors);
     let resilience = compile_settings(&traffic.failover, &traffic.limits).unwrap_or_else(|e| {
-        errors.extend(e.into_iter().map(|e| format!("traffic.{e}")));
+        errors.extend(e.into_iter().map(|e| e.under("traffic.")));
         default_settings()
     });
     let max_body = traffic.limits.max_request_body_bytes;
     if max_body < 0 {
-        errors.push(format!(
-            "traffic.limits.maxRequestBodyBytes: must not be negative, got {max_body}"
+        errors.push(PolicyError::got(
+            "traffic.limits.maxRequestBodyBytes",
+            Rule::NegativeBytes,
+            max_body,
         ));
     }
     if !errors.is_empty() {
@@ -146,19 +163,25 @@ pub fn api_policy(name: &str) -> Option<LoadBalancingPolicy> {
     })
 }
 
-fn compile_match(m: &api::RouteMatch, at: &str, errors: &mut Vec<String>) -> RouteMatch {
+fn compile_match(m: &api::RouteMatch, at: &str, errors: &mut Vec<PolicyError>) -> RouteMatch {
     let path = match &m.path {
         None => PathMatch::Any,
         Some(p) => match (&p.exact, &p.prefix) {
             (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e.clone()),
             (None, Some(pre)) if pre.starts_with('/') => PathMatch::Prefix(pre.clone()),
-            (Some(_), None) | (None, Some(_)) => {
-                errors.push(format!("{at}.match.path: must start with '/'"));
+            (Some(v), None) | (None, Some(v)) => {
+                let kind = if p.exact.is_some() { "exact" } else { "prefix" };
+                errors.push(PolicyError::got(
+                    format!("{at}.match.path.{kind}"),
+                    Rule::PathNotAbsolute,
+                    format!("{v:?}"),
+                ));
                 PathMatch::Any
             }
             _ => {
-                errors.push(format!(
-                    "{at}.match.path: needs exactly one of exact or prefix"
+                errors.push(PolicyError::new(
+                    format!("{at}.match.path"),
+                    Rule::PathMatchKind,
                 ));
                 PathMatch::Any
             }
@@ -173,9 +196,10 @@ fn compile_match(m: &api::RouteMatch, at: &str, errors: &mut Vec<String>) -> Rou
     for (j, h) in m.headers.iter().enumerate() {
         let hat = format!("{at}.match.headers[{j}]");
         let Ok(name) = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) else {
-            errors.push(format!(
-                "{hat}.name: {:?} is not a valid header name",
-                h.name
+            errors.push(PolicyError::got(
+                format!("{hat}.name"),
+                Rule::HeaderName,
+                format!("{:?}", h.name),
             ));
             continue;
         };
@@ -183,16 +207,18 @@ fn compile_match(m: &api::RouteMatch, at: &str, errors: &mut Vec<String>) -> Rou
             (Some(v), None, None) => match HeaderValue::from_str(v) {
                 Ok(v) => HeaderCondition::Exact(v),
                 Err(_) => {
-                    errors.push(format!("{hat}.exact: not a valid header value"));
+                    errors.push(PolicyError::got(
+                        format!("{hat}.exact"),
+                        Rule::HeaderValue,
+                        format!("{v:?}"),
+                    ));
                     continue;
                 }
             },
             (None, Some(p), None) => HeaderCondition::Prefix(p.as_bytes().to_vec()),
             (None, None, Some(present)) => HeaderCondition::Present(present),
             _ => {
-                errors.push(format!(
-                    "{hat}: needs exactly one of exact, prefix or present"
-                ));
+                errors.push(PolicyError::new(hat, Rule::HeaderMatchKind));
                 continue;
             }
         };
@@ -210,14 +236,15 @@ fn compile_mode(
     policy: balance::Policy,
     local_first: bool,
     at: &str,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<PolicyError>,
 ) -> Option<Mode> {
     match r.mode {
         RouteMode::Balance => Some(Mode::Balance(Balancer::new(policy, local_first))),
         RouteMode::Affinity => {
             let Some(a) = &r.affinity else {
-                errors.push(format!(
-                    "{at}: mode affinity needs affinity.key (a header, queryParam or pathSegment)"
+                errors.push(PolicyError::new(
+                    format!("{at}.affinity"),
+                    Rule::AffinityMissing,
                 ));
                 return None;
             };
@@ -226,8 +253,10 @@ fn compile_mode(
                     match HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()) {
                         Ok(h) => KeySource::Header(h),
                         Err(_) => {
-                            errors.push(format!(
-                                "{at}.affinity.key.header: {h:?} is not a valid header name"
+                            errors.push(PolicyError::got(
+                                format!("{at}.affinity.key.header"),
+                                Rule::HeaderName,
+                                format!("{h:?}"),
                             ));
                             return None;
                         }
@@ -236,16 +265,18 @@ fn compile_mode(
                 (None, Some(q), None) if !q.is_empty() => KeySource::QueryParam(q.clone()),
                 (None, None, Some(s)) if s >= 0 => KeySource::PathSegment(s as usize),
                 _ => {
-                    errors.push(format!(
-                        "{at}.affinity.key: needs exactly one of header, queryParam or pathSegment (>= 0)"
+                    errors.push(PolicyError::new(
+                        format!("{at}.affinity.key"),
+                        Rule::AffinityKeySource,
                     ));
                     return None;
                 }
             };
             if !(0.0..=10.0).contains(&a.load_bound) || (a.load_bound > 0.0 && a.load_bound < 1.0) {
-                errors.push(format!(
-                    "{at}.affinity.loadBound: must be 0 (unbounded) or between 1 and 10, got {}",
-                    a.load_bound
+                errors.push(PolicyError::got(
+                    format!("{at}.affinity.loadBound"),
+                    Rule::LoadBound,
+                    a.load_bound,
                 ));
             }
             let algorithm = match a.hashing {
@@ -271,7 +302,7 @@ fn compile_mode(
                 Some(p) => match parse_duration(&p.hold_down) {
                     Ok(d) => d,
                     Err(e) => {
-                        errors.push(format!("{at}.primary.holdDown: {e}"));
+                        errors.push(PolicyError::duration(format!("{at}.primary.holdDown"), &e));
                         return None;
                     }
                 },
@@ -286,60 +317,24 @@ fn compile_mode(
                 None => None,
                 Some(q) if q >= 1 => u32::try_from(q).ok(),
                 Some(q) => {
-                    errors.push(format!(
-                        "{at}.broadcast.quorum: must be at least 1, got {q}"
+                    errors.push(PolicyError::got(
+                        format!("{at}.broadcast.quorum"),
+                        Rule::Quorum,
+                        q,
                     ));
                     return None;
                 }
             };
             let Ok(max_body) = u64::try_from(b.max_body_bytes) else {
-                errors.push(format!(
-                    "{at}.broadcast.maxBodyBytes: must not be negative, got {}",
-                    b.max_body_bytes
+                errors.push(PolicyError::got(
+                    format!("{at}.broadcast.maxBodyBytes"),
+                    Rule::NegativeBytes,
+                    b.max_body_bytes,
                 ));
                 return None;
             };
             Some(Mode::Broadcast { quorum, max_body })
         }
-    }
-}
-
-/// Checks the failover durations now, so a bad value is rejected with the rest of the policy
-/// (the resilience layer reads them).
-fn check_failover(f: &api::Failover, errors: &mut Vec<String>) {
-    let mut dur = |field: &str, v: &str| match parse_duration(v) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            errors.push(format!("traffic.failover.{field}: {e}"));
-            None
-        }
-    };
-    let connect = dur("connectTimeout", &f.connect_timeout);
-    let request = dur("requestTimeout", &f.request_timeout);
-    let per_try = f
-        .per_try_timeout
-        .as_deref()
-        .and_then(|v| dur("perTryTimeout", v));
-    dur("retries.backoffBase", &f.retries.backoff_base);
-    dur("retries.backoffMax", &f.retries.backoff_max);
-    dur("outlierDetection.interval", &f.outlier_detection.interval);
-    dur(
-        "outlierDetection.baseEjectionTime",
-        &f.outlier_detection.base_ejection_time,
-    );
-    dur("healthCheck.interval", &f.health_check.interval);
-    dur("healthCheck.timeout", &f.health_check.timeout);
-    dur("circuitBreaker.window", &f.circuit_breaker.window);
-    if let (Some(p), Some(r)) = (per_try, request)
-        && p >= r
-    {
-        errors
-            .push("traffic.failover.perTryTimeout: must be shorter than requestTimeout".to_owned());
-    }
-    if let (Some(c), Some(r)) = (connect, request)
-        && c > r
-    {
-        errors.push("traffic.failover.connectTimeout: must not exceed requestTimeout".to_owned());
     }
 }
 
@@ -395,7 +390,7 @@ failover: { perTryTimeout: 20s, requestTimeout: 10s }
         let all = errors.join("\n");
         for needle in [
             "needs affinity.key",
-            "duplicate route name",
+            "is already the name of an earlier route",
             "must start with '/'",
             "primary.holdDown",
             "broadcast",

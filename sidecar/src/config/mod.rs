@@ -10,6 +10,7 @@ mod file;
 pub mod reload;
 pub mod resilience;
 mod resolve;
+pub mod rules;
 
 pub use self::file::{DrainFile, EndpointEntry, FileConfig, Listeners, ServerFile};
 pub use self::resolve::{Overrides, Resolved, apply_traffic_flags};

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use datastream_api::v1alpha1::{Failover, Limits, RateLimit, RetryOn, parse_duration};
 
+use super::rules::{PolicyError, Rule};
 use datastream_resilience::Settings;
 use datastream_resilience::breaker::BreakerConfig;
 use datastream_resilience::budget::BudgetConfig;
@@ -32,14 +33,17 @@ pub fn retry_condition(on: RetryOn) -> RetryCondition {
     }
 }
 
-/// Compiles the API sections, collecting every invalid value (named by its field path).
-pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings, Vec<String>> {
+/// Compiles the API sections, collecting every invalid value (named by its field path, relative
+/// to `traffic`).
+pub fn compile_settings(
+    failover: &Failover,
+    limits: &Limits,
+) -> Result<Settings, Vec<PolicyError>> {
     let mut errors = Vec::new();
-    let mut dur = |field: &str, value: &str| -> Duration {
-        parse_duration(value).unwrap_or_else(|e| {
-            errors.push(format!("{field}: {e}"));
-            Duration::ZERO
-        })
+    let mut dur = |field: &str, value: &str| -> Option<Duration> {
+        parse_duration(value)
+            .map_err(|e| errors.push(PolicyError::duration(field, &e)))
+            .ok()
     };
     let connect_timeout = dur("failover.connectTimeout", &failover.connect_timeout);
     let request_timeout = dur("failover.requestTimeout", &failover.request_timeout);
@@ -47,16 +51,10 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
         .per_try_timeout
         .as_deref()
         .map(|v| dur("failover.perTryTimeout", v));
-    let stream_idle_timeout = Some(dur(
-        "failover.streamIdleTimeout",
-        &failover.stream_idle_timeout,
-    ))
-    .filter(|d| !d.is_zero());
+    let stream_idle_timeout = dur("failover.streamIdleTimeout", &failover.stream_idle_timeout);
     let r = &failover.retries;
-    let backoff = Backoff {
-        base: dur("failover.retries.backoffBase", &r.backoff_base),
-        max: dur("failover.retries.backoffMax", &r.backoff_max),
-    };
+    let backoff_base = dur("failover.retries.backoffBase", &r.backoff_base);
+    let backoff_max = dur("failover.retries.backoffMax", &r.backoff_max);
     let o = &failover.outlier_detection;
     let interval = dur("failover.outlierDetection.interval", &o.interval);
     let base_ejection = dur(
@@ -68,40 +66,77 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
     let hc_timeout = dur("failover.healthCheck.timeout", &h.timeout);
     let cb = &failover.circuit_breaker;
     let cb_window = dur("failover.circuitBreaker.window", &cb.window);
-    let hedge = failover.hedging.as_ref().map(|hg| HedgeConfig {
-        percentile: hg.percentile,
-        min_delay: dur("failover.hedging.minDelay", &hg.min_delay),
-    });
+    let hedge_min_delay = failover
+        .hedging
+        .as_ref()
+        .map(|hg| dur("failover.hedging.minDelay", &hg.min_delay));
     let ls = &limits.load_shedding;
     let shed_target = dur("limits.loadShedding.latencyTarget", &ls.latency_target);
 
-    if request_timeout.is_zero() {
-        errors.push("failover.requestTimeout: must be more than 0".to_owned());
+    // Checks between values run only on values that parsed (the parse error says enough).
+    for (field, value) in [
+        ("failover.requestTimeout", request_timeout),
+        ("failover.perTryTimeout", per_try_timeout.flatten()),
+        ("failover.outlierDetection.interval", interval),
+        ("failover.healthCheck.interval", hc_interval),
+        ("failover.circuitBreaker.window", cb_window),
+    ] {
+        if value.is_some_and(|d| d.is_zero()) {
+            errors.push(PolicyError::new(field, Rule::ZeroDuration));
+        }
     }
-    if per_try_timeout.is_some_and(|p| p.is_zero() || p >= request_timeout) {
-        errors.push(
-            "failover.perTryTimeout: must be more than 0 and shorter than requestTimeout"
-                .to_owned(),
-        );
+    if let (Some(Some(p)), Some(r)) = (per_try_timeout, request_timeout)
+        && !p.is_zero()
+        && p >= r
+    {
+        errors.push(PolicyError::new(
+            "failover.perTryTimeout",
+            Rule::PerTryTimeout,
+        ));
     }
-    if backoff.base > backoff.max {
-        errors.push("failover.retries.backoffBase: must not exceed backoffMax".to_owned());
+    if let (Some(c), Some(r)) = (connect_timeout, request_timeout)
+        && c > r
+    {
+        errors.push(PolicyError::new(
+            "failover.connectTimeout",
+            Rule::ConnectTimeout,
+        ));
+    }
+    if let (Some(b), Some(m)) = (backoff_base, backoff_max)
+        && b > m
+    {
+        errors.push(PolicyError::new(
+            "failover.retries.backoffBase",
+            Rule::Backoff,
+        ));
     }
     if !(0.0..=1.0).contains(&r.budget_ratio) {
-        errors.push("failover.retries.budgetRatio: must be within 0 and 1".to_owned());
+        errors.push(PolicyError::got(
+            "failover.retries.budgetRatio",
+            Rule::BudgetRatio,
+            r.budget_ratio,
+        ));
     }
-    if hc_timeout > hc_interval {
-        errors.push("failover.healthCheck.timeout: must not exceed its interval".to_owned());
-    }
-    if interval.is_zero() || cb_window.is_zero() || hc_interval.is_zero() {
-        errors.push("failover: intervals and windows must be more than 0".to_owned());
+    if let (Some(t), Some(i)) = (hc_timeout, hc_interval)
+        && t > i
+    {
+        errors.push(PolicyError::new(
+            "failover.healthCheck.timeout",
+            Rule::HealthCheckTimeout,
+        ));
     }
     if !(1.0..=10.0).contains(&cb.k) {
-        errors.push("failover.circuitBreaker.k: must be within 1 and 10".to_owned());
+        errors.push(PolicyError::got(
+            "failover.circuitBreaker.k",
+            Rule::BreakerK,
+            cb.k,
+        ));
     }
     if ls.min_concurrency > ls.max_concurrency {
-        errors
-            .push("limits.loadShedding.minConcurrency: must not exceed maxConcurrency".to_owned());
+        errors.push(PolicyError::new(
+            "limits.loadShedding.minConcurrency",
+            Rule::SheddingBounds,
+        ));
     }
     let rate_limit = limits
         .rate_limit
@@ -110,16 +145,21 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
     if !errors.is_empty() {
         return Err(errors);
     }
+    // Every duration parsed (or there would be errors).
+    let d = Option::unwrap_or_default;
     let positive = |v: i32| u32::try_from(v).unwrap_or(0);
     Ok(Settings {
-        connect_timeout,
-        stream_idle_timeout,
-        request_timeout,
-        per_try_timeout,
+        connect_timeout: d(connect_timeout),
+        stream_idle_timeout: stream_idle_timeout.filter(|t| !t.is_zero()),
+        request_timeout: d(request_timeout),
+        per_try_timeout: per_try_timeout.flatten(),
         retry: RetryPolicy {
             attempts: positive(r.attempts),
             conditions: r.retry_on.iter().map(|&on| retry_condition(on)).collect(),
-            backoff,
+            backoff: Backoff {
+                base: d(backoff_base),
+                max: d(backoff_max),
+            },
             non_idempotent: false,
         },
         budget: BudgetConfig {
@@ -129,14 +169,14 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
         outlier: OutlierConfig {
             consecutive_failures: positive(o.consecutive_failures).max(1),
             failure_rate_percent: o.failure_rate_percent.map(positive),
-            interval,
-            base_ejection,
+            interval: d(interval),
+            base_ejection: d(base_ejection),
             max_ejected_percent: positive(o.max_ejected_percent).min(100),
             panic_threshold_percent: positive(o.panic_threshold_percent).min(100),
         },
         health: HealthCheckConfig {
-            interval: hc_interval,
-            timeout: hc_timeout,
+            interval: d(hc_interval),
+            timeout: d(hc_timeout),
             unhealthy_threshold: positive(h.unhealthy_threshold).max(1),
             healthy_threshold: positive(h.healthy_threshold).max(1),
             path: h.path.clone(),
@@ -144,15 +184,18 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
         breaker: BreakerConfig {
             enabled: cb.enabled,
             k: cb.k,
-            window: cb_window,
+            window: d(cb_window),
             min_requests: u64::from(positive(cb.min_requests).max(1)),
         },
         max_pending_per_replica: cb.max_pending_requests.map(positive),
         max_concurrent_per_replica: failover.max_concurrent_requests_per_replica.map(positive),
-        hedge,
+        hedge: failover.hedging.as_ref().map(|hg| HedgeConfig {
+            percentile: hg.percentile,
+            min_delay: d(hedge_min_delay.flatten()),
+        }),
         shed: ShedConfig {
             enabled: ls.enabled,
-            latency_target: shed_target,
+            latency_target: d(shed_target),
             min_concurrency: positive(ls.min_concurrency).max(1),
             max_concurrency: positive(ls.max_concurrency).max(1),
         },
@@ -162,11 +205,13 @@ pub fn compile_settings(failover: &Failover, limits: &Limits) -> Result<Settings
 }
 
 /// Compiles a rate limit, recording invalid values under `field`.
-pub fn rate_limit_config(field: &str, rl: &RateLimit, errors: &mut Vec<String>) -> RateLimitConfig {
+pub fn rate_limit_config(
+    field: &str,
+    rl: &RateLimit,
+    errors: &mut Vec<PolicyError>,
+) -> RateLimitConfig {
     if rl.requests_per_second < 1 || rl.burst < 1 {
-        errors.push(format!(
-            "{field}: requestsPerSecond and burst must be at least 1"
-        ));
+        errors.push(PolicyError::new(field, Rule::RateLimit));
     }
     RateLimitConfig {
         requests_per_second: u32::try_from(rl.requests_per_second).unwrap_or(1).max(1),
@@ -214,7 +259,8 @@ mod tests {
         l.load_shedding.min_concurrency = 100;
         l.load_shedding.max_concurrency = 10;
         let errors = compile_settings(&f, &l).unwrap_err();
-        let joined = errors.join("\n");
+        let joined: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let joined = joined.join("\n");
         for field in [
             "failover.perTryTimeout",
             "failover.retries.backoffBase",
