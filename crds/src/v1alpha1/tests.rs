@@ -637,7 +637,15 @@ fn crd_names_and_subresources() {
     assert_eq!(
         columns,
         [
-            "Replicas", "Ready", "Policy", "Status", "Reason", "Degraded", "Age"
+            "Replicas",
+            "Ready",
+            "Policy",
+            "Status",
+            "Reason",
+            "Degraded",
+            "Policy-Current",
+            "Policy-Accepted",
+            "Age"
         ]
     );
 }
