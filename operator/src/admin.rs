@@ -1,4 +1,5 @@
-//! The operator's HTTP endpoints: `/healthz`, `/readyz` and `/metrics`.
+//! The operator's HTTP endpoints: `/healthz` (503 when the controller loop is stuck, see
+//! [`crate::progress`]), `/readyz` and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct Admin {
     pub health: Arc<WatchHealth>,
     /// Whether this replica is a standby (ready without watches: it can take over).
     pub standby: Arc<std::sync::atomic::AtomicBool>,
+    /// Reconcile progress behind `/healthz`.
+    pub progress: Arc<crate::progress::Progress>,
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -34,7 +37,14 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 impl Admin {
     fn respond(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         match request.uri().path() {
-            "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
+            "/healthz" | "/livez" => match self.progress.stuck() {
+                // A standby runs no controller: nothing to be stuck.
+                Some(why) if !self.standby.load(std::sync::atomic::Ordering::Acquire) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("controller stuck: {why}\n"),
+                ),
+                _ => text(StatusCode::OK, "ok\n"),
+            },
             "/readyz" => {
                 if self.standby.load(std::sync::atomic::Ordering::Acquire) {
                     text(StatusCode::OK, "standby\n")

@@ -164,6 +164,8 @@ pub struct Context {
     failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, u32>>,
     /// Reconcile period of a stream with no event.
     resync: Duration,
+    /// Reconcile starts and ends, for `/healthz`.
+    progress: Arc<crate::progress::Progress>,
 }
 
 /// First requeue delay after a failed reconcile; doubles per consecutive failure.
@@ -204,7 +206,14 @@ impl Context {
             expectations: Default::default(),
             failures: Mutex::default(),
             resync: RESYNC,
+            progress: crate::progress::Progress::new(RESYNC),
         }
+    }
+
+    /// Records reconcile progress in `progress`.
+    pub fn with_progress(mut self, progress: Arc<crate::progress::Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// Reconciles every stream at least every `resync` (jittered).
@@ -688,6 +697,7 @@ fn kind_of_val<K: Resource<DynamicType = ()>>(_: &K) -> &'static str {
 /// Reconciles one DataStream.
 #[instrument(skip_all, fields(namespace = ds.namespace().unwrap_or_default(), name = ds.name_any()))]
 pub async fn reconcile(ds: Arc<DataStream>, ctx: Arc<Context>) -> Result<Action> {
+    let _running = ctx.progress.start();
     let started = Instant::now();
     ctx.metrics.in_flight.inc();
     let result = reconcile_inner(&ds, &ctx).await;
@@ -933,6 +943,15 @@ fn replica_pods(
     (reader, stream)
 }
 
+/// How often streams are reconciled without events, and where progress is recorded.
+#[derive(Clone, Debug)]
+pub struct Pacing {
+    /// Reconcile period of a stream with no event (jittered by ±10 %).
+    pub resync: Duration,
+    /// Reconcile starts and ends, for `/healthz`.
+    pub progress: Arc<crate::progress::Progress>,
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -940,9 +959,10 @@ pub async fn run(
     metrics: Arc<Metrics>,
     health: Arc<WatchHealth>,
     instance: String,
-    resync: Duration,
+    pacing: Pacing,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Pacing { resync, progress } = pacing;
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
     let (stateful_sets, stateful_set_events) =
         managed::<StatefulSet>(&client, &metrics, &health, &selector);
@@ -986,7 +1006,8 @@ pub async fn run(
             instance,
         )
         .with_health(health.clone())
-        .with_resync(resync),
+        .with_resync(resync)
+        .with_progress(progress.clone()),
     );
 
     let streams: Api<DataStream> = Api::all(client.clone());
@@ -1006,6 +1027,10 @@ pub async fn run(
         }
     })
     .applied_objects();
+    progress.count_streams_with({
+        let store = main_store.clone();
+        move || store.len()
+    });
     let controller = Controller::for_stream(stream_events, main_store.clone())
         .owns_stream(stateful_set_events)
         .owns_stream(deployment_events)

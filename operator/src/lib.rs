@@ -21,6 +21,7 @@ pub mod fence;
 pub mod leader;
 pub mod metrics;
 pub mod pods;
+pub mod progress;
 pub mod quantity;
 pub mod render;
 pub mod status;

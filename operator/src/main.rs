@@ -179,10 +179,13 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
     let health = Arc::new(controller::WatchHealth::default());
     let standby = Arc::new(AtomicBool::new(args.leader_elect));
+    let resync = std::time::Duration::from_secs(args.resync_seconds);
+    let progress = datastream_operator::progress::Progress::new(resync);
     let admin = Arc::new(admin::Admin {
         registry,
         health: health.clone(),
         standby: standby.clone(),
+        progress: progress.clone(),
     });
     let admin_addr = args.admin_addr;
     tokio::spawn(async move {
@@ -212,7 +215,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         metrics.clone(),
         health,
         identity,
-        std::time::Duration::from_secs(args.resync_seconds),
+        controller::Pacing { resync, progress },
         async move {
             let _ = stop_rx.await;
         },

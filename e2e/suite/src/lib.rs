@@ -339,11 +339,14 @@ fn signal(pid: u32, name: &str) {
 
 /// A TCP proxy on loopback in front of the apiserver that can black-hole its connections: once
 /// cut, it keeps every connection open but forwards nothing in either direction (bytes are read
-/// and dropped), as a network partition that neither resets nor closes looks to both ends.
+/// and dropped), as a network partition that neither resets nor closes looks to both ends. It can
+/// also cut only the requests (client to apiserver), as an asymmetric partition does: watches
+/// keep delivering events while every new request hangs.
 pub struct BlackHoleProxy {
     /// Its listening address.
     pub addr: std::net::SocketAddr,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// 0: forwarding; 1: cut both ways; 2: requests cut.
+    cut: std::sync::Arc<std::sync::atomic::AtomicU8>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -353,7 +356,7 @@ impl BlackHoleProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
         let flag = cut.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -362,9 +365,16 @@ impl BlackHoleProxy {
                 };
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)]
-                {
+                for (request_side, mut from, mut to) in [
+                    (true, client_read, server_write),
+                    (false, server_read, client_write),
+                ] {
                     let flag = flag.clone();
+                    let dropping = move || match flag.load(Ordering::SeqCst) {
+                        1 => true,
+                        2 => request_side,
+                        _ => false,
+                    };
                     tokio::spawn(async move {
                         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
                         let mut buf = vec![0u8; 16 * 1024];
@@ -373,7 +383,7 @@ impl BlackHoleProxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
-                            if flag.load(Ordering::SeqCst) {
+                            if dropping() {
                                 continue;
                             }
                             if to.write_all(&buf[..n]).await.is_err() {
@@ -381,7 +391,7 @@ impl BlackHoleProxy {
                             }
                         }
                         // Never close while cut: a partition sends no FIN either.
-                        while flag.load(Ordering::SeqCst) {
+                        while dropping() {
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         let _ = to.shutdown().await;
@@ -394,7 +404,12 @@ impl BlackHoleProxy {
 
     /// Stops forwarding, on every connection, open or new.
     pub fn cut(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.cut.store(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Stops forwarding requests (client to apiserver) only; answers and watch events still flow.
+    pub fn cut_requests(&self) {
+        self.cut.store(2, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Writes a copy of the admin kubeconfig that reaches the apiserver through this proxy (the

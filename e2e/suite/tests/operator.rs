@@ -814,3 +814,70 @@ async fn sidecars_report_the_policy_they_run_and_the_stream_shows_it() {
         "{conditions:?}"
     );
 }
+
+/// `/healthz` fails when the controller loop stops making progress, not only when the process
+/// dies: here every request the operator sends hangs (its watches still deliver events), so the
+/// reconcile a scale triggers never finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_fails_when_the_controller_is_stuck() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-stuck");
+    let proxy = BlackHoleProxy::start(apiserver_addr()).await;
+    let operator = Operator::start_with(
+        "stuck-0",
+        &ns.name,
+        &OperatorOptions {
+            kubeconfig: Some(proxy.kubeconfig("stuck-0")),
+            args: vec![
+                "--leader-elect=false".into(),
+                "--resync-seconds".into(),
+                "4".into(),
+            ],
+            ..OperatorOptions::default()
+        },
+    );
+    kubectl_stdin(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&stream_yaml("stuck", 1, "x")),
+    );
+    let stateful_sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        &ns.name,
+        "the operator to reconcile",
+        Duration::from_secs(30),
+        || async { stateful_sets.get_opt("stuck").await.ok()?.map(|_| ()) },
+    )
+    .await;
+    let healthz = format!("http://{}/healthz", operator.admin);
+    let (status, _) = http_get(&healthz, &[]).await.unwrap();
+    assert_eq!(status, 200);
+
+    proxy.cut_requests();
+    let cut = Instant::now();
+    kubectl_ok(&["scale", "dst", "stuck", "-n", &ns.name, "--replicas=2"]);
+    let body = wait_for(
+        &ns.name,
+        "/healthz to fail",
+        Duration::from_secs(40),
+        || async {
+            let (status, body) = http_get(&healthz, &[]).await.ok()?;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    eprintln!("/healthz failed {:?} after the cut: {body}", cut.elapsed());
+    // The scale's reconcile hangs on its first write; with one stream, nothing else can finish
+    // either, so either sign may be the first to pass the limit.
+    assert!(
+        body.contains("controller stuck: a reconcile has been running for")
+            || body.contains("controller stuck: no reconcile finished for"),
+        "{body}"
+    );
+    // Three resync periods (12 s) of no progress, after the scale's reconcile started.
+    assert!(
+        cut.elapsed() >= Duration::from_secs(12),
+        "{:?}",
+        cut.elapsed()
+    );
+}
