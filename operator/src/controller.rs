@@ -160,8 +160,11 @@ pub struct Context {
     pub health: Arc<WatchHealth>,
     /// Our recent applies, until the caches have seen them.
     pub expectations: crate::expectations::Expectations,
-    /// Consecutive failures per stream, for exponential requeue backoff.
-    failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, u32>>,
+    /// Consecutive failures per stream and when the last one happened, for exponential requeue
+    /// backoff.
+    failures: Mutex<std::collections::HashMap<ObjectRef<DataStream>, (u32, Instant)>>,
+    /// When failures of deleted streams were last forgotten.
+    failures_pruned: Mutex<Instant>,
     /// Reconcile period of a stream with no event.
     resync: Duration,
     /// Reconcile starts and ends, for `/healthz`.
@@ -205,6 +208,7 @@ impl Context {
             health: Arc::new(WatchHealth::all_synced()),
             expectations: Default::default(),
             failures: Mutex::default(),
+            failures_pruned: Mutex::new(Instant::now()),
             resync: RESYNC,
             progress: crate::progress::Progress::new(RESYNC),
         }
@@ -715,6 +719,12 @@ pub async fn reconcile(ds: Arc<DataStream>, ctx: Arc<Context>) -> Result<Action>
 
 async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let ns = ds.namespace().ok_or(Error::MissingNamespace)?;
+    if ds.metadata.deletion_timestamp.is_some() {
+        // Being deleted (foreground deletion or another's finalizer): the garbage collector
+        // removes the children; applying or writing status now would only race it.
+        ctx.failures.lock().remove(&ObjectRef::from(ds));
+        return Ok(Action::await_change());
+    }
     // A reconcile on half-filled caches would re-create children that are merely not listed yet.
     for _ in 0..300 {
         if ctx.health.caches_filled() {
@@ -826,9 +836,19 @@ async fn write_status(
 pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
         let mut failures = ctx.failures.lock();
-        let count = failures.entry(ObjectRef::from(ds.as_ref())).or_insert(0);
-        *count = count.saturating_add(1);
-        *count
+        // A stream deleted while failing is never reconciled again to clear its entry: once a
+        // minute, forget failures older than the longest backoff could make them matter.
+        let mut pruned = ctx.failures_pruned.lock();
+        if pruned.elapsed() >= Duration::from_secs(60) {
+            failures.retain(|_, (_, last)| last.elapsed() < BACKOFF_MAX * 2);
+            *pruned = Instant::now();
+        }
+        let entry = failures
+            .entry(ObjectRef::from(ds.as_ref()))
+            .or_insert((0, Instant::now()));
+        entry.0 = entry.0.saturating_add(1);
+        entry.1 = Instant::now();
+        entry.0
     };
     let delay = jittered(&ObjectRef::from(ds.as_ref()), failures, backoff(failures));
     warn!(name = %ds.name_any(), %error, failures, ?delay, "reconcile failed; requeueing");

@@ -40,6 +40,9 @@ struct Expected {
 #[derive(Debug, Default)]
 pub struct Expectations {
     inner: Mutex<HashMap<Key, Expected>>,
+    /// When expired entries were last dropped: an entry is otherwise removed only when its
+    /// child is looked at again, which never happens once its stream is deleted.
+    last_prune: Mutex<Option<Instant>>,
 }
 
 fn digest(value: &Value) -> [u8; 32] {
@@ -84,7 +87,23 @@ impl Expectations {
             applied: keep.then_some(applied),
             at: Instant::now(),
         };
-        self.inner.lock().insert(key, expected);
+        let mut inner = self.inner.lock();
+        inner.insert(key, expected);
+        let mut last_prune = self.last_prune.lock();
+        if last_prune.is_none_or(|t| t.elapsed() >= EXPIRY) {
+            inner.retain(|_, e| e.at.elapsed() < EXPIRY);
+            *last_prune = Some(Instant::now());
+        }
+    }
+
+    /// How many writes are remembered.
+    pub fn len(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Whether no write is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().is_empty()
     }
 
     /// When the cached object (`live`, if any) is older than our own last write of exactly this
@@ -125,6 +144,21 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn expired_writes_of_children_never_looked_at_again_are_forgotten() {
+        let expectations = Expectations::default();
+        let desired = json!({"spec": {"replicas": 1}});
+        expectations.record("Service", "a", "gone", &desired, object("5", 1), true);
+        assert_eq!(expectations.len(), 1);
+        // Pretend the entry and the last prune are older than the expiry.
+        for entry in expectations.inner.lock().values_mut() {
+            entry.at -= EXPIRY;
+        }
+        *expectations.last_prune.lock() = Some(Instant::now() - EXPIRY);
+        expectations.record("Service", "b", "new", &desired, object("6", 1), false);
+        assert_eq!(expectations.len(), 1, "only the fresh write remains");
+    }
 
     fn object(rv: &str, replicas: i64) -> Value {
         json!({"metadata": {"resourceVersion": rv}, "spec": {"replicas": replicas}})

@@ -508,6 +508,23 @@ async fn a_cached_child_controlled_by_another_stream_is_a_name_conflict() {
 }
 
 #[tokio::test]
+async fn a_stream_being_deleted_is_left_to_the_garbage_collector() {
+    let fake = FakeApi::default();
+    let (stores, _caches) = caches();
+    let ctx = context(&fake, stores);
+    let mut ds = stream();
+    ds.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let action = reconcile(Arc::new(ds), ctx).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(
+        fake.take().is_empty(),
+        "nothing may be sent for a stream being deleted"
+    );
+}
+
+#[tokio::test]
 async fn repeated_failures_back_off_exponentially_and_success_resets() {
     use datastream_operator::controller::error_policy;
     use kube::runtime::controller::Action;
