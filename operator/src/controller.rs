@@ -60,6 +60,39 @@ pub fn jittered(stream: &ObjectRef<DataStream>, attempt: u32, delay: Duration) -
     delay.mul_f64(0.9 + 0.2 * unit)
 }
 
+/// Where a controller watches: the whole cluster, or one namespace (a namespace-scoped install
+/// runs one controller per namespace, each with namespaced watches, so that Roles suffice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (needs the ClusterRole).
+    Cluster,
+    /// One namespace (needs the Role in it).
+    Namespace(String),
+}
+
+impl Scope {
+    /// An API of `K` in this scope.
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::Cluster => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Cluster => f.write_str("cluster"),
+            Scope::Namespace(ns) => write!(f, "namespace {ns}"),
+        }
+    }
+}
+
 /// Cached children, by kind. Filled by watches restricted to objects this operator manages.
 #[derive(Clone)]
 pub struct Stores {
@@ -93,7 +126,7 @@ pub struct Stores {
 #[derive(Debug)]
 pub struct WatchHealth {
     last_error: Mutex<Option<Instant>>,
-    synced: Mutex<std::collections::HashSet<&'static str>>,
+    synced: Mutex<std::collections::HashSet<(String, &'static str)>>,
     expected: usize,
 }
 
@@ -123,9 +156,17 @@ impl WatchHealth {
     pub fn error(&self) {
         *self.last_error.lock() = Some(Instant::now());
     }
-    /// Records that the cache of `kind` holds a complete first list.
-    pub fn synced(&self, kind: &'static str) {
-        self.synced.lock().insert(kind);
+    /// Health of the caches of a controller per scope in `scopes` (one with a cluster-wide
+    /// install).
+    pub fn for_scopes(scopes: usize) -> Self {
+        WatchHealth {
+            expected: WATCHED_KINDS * scopes.max(1),
+            ..WatchHealth::default()
+        }
+    }
+    /// Records that the cache of `kind` in `scope` holds a complete first list.
+    pub fn synced(&self, scope: &Scope, kind: &'static str) {
+        self.synced.lock().insert((scope.to_string(), kind));
     }
     /// Whether every cache holds a complete first list.
     ///
@@ -864,6 +905,7 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
 /// A managed-objects watcher for one kind, feeding a cache and counting errors.
 fn managed<K>(
     client: &Client,
+    scope: &Scope,
     metrics: &Arc<Metrics>,
     health: &Arc<WatchHealth>,
     selector: &str,
@@ -872,7 +914,7 @@ fn managed<K>(
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
-    K: Resource<DynamicType = ()>
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -880,10 +922,11 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<K> = Api::all(client.clone());
+    let api: Api<K> = scope.api(client);
     let (reader, writer) = reflector::store();
     let metrics = metrics.clone();
     let health = health.clone();
+    let scope = scope.clone();
     let kind = kind_of::<K>();
     let stream = reflector::reflector(
         writer,
@@ -893,7 +936,7 @@ where
             .modify(|object| object.managed_fields_mut().clear()),
     )
     .inspect(move |event| match event {
-        Ok(watcher::Event::InitDone) => health.synced(kind),
+        Ok(watcher::Event::InitDone) => health.synced(&scope, kind),
         Err(_) => {
             metrics
                 .watch_errors
@@ -912,6 +955,7 @@ where
 /// the revision label, scheduling, container failures and the sidecar's policy report.
 fn replica_pods(
     client: &Client,
+    scope: &Scope,
     metrics: &Arc<Metrics>,
     health: &Arc<WatchHealth>,
     managed_by: &str,
@@ -919,10 +963,11 @@ fn replica_pods(
     Store<Pod>,
     impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
 ) {
-    let api: Api<Pod> = Api::all(client.clone());
+    let api: Api<Pod> = scope.api(client);
     let (reader, writer) = reflector::store();
     let metrics = metrics.clone();
     let health = health.clone();
+    let scope = scope.clone();
     let selector = format!("{managed_by},app.kubernetes.io/component=replica");
     let stream = reflector::reflector(
         writer,
@@ -931,7 +976,7 @@ fn replica_pods(
             .modify(crate::pods::strip),
     )
     .inspect(move |event| match event {
-        Ok(watcher::Event::InitDone) => health.synced("Pod"),
+        Ok(watcher::Event::InitDone) => health.synced(&scope, "Pod"),
         Err(_) => {
             metrics
                 .watch_errors
@@ -970,6 +1015,8 @@ pub struct Pacing {
     pub resync: Duration,
     /// Reconcile starts and ends, for `/healthz`.
     pub progress: Arc<crate::progress::Progress>,
+    /// Where this controller watches.
+    pub scope: Scope,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -982,27 +1029,33 @@ pub async fn run(
     pacing: Pacing,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let Pacing { resync, progress } = pacing;
+    let Pacing {
+        resync,
+        progress,
+        scope,
+    } = pacing;
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
     let (stateful_sets, stateful_set_events) =
-        managed::<StatefulSet>(&client, &metrics, &health, &selector);
+        managed::<StatefulSet>(&client, &scope, &metrics, &health, &selector);
     let (claims, claim_events) =
-        managed::<PersistentVolumeClaim>(&client, &metrics, &health, &selector);
+        managed::<PersistentVolumeClaim>(&client, &scope, &metrics, &health, &selector);
     let (deployments, deployment_events) =
-        managed::<Deployment>(&client, &metrics, &health, &selector);
-    let (services, service_events) = managed::<Service>(&client, &metrics, &health, &selector);
+        managed::<Deployment>(&client, &scope, &metrics, &health, &selector);
+    let (services, service_events) =
+        managed::<Service>(&client, &scope, &metrics, &health, &selector);
     let (service_accounts, sa_events) =
-        managed::<ServiceAccount>(&client, &metrics, &health, &selector);
-    let (roles, role_events) = managed::<Role>(&client, &metrics, &health, &selector);
+        managed::<ServiceAccount>(&client, &scope, &metrics, &health, &selector);
+    let (roles, role_events) = managed::<Role>(&client, &scope, &metrics, &health, &selector);
     let (role_bindings, binding_events) =
-        managed::<RoleBinding>(&client, &metrics, &health, &selector);
-    let (pdbs, pdb_events) = managed::<PodDisruptionBudget>(&client, &metrics, &health, &selector);
+        managed::<RoleBinding>(&client, &scope, &metrics, &health, &selector);
+    let (pdbs, pdb_events) =
+        managed::<PodDisruptionBudget>(&client, &scope, &metrics, &health, &selector);
     let (network_policies, netpol_events) =
-        managed::<NetworkPolicy>(&client, &metrics, &health, &selector);
+        managed::<NetworkPolicy>(&client, &scope, &metrics, &health, &selector);
     let (endpoint_slices, slice_events) =
-        managed::<EndpointSlice>(&client, &metrics, &health, &selector);
+        managed::<EndpointSlice>(&client, &scope, &metrics, &health, &selector);
 
-    let (pods, pod_events) = replica_pods(&client, &metrics, &health, &selector);
+    let (pods, pod_events) = replica_pods(&client, &scope, &metrics, &health, &selector);
 
     let stores = Stores {
         stateful_sets,
@@ -1030,7 +1083,7 @@ pub async fn run(
         .with_progress(progress.clone()),
     );
 
-    let streams: Api<DataStream> = Api::all(client.clone());
+    let streams: Api<DataStream> = scope.api(&client);
     let (main_store, main_writer) = reflector::store();
     let stream_events = reflector::reflector(
         main_writer,
@@ -1040,8 +1093,9 @@ pub async fn run(
     )
     .inspect({
         let health = health.clone();
+        let scope = scope.clone();
         move |event| match event {
-            Ok(watcher::Event::InitDone) => health.synced("DataStream"),
+            Ok(watcher::Event::InitDone) => health.synced(&scope, "DataStream"),
             Err(_) => health.error(),
             _ => {}
         }

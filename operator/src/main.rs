@@ -83,6 +83,10 @@ struct RunArgs {
     /// Identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Namespaces to watch, comma-separated (a namespace-scoped install, with Roles in each);
+    /// empty: every namespace (needs the ClusterRole).
+    #[arg(long, env = "DATASTREAM_WATCH_NAMESPACES", value_delimiter = ',', num_args = 0..)]
+    watch_namespaces: Vec<String>,
     /// How often every DataStream is reconciled with no event (seconds; jittered by ±10 %).
     #[arg(long, env = "DATASTREAM_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     resync_seconds: u64,
@@ -164,20 +168,35 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&fence::FenceLayer::new(leadership))
         .build();
-    let streams: kube::Api<datastream_api::DataStream> = kube::Api::all(client.clone());
-    if let Err(e) = streams
-        .list(&kube::api::ListParams::default().limit(1))
-        .await
-    {
-        return Err(format!(
-            "cannot list DataStreams ({e}); is the CRD installed? kubectl apply -f crds/"
-        )
-        .into());
+    let mut scopes: Vec<controller::Scope> = args
+        .watch_namespaces
+        .iter()
+        .map(|ns| ns.trim())
+        .filter(|ns| !ns.is_empty())
+        .map(|ns| controller::Scope::Namespace(ns.to_owned()))
+        .collect();
+    scopes.dedup();
+    if scopes.is_empty() {
+        scopes.push(controller::Scope::Cluster);
     }
+    for scope in &scopes {
+        let streams: kube::Api<datastream_api::DataStream> = scope.api(&client);
+        if let Err(e) = streams
+            .list(&kube::api::ListParams::default().limit(1))
+            .await
+        {
+            return Err(format!(
+                "cannot list DataStreams in the {scope} ({e}); is the CRD installed (kubectl apply -f crds/), and does the operator's ServiceAccount have its {} there?",
+                if *scope == controller::Scope::Cluster { "ClusterRole" } else { "Role" }
+            )
+            .into());
+        }
+    }
+    info!(scopes = ?scopes.iter().map(ToString::to_string).collect::<Vec<_>>(), "watching");
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(metrics::Metrics::register(&mut registry));
-    let health = Arc::new(controller::WatchHealth::default());
+    let health = Arc::new(controller::WatchHealth::for_scopes(scopes.len()));
     let standby = Arc::new(AtomicBool::new(args.leader_elect));
     let resync = std::time::Duration::from_secs(args.resync_seconds);
     let progress = datastream_operator::progress::Progress::new(resync);
@@ -208,18 +227,25 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     metrics.leader.set(1);
     info!(%identity, "reconciling DataStreams");
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(
-        client.clone(),
-        settings,
-        metrics.clone(),
-        health,
-        identity,
-        controller::Pacing { resync, progress },
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controllers = futures::future::join_all(scopes.into_iter().map(|scope| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(controller::run(
+            client.clone(),
+            settings.clone(),
+            metrics.clone(),
+            health.clone(),
+            identity.clone(),
+            controller::Pacing {
+                resync,
+                progress: progress.clone(),
+                scope,
+            },
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        ))
+    }));
 
     let outcome: Result<(), Box<dyn std::error::Error>> = match &mut elector {
         Some(elector) => tokio::select! {
@@ -232,10 +258,10 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     metrics.leader.set(0);
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     if outcome.is_ok() {
         // Let in-flight reconciles finish before giving up the Lease.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controller).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), controllers).await;
         if let Some(elector) = &mut elector {
             elector.release().await;
         }

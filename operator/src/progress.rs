@@ -22,7 +22,7 @@ type StreamCount = Box<dyn Fn() -> usize + Send + Sync>;
 pub struct Progress {
     limit: Duration,
     state: Mutex<State>,
-    streams: Mutex<Option<StreamCount>>,
+    streams: Mutex<Vec<StreamCount>>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -53,7 +53,7 @@ impl Progress {
                 last_finished: None,
                 since: Instant::now(),
             }),
-            streams: Mutex::new(None),
+            streams: Mutex::new(Vec::new()),
         })
     }
 
@@ -62,10 +62,11 @@ impl Progress {
         self.limit
     }
 
-    /// Tells the tracker how to count the streams that should be reconciled (the controller's
-    /// cache); until then, and while it counts none, an idle loop is healthy.
+    /// Tells the tracker how to count streams that should be reconciled (a controller's cache;
+    /// the counts of several controllers add up); until then, and while they count none, an idle
+    /// loop is healthy.
     pub fn count_streams_with(&self, count: impl Fn() -> usize + Send + Sync + 'static) {
-        *self.streams.lock() = Some(Box::new(count));
+        self.streams.lock().push(Box::new(count));
         self.state.lock().since = Instant::now();
     }
 
@@ -102,7 +103,7 @@ impl Progress {
             }
         }
         if quiet > self.limit {
-            let streams = self.streams.lock().as_ref().map_or(0, |count| count());
+            let streams: usize = self.streams.lock().iter().map(|count| count()).sum();
             if streams > 0 {
                 let exist = if streams == 1 {
                     "1 DataStream exists".to_owned()

@@ -1068,3 +1068,41 @@ fn values_schema_refuses_wrong_new_values_by_name() {
         assert!(ok, "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_namespace_scoped_install_gets_roles_in_each_namespace_and_no_cluster_role() {
+    let (ok, out, err) = template(&["--set", "watchNamespaces={shop,bank}"]);
+    assert!(ok, "{err}");
+    let docs = documents(&out);
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding"),
+        "a namespace-scoped install must not need cluster-wide RBAC"
+    );
+    let (_, cluster_wide, _) = template(&[]);
+    let cluster_docs = documents(&cluster_wide);
+    let cluster_role = find(&cluster_docs, "ClusterRole", "datastream-operator");
+    for ns in ["shop", "bank"] {
+        let role = docs
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no Role in {ns}"));
+        assert_eq!(
+            role["rules"], cluster_role["rules"],
+            "the same rules in {ns}"
+        );
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == ns)
+            .unwrap_or_else(|| panic!("no RoleBinding in {ns}"));
+        assert_eq!(binding["roleRef"]["kind"], "Role");
+        assert_eq!(binding["subjects"][0]["namespace"], "datastream-system");
+    }
+    let deployment = find(&docs, "Deployment", "datastream-operator");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--watch-namespaces=shop,bank"), "{args}");
+    // Not a list of namespace names: refused by the schema.
+    let (ok, _, err) = template(&["--set", "watchNamespaces={Shop}"]);
+    assert!(!ok && err.contains("watchNamespaces"), "{err}");
+}

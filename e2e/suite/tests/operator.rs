@@ -881,3 +881,128 @@ async fn healthz_fails_when_the_controller_is_stuck() {
         cut.elapsed()
     );
 }
+
+/// A namespace-scoped install: the operator, running as a ServiceAccount that has only the
+/// chart's Roles in one namespace (no ClusterRole), reconciles the streams there and ignores
+/// those elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_scoped_operator_needs_only_roles_and_stays_in_its_namespaces() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let operator_ns = TestNamespace::create("e2e-scoped-op");
+    let watched = TestNamespace::create("e2e-scoped-in");
+    let other = TestNamespace::create("e2e-scoped-out");
+    // The chart's RBAC for this install, as helm would apply it.
+    let helm = state_dir().join("bin/helm");
+    let rendered = std::process::Command::new(&helm)
+        .env("HELM_CACHE_HOME", state_dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", state_dir().join("helm/config"))
+        .env("HELM_DATA_HOME", state_dir().join("helm/data"))
+        .args([
+            "template",
+            "scoped",
+            &repo().join("charts/datastream").to_string_lossy(),
+            "--namespace",
+            &operator_ns.name,
+            "--kube-version",
+            "1.36.0",
+            "--set",
+            &format!("watchNamespaces={{{}}}", watched.name),
+            "--set",
+            "leaderElection.enabled=false",
+            "--show-only",
+            "templates/rbac.yaml",
+            "--show-only",
+            "templates/serviceaccount.yaml",
+        ])
+        .output()
+        .expect("helm runs");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8(rendered.stdout).unwrap();
+    assert!(!rendered.contains("kind: ClusterRole"), "{rendered}");
+    let applied = kubectl_stdin(&["apply", "-f", "-"], Some(&rendered));
+    assert!(applied.ok, "{}", applied.stderr);
+    let account = rendered
+        .lines()
+        .skip_while(|l| *l != "kind: ServiceAccount")
+        .find_map(|l| l.trim().strip_prefix("name: "))
+        .expect("a ServiceAccount")
+        .to_owned();
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        &account,
+        "-n",
+        &operator_ns.name,
+        "--duration=1h",
+    ]);
+    // A kubeconfig with that token and the cluster's CA, nothing of the admin's.
+    let admin = std::fs::read_to_string(kubeconfig_path()).unwrap();
+    let ca = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .expect("the CA in the admin kubeconfig")
+        .trim()
+        .to_owned();
+    let kubeconfig = state_dir().join("run/kubeconfig-scoped");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: operator\n  user:\n    token: {}\ncontexts:\n- name: scoped\n  context: {{cluster: local, user: operator}}\ncurrent-context: scoped\n",
+            apiserver_url(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let operator = Operator::start_with(
+        "scoped-0",
+        &operator_ns.name,
+        &OperatorOptions {
+            kubeconfig: Some(kubeconfig),
+            args: vec![
+                "--leader-elect=false".into(),
+                "--watch-namespaces".into(),
+                watched.name.clone(),
+            ],
+            ..OperatorOptions::default()
+        },
+    );
+    for ns in [&watched.name, &other.name] {
+        kubectl_stdin(
+            &["apply", "-n", ns, "-f", "-"],
+            Some(&stream_yaml("scoped", 1, "x")),
+        );
+    }
+    let inside: Api<DataStream> = Api::namespaced(client.clone(), &watched.name);
+    wait_for(
+        &watched.name,
+        "the watched namespace's stream Available",
+        Duration::from_secs(90),
+        || async {
+            let status = stream(&inside, "scoped").await?.status?;
+            (status.ready_replicas == 1).then_some(())
+        },
+    )
+    .await;
+    let (status, body) = http_get(&format!("http://{}/readyz", operator.admin), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "ok\n"),
+        "every watch synced with Roles only"
+    );
+    let outside: Api<StatefulSet> = Api::namespaced(client.clone(), &other.name);
+    assert!(outside.get_opt("scoped").await.unwrap().is_none());
+    let elsewhere: Api<DataStream> = Api::namespaced(client.clone(), &other.name);
+    assert!(
+        stream(&elsewhere, "scoped").await.unwrap().status.is_none(),
+        "a stream outside the watched namespaces was touched"
+    );
+    let log = std::fs::read_to_string(state_dir().join("logs/operator-scoped-0.log")).unwrap();
+    assert!(!log.contains("Forbidden"), "{log}");
+}
