@@ -1008,6 +1008,20 @@ fn replica_pods(
     (reader, stream)
 }
 
+/// The values of `datastreams_by_phase`'s `phase` label.
+const ALL_PHASES: [&str; 5] = ["None", "Pending", "Progressing", "Available", "Degraded"];
+
+fn phase_label(ds: &DataStream) -> &'static str {
+    use datastream_api::v1alpha1::Phase;
+    match ds.status.as_ref().and_then(|s| s.phase.as_ref()) {
+        None => "None",
+        Some(Phase::Pending) => "Pending",
+        Some(Phase::Progressing) => "Progressing",
+        Some(Phase::Available) => "Available",
+        Some(Phase::Degraded) => "Degraded",
+    }
+}
+
 /// How often streams are reconciled without events, and where progress is recorded.
 #[derive(Clone, Debug)]
 pub struct Pacing {
@@ -1142,8 +1156,29 @@ pub async fn run(
         let metrics = metrics.clone();
         let main_store = main_store.clone();
         async move {
+            // Each controller (one per watched namespace) adds what it counts: it moves the
+            // gauges by the change since its last count instead of setting them.
+            let mut counted: std::collections::HashMap<&'static str, i64> = Default::default();
+            let mut total = 0;
             loop {
-                metrics.streams.set(main_store.state().len() as i64);
+                let streams = main_store.state();
+                metrics.streams.inc_by(streams.len() as i64 - total);
+                total = streams.len() as i64;
+                let mut now: std::collections::HashMap<&'static str, i64> = Default::default();
+                for ds in &streams {
+                    *now.entry(phase_label(ds)).or_default() += 1;
+                }
+                for phase in ALL_PHASES {
+                    let delta = now.get(phase).copied().unwrap_or(0)
+                        - counted.get(phase).copied().unwrap_or(0);
+                    if delta != 0 {
+                        metrics
+                            .streams_by_phase
+                            .get_or_create(&crate::metrics::PhaseLabels { phase })
+                            .inc_by(delta);
+                    }
+                }
+                counted = now;
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }

@@ -40,6 +40,13 @@ pub struct WatchLabels {
     pub kind: &'static str,
 }
 
+/// Label set of `datastreams_by_phase`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `status.phase`, or `None` before the first status.
+    pub phase: &'static str,
+}
+
 /// All operator metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -59,6 +66,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// DataStreams in the operator's cache.
     pub streams: Gauge,
+    /// DataStreams in the operator's cache, by `status.phase`.
+    pub streams_by_phase: Family<PhaseLabels, Gauge>,
 }
 
 impl Metrics {
@@ -73,6 +82,7 @@ impl Metrics {
             watch_errors: Family::default(),
             leader: Gauge::default(),
             streams: Gauge::default(),
+            streams_by_phase: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("datastream_operator");
         r.register(
@@ -114,6 +124,11 @@ impl Metrics {
             "datastreams",
             "DataStreams in the operator's cache",
             metrics.streams.clone(),
+        );
+        r.register(
+            "datastreams_by_phase",
+            "DataStreams in the operator's cache, by status.phase (None before the first status)",
+            metrics.streams_by_phase.clone(),
         );
         metrics
     }

@@ -621,7 +621,7 @@ async fn pod_failures_show_as_degraded_within_seconds() {
     let client = client().await.expect("local cluster");
     install_crd();
     let ns = TestNamespace::create("e2e-podfail");
-    let _operator = Operator::start("podfail-0", &ns.name);
+    let operator = Operator::start("podfail-0", &ns.name);
     let streams: Api<DataStream> = Api::namespaced(client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let cases: [(&str, String, &str, &str); 3] = [
@@ -707,6 +707,20 @@ async fn pod_failures_show_as_degraded_within_seconds() {
             "{name} never had a ready replica"
         );
     }
+    // What the DataStreamsDegraded alert reads (refreshed every 5 s).
+    wait_for(
+        &ns.name,
+        "datastreams_by_phase to count the three Degraded streams",
+        Duration::from_secs(20),
+        || async {
+            let metrics = operator.metrics().await.ok()?;
+            metrics
+                .lines()
+                .any(|l| l == "datastream_operator_datastreams_by_phase{phase=\"Degraded\"} 3")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Every sidecar reports on its pod whether it runs the policy of the stream's generation; the
