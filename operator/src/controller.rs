@@ -131,7 +131,7 @@ pub struct WatchHealth {
 }
 
 /// Kinds the controller watches: DataStreams, eight child kinds (Deployments only for migration),
-/// PersistentVolumeClaims, EndpointSlices and pod metadata.
+/// PersistentVolumeClaims, EndpointSlices and the replicas' pods (as a summary).
 const WATCHED_KINDS: usize = 12;
 
 impl Default for WatchHealth {
