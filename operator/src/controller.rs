@@ -372,6 +372,7 @@ where
         // Only the StatefulSet's applied copy is ever read back (for status); keeping the others
         // would cost memory for nothing.
         kind == "StatefulSet",
+        live.is_none(),
     );
     let outcome = if live.is_some() {
         Outcome::Updated

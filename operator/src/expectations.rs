@@ -34,6 +34,9 @@ struct Expected {
     resource_version: u64,
     applied: Option<Value>,
     at: Instant,
+    /// The write created the object: a cache without it is still catching up (for
+    /// [`CREATE_GRACE`]). After an update, a cache without it means someone deleted it.
+    created: bool,
 }
 
 /// Our recent writes, by child.
@@ -59,7 +62,9 @@ fn version(object: &Value) -> Option<u64> {
 
 impl Expectations {
     /// Records that `desired` was applied and the server answered with `applied`; the answer is
-    /// kept (to stand in for the stale cached copy) only when `keep` is set.
+    /// kept (to stand in for the stale cached copy) only when `keep` is set. `created`: the object
+    /// did not exist before this write.
+    #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         kind: &'static str,
@@ -68,6 +73,7 @@ impl Expectations {
         desired: &Value,
         mut applied: Value,
         keep: bool,
+        created: bool,
     ) {
         let Some(resource_version) = version(&applied) else {
             return;
@@ -86,6 +92,7 @@ impl Expectations {
             resource_version,
             applied: keep.then_some(applied),
             at: Instant::now(),
+            created,
         };
         let mut inner = self.inner.lock();
         inner.insert(key, expected);
@@ -128,7 +135,7 @@ impl Expectations {
             && expected.at.elapsed() < EXPIRY
             && match live.and_then(version) {
                 Some(seen) => seen < expected.resource_version,
-                None => live.is_none() && expected.at.elapsed() < CREATE_GRACE,
+                None => live.is_none() && expected.created && expected.at.elapsed() < CREATE_GRACE,
             };
         if lagging {
             Some(expected.applied.clone())
@@ -149,14 +156,22 @@ mod tests {
     fn expired_writes_of_children_never_looked_at_again_are_forgotten() {
         let expectations = Expectations::default();
         let desired = json!({"spec": {"replicas": 1}});
-        expectations.record("Service", "a", "gone", &desired, object("5", 1), true);
+        expectations.record(
+            "Service",
+            "a",
+            "gone",
+            &desired,
+            object("5", 1),
+            true,
+            false,
+        );
         assert_eq!(expectations.len(), 1);
         // Pretend the entry and the last prune are older than the expiry.
         for entry in expectations.inner.lock().values_mut() {
             entry.at -= EXPIRY;
         }
         *expectations.last_prune.lock() = Some(Instant::now() - EXPIRY);
-        expectations.record("Service", "b", "new", &desired, object("6", 1), false);
+        expectations.record("Service", "b", "new", &desired, object("6", 1), false, true);
         assert_eq!(expectations.len(), 1, "only the fresh write remains");
     }
 
@@ -168,7 +183,15 @@ mod tests {
     fn a_stale_cache_is_overruled_by_our_write() {
         let e = Expectations::default();
         let desired = json!({"spec": {"replicas": 3}});
-        e.record("Deployment", "ns", "a", &desired, object("20", 3), true);
+        e.record(
+            "Deployment",
+            "ns",
+            "a",
+            &desired,
+            object("20", 3),
+            true,
+            true,
+        );
         let stale = object("10", 1);
         assert_eq!(
             e.pending("Deployment", "ns", "a", &desired, Some(&stale)),
@@ -179,10 +202,28 @@ mod tests {
     }
 
     #[test]
+    fn an_object_deleted_just_after_our_update_is_not_mistaken_for_cache_lag() {
+        let e = Expectations::default();
+        let desired = json!({"spec": {"replicas": 3}});
+        // Updated (not created) a moment ago; now the cache has no such object: it was deleted,
+        // and must be applied again at once, not after the create grace.
+        e.record("Role", "ns", "a", &desired, object("20", 3), false, false);
+        assert_eq!(e.pending("Role", "ns", "a", &desired, None), None);
+    }
+
+    #[test]
     fn a_newer_version_is_the_truth() {
         let e = Expectations::default();
         let desired = json!({"spec": {"replicas": 3}});
-        e.record("Deployment", "ns", "a", &desired, object("20", 3), true);
+        e.record(
+            "Deployment",
+            "ns",
+            "a",
+            &desired,
+            object("20", 3),
+            true,
+            false,
+        );
         let edited = object("25", 1);
         assert_eq!(
             e.pending("Deployment", "ns", "a", &desired, Some(&edited)),
@@ -204,6 +245,7 @@ mod tests {
             "a",
             &json!({"spec": {"replicas": 3}}),
             object("20", 3),
+            false,
             false,
         );
         let desired = json!({"spec": {"replicas": 4}});
