@@ -456,17 +456,7 @@ pub fn apiserver_addr() -> std::net::SocketAddr {
 /// in `namespace`, with its user agent, resource and the time the apiserver received it, in
 /// order of arrival.
 pub fn audited_writes_by_agent(namespace: &str, since: &str) -> Vec<AuditedWrite> {
-    let mut writes: Vec<AuditedWrite> = read_audit_log()
-        .into_iter()
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| {
-            matches!(
-                e["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete")
-            )
-        })
-        .filter(|e| e["objectRef"]["namespace"] == namespace)
-        .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
+    let mut writes: Vec<AuditedWrite> = writes_in(namespace, since)
         .map(|e| AuditedWrite {
             user_agent: e["userAgent"].as_str().unwrap_or_default().to_owned(),
             verb: e["verb"].as_str().unwrap_or_default().to_owned(),
@@ -506,6 +496,25 @@ pub struct AuditedWrite {
     pub received: String,
 }
 
+/// Completed write requests (create, update, patch, delete) in `namespace` that the apiserver
+/// received after `since`, as audit events.
+fn writes_in(namespace: &str, since: &str) -> impl Iterator<Item = serde_json::Value> {
+    let (namespace, since) = (namespace.to_owned(), since.to_owned());
+    read_audit_log()
+        .into_iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .filter(|e| {
+            matches!(
+                e["verb"].as_str(),
+                Some("create" | "update" | "patch" | "delete")
+            )
+        })
+        .filter(move |e| e["objectRef"]["namespace"] == namespace.as_str())
+        .filter(move |e| {
+            e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since.as_str()
+        })
+}
+
 fn read_audit_log() -> Vec<serde_json::Value> {
     let path = state_dir().join("logs/audit.log");
     let mut text = String::new();
@@ -525,6 +534,42 @@ fn read_audit_log() -> Vec<serde_json::Value> {
     text.lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .collect()
+}
+
+/// Installs (or updates) the DataStream CRD as a user would, server-side, and waits until the
+/// API serves it.
+pub fn install_crd() {
+    kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        &repo().join("crds/datastream.yaml").to_string_lossy(),
+    ]);
+    kubectl_ok(&[
+        "wait",
+        "--for",
+        "condition=Established",
+        "--timeout=60s",
+        "crd/datastreams.datastream.dev",
+    ]);
+}
+
+/// The cluster's helm (built by `make cluster-up`), with its state directories kept out of the
+/// user's home.
+pub fn helm_command() -> Command {
+    let bin = state_dir().join("bin/helm");
+    assert!(
+        bin.exists(),
+        "{} is missing: `make cluster-up` builds it",
+        bin.display()
+    );
+    let mut command = Command::new(bin);
+    command
+        .env("HELM_CACHE_HOME", state_dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", state_dir().join("helm/config"))
+        .env("HELM_DATA_HOME", state_dir().join("helm/data"));
+    command
 }
 
 /// A TCP port free on loopback right now.
@@ -657,16 +702,7 @@ pub const OPERATOR_WRITTEN_RESOURCES: [&str; 10] = [
 /// Write requests (create/update/patch/delete) recorded in the apiserver's audit log for
 /// `namespace` on the resources in `resources`, after `since`.
 pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<serde_json::Value> {
-    read_audit_log()
-        .into_iter()
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| {
-            matches!(
-                e["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete")
-            )
-        })
-        .filter(|e| e["objectRef"]["namespace"] == namespace)
+    writes_in(namespace, since)
         .filter(|e| resources.contains(&e["objectRef"]["resource"].as_str().unwrap_or_default()))
         // The operator authenticates as the admin user here; controllers have their own users.
         .filter(|e| e["user"]["username"] == "kubernetes-admin")
@@ -674,7 +710,6 @@ pub fn audited_writes(namespace: &str, resources: &[&str], since: &str) -> Vec<s
         .filter(|e| {
             e["objectRef"]["subresource"].is_null() || e["objectRef"]["subresource"] == "status"
         })
-        .filter(|e| e["requestReceivedTimestamp"].as_str().unwrap_or_default() > since)
         .collect()
 }
 

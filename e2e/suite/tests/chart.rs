@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use datastream_e2e::{repo, state_dir};
+use datastream_e2e::{helm_command, repo, state_dir};
 
 const KUBE_VERSION: &str = "1.36.3";
 
@@ -20,20 +20,10 @@ fn chart() -> PathBuf {
 
 /// Runs the cluster's helm (built by `make cluster-up`); returns success, stdout and stderr.
 fn helm(args: &[&str]) -> (bool, String, String) {
-    let bin = state_dir().join("bin/helm");
-    assert!(
-        bin.exists(),
-        "{} is missing: `make cluster-up` builds it",
-        bin.display()
-    );
-    let out = Command::new(&bin)
+    let out = helm_command()
         .args(args)
-        // Helm's own state directories, kept out of the user's home.
-        .env("HELM_CACHE_HOME", state_dir().join("helm/cache"))
-        .env("HELM_CONFIG_HOME", state_dir().join("helm/config"))
-        .env("HELM_DATA_HOME", state_dir().join("helm/data"))
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("cannot run helm: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -20,23 +20,6 @@ const RETRY_PERIOD: Duration = Duration::from_secs(2);
 /// Slack for the test's own polling (250 ms) and API round trips on a busy 2-core machine.
 const SLACK: Duration = Duration::from_secs(2);
 
-fn install_crd() {
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &repo().join("crds/datastream.yaml").to_string_lossy(),
-    ]);
-    kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "--timeout=60s",
-        "crd/datastreams.datastream.dev",
-    ]);
-}
-
 fn stream_yaml(name: &str) -> String {
     format!(
         r#"apiVersion: datastream.dev/v1alpha1

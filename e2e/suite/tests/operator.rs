@@ -12,23 +12,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::Api;
 
-fn install_crd() {
-    kubectl_ok(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &repo().join("crds/datastream.yaml").to_string_lossy(),
-    ]);
-    kubectl_ok(&[
-        "wait",
-        "--for",
-        "condition=Established",
-        "--timeout=60s",
-        "crd/datastreams.datastream.dev",
-    ]);
-}
-
 fn stream_yaml(name: &str, replicas: i32, extra_env: &str) -> String {
     format!(
         r#"apiVersion: datastream.dev/v1alpha1
@@ -907,11 +890,7 @@ async fn a_namespace_scoped_operator_needs_only_roles_and_stays_in_its_namespace
     let watched = TestNamespace::create("e2e-scoped-in");
     let other = TestNamespace::create("e2e-scoped-out");
     // The chart's RBAC for this install, as helm would apply it.
-    let helm = state_dir().join("bin/helm");
-    let rendered = std::process::Command::new(&helm)
-        .env("HELM_CACHE_HOME", state_dir().join("helm/cache"))
-        .env("HELM_CONFIG_HOME", state_dir().join("helm/config"))
-        .env("HELM_DATA_HOME", state_dir().join("helm/data"))
+    let rendered = helm_command()
         .args([
             "template",
             "scoped",
