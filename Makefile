@@ -4,7 +4,7 @@ CARGO ?= cargo
 # The workspace's minimum supported Rust version, checked by `make lint`.
 MSRV := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 
-.PHONY: test lint unit conformance e2e build demo demo-down crd cluster-up cluster-down
+.PHONY: test lint unit conformance e2e build images demo demo-down crd cluster-up cluster-down
 # Every test: formatting, lints, unit and integration tests, the conformance suites (h2spec, gRPC
 # interop, HTTP/1.1 and WebSocket clients, directly and through the sidecar; see
 # conformance/README.md), then the end-to-end suites on a real local control plane (needs root for
@@ -42,6 +42,11 @@ crd:
 
 build:
 	$(CARGO) build --workspace
+
+# The three release images as OCI layouts and oci-archives in target/images, without Docker
+# (static binaries, umoci, reproducible digests; see docs/images.md).
+images:
+	./scripts/build-images.sh
 
 demo:
 	./scripts/demo.sh

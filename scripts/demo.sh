@@ -15,8 +15,9 @@ ns=datastream-demo
 k() { in_netns "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-step "building the binaries the local kubelet runs"
-cargo build -q -p datastream-operator -p datastream-sidecar -p datastream-demo-replica -p datastream-podlet
+step "building the images the local kubelet runs (make images: OCI layouts, no Docker)"
+cargo build -q -p datastream-podlet
+scripts/build-images.sh
 cargo build -q -p datastream-e2e --bin demo-traffic
 
 step "starting the local cluster (first run builds Kubernetes from its Go modules)"

@@ -3,7 +3,7 @@
 # machine. Idempotent: every step checks before it installs, so warm machines pay nothing.
 set -euo pipefail
 need=()
-for bin in ip:iproute2 nsenter:util-linux unshare:util-linux flock:util-linux curl:curl faketime:faketime; do
+for bin in ip:iproute2 nsenter:util-linux unshare:util-linux flock:util-linux curl:curl faketime:faketime runc:runc umoci:umoci busybox:busybox-static; do
   command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
 done
 if ((${#need[@]})); then

@@ -30,6 +30,8 @@ pub struct App {
     faults: FaultState,
     shutdown: CancellationToken,
     max_value_bytes: usize,
+    /// Memory held on purpose through `/admin/memory` (to test memory limits).
+    ballast: parking_lot::Mutex<Vec<Vec<u8>>>,
 }
 
 impl App {
@@ -51,6 +53,7 @@ impl App {
             faults: FaultState::new(fault),
             shutdown,
             max_value_bytes,
+            ballast: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
@@ -114,6 +117,9 @@ where
     }
     if path == "/admin/fault" {
         return admin_fault(app, req).await;
+    }
+    if path == "/admin/memory" {
+        return admin_memory(app, req).await;
     }
     if let Some(resp) = apply_fault(app).await {
         return resp;
@@ -189,6 +195,65 @@ where
             json(StatusCode::OK, &app.faults.get())
         }
         _ => method_not_allowed(&[Method::GET, Method::POST, Method::PUT, Method::DELETE]),
+    }
+}
+
+/// Most memory one `/admin/memory` request may add.
+const MAX_BALLAST_MIB: u64 = 4096;
+
+/// `/admin/memory`: `POST {"mib": N}` allocates N MiB more and writes every page, so that it is
+/// resident and counts against the container's memory limit; `GET` reports what is held and
+/// `DELETE` frees it. This is how the e2e suite checks that a memory limit is enforced.
+async fn admin_memory<B>(app: &App, req: Request<B>) -> Response<ResponseBody>
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Grow {
+        mib: u64,
+    }
+    let held = |app: &App| -> u64 {
+        app.ballast
+            .lock()
+            .iter()
+            .map(|b| b.len() as u64)
+            .sum::<u64>()
+            >> 20
+    };
+    match *req.method() {
+        Method::GET => json(StatusCode::OK, &serde_json::json!({"mib": held(app)})),
+        Method::DELETE => {
+            app.ballast.lock().clear();
+            json(StatusCode::OK, &serde_json::json!({"mib": 0}))
+        }
+        Method::POST => {
+            let body = match read_limited(req.into_body(), 1024).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let grow: Grow = match serde_json::from_slice(&body) {
+                Ok(g) => g,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid request: {e}\n")),
+            };
+            if grow.mib > MAX_BALLAST_MIB {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("mib {} exceeds {MAX_BALLAST_MIB}\n", grow.mib),
+                );
+            }
+            tracing::warn!(mib = grow.mib, "allocating memory on request");
+            {
+                let mut ballast = app.ballast.lock();
+                for _ in 0..grow.mib {
+                    // Non-zero bytes: the pages must really be written to become resident.
+                    ballast.push(vec![0xa5; 1 << 20]);
+                }
+            }
+            json(StatusCode::OK, &serde_json::json!({"mib": held(app)}))
+        }
+        _ => method_not_allowed(&[Method::GET, Method::POST, Method::DELETE]),
     }
 }
 
@@ -466,6 +531,19 @@ mod tests {
         let (_, body) = call(&a, Method::GET, "/", "").await;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["keys"], 2);
+    }
+
+    #[tokio::test]
+    async fn admin_memory_holds_and_frees_what_it_is_asked_for() {
+        let a = app();
+        let (s, body) = call(&a, Method::POST, "/admin/memory", r#"{"mib":3}"#).await;
+        assert_eq!((s, body.trim()), (StatusCode::OK, r#"{"mib":3}"#));
+        let (_, body) = call(&a, Method::GET, "/admin/memory", "").await;
+        assert_eq!(body.trim(), r#"{"mib":3}"#);
+        let (s, _) = call(&a, Method::POST, "/admin/memory", r#"{"mib":99999}"#).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (_, body) = call(&a, Method::DELETE, "/admin/memory", "").await;
+        assert_eq!(body.trim(), r#"{"mib":0}"#);
     }
 
     #[tokio::test]

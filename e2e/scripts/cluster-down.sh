@@ -23,10 +23,21 @@ if [[ -d "$run_dir/pods" ]]; then
     read -r pid recorded _ <"$f" || true
     [[ "$pid" =~ ^[0-9]+$ ]] || continue
     if [[ -n "${recorded:-}" && "$(proc_start_time "$pid" || true)" == "$recorded" ]]; then
-      echo "killing leftover pod process group $pid (${f#"$run_dir/pods/"})"
-      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+      # The container's init: killing it ends every process of its PID namespace.
+      echo "killing leftover container $pid (${f#"$run_dir/pods/"})"
+      kill -KILL "$pid" 2>/dev/null || true
     fi
   done < <(find "$run_dir/pods" -name '*.pid' -type f -print0)
+fi
+# Containers runc still knows of (run/runc), then the overlay root file systems under run/pods.
+if [[ -d "$run_dir/runc" ]] && command -v runc >/dev/null; then
+  for id in $(runc --root "$run_dir/runc" list -q 2>/dev/null || true); do
+    runc --root "$run_dir/runc" delete --force "$id" 2>/dev/null && echo "deleted leftover container $id" || true
+  done
+fi
+if [[ -d "$run_dir/pods" ]]; then
+  awk -v dir="$run_dir/pods/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+    while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
   rm -rf "${run_dir:?}/pods"
 fi
 stop_pidfile "control plane" "$run_dir/cluster.pid" 60

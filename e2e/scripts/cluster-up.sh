@@ -74,14 +74,14 @@ if [[ -f "$root/e2e/podlet/Cargo.toml" && -z "${CLUSTER_NO_PODLET:-}" ]]; then
   if pid_alive "$run_dir/podlet.pid"; then
     echo "cluster-up: podlet already running (pid $(cat "$run_dir/podlet.pid"))"
   else
-    echo "cluster-up: building the podlet and the binaries it runs"
-    (cd "$root" && cargo build -p datastream-podlet -p datastream-sidecar -p datastream-demo-replica -p datastream-operator)
+    echo "cluster-up: building the podlet and the images it runs (make images)"
+    (cd "$root" && cargo build -p datastream-podlet && scripts/build-images.sh --test-images)
     echo "cluster-up: starting the podlet (log $log_dir/podlet.log)"
     # Relative paths as in the shared contract, so run from the repository root.
     cd "$root"
-    start_in_netns "$run_dir/podlet.pid" "$log_dir/podlet.log" target/debug/datastream-podlet \
+    start_in_netns_host_mounts "$run_dir/podlet.pid" "$log_dir/podlet.log" target/debug/datastream-podlet \
       --kubeconfig e2e/.state/kubeconfig --node-name "$node_name" --bridge "$bridge" \
-      --pod-cidr 10.244.1.0/24 --state-dir e2e/.state --bin-dir target/debug
+      --pod-cidr 10.244.1.0/24 --state-dir e2e/.state --images target/images
   fi
   ok=
   for ((i = 0; i < node_timeout * 2; i++)); do
@@ -109,6 +109,7 @@ cluster-up: done in $(elapsed)
               or: e2e/scripts/kubectl get nodes
   any tool:   e2e/scripts/in-cluster-netns <command>   (KUBECONFIG is set)
   logs:       $log_dir/{cluster,kube-apiserver,kube-controller-manager,kube-scheduler,etcd,audit,podlet}.log
+  pod logs:   e2e/scripts/logs <namespace> <pod> [container] [-f]
   volumes:    StorageClasses standard (default) and standard-expandable; data in $volumes_dir
               (the provisioner's $hostpath_pv links there; cluster-down deletes it)
   stop:       make cluster-down

@@ -60,3 +60,13 @@ start_in_netns() {
   ip netns exec "$netns" nohup "$@" >>"$logfile" 2>&1 </dev/null 8>&- &
   echo $! >"$pidfile"
 }
+
+# start_in_netns_host_mounts PIDFILE LOGFILE CMD...: as start_in_netns, but only the network
+# namespace changes. `ip netns exec` remounts /sys for the namespace, which hides the cgroup
+# hierarchies under /sys/fs/cgroup that runc needs (the podlet's containers get cgroups there).
+start_in_netns_host_mounts() {
+  local pidfile="$1" logfile="$2"
+  shift 2
+  nsenter --net="/var/run/netns/$netns" nohup "$@" >>"$logfile" 2>&1 </dev/null 8>&- &
+  echo $! >"$pidfile"
+}

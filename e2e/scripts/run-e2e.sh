@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every end-to-end suite on the local cluster: builds the binaries the process kubelet runs,
+# Runs every end-to-end suite on the local cluster: builds the images the process kubelet runs,
 # brings the cluster up (or reuses a running one), runs the suites inside its network namespace,
 # and stops the cluster again unless it was already running (or E2E_KEEP_CLUSTER=1).
 set -euo pipefail
@@ -12,6 +12,9 @@ was_running=0
 if [[ -f "$state/ready" ]] && pid_alive "$run_dir/cluster.pid"; then was_running=1; fi
 
 cargo build -p datastream-operator -p datastream-sidecar -p datastream-demo-replica -p datastream-podlet
+# Pods run from the release images (`make images`), under runc; the suites' own operators and
+# sidecars outside pods are the debug binaries above.
+scripts/build-images.sh --test-images
 cargo test --no-run -p datastream-e2e
 cargo test --no-run -p datastream-podlet --features cluster-tests
 cargo test --no-run -p datastream-sidecar --test kubernetes

@@ -8,12 +8,18 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 
 use crate::netns;
-use crate::process::{live_pid_from_file, signal_group};
+use crate::process::{live_pid_from_file, signal_process};
+use crate::runtime::{self, Runc};
 
-/// Kills recorded container processes, deletes stale pod network namespaces and veths, and removes the
-/// per-pod directories under `pods_run_dir`.
-pub async fn leftovers(pods_run_dir: &Path) {
+/// Kills recorded containers (and deletes them from runc), unmounts their root file systems, deletes
+/// stale pod network namespaces and veths, and removes the per-pod directories under `pods_run_dir`.
+pub async fn leftovers(runc: &Runc, pods_run_dir: &Path) {
     let mut killed = 0;
+    for id in runc.list().await {
+        runc.delete(&id).await;
+        killed += 1;
+    }
+    runtime::unmount_leftovers(pods_run_dir);
     if let Ok(pods) = std::fs::read_dir(pods_run_dir) {
         for pod in pods.flatten() {
             if let Ok(files) = std::fs::read_dir(pod.path()) {
@@ -22,7 +28,7 @@ pub async fn leftovers(pods_run_dir: &Path) {
                     if path.extension().is_some_and(|e| e == "pid")
                         && let Some(pid) = live_pid_from_file(&path)
                     {
-                        signal_group(pid, Signal::SIGKILL);
+                        signal_process(pid, Signal::SIGKILL);
                         killed += 1;
                     }
                 }

@@ -38,9 +38,10 @@ pub struct Args {
     /// State directory (logs/pods/ and run/pods/ live below it).
     #[arg(long, default_value = "e2e/.state")]
     pub state_dir: PathBuf,
-    /// Directory holding the cargo-built binaries images map to.
-    #[arg(long, default_value = "target/debug")]
-    pub bin_dir: PathBuf,
+    /// The node's image store: one OCI image layout per image name (`make images` writes
+    /// `target/images`).
+    #[arg(long, default_value = "target/images")]
+    pub images: PathBuf,
 }
 
 #[cfg(test)]
@@ -61,8 +62,8 @@ mod tests {
             "10.244.1.0/24",
             "--state-dir",
             "e2e/.state",
-            "--bin-dir",
-            "target/debug",
+            "--images",
+            "target/images",
         ])
         .unwrap();
         assert_eq!(a.pod_cidr.to_string(), "10.244.1.0/24");

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 
 use kube::Client;
 
-use crate::imagemap::ImageMap;
+use crate::images::ImageStore;
 use crate::ipam::Ipam;
 use crate::node::NodeInfo;
+use crate::runtime::Runc;
 
 /// Shared, long-lived podlet state.
 pub struct Context {
@@ -20,8 +21,10 @@ pub struct Context {
     pub bridge: String,
     /// Prefix length of pod addresses (the cluster network, e.g. 16 for 10.244.0.0/16).
     pub cluster_prefix: u8,
-    /// Image to binary resolution.
-    pub images: ImageMap,
+    /// The node's images (OCI layouts) and their unpacked cache.
+    pub images: ImageStore,
+    /// The container runtime.
+    pub runc: Runc,
     /// Pod IP allocator.
     pub ipam: Mutex<Ipam>,
     /// `e2e/.state` (absolute).
@@ -33,7 +36,7 @@ pub struct Context {
 }
 
 impl Context {
-    /// Directory of per-pod runtime state (volumes, launch specs, pid files).
+    /// Directory of per-pod runtime state (volumes, container bundles, pid files).
     pub fn pods_run_dir(&self) -> PathBuf {
         self.state_dir.join("run").join("pods")
     }

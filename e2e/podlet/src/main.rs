@@ -1,33 +1,21 @@
-//! Entry point of `datastream-podlet` (and of its hidden `container-init` helper).
+//! Entry point of `datastream-podlet`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use clap::Parser;
 use datastream_podlet::cli::Args;
 use datastream_podlet::context::Context;
-use datastream_podlet::imagemap::ImageMap;
+use datastream_podlet::images::ImageStore;
 use datastream_podlet::ipam::Ipam;
-use datastream_podlet::launch::{INIT_SUBCOMMAND, container_init};
 use datastream_podlet::node::{self, NodeInfo};
+use datastream_podlet::runtime::Runc;
 use datastream_podlet::{cleanup, controller, resizer};
 use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(INIT_SUBCOMMAND) {
-        // Must stay single-threaded until exec: setns/unshare act on the calling thread only.
-        let spec = argv
-            .get(2)
-            .map(PathBuf::from)
-            .context("container-init needs a spec path")?;
-        let err = container_init(&spec);
-        eprintln!("datastream-podlet container-init: {err:#}");
-        std::process::exit(127);
-    }
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -61,7 +49,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 lock_path.display()
             )
         })?;
-    let bin_dir = std::path::absolute(&args.bin_dir)?;
+    let layouts = std::path::absolute(&args.images)?;
+    if !layouts.is_dir() {
+        tracing::warn!(dir = %layouts.display(), "the image store does not exist (run `make images`); every pod will show ErrImagePull");
+    }
+    let runc = Runc {
+        root: state_dir.join("run").join("runc"),
+    };
     let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
@@ -76,7 +70,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node: info.clone(),
         bridge: args.bridge.clone(),
         cluster_prefix: args.cluster_cidr.prefix,
-        images: ImageMap::new(bin_dir),
+        images: ImageStore::new(layouts, state_dir.join("images")),
+        runc,
         ipam: Mutex::new(Ipam::new(args.pod_cidr)),
         state_dir,
         apiserver_host: args.apiserver_host,
@@ -84,7 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     std::fs::create_dir_all(ctx.pods_run_dir())?;
     std::fs::create_dir_all(ctx.state_dir.join("logs").join("pods"))?;
-    cleanup::leftovers(&ctx.pods_run_dir()).await;
+    cleanup::leftovers(&ctx.runc, &ctx.pods_run_dir()).await;
 
     let since = Timestamp::now();
     let node_uid = node::register(&client, &info, since)
@@ -93,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     node::renew_lease(&client, &info, &node_uid)
         .await
         .context("creating the node lease")?;
-    tracing::info!(node = %info.name, ip = %info.ip, bin_dir = %ctx.images.bin_dir().display(), "node registered");
+    tracing::info!(node = %info.name, ip = %info.ip, images = %ctx.images.layouts().display(), "node registered");
 
     let stop = CancellationToken::new();
     let heartbeat = tokio::spawn(node::heartbeat(

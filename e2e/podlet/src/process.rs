@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Start time of `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`); guards against pid reuse.
@@ -33,13 +33,16 @@ pub fn live_pid_from_file(path: &Path) -> Option<u32> {
     (start_time(pid) == Some(recorded)).then_some(pid)
 }
 
-/// Sends `sig` to the process group led by `pid` (every container process leads its own group).
-pub fn signal_group(pid: u32, sig: Signal) {
+/// Sends `sig` to a container's init process. It is PID 1 of the container's PID namespace, so
+/// SIGKILL takes every process of the container with it, and other signals reach it only when it
+/// handles them, as under any container runtime.
+pub fn signal_process(pid: u32, sig: Signal) {
     if let Ok(raw) = i32::try_from(pid)
-        && let Err(e) = killpg(Pid::from_raw(raw), sig)
+        && raw > 0
+        && let Err(e) = kill(Pid::from_raw(raw), sig)
         && e != nix::errno::Errno::ESRCH
     {
-        tracing::warn!(pid, ?sig, error = %e, "signalling process group failed");
+        tracing::warn!(pid, ?sig, error = %e, "signalling the container failed");
     }
 }
 

@@ -22,8 +22,10 @@ pub struct Termination {
     pub started_at: Timestamp,
     /// When it ended.
     pub finished_at: Timestamp,
-    /// `process://<pid>` of that run.
+    /// `runc://<container id>` of that run.
     pub container_id: String,
+    /// Why it ended, when the runtime said (a container that could not start).
+    pub message: Option<String>,
 }
 
 impl Termination {
@@ -44,6 +46,7 @@ impl Termination {
             started_at,
             finished_at,
             container_id,
+            message: None,
         }
     }
 
@@ -55,7 +58,7 @@ impl Termination {
             started_at: Some(Time(self.started_at)),
             finished_at: Some(Time(self.finished_at)),
             container_id: Some(self.container_id.clone()),
-            message: None,
+            message: self.message.clone(),
         }
     }
 }

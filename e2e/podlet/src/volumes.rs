@@ -24,8 +24,8 @@ use kube::{Api, Client};
 
 use crate::claims::ClaimMount;
 use crate::env::{PodFacts, field_value};
-use crate::launch::BindMount;
 use crate::objects::{self, Data};
+use crate::runtime::BindMount;
 
 /// Token lifetime when a projection does not say (the admission plugin's 3607 s).
 const DEFAULT_TOKEN_SECONDS: i64 = 3607;
@@ -82,6 +82,8 @@ pub struct Volumes {
     paths: HashMap<String, PathBuf>,
     read_only: HashMap<String, bool>,
     tokens: Vec<TokenFile>,
+    /// Volumes whose ownership `fsGroup` manages (all but `hostPath`, as in the kubelet).
+    fs_group_managed: Vec<String>,
 }
 
 impl Volumes {
@@ -125,9 +127,11 @@ impl Volumes {
                 .ok_or_else(|| VolumeError::UnresolvedClaim(vol.name.clone()))?;
             self.paths.insert(vol.name.clone(), c.path.clone());
             self.read_only.insert(vol.name.clone(), c.read_only);
+            self.fs_group_managed.push(vol.name.clone());
             return Ok(());
         }
         std::fs::create_dir_all(&path)?;
+        self.fs_group_managed.push(vol.name.clone());
         if vol.empty_dir.is_some() {
             read_only = false;
         } else if let Some(cm) = &vol.config_map {
@@ -243,6 +247,22 @@ impl Volumes {
             }
         }
         result
+    }
+
+    /// Gives the pod's `fsGroup` the volumes it manages, as the kubelet does before containers start:
+    /// every file and directory gets group `gid` with the owner's read (and, in writable volumes,
+    /// write) permission; directories get the set-group-ID bit so that new files join the group.
+    pub fn apply_fs_group(&self, gid: u32) -> std::io::Result<()> {
+        for name in &self.fs_group_managed {
+            let (Some(path), writable) = (
+                self.paths.get(name),
+                !self.read_only.get(name).copied().unwrap_or(true),
+            ) else {
+                continue;
+            };
+            give_group(path, gid, writable)?;
+        }
+        Ok(())
     }
 
     /// Bind mounts for `container`'s `volumeMounts`. A missing `subPath` of a writable volume is created
@@ -404,6 +424,31 @@ pub fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, VolumeError> {
         return Err(VolumeError::BadPath(rel.to_owned()));
     }
     Ok(dir.join(p))
+}
+
+fn give_group(path: &Path, gid: u32, writable: bool) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, None, Some(gid))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    // The group gets what the owner has (read, and write where the volume is writable).
+    let mut group = (mode & 0o400) >> 3;
+    if writable {
+        group |= (mode & 0o200) >> 3;
+    }
+    let mut new = mode | group;
+    if meta.is_dir() {
+        new |= 0o2000 | ((mode & 0o100) >> 3);
+        for entry in std::fs::read_dir(path)? {
+            give_group(&entry?.path(), gid, writable)?;
+        }
+    }
+    if new != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
+    }
+    Ok(())
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees a half-written token.

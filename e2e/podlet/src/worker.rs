@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -21,11 +22,12 @@ use crate::claims::{self, ClaimError, ClaimMount};
 use crate::context::Context;
 use crate::env::{self, PodFacts};
 use crate::events::PodEvents;
-use crate::imagemap::IMAGE_NOT_MAPPED;
-use crate::launch::{self, LaunchSpec};
+use crate::images::ImageError;
 use crate::netns::{self, SandboxNames};
 use crate::probe::{self, ProbeKind, ProbeTiming, ProbeTracker};
-use crate::process::{signal_group, write_pid_file};
+use crate::process::{signal_process, write_pid_file};
+use crate::runtime::{self, BindMount, Bundle, ContainerRun};
+use crate::security;
 use crate::status::{self, ContainerView, PodView, RunState, Termination};
 use crate::volumes::Volumes;
 
@@ -45,6 +47,10 @@ enum Event {
         generation: u64,
         code: Option<i32>,
         signal: Option<i32>,
+        /// The memory cgroup reported an OOM kill.
+        oom: bool,
+        /// The runtime could not start the process (runc's message).
+        start_error: Option<String>,
     },
     Probe {
         idx: usize,
@@ -70,6 +76,10 @@ struct Ctr {
     readiness: Option<ProbeTracker>,
     /// Set when the podlet killed the process (liveness/startup failure), to explain the exit.
     kill_reason: Option<String>,
+    /// Image pulls failed in a row (the first shows `ErrImagePull`, later ones `ImagePullBackOff`).
+    pull_failures: u32,
+    /// `runc://<id>` of the current or last run.
+    container_id: String,
 }
 
 impl Ctr {
@@ -106,6 +116,8 @@ impl Ctr {
             liveness: None,
             readiness: None,
             kill_reason: None,
+            pull_failures: 0,
+            container_id: String::new(),
         }
     }
 
@@ -125,6 +137,8 @@ struct Sandbox {
     names: SandboxNames,
     ip: Ipv4Addr,
     volumes: Volumes,
+    /// `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` of the pod, mounted into every container.
+    etc_files: Vec<BindMount>,
 }
 
 /// The pod worker.
@@ -433,13 +447,28 @@ impl Worker {
                 claims,
             )
             .await?;
-            anyhow::Ok(volumes)
+            if let Some(gid) = self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|s| s.fs_group)
+            {
+                volumes.apply_fs_group(u32::try_from(gid)?)?;
+            }
+            let etc_files = write_etc_files(&dir, &self.name, ip)?;
+            anyhow::Ok((volumes, etc_files))
         }
         .await;
         match result {
-            Ok(volumes) => {
+            Ok((volumes, etc_files)) => {
                 tracing::info!(pod = %self.key(), %ip, netns = %names.netns, "sandbox ready");
-                self.sandbox = Some(Sandbox { names, ip, volumes });
+                self.sandbox = Some(Sandbox {
+                    names,
+                    ip,
+                    volumes,
+                    etc_files,
+                });
                 Ok(())
             }
             Err(e) => {
@@ -460,15 +489,45 @@ impl Worker {
         };
         let facts = self.facts();
         let spec = self.ctrs[idx].spec.clone();
+        let image = spec.image.clone().unwrap_or_default();
+        let pulled = match self.ctx.images.pull(&image).await {
+            Ok(p) => {
+                self.ctrs[idx].pull_failures = 0;
+                p
+            }
+            Err(e) => return self.pull_failed(idx, &image, &e),
+        };
         let (cms, secrets) = env::referenced_objects(&spec);
         let sources =
             match crate::objects::env_sources(&self.ctx.client, &self.ns, cms, secrets).await {
                 Ok(s) => s,
                 Err(e) => return self.hold(idx, "CreateContainerConfigError", e.to_string()),
             };
-        let mut env = match env::resolve(&spec, &facts, &sources, &self.ctx.service_env()) {
+        // The image's environment comes first; the service variables and the container's own
+        // override it.
+        let mut base: Vec<(String, String)> = pulled
+            .defaults
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        base.extend(self.ctx.service_env());
+        let mut env = match env::resolve(&spec, &facts, &sources, &base) {
             Ok(env) => env,
             Err(e) => return self.hold(idx, "CreateContainerConfigError", e.to_string()),
+        };
+        let security = match security::resolve(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref()),
+            spec.security_context.as_ref(),
+            pulled.defaults.user.as_deref(),
+            &pulled.rootfs,
+        ) {
+            Ok(s) => s,
+            Err(e) => return self.hold(idx, "CreateContainerConfigError", e),
         };
         for (k, v) in [
             (
@@ -476,7 +535,7 @@ impl Worker {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             ),
             ("HOSTNAME", self.name.as_str()),
-            ("HOME", "/root"),
+            ("HOME", security.home.as_str()),
         ] {
             if !env.iter().any(|(name, _)| name == k) {
                 env.push((k.into(), v.into()));
@@ -484,84 +543,99 @@ impl Worker {
         }
         let command = env::expand_all(spec.command.as_deref().unwrap_or_default(), &env);
         let args = env::expand_all(spec.args.as_deref().unwrap_or_default(), &env);
-        let image = spec.image.clone().unwrap_or_default();
-        let entry = match self.ctx.images.entrypoint(&image, &command, &args) {
-            Ok(e) => e,
-            Err(e) => return self.hold(idx, IMAGE_NOT_MAPPED, e.to_string()),
-        };
-        if entry.program.is_absolute() && !entry.program.exists() {
-            let msg = format!(
-                "{} does not exist (build it with cargo first)",
-                entry.program.display()
+        let argv = security::argv(&command, &args, &pulled.defaults);
+        if argv.is_empty() {
+            return self.hold(
+                idx,
+                "CreateContainerError",
+                "no command specified: neither the container nor its image names one",
             );
-            return self.hold(idx, "ErrImageNeverPull", msg);
         }
-        let mounts = match sb.volumes.mounts_for(&spec) {
+        let mut mounts = match sb.volumes.mounts_for(&spec) {
             Ok(m) => m,
             Err(e) => return self.hold(idx, "CreateContainerConfigError", e),
         };
-        let launch_spec = LaunchSpec {
-            netns_path: sb.names.netns_path(),
+        mounts.extend(sb.etc_files.iter().cloned());
+        let resources = match security::Resources::of(&spec) {
+            Ok(r) => r,
+            Err(e) => return self.hold(idx, "CreateContainerConfigError", e),
+        };
+        let dir = self.ctx.pod_dir(&self.uid);
+        let bundle = Bundle::new(&dir, &self.uid, &spec.name);
+        let run = ContainerRun {
             hostname: self.name.clone(),
-            mounts,
-            working_dir: spec
+            netns_path: sb.names.netns_path(),
+            args: argv,
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: spec
                 .working_dir
                 .clone()
                 .filter(|w| !w.is_empty())
-                .map(PathBuf::from),
-            program: entry.program.clone(),
-            args: entry.args,
-            env,
-            read_only_root: spec
-                .security_context
-                .as_ref()
-                .and_then(|sc| sc.read_only_root_filesystem)
-                .unwrap_or(false),
+                .or(pulled.defaults.working_dir.clone())
+                .unwrap_or_else(|| "/".into()),
+            uid: security.uid,
+            gid: security.gid,
+            additional_gids: security.additional_gids,
+            capabilities: security.capabilities,
+            no_new_privileges: security.no_new_privileges,
+            read_only_root: security.read_only_root,
+            mounts,
+            memory_limit: resources.memory_limit,
+            cpu_limit_millis: resources.cpu_limit_millis,
+            cpu_request_millis: resources.cpu_request_millis,
+            cgroups_path: format!("/datastream-podlet/{}", bundle.id),
         };
-        let dir = self.ctx.pod_dir(&self.uid);
+        let prepared =
+            runtime::runtime_spec(&run).and_then(|oci| bundle.prepare(&pulled.rootfs, &oci));
+        if let Err(e) = prepared {
+            return self.hold(idx, "CreateContainerError", format!("{e:#}"));
+        }
         let log = self.ctx.log_path(&self.ns, &self.name, &spec.name);
-        let mut child = match launch::spawn(
-            &launch_spec,
-            &dir.join(format!("{}.launch.json", spec.name)),
-            &log,
-        ) {
-            Ok(c) => c,
-            Err(e) => return self.hold(idx, "RunContainerError", format!("{e:#}")),
+        let image_id = format!("{}@{}", image_name(&image), pulled.digest);
+        let container_id = format!("runc://{}", bundle.id);
+        let started = match self.ctx.runc.start(&bundle, &log).await {
+            Ok(s) => s,
+            Err(e) => return self.start_failed(idx, image_id, container_id, e.0),
         };
-        let Some(pid) = child.id() else {
-            return self.hold(
-                idx,
-                "RunContainerError",
-                "process exited before it could be tracked",
-            );
-        };
+        let pid = started.pid;
         if let Err(e) = write_pid_file(&dir.join(format!("{}.pid", spec.name)), pid) {
             tracing::warn!(pod = %self.key(), error = %e, "writing pid file failed");
         }
+        let (mut runc_child, oom) = (started.runc, started.oom);
+        let runc = self.ctx.runc.clone();
+        let id = bundle.id.clone();
         let c = &mut self.ctrs[idx];
         c.generation += 1;
         let generation = c.generation;
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
-            let (code, signal) = match child.wait().await {
+            let (code, signal) = match runc_child.wait().await {
                 Ok(st) => {
                     use std::os::unix::process::ExitStatusExt;
                     (st.code(), st.signal())
                 }
                 Err(_) => (Some(255), None),
             };
+            // runc reports a kill as 128 + signal; the OOM notification may trail the exit.
+            if code == Some(137) && !oom.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            runc.delete(&id).await;
             let _ = tx.send(Event::Exited {
                 idx,
                 generation,
                 code,
                 signal,
+                oom: oom.load(Ordering::SeqCst),
+                start_error: None,
             });
         });
         c.pid = Some(pid);
         c.started_instant = Some(Instant::now());
         c.next_start = None;
         c.kill_reason = None;
-        c.view.image_id = format!("podlet://{}", entry.program.display());
+        c.view.image_id = image_id;
+        c.container_id = container_id;
         c.view.state = RunState::Running {
             pid,
             started_at: Timestamp::now(),
@@ -621,6 +695,75 @@ impl Worker {
         c.next_start = Some(Instant::now() + RETRY * 2);
     }
 
+    /// An image that cannot be pulled: `ErrImagePull` at first, then `ImagePullBackOff` while the
+    /// retries back off (10 s doubling to 5 min, the kubelet's image back-off).
+    fn pull_failed(&mut self, idx: usize, image: &str, e: &ImageError) {
+        let key = self.key();
+        let c = &mut self.ctrs[idx];
+        c.pull_failures += 1;
+        let failures = c.pull_failures;
+        let delay =
+            Duration::from_secs(10 * (1u64 << (failures - 1).min(5))).min(Duration::from_secs(300));
+        let (reason, message) = if failures == 1 || e.reason() != "ErrImagePull" {
+            (e.reason(), e.to_string())
+        } else {
+            (
+                "ImagePullBackOff",
+                format!("Back-off pulling image {image:?}: ErrImagePull: {e}"),
+            )
+        };
+        tracing::warn!(pod = %key, container = %c.spec.name, reason, %message, "image pull failed");
+        let event = if reason == "ImagePullBackOff" {
+            "BackOff"
+        } else {
+            "Failed"
+        };
+        self.recorder
+            .warning(event, "PullImage", format!("Error: {reason}: {message}"));
+        c.waiting(reason, message);
+        // The first failure is retried at once so that the back-off shows in the status, as the
+        // kubelet's second sync would.
+        c.next_start = Some(Instant::now() + if failures == 1 { RETRY / 5 } else { delay });
+    }
+
+    /// runc could not start the process (for example a missing executable): the run ends at once
+    /// with exit code 128 and reason `StartError`, as with containerd, and restarts back off.
+    fn start_failed(
+        &mut self,
+        idx: usize,
+        image_id: String,
+        container_id: String,
+        message: String,
+    ) {
+        tracing::warn!(pod = %self.key(), container = %self.ctrs[idx].spec.name, %message, "container failed to start");
+        self.recorder.warning(
+            "Failed",
+            "StartContainer",
+            format!(
+                "Error: failed to start container {:?}: {message}",
+                self.ctrs[idx].spec.name
+            ),
+        );
+        let c = &mut self.ctrs[idx];
+        c.generation += 1;
+        c.view.image_id = image_id;
+        c.container_id = container_id;
+        c.started_instant = Some(Instant::now());
+        c.view.state = RunState::Running {
+            pid: 0,
+            started_at: Timestamp::now(),
+        };
+        c.next_start = None;
+        let _ = self.events_tx.send(Event::Exited {
+            idx,
+            generation: c.generation,
+            code: Some(128),
+            signal: None,
+            oom: false,
+            start_error: Some(message),
+        });
+    }
+
     fn on_event(&mut self, ev: Event) {
         match ev {
             Event::Exited {
@@ -628,7 +771,9 @@ impl Worker {
                 generation,
                 code,
                 signal,
-            } => self.on_exit(idx, generation, code, signal),
+                oom,
+                start_error,
+            } => self.on_exit(idx, generation, code, signal, oom, start_error),
             Event::Probe {
                 idx,
                 generation,
@@ -638,7 +783,15 @@ impl Worker {
         }
     }
 
-    fn on_exit(&mut self, idx: usize, generation: u64, code: Option<i32>, signal: Option<i32>) {
+    fn on_exit(
+        &mut self,
+        idx: usize,
+        generation: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+        oom: bool,
+        start_error: Option<String>,
+    ) {
         let policy = self.restart_policy();
         let key = self.key();
         let dir = self.ctx.pod_dir(&self.uid);
@@ -654,14 +807,20 @@ impl Worker {
             RunState::Running { started_at, .. } => *started_at,
             _ => Timestamp::now(),
         };
-        let container_id = c.pid.map(|p| format!("process://{p}")).unwrap_or_default();
+        let container_id = c.container_id.clone();
         c.pid = None;
         let ran_for = c
             .started_instant
             .take()
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        let term = Termination::new(code, signal, started_at, Timestamp::now(), container_id);
+        let mut term = Termination::new(code, signal, started_at, Timestamp::now(), container_id);
+        if oom {
+            term.reason = "OOMKilled".into();
+        } else if let Some(message) = start_error {
+            term.reason = "StartError".into();
+            term.message = Some(message);
+        }
         tracing::info!(pod = %key, container = %c.spec.name, exit_code = term.exit_code, ?signal,
             reason = c.kill_reason.as_deref().unwrap_or("exited"), "container terminated");
         c.view.ready = false;
@@ -847,19 +1006,19 @@ impl Worker {
             }
         }
         for pid in &running {
-            signal_group(*pid, Signal::SIGTERM);
+            signal_process(*pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + grace;
         if !self.wait_all_exited(deadline).await {
             for pid in self.ctrs.iter().filter_map(|c| c.pid) {
-                signal_group(pid, Signal::SIGKILL);
+                signal_process(pid, Signal::SIGKILL);
             }
             self.wait_all_exited(Instant::now() + Duration::from_secs(10))
                 .await;
         }
         // Group members that outlived their leader get no grace either.
         for pid in running {
-            signal_group(pid, Signal::SIGKILL);
+            signal_process(pid, Signal::SIGKILL);
         }
     }
 
@@ -871,6 +1030,7 @@ impl Worker {
                     generation,
                     code,
                     signal,
+                    ..
                 })) => {
                     let c = &mut self.ctrs[idx];
                     if c.generation == generation {
@@ -884,7 +1044,7 @@ impl Worker {
                             signal,
                             started_at,
                             Timestamp::now(),
-                            String::new(),
+                            c.container_id.clone(),
                         );
                         c.view.state = RunState::Terminated(t);
                         c.view.ready = false;
@@ -899,6 +1059,12 @@ impl Worker {
 
     /// Removes the network namespace, releases the IP and deletes the pod directory.
     async fn teardown(&mut self) {
+        let dir = self.ctx.pod_dir(&self.uid);
+        for c in &self.ctrs {
+            let bundle = Bundle::new(&dir, &self.uid, &c.spec.name);
+            self.ctx.runc.delete(&bundle.id).await;
+            bundle.release();
+        }
         if let Some(sb) = self.sandbox.take() {
             netns::destroy(&sb.names).await;
             self.ctx
@@ -971,12 +1137,47 @@ fn kill_for(c: &mut Ctr, pod: &str, reason: &str) {
             t.cancel();
         }
         let grace = Duration::from_secs(10);
-        signal_group(pid, Signal::SIGTERM);
+        signal_process(pid, Signal::SIGTERM);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            signal_group(pid, Signal::SIGKILL);
+            signal_process(pid, Signal::SIGKILL);
         });
     }
+}
+
+/// The repository part of an image reference (without tag or digest), for the status's `imageID`.
+fn image_name(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    match without_digest.rfind(':') {
+        Some(i) if !without_digest[i..].contains('/') => &without_digest[..i],
+        _ => without_digest,
+    }
+}
+
+/// Writes the pod's `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` (the node's: there is
+/// no cluster DNS) and returns them as mounts, as the kubelet manages those files.
+fn write_etc_files(
+    pod_dir: &std::path::Path,
+    name: &str,
+    ip: Ipv4Addr,
+) -> std::io::Result<Vec<BindMount>> {
+    let etc = pod_dir.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    let hosts = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{name}\n"
+    );
+    std::fs::write(etc.join("hosts"), hosts)?;
+    std::fs::write(etc.join("hostname"), format!("{name}\n"))?;
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    std::fs::write(etc.join("resolv.conf"), resolv)?;
+    Ok(["hosts", "hostname", "resolv.conf"]
+        .into_iter()
+        .map(|f| BindMount {
+            source: etc.join(f),
+            target: PathBuf::from("/etc").join(f),
+            read_only: false,
+        })
+        .collect())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -32,6 +32,8 @@ use kube::{Api, Client};
 use tokio::net::TcpStream;
 
 const IMAGE: &str = "registry.example/e2e/datastream-demo-replica:dev";
+/// The shell image `scripts/build-images.sh --test-images` builds from Debian's static busybox.
+const SHELL_IMAGE: &str = "registry.example/e2e/datastream-e2e-busybox:test";
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -286,16 +288,25 @@ fn pod_ip(p: &Pod) -> Option<IpAddr> {
     p.status.as_ref()?.pod_ip.as_deref()?.parse().ok()
 }
 
+/// The container's init process, from the podlet's pid file (`run/pods/<uid>/<container>.pid`).
 fn container_pid(p: &Pod) -> Option<u32> {
-    let id = p
+    let uid = p.metadata.uid.as_deref()?;
+    let name = &p
         .status
         .as_ref()?
         .container_statuses
         .as_ref()?
         .first()?
-        .container_id
-        .clone()?;
-    id.strip_prefix("process://")?.parse().ok()
+        .name;
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.state/run/pods")
+        .join(uid)
+        .join(format!("{name}.pid"));
+    let text = std::fs::read_to_string(file).ok()?;
+    let pid: u32 = text.split_whitespace().next()?.parse().ok()?;
+    PathBuf::from(format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
 }
 
 /// Ready/not-ready addresses of the EndpointSlices of `service`.
@@ -490,7 +501,7 @@ async fn deployment_pods_run_serve_and_follow_readiness_and_deletion() {
     // Deletion: the podlet stops the process and finalises; the ReplicaSet replaces the pod.
     let victim = pods[1].clone();
     let victim_name = victim.metadata.name.clone().unwrap();
-    let victim_pid = container_pid(&victim).expect("containerID process://<pid>");
+    let victim_pid = container_pid(&victim).expect("a pid file for the running container");
     assert!(
         PathBuf::from(format!("/proc/{victim_pid}")).exists(),
         "container process {victim_pid} not running"
@@ -623,7 +634,7 @@ async fn pod_environment_volumes_and_service_account_token() {
         spec: Some(PodSpec {
             containers: vec![Container {
                 name: "check".into(),
-                image: Some(IMAGE.into()),
+                image: Some(SHELL_IMAGE.into()),
                 command: Some(vec!["sh".into(), "-c".into(), script]),
                 working_dir: Some("/tmp".into()),
                 env: Some(vec![
@@ -791,9 +802,10 @@ async fn failing_liveness_probe_restarts_the_container() {
     .await;
     // The demo replica exits cleanly on the SIGTERM the podlet sends; it is restarted all the same.
     let last = status.last_state.unwrap().terminated.unwrap();
+    let uid = api.get("unlively").await.unwrap().metadata.uid.unwrap();
     assert_eq!(
         last.container_id.as_deref(),
-        Some(format!("process://{first_pid}").as_str())
+        Some(format!("runc://{uid}-{}", status.name).as_str())
     );
     assert!(
         !PathBuf::from(format!("/proc/{first_pid}")).exists(),
@@ -843,7 +855,7 @@ fn claim_pod(name: &str, claim_name: &str, script: &str, node: Option<&str>) -> 
             node_name: node.map(Into::into),
             containers: vec![Container {
                 name: "main".into(),
-                image: Some(IMAGE.into()),
+                image: Some(SHELL_IMAGE.into()),
                 command: Some(vec!["sh".into(), "-c".into(), script.into()]),
                 volume_mounts: Some(vec![mount("/data", None), mount("/nested", Some("nested"))]),
                 security_context: Some(SecurityContext {
