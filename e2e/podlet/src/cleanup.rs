@@ -19,7 +19,7 @@ pub async fn leftovers(runc: &Runc, pods_run_dir: &Path) {
         runc.delete(&id).await;
         killed += 1;
     }
-    runtime::unmount_leftovers(pods_run_dir);
+    runtime::unmount_below(pods_run_dir);
     if let Ok(pods) = std::fs::read_dir(pods_run_dir) {
         for pod in pods.flatten() {
             if let Ok(files) = std::fs::read_dir(pod.path()) {

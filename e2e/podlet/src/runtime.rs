@@ -507,14 +507,15 @@ fn read_from(path: &Path, offset: u64) -> String {
         .unwrap_or_default()
 }
 
-/// Unmounts every container overlay below `pods_run_dir` (after a podlet crash).
-pub fn unmount_leftovers(pods_run_dir: &Path) {
+/// Unmounts everything mounted at or below `dir`: container overlays and memory-backed `emptyDir`s
+/// (after a pod ends, or a podlet crash).
+pub fn unmount_below(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
     for line in info.lines() {
         if let Some(mount_point) = line.split(' ').nth(4)
-            && Path::new(mount_point).starts_with(pods_run_dir)
+            && Path::new(mount_point).starts_with(dir)
         {
             let _ = umount2(mount_point, MntFlags::MNT_DETACH);
         }

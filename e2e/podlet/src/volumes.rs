@@ -132,8 +132,19 @@ impl Volumes {
         }
         std::fs::create_dir_all(&path)?;
         self.fs_group_managed.push(vol.name.clone());
-        if vol.empty_dir.is_some() {
+        if let Some(empty_dir) = &vol.empty_dir {
             read_only = false;
+            if empty_dir.medium.as_deref() == Some("Memory") {
+                // As the kubelet does: one tmpfs for the pod, bind-mounted into each container, so
+                // its containers share it and its pages count against the node's memory.
+                let size = empty_dir
+                    .size_limit
+                    .as_ref()
+                    .map(|q| crate::security::parse_bytes(&q.0))
+                    .transpose()
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                mount_tmpfs(&path, size)?;
+            }
         } else if let Some(cm) = &vol.config_map {
             let data = objects::config_map(client, ns, &cm.name).await?;
             write_data(
@@ -424,6 +435,23 @@ pub fn safe_join(dir: &Path, rel: &str) -> Result<PathBuf, VolumeError> {
         return Err(VolumeError::BadPath(rel.to_owned()));
     }
     Ok(dir.join(p))
+}
+
+/// Mounts a tmpfs at `path` (limited to `size` bytes when given; the kernel's default is half of
+/// the memory otherwise). The pod's teardown unmounts it.
+fn mount_tmpfs(path: &Path, size: Option<i64>) -> std::io::Result<()> {
+    let mut options = "mode=0777".to_owned();
+    if let Some(size) = size {
+        options.push_str(&format!(",size={size}"));
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(std::io::Error::from)
 }
 
 fn give_group(path: &Path, gid: u32, writable: bool) -> std::io::Result<()> {

@@ -1065,6 +1065,8 @@ impl Worker {
             self.ctx.runc.delete(&bundle.id).await;
             bundle.release();
         }
+        // Memory-backed emptyDirs and anything else mounted below the pod's directory.
+        runtime::unmount_below(&dir);
         if let Some(sb) = self.sandbox.take() {
             netns::destroy(&sb.names).await;
             self.ctx

@@ -17,11 +17,11 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, Event, HTTPGetAction, Namespace, ObjectFieldSelector, PersistentVolume,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, Pod,
-    PodSpec, PodTemplateSpec, Probe, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    ConfigMap, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, Event, HTTPGetAction, Namespace,
+    ObjectFieldSelector, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Probe, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -624,6 +624,7 @@ async fn pod_environment_volumes_and_service_account_token() {
          echo ROUTES=$(ip -4 route | tr '\\n' ';'); \
          touch /tmp/podlet-ro-check 2>/dev/null && echo ROOT=rw || echo ROOT=ro; \
          touch /scratch/file && echo SCRATCH=rw; \
+         echo FAST=$(grep ' /fast ' /proc/mounts | cut -d' ' -f3) $(grep ' /fast ' /proc/mounts | grep -o 'size=[0-9]*k'); \
          echo DONE; sleep 3600"
     );
     let pod = Pod {
@@ -663,6 +664,11 @@ async fn pod_environment_volumes_and_service_account_token() {
                         mount_path: "/scratch".into(),
                         ..Default::default()
                     },
+                    VolumeMount {
+                        name: "fast".into(),
+                        mount_path: "/fast".into(),
+                        ..Default::default()
+                    },
                 ]),
                 security_context: Some(SecurityContext {
                     read_only_root_filesystem: Some(true),
@@ -682,6 +688,14 @@ async fn pod_environment_volumes_and_service_account_token() {
                 Volume {
                     name: "scratch".into(),
                     empty_dir: Some(Default::default()),
+                    ..Default::default()
+                },
+                Volume {
+                    name: "fast".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        medium: Some("Memory".into()),
+                        size_limit: Some(Quantity("4Mi".into())),
+                    }),
                     ..Default::default()
                 },
             ]),
@@ -728,6 +742,8 @@ async fn pod_environment_volumes_and_service_account_token() {
         "HOSTNAME=envcheck PWD=/tmp".to_string(),
         "ROOT=ro".to_string(),
         "SCRATCH=rw".to_string(),
+        // A memory-backed emptyDir is a tmpfs of its sizeLimit.
+        "FAST=tmpfs size=4096k".to_string(),
     ];
     for line in expect {
         assert!(
