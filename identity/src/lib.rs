@@ -1,0 +1,30 @@
+//! Workload identity for DataStream sidecars.
+//!
+//! Every sidecar proves who it is with an X.509 certificate naming a SPIFFE ID derived from its
+//! Kubernetes ServiceAccount ([`WorkloadId`]). This crate holds the pieces that do not depend on how a
+//! certificate travels:
+//!
+//! - [`authority`]: the trust anchor (a root CA) and the issuer (an intermediate CA signed by it),
+//!   generated or loaded from PEM, and the signing of a sidecar's certificate signing request with
+//!   every field the CSR could carry overwritten by the issuer's policy.
+//! - [`credentials`]: the sidecar's side: a private key generated in memory, its CSR, and the
+//!   issued chain with the time to renew it.
+//! - [`verify`]: the rustls verifiers that check a peer's chain against the trust anchors and
+//!   then its identity against the one expected, with a typed [`verify::Refusal`] reason for each
+//!   way a peer can fail (for the refusal metric).
+//! - [`tls`]: the rustls client and server configurations built from those.
+//!
+//! One crypto provider for the whole workspace: `ring`, as kube's TLS client uses it.
+
+pub mod authority;
+pub mod credentials;
+pub mod spiffe;
+pub mod tls;
+pub mod verify;
+
+pub use spiffe::WorkloadId;
+
+/// The crypto provider every TLS configuration of ours is built with.
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
