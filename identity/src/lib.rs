@@ -13,9 +13,12 @@
 //!   then its identity against the one expected, with a typed [`verify::Refusal`] reason for each
 //!   way a peer can fail (for the refusal metric).
 //! - [`tls`]: the rustls client and server configurations built from those.
+//! - [`accept`]: accepting a peer connection: TLS only, refusing plaintext and foreign peers with
+//!   the reason.
 //!
 //! One crypto provider for the whole workspace: `ring`, as kube's TLS client uses it.
 
+pub mod accept;
 pub mod authority;
 pub mod credentials;
 pub mod spiffe;

@@ -23,6 +23,10 @@ use crate::spiffe::WorkloadId;
 /// Why a peer was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
+    /// The peer spoke plaintext (no TLS handshake) to a TLS-only listener.
+    Plaintext,
+    /// The TLS handshake failed for a reason other than the peer's certificate.
+    Handshake,
     /// The peer sent no certificate.
     NoCertificate,
     /// Its certificate has expired.
@@ -45,6 +49,8 @@ impl Refusal {
     /// Label value for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
+            Refusal::Plaintext => "plaintext",
+            Refusal::Handshake => "handshake",
             Refusal::NoCertificate => "no_certificate",
             Refusal::Expired => "expired",
             Refusal::NotYetValid => "not_yet_valid",

@@ -322,3 +322,92 @@ fn self_signed(who: &WorkloadId) -> Credentials {
         )
         .unwrap()
 }
+
+/// The peer listener's accept path: plaintext HTTP and a TLS client without a certificate are
+/// refused with their own reasons; a sidecar of the stream is accepted with its identity and ALPN.
+#[tokio::test]
+async fn accepting_refuses_plaintext_and_anonymous_clients() {
+    use datastream_identity::accept::accept_peer;
+    use datastream_identity::verify::PeerVerifier;
+
+    let pki = new_pki("cluster.local");
+    let me = id("cluster.local", "catalog-peers");
+    let now = OffsetDateTime::now_utc();
+    let server_creds = creds(&pki, &me, now, DAY);
+    let provider = crypto_provider();
+    let server = server_config(
+        server_creds.certified_key(&provider).unwrap(),
+        anchors(&pki),
+        "cluster.local",
+        vec![me.clone()],
+    )
+    .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+
+    // Plaintext HTTP.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (tcp, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        accept_peer(&acceptor, tcp).await.unwrap_err(),
+        Refusal::Plaintext
+    );
+
+    // TLS, verifying the server, but presenting no certificate.
+    let anonymous = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PeerVerifier::new(anchors(&pki), me.clone())))
+        .with_no_client_auth();
+    let dial = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(Arc::new(anonymous))
+            .connect(ServerName::try_from("peer.invalid").unwrap(), tcp)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1];
+        tls.read(&mut buf).await
+    });
+    let (tcp, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        accept_peer(&acceptor, tcp).await.unwrap_err(),
+        Refusal::NoCertificate
+    );
+    assert!(
+        !matches!(dial.await.unwrap(), Ok(n) if n > 0),
+        "the anonymous client got data"
+    );
+
+    // A sidecar of the stream.
+    let client_creds = creds(&pki, &me, now, DAY);
+    let client = client_config(
+        client_creds.certified_key(&provider).unwrap(),
+        anchors(&pki),
+        me.clone(),
+    )
+    .unwrap();
+    let dial = tokio::spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = TlsConnector::from(Arc::new(client))
+            .connect(ServerName::try_from("peer.invalid").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    });
+    let (tcp, _) = listener.accept().await.unwrap();
+    let mut peer = accept_peer(&acceptor, tcp).await.unwrap();
+    assert_eq!(peer.identity, me);
+    assert_eq!(peer.alpn.as_deref(), Some(&b"h2"[..]));
+    let mut buf = [0u8; 4];
+    peer.stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    drop(dial.await.unwrap());
+}
