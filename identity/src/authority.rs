@@ -150,6 +150,51 @@ pub fn certificates_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>, 
     Ok(certs)
 }
 
+/// Parses and checks a signing request for `identity`: well signed, an ECDSA P-256 key, and exactly
+/// `identity` as its only subject alternative name. An approver calls this before approving; the
+/// issuer calls it again before signing.
+pub fn check_request(
+    csr: &[u8],
+    identity: &WorkloadId,
+) -> Result<CertificateSigningRequestParams, AuthorityError> {
+    let request =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
+            .map_err(|e| AuthorityError::Request(e.to_string()))?;
+    if request.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+        return Err(AuthorityError::Request(
+            "only ECDSA P-256 keys are accepted".into(),
+        ));
+    }
+    let wanted = identity.to_string();
+    let names: Vec<String> = request
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|san| match san {
+            SanType::URI(uri) => uri.as_str().to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    if names != [wanted.clone()] {
+        return Err(AuthorityError::Request(format!(
+            "the request must name exactly {wanted}; it names {names:?}"
+        )));
+    }
+    Ok(request)
+}
+
+/// Parses a PEM `CERTIFICATE REQUEST` (what `spec.request` of a Kubernetes CSR holds) to DER.
+pub fn request_from_pem(pem: &[u8]) -> Result<Vec<u8>, AuthorityError> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateSigningRequestDer::from_pem_slice(pem)
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| {
+            AuthorityError::Request(format!(
+                "spec.request is not a PEM CERTIFICATE REQUEST: {e}"
+            ))
+        })
+}
+
 /// A certificate issued to a workload.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -259,35 +304,13 @@ impl Authority {
                 self.trust_domain
             )));
         }
-        let request =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
-                .map_err(|e| AuthorityError::Request(e.to_string()))?;
-        if request.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
-            return Err(AuthorityError::Request(
-                "only ECDSA P-256 keys are accepted".into(),
-            ));
-        }
-        let wanted = identity.to_string();
-        let names: Vec<String> = request
-            .params
-            .subject_alt_names
-            .iter()
-            .map(|san| match san {
-                SanType::URI(uri) => uri.as_str().to_owned(),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        if names != [wanted.clone()] {
-            return Err(AuthorityError::Request(format!(
-                "the request must name exactly {wanted}; it names {names:?}"
-            )));
-        }
+        let request = check_request(csr, identity)?;
         let not_after = (now + lifetime).min(self.issuer_not_after);
         if not_after <= now {
             return Err(AuthorityError::Issuer("the issuer has expired".into()));
         }
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(wanted.as_str().try_into()?)];
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().as_str().try_into()?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -67,6 +67,14 @@ impl PendingKey {
         Ok(params.serialize_request(&self.key)?.der().to_vec())
     }
 
+    /// The signing request as PEM (`CERTIFICATE REQUEST`), as a Kubernetes
+    /// CertificateSigningRequest's `spec.request` carries it.
+    pub fn csr_pem(&self) -> Result<String, CredentialsError> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(self.id.to_string().as_str().try_into()?)];
+        Ok(params.serialize_request(&self.key)?.pem()?)
+    }
+
     /// Accepts the issued `chain` (leaf first) if its leaf certifies this key for this identity
     /// and is valid at `now`.
     pub fn complete(

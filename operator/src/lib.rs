@@ -9,6 +9,7 @@
 //! - [`controller`]: watches, reconcile, error policy.
 //! - [`leader`]: Lease-based leader election.
 //! - [`fence`]: the client layer that refuses writes outside the leadership term.
+//! - [`signer`]: decisions on workload CertificateSigningRequests (mTLS identity, in progress).
 //! - [`admin`], [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 
 pub mod admin;
@@ -24,4 +25,5 @@ pub mod pods;
 pub mod progress;
 pub mod quantity;
 pub mod render;
+pub mod signer;
 pub mod status;

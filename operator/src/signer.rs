@@ -1,0 +1,276 @@
+//! The workload certificate signer's decisions (pure): which Kubernetes CertificateSigningRequests
+//! for [`SIGNER_NAME`] to approve, which to deny and why, and what the approval and the issued
+//! certificate look like on the object. The controller that watches the requests and writes these
+//! decisions is the next step of issue 14 (see `docs/identity.md`).
+//!
+//! The apiserver sets `spec.username` from the requester's credentials, so the identity comes from
+//! who asked, never from what the request says: a request is approved only when its requester is
+//! the sidecar ServiceAccount of an existing DataStream and it names exactly that account's SPIFFE
+//! ID.
+
+use std::time::Duration;
+
+use datastream_identity::WorkloadId;
+use datastream_identity::authority::{check_request, request_from_pem};
+use k8s_openapi::api::certificates::v1::{
+    CertificateSigningRequest, CertificateSigningRequestCondition,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+/// The signer name sidecars put in `spec.signerName`.
+pub const SIGNER_NAME: &str = "datastream.dev/workload";
+
+/// Longest certificate lifetime issued, whatever `spec.expirationSeconds` asks (the default when it
+/// asks nothing).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Key usages a sidecar certificate may be requested with.
+const ALLOWED_USAGES: [&str; 4] = [
+    "digital signature",
+    "key encipherment",
+    "server auth",
+    "client auth",
+];
+
+/// What to do with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not ours to decide (another signer), or decided already.
+    Skip,
+    /// Approve and sign for this identity, valid this long.
+    Approve {
+        /// The requester's identity.
+        identity: WorkloadId,
+        /// Lifetime of the certificate.
+        lifetime: Duration,
+    },
+    /// Deny, with a reason (CamelCase, for the condition) and a message.
+    Deny {
+        /// The condition's reason.
+        reason: &'static str,
+        /// The condition's message.
+        message: String,
+    },
+}
+
+/// Decides on `csr`. `sidecar_of(namespace, service_account)` names the DataStream whose sidecars
+/// run as that ServiceAccount (one the operator created and controls), if any.
+pub fn decide(
+    csr: &CertificateSigningRequest,
+    trust_domain: &str,
+    sidecar_of: impl Fn(&str, &str) -> Option<String>,
+) -> Decision {
+    if csr.spec.signer_name != SIGNER_NAME {
+        return Decision::Skip;
+    }
+    let status = csr.status.as_ref();
+    let decided = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+        c.iter()
+            .any(|c| ["Approved", "Denied", "Failed"].contains(&c.type_.as_str()))
+    });
+    if decided || status.and_then(|s| s.certificate.as_ref()).is_some() {
+        return Decision::Skip;
+    }
+    let deny = |reason, message: String| Decision::Deny { reason, message };
+    let user = csr.spec.username.as_deref().unwrap_or_default();
+    let Some(identity) = WorkloadId::from_service_account_user(trust_domain, user) else {
+        return deny(
+            "NotAServiceAccount",
+            format!(
+                "{user:?} is not a ServiceAccount; only DataStream sidecars get workload certificates"
+            ),
+        );
+    };
+    if sidecar_of(identity.namespace(), identity.service_account()).is_none() {
+        return deny(
+            "NotADataStreamSidecar",
+            format!(
+                "ServiceAccount {}/{} runs no DataStream's sidecars",
+                identity.namespace(),
+                identity.service_account()
+            ),
+        );
+    }
+    if let Some(bad) = csr
+        .spec
+        .usages
+        .iter()
+        .flatten()
+        .find(|u| !ALLOWED_USAGES.contains(&u.as_str()))
+    {
+        return deny(
+            "UnsupportedUsage",
+            format!(
+                "usage {bad:?} is not granted (allowed: {})",
+                ALLOWED_USAGES.join(", ")
+            ),
+        );
+    }
+    let checked =
+        request_from_pem(&csr.spec.request.0).and_then(|der| check_request(&der, &identity));
+    if let Err(e) = checked {
+        return deny("InvalidRequest", e.to_string());
+    }
+    let asked = csr
+        .spec
+        .expiration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(Duration::from_secs);
+    Decision::Approve {
+        identity,
+        lifetime: asked.map_or(MAX_LIFETIME, |a| a.min(MAX_LIFETIME)),
+    }
+}
+
+/// The condition recording `decision` (none for [`Decision::Skip`]), as written through the
+/// `approval` subresource.
+pub fn condition(
+    decision: &Decision,
+    now: jiff::Timestamp,
+) -> Option<CertificateSigningRequestCondition> {
+    let (type_, reason, message) = match decision {
+        Decision::Skip => return None,
+        Decision::Approve { identity, .. } => (
+            "Approved",
+            "DataStreamSidecar",
+            format!("{identity} is a DataStream sidecar identity"),
+        ),
+        Decision::Deny { reason, message } => ("Denied", *reason, message.clone()),
+    };
+    Some(CertificateSigningRequestCondition {
+        type_: type_.to_owned(),
+        status: "True".to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message),
+        last_update_time: Some(Time(now)),
+        last_transition_time: Some(Time(now)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datastream_identity::credentials::PendingKey;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequestSpec, CertificateSigningRequestStatus,
+    };
+
+    const TD: &str = "cluster.local";
+
+    fn csr(user: &str, request_pem: String) -> CertificateSigningRequest {
+        CertificateSigningRequest {
+            spec: CertificateSigningRequestSpec {
+                signer_name: SIGNER_NAME.into(),
+                username: Some(user.into()),
+                request: ByteString(request_pem.into_bytes()),
+                usages: Some(vec![
+                    "digital signature".into(),
+                    "server auth".into(),
+                    "client auth".into(),
+                ]),
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn request_for(sa: &str) -> String {
+        let id = WorkloadId::new(TD, "shop", sa).unwrap();
+        PendingKey::generate(&id).unwrap().csr_pem().unwrap()
+    }
+
+    /// Streams in namespace `shop`: `catalog` (sidecar ServiceAccount `catalog-sidecar`).
+    fn sidecar_of(ns: &str, sa: &str) -> Option<String> {
+        (ns == "shop" && sa == "catalog-sidecar").then(|| "catalog".to_owned())
+    }
+
+    #[test]
+    fn a_sidecar_gets_its_own_identity_for_at_most_a_day() {
+        let req = csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("catalog-sidecar"),
+        );
+        let d = decide(&req, TD, sidecar_of);
+        assert_eq!(
+            d,
+            Decision::Approve {
+                identity: WorkloadId::new(TD, "shop", "catalog-sidecar").unwrap(),
+                lifetime: Duration::from_secs(3600),
+            }
+        );
+        let mut long = req.clone();
+        long.spec.expiration_seconds = Some(30 * 86_400);
+        assert!(
+            matches!(decide(&long, TD, sidecar_of), Decision::Approve { lifetime, .. } if lifetime == MAX_LIFETIME)
+        );
+        let c = condition(&d, jiff::Timestamp::now()).unwrap();
+        assert_eq!((c.type_.as_str(), c.status.as_str()), ("Approved", "True"));
+    }
+
+    #[test]
+    fn everything_else_is_denied_with_a_reason_or_skipped() {
+        let reason = |req: &CertificateSigningRequest| match decide(req, TD, sidecar_of) {
+            Decision::Deny { reason, message } => format!("{reason}: {message}"),
+            other => format!("{other:?}"),
+        };
+        // A user, not a ServiceAccount.
+        let r = reason(&csr("alice", request_for("catalog-sidecar")));
+        assert!(r.starts_with("NotAServiceAccount"), "{r}");
+        // A ServiceAccount that runs no stream's sidecars.
+        let r = reason(&csr(
+            "system:serviceaccount:shop:default",
+            request_for("default"),
+        ));
+        assert!(
+            r.starts_with("NotADataStreamSidecar: ServiceAccount shop/default"),
+            "{r}"
+        );
+        // The right requester asking for another identity.
+        let r = reason(&csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("billing-sidecar"),
+        ));
+        assert!(
+            r.starts_with("InvalidRequest") && r.contains("must name exactly"),
+            "{r}"
+        );
+        // Garbage instead of a request.
+        let r = reason(&csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            "not pem".into(),
+        ));
+        assert!(r.starts_with("InvalidRequest"), "{r}");
+        // A usage we do not grant.
+        let mut signing = csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("catalog-sidecar"),
+        );
+        signing.spec.usages = Some(vec!["code signing".into()]);
+        assert!(reason(&signing).starts_with("UnsupportedUsage"));
+
+        // Another signer's request, or one decided already, is not ours to touch.
+        let mut kubelet = csr("system:node:n1", String::new());
+        kubelet.spec.signer_name = "kubernetes.io/kubelet-serving".into();
+        assert_eq!(decide(&kubelet, TD, sidecar_of), Decision::Skip);
+        let mut approved = csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("catalog-sidecar"),
+        );
+        approved.status = Some(CertificateSigningRequestStatus {
+            conditions: Some(vec![
+                condition(
+                    &Decision::Deny {
+                        reason: "X",
+                        message: String::new(),
+                    },
+                    jiff::Timestamp::now(),
+                )
+                .unwrap(),
+            ]),
+            certificate: None,
+        });
+        assert_eq!(decide(&approved, TD, sidecar_of), Decision::Skip);
+    }
+}
