@@ -204,6 +204,16 @@ pub struct Issued {
     pub not_after: OffsetDateTime,
 }
 
+impl Issued {
+    /// The chain as PEM (what a Kubernetes CSR's `status.certificate` holds).
+    pub fn chain_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.as_ref().to_vec())))
+            .collect()
+    }
+}
+
 /// The issuing side: the issuer's key and certificate, checked against the trust anchors.
 pub struct Authority {
     trust_domain: String,

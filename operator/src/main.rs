@@ -90,6 +90,14 @@ struct RunArgs {
     /// How often every DataStream is reconciled with no event (seconds; jittered by ±10 %).
     #[arg(long, env = "DATASTREAM_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     resync_seconds: u64,
+    /// Approve and sign the sidecars' workload certificate requests (`datastream.dev/workload`
+    /// CSRs), with the trust anchor and issuer of Secret `datastream-identity` in the operator's
+    /// namespace, generated when absent. Off until the sidecars use it (issue 14, docs/identity.md).
+    #[arg(long, env = "DATASTREAM_WORKLOAD_SIGNER", default_value_t = false, action = clap::ArgAction::Set)]
+    workload_signer: bool,
+    /// SPIFFE trust domain of workload identities.
+    #[arg(long, env = "DATASTREAM_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "DATASTREAM_LOG", default_value = "info")]
     log: String,
@@ -165,6 +173,22 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let leadership = elector
         .as_ref()
         .map_or_else(leader::Leadership::unconditional, |e| e.leadership());
+    if args.workload_signer {
+        // Issuance does not wait for leadership: every replica signs.
+        let signer_client = Client::try_from(config.clone())?;
+        let (authority, _) = datastream_operator::signer::load_or_create_authority(
+            &signer_client,
+            &args.lease_namespace,
+            &args.trust_domain,
+        )
+        .await?;
+        info!(trust_domain = %args.trust_domain, "signing workload certificates");
+        tokio::spawn(datastream_operator::signer::run(
+            signer_client,
+            authority,
+            std::future::pending(),
+        ));
+    }
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&fence::FenceLayer::new(leadership))
         .build();

@@ -274,3 +274,238 @@ mod tests {
         assert_eq!(decide(&approved, TD, sidecar_of), Decision::Skip);
     }
 }
+
+/// Name of the Secret holding the trust anchors (`ca.crt`) and the issuer (`tls.crt`, `tls.key`),
+/// in the operator's namespace.
+pub const AUTHORITY_SECRET: &str = "datastream-identity";
+
+/// How long a generated trust anchor is valid.
+const ANCHOR_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// How long a generated issuer is valid.
+const ISSUER_VALIDITY: Duration = Duration::from_secs(365 * 86_400);
+
+/// Why the signer cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// The API refused a request.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// The anchors or the issuer are unusable.
+    #[error("identity authority: {0}")]
+    Authority(#[from] datastream_identity::authority::AuthorityError),
+    /// The Secret lacks a key.
+    #[error("Secret {namespace}/{AUTHORITY_SECRET} has no {key:?}")]
+    MissingKey {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The missing key.
+        key: &'static str,
+    },
+}
+
+/// Loads the trust anchors and the issuer from [`AUTHORITY_SECRET`], generating both (and the
+/// Secret) when it does not exist. Several operator replicas may race: the first create wins and
+/// the others read what it wrote.
+pub async fn load_or_create_authority(
+    client: &kube::Client,
+    namespace: &str,
+    trust_domain: &str,
+) -> Result<(datastream_identity::authority::Authority, String), SignerError> {
+    use datastream_identity::authority::{
+        Authority, CaPem, generate_issuer, generate_trust_anchor,
+    };
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let now = time::OffsetDateTime::now_utc();
+    let secret = match secrets.get_opt(AUTHORITY_SECRET).await? {
+        Some(s) => s,
+        None => {
+            let anchor = generate_trust_anchor(trust_domain, now, ANCHOR_VALIDITY)?;
+            let issuer = generate_issuer(&anchor, trust_domain, now, ISSUER_VALIDITY)?;
+            let data = [
+                ("ca.crt", anchor.cert.clone()),
+                ("tls.crt", issuer.cert.clone()),
+                ("tls.key", issuer.key.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), k8s_openapi::ByteString(v.into_bytes())))
+            .collect();
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(AUTHORITY_SECRET.to_owned()),
+                    namespace: Some(namespace.to_owned()),
+                    labels: Some(
+                        [(
+                            "app.kubernetes.io/managed-by".to_owned(),
+                            "datastream-operator".to_owned(),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".to_owned()),
+                data: Some(data),
+                ..Default::default()
+            };
+            // The anchor's key is not kept: a new issuer means a new anchor (docs/identity.md).
+            match secrets
+                .create(&kube::api::PostParams::default(), &secret)
+                .await
+            {
+                Ok(s) => {
+                    tracing::info!(
+                        namespace,
+                        secret = AUTHORITY_SECRET,
+                        "generated the trust anchor and issuer"
+                    );
+                    s
+                }
+                Err(kube::Error::Api(e)) if e.code == 409 => secrets.get(AUTHORITY_SECRET).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let field = |key: &'static str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .ok_or(SignerError::MissingKey {
+                namespace: namespace.to_owned(),
+                key,
+            })
+    };
+    let anchors = field("ca.crt")?;
+    let issuer = CaPem {
+        cert: field("tls.crt")?,
+        key: field("tls.key")?,
+    };
+    let authority = Authority::new(trust_domain, &issuer, &anchors, now)?;
+    Ok((authority, anchors))
+}
+
+/// The DataStream whose sidecars run as `namespace/service_account`: the ServiceAccount must exist
+/// and be controlled by that DataStream (the operator created it), so that an account a user
+/// made under the same name never gets a sidecar identity.
+async fn sidecar_stream(
+    client: &kube::Client,
+    namespace: &str,
+    service_account: &str,
+) -> Result<Option<String>, kube::Error> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let Some(stream) = service_account.strip_suffix("-sidecar") else {
+        return Ok(None);
+    };
+    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), namespace);
+    let Some(account) = accounts.get_opt(service_account).await? else {
+        return Ok(None);
+    };
+    let streams: kube::Api<datastream_api::DataStream> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let Some(owner) = streams.get_opt(stream).await? else {
+        return Ok(None);
+    };
+    let controlled = account.metadata.owner_references.iter().flatten().any(|r| {
+        r.controller == Some(true)
+            && r.kind == "DataStream"
+            && Some(&r.uid) == owner.metadata.uid.as_ref()
+    });
+    Ok(controlled.then(|| stream.to_owned()))
+}
+
+/// Watches CertificateSigningRequests for [`SIGNER_NAME`] and approves and signs (or denies) each
+/// pending one. Every operator replica runs it (issuance does not need the leader): writes carry
+/// the object's resourceVersion, so when replicas race one wins and the others see a conflict.
+pub async fn run(
+    client: kube::Client,
+    authority: datastream_identity::authority::Authority,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use futures::TryStreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("spec.signerName={SIGNER_NAME}"));
+    let events = watcher::watcher(api.clone(), config)
+        .default_backoff()
+        .try_for_each(|event| {
+            let (api, client, authority) = (api.clone(), client.clone(), &authority);
+            async move {
+                let csrs = match event {
+                    watcher::Event::Apply(c) | watcher::Event::InitApply(c) => vec![c],
+                    _ => Vec::new(),
+                };
+                for csr in csrs {
+                    if let Err(e) = handle(&api, &client, authority, &csr).await {
+                        tracing::warn!(csr = csr.metadata.name.as_deref().unwrap_or_default(), error = %e, "certificate request not handled; it is retried on its next change or resync");
+                    }
+                }
+                Ok(())
+            }
+        });
+    tokio::select! {
+        result = events => if let Err(e) = result {
+            tracing::error!(error = %e, "certificate request watch ended");
+        },
+        () = shutdown => {}
+    }
+}
+
+async fn handle(
+    api: &kube::Api<CertificateSigningRequest>,
+    client: &kube::Client,
+    authority: &datastream_identity::authority::Authority,
+    csr: &CertificateSigningRequest,
+) -> Result<(), SignerError> {
+    use kube::api::{Patch, PatchParams};
+    let name = csr.metadata.name.clone().unwrap_or_default();
+    let requester = csr
+        .spec
+        .username
+        .as_deref()
+        .and_then(|u| WorkloadId::from_service_account_user(authority.trust_domain(), u));
+    let stream = match &requester {
+        Some(id) => sidecar_stream(client, id.namespace(), id.service_account()).await?,
+        None => None,
+    };
+    let decision = decide(csr, authority.trust_domain(), |_, _| stream.clone());
+    let Some(condition) = condition(&decision, jiff::Timestamp::now()) else {
+        return Ok(());
+    };
+    let resource_version = csr.metadata.resource_version.clone();
+    let approval = serde_json::json!({
+        "metadata": {"resourceVersion": resource_version},
+        "status": {"conditions": [condition]},
+    });
+    let approved = match api
+        .patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+        .await
+    {
+        Ok(c) => c,
+        // Another replica decided first.
+        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let Decision::Approve { identity, lifetime } = decision else {
+        tracing::info!(csr = %name, condition = ?approved.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.last()).and_then(|c| c.reason.clone()), "certificate request denied");
+        return Ok(());
+    };
+    let der = request_from_pem(&csr.spec.request.0)?;
+    let issued = authority.sign(&der, &identity, lifetime, time::OffsetDateTime::now_utc())?;
+    let pem = issued.chain_pem();
+    let status = serde_json::json!({
+        "metadata": {"resourceVersion": approved.metadata.resource_version},
+        "status": {"certificate": k8s_openapi::ByteString(pem.into_bytes())},
+    });
+    match api
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(csr = %name, %identity, not_after = %issued.not_after, "workload certificate issued");
+            Ok(())
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

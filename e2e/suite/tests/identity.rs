@@ -1,0 +1,208 @@
+//! Workload certificates on the real control plane (issue 14, first step): an operator started
+//! with `--workload-signer` generates the trust anchor and issuer Secret, approves and signs a
+//! `datastream.dev/workload` CertificateSigningRequest that a DataStream's sidecar ServiceAccount
+//! makes for its own SPIFFE ID, and denies, with the reason, one from another ServiceAccount and
+//! one naming another identity. Requests are made with each ServiceAccount's own token, so the
+//! apiserver, not the request, says who asked.
+
+use std::time::Duration;
+
+use datastream_e2e::*;
+use datastream_identity::WorkloadId;
+use datastream_identity::authority::certificates_from_pem;
+use datastream_identity::credentials::PendingKey;
+use datastream_identity::verify::{PeerVerifier, TrustAnchors};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use rustls::client::danger::ServerCertVerifier;
+
+/// A kubeconfig authenticating as `namespace/service_account` with a fresh token.
+fn kubeconfig_for(namespace: &str, service_account: &str) -> std::path::PathBuf {
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        service_account,
+        "-n",
+        namespace,
+        "--duration=10m",
+    ]);
+    let server = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let ca = kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+    ]);
+    let path = std::env::temp_dir().join(format!(
+        "e2e-identity-{namespace}-{service_account}.kubeconfig"
+    ));
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {}, certificate-authority-data: {}}}\nusers:\n- name: u\n  user: {{token: {}}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n",
+            server.trim(),
+            ca.trim(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn csr_manifest(name: &str, request_pem: &str) -> String {
+    use base64::Engine;
+    format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\nspec:\n  signerName: datastream.dev/workload\n  expirationSeconds: 3600\n  usages: [digital signature, server auth, client auth]\n  request: {}\n",
+        base64::engine::general_purpose::STANDARD.encode(request_pem)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-identity");
+    let _operator = Operator::start_with(
+        "identity-0",
+        &ns.name,
+        &OperatorOptions {
+            args: vec![
+                "--workload-signer=true".into(),
+                "--leader-elect=false".into(),
+            ],
+            ..OperatorOptions::default()
+        },
+    );
+    let stream = format!(
+        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: signed\nspec:\n  replicas: 0\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n"
+    );
+    let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream));
+    assert!(applied.ok, "{}", applied.stderr);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
+    wait_for(
+        &ns.name,
+        "the sidecar ServiceAccount",
+        Duration::from_secs(30),
+        || async { accounts.get_opt("signed-sidecar").await.ok()?.map(|_| ()) },
+    )
+    .await;
+    // What the sidecars' RBAC will grant: creating and reading their requests.
+    let grant = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-csr}}\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [create, get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-csr}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-csr}}\nsubjects:\n- {{kind: ServiceAccount, name: signed-sidecar, namespace: {ns}}}\n- {{kind: ServiceAccount, name: default, namespace: {ns}}}\n",
+        ns = ns.name
+    );
+    assert!(kubectl_stdin(&["apply", "-f", "-"], Some(&grant)).ok);
+
+    let td = "cluster.local";
+    let sidecar = WorkloadId::new(td, &ns.name, "signed-sidecar").unwrap();
+    let cases = [
+        ("signed-sidecar", sidecar.clone(), None),
+        (
+            "default",
+            WorkloadId::new(td, &ns.name, "default").unwrap(),
+            Some("NotADataStreamSidecar"),
+        ),
+        (
+            "signed-sidecar",
+            WorkloadId::new(td, &ns.name, "other-sidecar").unwrap(),
+            Some("InvalidRequest"),
+        ),
+    ];
+    let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    for (i, (account, asks_for, denied)) in cases.into_iter().enumerate() {
+        let name = format!("{}-{i}", ns.name);
+        let key = PendingKey::generate(&asks_for).unwrap();
+        let kubeconfig = kubeconfig_for(&ns.name, account);
+        let created = kubectl_stdin(
+            &[
+                "--kubeconfig",
+                &kubeconfig.to_string_lossy(),
+                "create",
+                "-f",
+                "-",
+            ],
+            Some(&csr_manifest(&name, &key.csr_pem().unwrap())),
+        );
+        assert!(
+            created.ok,
+            "{account} creates its request: {}",
+            created.stderr
+        );
+        let decided = wait_for(
+            &ns.name,
+            &format!("a decision on {name}"),
+            Duration::from_secs(30),
+            || async {
+                let c = csrs.get(&name).await.ok()?;
+                let status = c.status.clone()?;
+                let done = match denied {
+                    Some(_) => status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Denied"),
+                    None => status.certificate.is_some(),
+                };
+                done.then_some(c)
+            },
+        )
+        .await;
+        let status = decided.status.unwrap();
+        let condition = status.conditions.unwrap().into_iter().next().unwrap();
+        match denied {
+            Some(reason) => {
+                assert_eq!(condition.type_, "Denied", "{name}");
+                assert_eq!(
+                    condition.reason.as_deref(),
+                    Some(reason),
+                    "{name}: {:?}",
+                    condition.message
+                );
+                assert!(status.certificate.is_none(), "{name} got a certificate");
+            }
+            None => {
+                assert_eq!(condition.type_, "Approved");
+                let pem = String::from_utf8(status.certificate.unwrap().0).unwrap();
+                let chain = certificates_from_pem(&pem).unwrap();
+                let creds = key
+                    .complete(chain.clone(), time::OffsetDateTime::now_utc())
+                    .expect("the certificate is for our key and identity");
+                assert_eq!(creds.id(), &sidecar);
+                let lifetime = creds.not_after() - time::OffsetDateTime::now_utc();
+                assert!(lifetime <= time::Duration::seconds(3600), "{lifetime}");
+                // It chains to the trust anchor the operator published.
+                let secret = secrets.get("datastream-identity").await.unwrap();
+                assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/tls"));
+                let anchors = String::from_utf8(secret.data.unwrap()["ca.crt"].0.clone()).unwrap();
+                let anchors = TrustAnchors::new(&certificates_from_pem(&anchors).unwrap()).unwrap();
+                PeerVerifier::new(anchors, sidecar.clone())
+                    .verify_server_cert(
+                        &chain[0],
+                        &chain[1..],
+                        &rustls::pki_types::ServerName::try_from("peer.invalid").unwrap(),
+                        &[],
+                        rustls::pki_types::UnixTime::now(),
+                    )
+                    .expect("the issued chain verifies against the published anchor");
+            }
+        }
+        let _ = csrs.delete(&name, &Default::default()).await;
+        let _ = std::fs::remove_file(kubeconfig);
+    }
+    kubectl(&[
+        "delete",
+        "clusterrolebinding,clusterrole",
+        &format!("{}-csr", ns.name),
+    ]);
+}
