@@ -13,6 +13,8 @@
 //!   then its identity against the one expected, with a typed [`verify::Refusal`] reason for each
 //!   way a peer can fail (for the refusal metric).
 //! - [`tls`]: the rustls client and server configurations built from those.
+//! - `kubernetes` (feature `kubernetes`): requesting a certificate through the Kubernetes
+//!   CertificateSigningRequest API with the pod's own ServiceAccount.
 //! - [`accept`]: accepting a peer connection: TLS only, refusing plaintext and foreign peers with
 //!   the reason.
 //!
@@ -21,11 +23,16 @@
 pub mod accept;
 pub mod authority;
 pub mod credentials;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod spiffe;
 pub mod tls;
 pub mod verify;
 
 pub use spiffe::WorkloadId;
+
+/// The Kubernetes signer name of workload certificates (`spec.signerName` of their requests).
+pub const WORKLOAD_SIGNER: &str = "datastream.dev/workload";
 
 /// The crypto provider every TLS configuration of ours is built with.
 pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {

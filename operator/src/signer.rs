@@ -18,7 +18,7 @@ use k8s_openapi::api::certificates::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 /// The signer name sidecars put in `spec.signerName`.
-pub const SIGNER_NAME: &str = "datastream.dev/workload";
+pub const SIGNER_NAME: &str = datastream_identity::WORKLOAD_SIGNER;
 
 /// Longest certificate lifetime issued, whatever `spec.expirationSeconds` asks (the default when it
 /// asks nothing).

@@ -2,8 +2,9 @@
 //! with `--workload-signer` generates the trust anchor and issuer Secret, approves and signs a
 //! `datastream.dev/workload` CertificateSigningRequest that a DataStream's sidecar ServiceAccount
 //! makes for its own SPIFFE ID, and denies, with the reason, one from another ServiceAccount and
-//! one naming another identity. Requests are made with each ServiceAccount's own token, so the
-//! apiserver, not the request, says who asked.
+//! one naming another identity. Requests are made as a sidecar will make them
+//! (`datastream_identity::kubernetes::request_certificate`) with each ServiceAccount's own token,
+//! so the apiserver, not the request, says who asked.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use datastream_e2e::*;
 use datastream_identity::WorkloadId;
 use datastream_identity::authority::certificates_from_pem;
 use datastream_identity::credentials::PendingKey;
+use datastream_identity::kubernetes::{RequestError, request_certificate};
 use datastream_identity::verify::{PeerVerifier, TrustAnchors};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -57,14 +59,6 @@ fn kubeconfig_for(namespace: &str, service_account: &str) -> std::path::PathBuf 
     )
     .unwrap();
     path
-}
-
-fn csr_manifest(name: &str, request_pem: &str) -> String {
-    use base64::Engine;
-    format!(
-        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: {name}\nspec:\n  signerName: datastream.dev/workload\n  expirationSeconds: 3600\n  usages: [digital signature, server auth, client auth]\n  request: {}\n",
-        base64::engine::general_purpose::STANDARD.encode(request_pem)
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,57 +118,47 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
         let name = format!("{}-{i}", ns.name);
         let key = PendingKey::generate(&asks_for).unwrap();
         let kubeconfig = kubeconfig_for(&ns.name, account);
-        let created = kubectl_stdin(
-            &[
-                "--kubeconfig",
-                &kubeconfig.to_string_lossy(),
-                "create",
-                "-f",
-                "-",
-            ],
-            Some(&csr_manifest(&name, &key.csr_pem().unwrap())),
-        );
-        assert!(
-            created.ok,
-            "{account} creates its request: {}",
-            created.stderr
-        );
-        let decided = wait_for(
-            &ns.name,
-            &format!("a decision on {name}"),
+        // The sidecar's own client: the ServiceAccount's token, nothing else.
+        let as_account = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        let result = request_certificate(
+            as_account,
+            &key,
+            &name,
+            Duration::from_secs(3600),
             Duration::from_secs(30),
-            || async {
-                let c = csrs.get(&name).await.ok()?;
-                let status = c.status.clone()?;
-                let done = match denied {
-                    Some(_) => status
-                        .conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Denied"),
-                    None => status.certificate.is_some(),
-                };
-                done.then_some(c)
-            },
         )
         .await;
-        let status = decided.status.unwrap();
-        let condition = status.conditions.unwrap().into_iter().next().unwrap();
-        match denied {
-            Some(reason) => {
-                assert_eq!(condition.type_, "Denied", "{name}");
+        match (denied, result) {
+            (
+                Some(reason),
+                Err(RequestError::Refused {
+                    kind,
+                    reason: got,
+                    message,
+                    name: csr,
+                }),
+            ) => {
                 assert_eq!(
-                    condition.reason.as_deref(),
-                    Some(reason),
-                    "{name}: {:?}",
-                    condition.message
+                    (kind.as_str(), got.as_str()),
+                    ("Denied", reason),
+                    "{csr}: {message}"
                 );
-                assert!(status.certificate.is_none(), "{name} got a certificate");
+                let decided = csrs.get(&csr).await.unwrap();
+                assert!(
+                    decided.status.unwrap().certificate.is_none(),
+                    "{csr} got a certificate"
+                );
+                let _ = csrs.delete(&csr, &Default::default()).await;
             }
-            None => {
-                assert_eq!(condition.type_, "Approved");
-                let pem = String::from_utf8(status.certificate.unwrap().0).unwrap();
-                let chain = certificates_from_pem(&pem).unwrap();
+            (None, Ok(chain)) => {
                 let creds = key
                     .complete(chain.clone(), time::OffsetDateTime::now_utc())
                     .expect("the certificate is for our key and identity");
@@ -195,9 +179,30 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
                         rustls::pki_types::UnixTime::now(),
                     )
                     .expect("the issued chain verifies against the published anchor");
+                let issued: Vec<CertificateSigningRequest> = csrs
+                    .list(&Default::default())
+                    .await
+                    .unwrap()
+                    .items
+                    .into_iter()
+                    .filter(|c| {
+                        c.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with(&name))
+                    })
+                    .collect();
+                assert_eq!(issued.len(), 1, "one request, one certificate");
+                for c in issued {
+                    let condition = c.status.unwrap().conditions.unwrap().remove(0);
+                    assert_eq!(condition.reason.as_deref(), Some("DataStreamSidecar"));
+                    let _ = csrs
+                        .delete(c.metadata.name.as_deref().unwrap(), &Default::default())
+                        .await;
+                }
             }
+            (want, got) => panic!("{name} as {account}: wanted {want:?}, got {got:?}"),
         }
-        let _ = csrs.delete(&name, &Default::default()).await;
         let _ = std::fs::remove_file(kubeconfig);
     }
     kubectl(&[
