@@ -15,6 +15,8 @@
 //! - [`tls`]: the rustls client and server configurations built from those.
 //! - `kubernetes` (feature `kubernetes`): requesting a certificate through the Kubernetes
 //!   CertificateSigningRequest API with the pod's own ServiceAccount.
+//! - [`rotation`]: keeping the certificate fresh (70 % renewal, retries with backoff, the current
+//!   certificate kept until it expires), published on a watch channel.
 //! - [`accept`]: accepting a peer connection: TLS only, refusing plaintext and foreign peers with
 //!   the reason.
 //!
@@ -25,6 +27,7 @@ pub mod authority;
 pub mod credentials;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod rotation;
 pub mod spiffe;
 pub mod tls;
 pub mod verify;
