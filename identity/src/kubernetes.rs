@@ -139,3 +139,31 @@ fn outcome_of(
         }),
     )
 }
+
+/// The [`crate::rotation::Certifier`] of a sidecar: each key is certified through a CSR made with
+/// the sidecar's own client.
+#[derive(Clone)]
+pub struct CsrCertifier {
+    /// The sidecar's client (its ServiceAccount).
+    pub client: kube::Client,
+    /// CSR name prefix (the pod's name, so that an operator sees whose request it is).
+    pub name_prefix: String,
+    /// Lifetime asked for.
+    pub lifetime: Duration,
+    /// How long one request may wait for the signer.
+    pub wait: Duration,
+}
+
+impl crate::rotation::Certifier for CsrCertifier {
+    async fn certify(&self, key: &PendingKey) -> Result<Vec<CertificateDer<'static>>, String> {
+        request_certificate(
+            self.client.clone(),
+            key,
+            &self.name_prefix,
+            self.lifetime,
+            self.wait,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+}

@@ -12,7 +12,8 @@ use datastream_e2e::*;
 use datastream_identity::WorkloadId;
 use datastream_identity::authority::certificates_from_pem;
 use datastream_identity::credentials::PendingKey;
-use datastream_identity::kubernetes::{RequestError, request_certificate};
+use datastream_identity::kubernetes::{CsrCertifier, RequestError, request_certificate};
+use datastream_identity::rotation::{IdentityState, SystemClock};
 use datastream_identity::verify::{PeerVerifier, TrustAnchors};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -205,6 +206,53 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
         }
         let _ = std::fs::remove_file(kubeconfig);
     }
+    // The loop a sidecar runs, with the certifier it will use: ready with a certificate for its
+    // identity once the signer answers.
+    let kubeconfig = kubeconfig_for(&ns.name, "signed-sidecar");
+    let as_sidecar = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let prefix = format!("{}-rotation", ns.name);
+    let (tx, mut rx) = tokio::sync::watch::channel(IdentityState::Pending {
+        reason: "starting".into(),
+    });
+    let rotation = tokio::spawn(datastream_identity::rotation::run(
+        sidecar.clone(),
+        CsrCertifier {
+            client: as_sidecar,
+            name_prefix: prefix.clone(),
+            lifetime: Duration::from_secs(600),
+            wait: Duration::from_secs(30),
+        },
+        SystemClock,
+        tx,
+        std::future::pending(),
+    ));
+    let ready = tokio::time::timeout(
+        Duration::from_secs(30),
+        rx.wait_for(|s| s.credentials().is_some()),
+    )
+    .await
+    .expect("the rotation loop got a certificate")
+    .unwrap()
+    .credentials()
+    .cloned()
+    .unwrap();
+    assert_eq!(ready.id(), &sidecar);
+    rotation.abort();
+    for c in csrs.list(&Default::default()).await.unwrap().items {
+        let name = c.metadata.name.unwrap_or_default();
+        if name.starts_with(&prefix) {
+            let _ = csrs.delete(&name, &Default::default()).await;
+        }
+    }
+    let _ = std::fs::remove_file(kubeconfig);
     kubectl(&[
         "delete",
         "clusterrolebinding,clusterrole",
