@@ -54,8 +54,20 @@ impl ImageReference {
             Some((name, tag)) => (name, Some(tag.to_owned())),
             None => (last, None),
         };
-        if name.is_empty() {
-            return Err(bad("no image name"));
+        // A repository path component (distribution spec): lowercase alphanumerics and
+        // separators. This also keeps `..` and friends from naming a directory outside the store.
+        let component_ok = !name.is_empty()
+            && name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !component_ok {
+            return Err(bad(
+                "the image name must be lowercase letters, digits, '.', '_' or '-'",
+            ));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) if t.is_empty() => return Err(bad("empty tag")),
@@ -328,6 +340,13 @@ mod tests {
         assert!(ImageReference::parse("x@sha256:short").is_err());
         assert!(ImageReference::parse("x:").is_err());
         assert!(ImageReference::parse("registry/").is_err());
+        for escaping in ["x/..:1", "x/.hidden", "x/UPPER:1", "x/a b"] {
+            assert_eq!(
+                ImageReference::parse(escaping).unwrap_err().reason(),
+                "InvalidImageName",
+                "{escaping}"
+            );
+        }
         assert_eq!(
             ImageReference::parse("x@md5:1").unwrap_err().reason(),
             "InvalidImageName"
