@@ -160,7 +160,20 @@ pub fn check_request(
     let request =
         CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr))
             .map_err(|e| AuthorityError::Request(e.to_string()))?;
-    if request.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
+    // rcgen names the algorithm after the request's signature; the curve is in the key itself.
+    let p256_key = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .ok()
+        .is_some_and(|(_, parsed)| {
+            let spki = &parsed.certification_request_info.subject_pki;
+            spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+                && spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok())
+                    .is_some_and(|curve| curve == x509_parser::oid_registry::OID_EC_P256)
+        });
+    if request.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 || !p256_key {
         return Err(AuthorityError::Request(
             "only ECDSA P-256 keys are accepted".into(),
         ));
@@ -385,6 +398,13 @@ mod tests {
                 .sign(&key.csr_der().unwrap(), &foreign, DAY, now)
                 .is_err()
         );
+        // A P-384 key signed with SHA-256 claims the P-256 algorithm; the key's curve says no.
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().as_str().try_into().unwrap())];
+        let csr384 = params.serialize_request(&p384).unwrap();
+        let e = authority.sign(csr384.der(), &id, DAY, now).unwrap_err();
+        assert!(e.to_string().contains("P-256"), "{e}");
         // A tampered request fails its signature check.
         let mut csr = key.csr_der().unwrap();
         let last = csr.len() - 1;

@@ -36,7 +36,7 @@ pub enum RequestError {
         /// The condition's message.
         message: String,
     },
-    /// No answer in time (the signer is down or slow); the request stays and may still be signed.
+    /// No answer in time (the signer is down or slow); the request is withdrawn.
     #[error("certificate request {name} not signed within {waited:?}")]
     Timeout {
         /// The CSR's name.
@@ -103,6 +103,9 @@ pub async fn request_certificate(
             }
         }
         if tokio::time::Instant::now() + pause > deadline {
+            // Each retry makes a new request: do not leave this one behind (best effort; the
+            // controller-manager's cleaner removes pending requests after a day anyway).
+            let _ = api.delete(&name, &Default::default()).await;
             return Err(RequestError::Timeout { name, waited: wait });
         }
         tokio::time::sleep(pause).await;

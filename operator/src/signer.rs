@@ -64,13 +64,32 @@ pub fn decide(
         return Decision::Skip;
     }
     let status = csr.status.as_ref();
-    let decided = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-        c.iter()
-            .any(|c| ["Approved", "Denied", "Failed"].contains(&c.type_.as_str()))
-    });
-    if decided || status.and_then(|s| s.certificate.as_ref()).is_some() {
+    let has = |kind: &str| {
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == kind))
+    };
+    if has("Denied") || has("Failed") || status.and_then(|s| s.certificate.as_ref()).is_some() {
         return Decision::Skip;
     }
+    // Approved but not signed (signing failed, or the replica stopped in between): sign it now,
+    // after the same checks; an approved request that fails them is left alone (it can no
+    // longer be denied).
+    if has("Approved") {
+        return match decide_fresh(csr, trust_domain, sidecar_of) {
+            approve @ Decision::Approve { .. } => approve,
+            _ => Decision::Skip,
+        };
+    }
+    decide_fresh(csr, trust_domain, sidecar_of)
+}
+
+/// The checks of [`decide`], for a request with no decision yet.
+fn decide_fresh(
+    csr: &CertificateSigningRequest,
+    trust_domain: &str,
+    sidecar_of: impl Fn(&str, &str) -> Option<String>,
+) -> Decision {
     let deny = |reason, message: String| Decision::Deny { reason, message };
     let user = csr.spec.username.as_deref().unwrap_or_default();
     let Some(identity) = WorkloadId::from_service_account_user(trust_domain, user) else {
@@ -273,6 +292,44 @@ mod tests {
         });
         assert_eq!(decide(&approved, TD, sidecar_of), Decision::Skip);
     }
+
+    #[test]
+    fn an_approved_request_left_unsigned_is_signed_after_the_same_checks() {
+        let approved_condition = || {
+            Some(CertificateSigningRequestStatus {
+                conditions: Some(vec![
+                    condition(
+                        &Decision::Approve {
+                            identity: WorkloadId::new(TD, "shop", "catalog-sidecar").unwrap(),
+                            lifetime: MAX_LIFETIME,
+                        },
+                        jiff::Timestamp::now(),
+                    )
+                    .unwrap(),
+                ]),
+                certificate: None,
+            })
+        };
+        let mut pending = csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("catalog-sidecar"),
+        );
+        pending.status = approved_condition();
+        assert!(matches!(
+            decide(&pending, TD, sidecar_of),
+            Decision::Approve { .. }
+        ));
+        // Approved by someone else for an identity the requester does not own: not signed.
+        let mut foreign = csr(
+            "system:serviceaccount:shop:catalog-sidecar",
+            request_for("billing-sidecar"),
+        );
+        foreign.status = approved_condition();
+        assert_eq!(decide(&foreign, TD, sidecar_of), Decision::Skip);
+        // Signed already: nothing to do.
+        pending.status.as_mut().unwrap().certificate = Some(ByteString(b"pem".to_vec()));
+        assert_eq!(decide(&pending, TD, sidecar_of), Decision::Skip);
+    }
 }
 
 /// Name of the Secret holding the trust anchors (`ca.crt`) and the issuer (`tls.crt`, `tls.key`),
@@ -422,32 +479,59 @@ pub async fn run(
     authority: datastream_identity::authority::Authority,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    use futures::TryStreamExt;
+    use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
+    let authority = std::sync::Arc::new(authority);
     let config = watcher::Config::default().fields(&format!("spec.signerName={SIGNER_NAME}"));
+    // Watch errors (an apiserver restart, an expired resourceVersion) are logged and the watcher
+    // backs off and re-lists; the loop itself never ends before shutdown.
     let events = watcher::watcher(api.clone(), config)
         .default_backoff()
-        .try_for_each(|event| {
-            let (api, client, authority) = (api.clone(), client.clone(), &authority);
+        .for_each(|event| {
+            let (api, client, authority) = (api.clone(), client.clone(), authority.clone());
             async move {
                 let csrs = match event {
-                    watcher::Event::Apply(c) | watcher::Event::InitApply(c) => vec![c],
-                    _ => Vec::new(),
+                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => vec![c],
+                    Ok(_) => Vec::new(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate request watch failed; it resumes");
+                        Vec::new()
+                    }
                 };
                 for csr in csrs {
-                    if let Err(e) = handle(&api, &client, authority, &csr).await {
-                        tracing::warn!(csr = csr.metadata.name.as_deref().unwrap_or_default(), error = %e, "certificate request not handled; it is retried on its next change or resync");
+                    if let Err(e) = handle(&api, &client, &authority, &csr).await {
+                        let name = csr.metadata.name.clone().unwrap_or_default();
+                        tracing::warn!(csr = %name, error = %e, "certificate request not handled; retrying in 5 s");
+                        tokio::spawn(retry_later(api.clone(), client.clone(), authority.clone(), name));
                     }
                 }
-                Ok(())
             }
         });
     tokio::select! {
-        result = events => if let Err(e) = result {
-            tracing::error!(error = %e, "certificate request watch ended");
-        },
+        () = events => tracing::error!("certificate request watch ended"),
         () = shutdown => {}
+    }
+}
+
+/// Handles one request again after a failure, from a fresh read, a few times.
+async fn retry_later(
+    api: kube::Api<CertificateSigningRequest>,
+    client: kube::Client,
+    authority: std::sync::Arc<datastream_identity::authority::Authority>,
+    name: String,
+) {
+    for attempt in 1..=5u32 {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Ok(Some(csr)) = api.get_opt(&name).await else {
+            return;
+        };
+        match handle(&api, &client, &authority, &csr).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(csr = %name, attempt, error = %e, "certificate request still not handled")
+            }
+        }
     }
 }
 
@@ -472,19 +556,27 @@ async fn handle(
     let Some(condition) = condition(&decision, jiff::Timestamp::now()) else {
         return Ok(());
     };
-    let resource_version = csr.metadata.resource_version.clone();
-    let approval = serde_json::json!({
-        "metadata": {"resourceVersion": resource_version},
-        "status": {"conditions": [condition]},
-    });
-    let approved = match api
-        .patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
-        .await
-    {
-        Ok(c) => c,
-        // Another replica decided first.
-        Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let already_approved = csr
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Approved"));
+    let approved = if already_approved {
+        csr.clone()
+    } else {
+        let approval = serde_json::json!({
+            "metadata": {"resourceVersion": csr.metadata.resource_version},
+            "status": {"conditions": [condition]},
+        });
+        match api
+            .patch_approval(&name, &PatchParams::default(), &Patch::Merge(&approval))
+            .await
+        {
+            Ok(c) => c,
+            // Another replica decided first.
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
     };
     let Decision::Approve { identity, lifetime } = decision else {
         tracing::info!(csr = %name, condition = ?approved.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.last()).and_then(|c| c.reason.clone()), "certificate request denied");

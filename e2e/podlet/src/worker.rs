@@ -1016,10 +1016,9 @@ impl Worker {
             self.wait_all_exited(Instant::now() + Duration::from_secs(10))
                 .await;
         }
-        // Group members that outlived their leader get no grace either.
-        for pid in running {
-            signal_process(pid, Signal::SIGKILL);
-        }
+        // No SIGKILL to the recorded pids afterwards: when a container's init (PID 1 of its
+        // namespace) dies the kernel kills the rest of the container, and the pid may already
+        // belong to another process.
     }
 
     async fn wait_all_exited(&mut self, deadline: Instant) -> bool {
@@ -1139,10 +1138,14 @@ fn kill_for(c: &mut Ctr, pod: &str, reason: &str) {
             t.cancel();
         }
         let grace = Duration::from_secs(10);
+        // The start time tells this process from a later one that reused its pid.
+        let started = crate::process::start_time(pid);
         signal_process(pid, Signal::SIGTERM);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            signal_process(pid, Signal::SIGKILL);
+            if started.is_some() && crate::process::start_time(pid) == started {
+                signal_process(pid, Signal::SIGKILL);
+            }
         });
     }
 }

@@ -93,7 +93,7 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
     .await;
     // What the sidecars' RBAC will grant: creating and reading their requests.
     let grant = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-csr}}\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [create, get]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-csr}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-csr}}\nsubjects:\n- {{kind: ServiceAccount, name: signed-sidecar, namespace: {ns}}}\n- {{kind: ServiceAccount, name: default, namespace: {ns}}}\n",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-csr}}\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [create, get, delete]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-csr}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-csr}}\nsubjects:\n- {{kind: ServiceAccount, name: signed-sidecar, namespace: {ns}}}\n- {{kind: ServiceAccount, name: default, namespace: {ns}}}\n",
         ns = ns.name
     );
     assert!(kubectl_stdin(&["apply", "-f", "-"], Some(&grant)).ok);
