@@ -197,7 +197,10 @@ async fn operator_reconciles_a_stream_through_its_whole_life() {
         || async {
             let ds = stream(&streams, "catalog").await?;
             let status = ds.status.clone()?;
+            // Ready replicas come from the StatefulSet and endpoints from the EndpointSlices,
+            // which the endpoint controller updates a moment later: both must show all three.
             (status.ready_replicas == 3
+                && status.endpoints.len() == 3
                 && status.phase == Some(datastream_api::v1alpha1::Phase::Available))
             .then_some(ds)
         },
