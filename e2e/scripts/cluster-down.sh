@@ -40,6 +40,9 @@ if [[ -d "$run_dir/pods" ]]; then
     while read -r mnt; do umount -l "$mnt" 2>/dev/null || true; done
   rm -rf "${run_dir:?}/pods"
 fi
+# The unpacked images (one rootfs per digest; every commit has new digests, and the podlet does
+# no image garbage collection): unpacked again on demand at the next start.
+rm -rf "${state:?}/images"
 stop_pidfile "control plane" "$run_dir/cluster.pid" 60
 rm -f "$state/ready"
 
