@@ -60,18 +60,10 @@ pub fn decide(
     trust_domain: &str,
     sidecar_of: impl Fn(&str, &str) -> Option<String>,
 ) -> Decision {
-    if csr.spec.signer_name != SIGNER_NAME {
+    if settled(csr) {
         return Decision::Skip;
     }
-    let status = csr.status.as_ref();
-    let has = |kind: &str| {
-        status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == kind))
-    };
-    if has("Denied") || has("Failed") || status.and_then(|s| s.certificate.as_ref()).is_some() {
-        return Decision::Skip;
-    }
+    let has = |kind: &str| has_condition(csr, kind);
     // Approved but not signed (signing failed, or the replica stopped in between): sign it now,
     // after the same checks; an approved request that fails them is left alone (it can no
     // longer be denied).
@@ -82,6 +74,25 @@ pub fn decide(
         };
     }
     decide_fresh(csr, trust_domain, sidecar_of)
+}
+
+/// Whether `csr` is not ours or needs nothing more: another signer's, denied, failed or signed.
+pub fn settled(csr: &CertificateSigningRequest) -> bool {
+    csr.spec.signer_name != SIGNER_NAME
+        || has_condition(csr, "Denied")
+        || has_condition(csr, "Failed")
+        || csr
+            .status
+            .as_ref()
+            .and_then(|s| s.certificate.as_ref())
+            .is_some()
+}
+
+fn has_condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
+    csr.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == kind))
 }
 
 /// The checks of [`decide`], for a request with no decision yet.
@@ -542,6 +553,10 @@ async fn handle(
     csr: &CertificateSigningRequest,
 ) -> Result<(), SignerError> {
     use kube::api::{Patch, PatchParams};
+    // Every issued request comes back on each re-list: no API reads for those.
+    if settled(csr) {
+        return Ok(());
+    }
     let name = csr.metadata.name.clone().unwrap_or_default();
     let requester = csr
         .spec
@@ -556,12 +571,7 @@ async fn handle(
     let Some(condition) = condition(&decision, jiff::Timestamp::now()) else {
         return Ok(());
     };
-    let already_approved = csr
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Approved"));
-    let approved = if already_approved {
+    let approved = if has_condition(csr, "Approved") {
         csr.clone()
     } else {
         let approval = serde_json::json!({

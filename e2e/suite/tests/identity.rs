@@ -62,6 +62,18 @@ fn kubeconfig_for(namespace: &str, service_account: &str) -> std::path::PathBuf 
     path
 }
 
+/// A client authenticating as `namespace/service_account` only, and its kubeconfig file.
+async fn client_as(namespace: &str, service_account: &str) -> (kube::Client, std::path::PathBuf) {
+    let kubeconfig = kubeconfig_for(namespace, service_account);
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    (kube::Client::try_from(config).unwrap(), kubeconfig)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() {
     let client = client().await.expect("local cluster");
@@ -118,17 +130,8 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
     for (i, (account, asks_for, denied)) in cases.into_iter().enumerate() {
         let name = format!("{}-{i}", ns.name);
         let key = PendingKey::generate(&asks_for).unwrap();
-        let kubeconfig = kubeconfig_for(&ns.name, account);
         // The sidecar's own client: the ServiceAccount's token, nothing else.
-        let as_account = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let (as_account, kubeconfig) = client_as(&ns.name, account).await;
         let result = request_certificate(
             as_account,
             &key,
@@ -208,16 +211,7 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
     }
     // The loop a sidecar runs, with the certifier it will use: ready with a certificate for its
     // identity once the signer answers.
-    let kubeconfig = kubeconfig_for(&ns.name, "signed-sidecar");
-    let as_sidecar = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
+    let (as_sidecar, kubeconfig) = client_as(&ns.name, "signed-sidecar").await;
     let prefix = format!("{}-rotation", ns.name);
     let (tx, mut rx) = tokio::sync::watch::channel(IdentityState::Pending {
         reason: "starting".into(),
