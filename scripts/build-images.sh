@@ -59,6 +59,28 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/build-images.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 : > "$work/digests"
 
+# start_layout LAYOUT TAG BUNDLE: an empty image in a fresh layout, unpacked into BUNDLE.
+start_layout() {
+  rm -rf "$1" "$1.oci.tar"
+  umoci init --layout "$1"
+  umoci new --image "$1:$2"
+  umoci unpack --image "$1:$2" "$3" >/dev/null
+}
+
+# seal_layout LAYOUT TAG BUNDLE CONFIG-FLAG...: BUNDLE's rootfs as the image's one layer, with
+# fixed ownership and mtimes, then the configuration, and unused blobs dropped.
+seal_layout() {
+  local layout="$1" tag="$2" bundle="$3"
+  shift 3
+  chown -R 0:0 "$bundle/rootfs"
+  chmod 0755 "$bundle/rootfs"
+  find "$bundle/rootfs" -exec touch -h -d "@$epoch" {} +
+  umoci repack --image "$layout:$tag" --history.created "$created" \
+    --history.created_by "scripts/build-images.sh" "$bundle"
+  umoci config --image "$layout:$tag" --created "$created" --history.created "$created" \
+    --history.created_by "scripts/build-images.sh" "$@"
+}
+
 # build_image NAME BINARY TAG DESCRIPTION PORT... : one layout, one layer.
 build_image() {
   local name="$1" binary="$2" tag="$3" description="$4"
@@ -69,10 +91,7 @@ build_image() {
     echo "build-images: $binary is dynamically linked; an empty image cannot run it" >&2
     exit 1
   fi
-  rm -rf "$layout" "$layout.oci.tar"
-  umoci init --layout "$layout"
-  umoci new --image "$layout:$tag"
-  umoci unpack --image "$layout:$tag" "$bundle" >/dev/null
+  start_layout "$layout" "$tag" "$bundle"
   local rootfs="$bundle/rootfs"
   # The layout of images/*.Dockerfile's final stage: passwd/group naming UID/GID 65532 and the
   # binary in /usr/local/bin.
@@ -81,11 +100,6 @@ build_image() {
   printf 'nonroot:x:65532:\n' > "$rootfs/etc/group"
   chmod 0644 "$rootfs/etc/passwd" "$rootfs/etc/group"
   install -m 0555 "$binary" "$rootfs/usr/local/bin/$(basename "$binary")"
-  chown -R 0:0 "$rootfs"
-  chmod 0755 "$rootfs"
-  find "$rootfs" -exec touch -h -d "@$epoch" {} +
-  umoci repack --image "$layout:$tag" --history.created "$created" \
-    --history.created_by "scripts/build-images.sh" "$bundle"
   local config=(--config.user 65532:65532 --config.entrypoint "/usr/local/bin/$(basename "$binary")"
     --config.workingdir /
     --config.label "org.opencontainers.image.source=$source_url"
@@ -96,8 +110,7 @@ build_image() {
     --config.label "org.opencontainers.image.licenses=Apache-2.0")
   local port
   for port in "$@"; do config+=(--config.exposedports "$port/tcp"); done
-  umoci config --image "$layout:$tag" --created "$created" --history.created "$created" \
-    --history.created_by "scripts/build-images.sh" "${config[@]}"
+  seal_layout "$layout" "$tag" "$bundle" "${config[@]}"
   umoci tag --image "$layout:$tag" dev
   umoci gc --layout "$layout"
   # The archive of the layout, itself reproducible.
@@ -119,29 +132,18 @@ if [[ "$test_images" == 1 ]]; then
   busybox=/bin/busybox
   [[ -x "$busybox" ]] || { echo "build-images: $busybox missing (apt-get install busybox-static)" >&2; exit 1; }
   # Not a product image: a shell for the podlet's tests. busybox applets are links to one binary.
-  build_busybox() {
-    local layout="$out/datastream-e2e-busybox" bundle="$work/busybox" tag=test
-    rm -rf "$layout" "$layout.oci.tar"
-    umoci init --layout "$layout"
-    umoci new --image "$layout:$tag"
-    umoci unpack --image "$layout:$tag" "$bundle" >/dev/null
-    install -d -m 0755 "$bundle/rootfs/bin" "$bundle/rootfs/etc" "$bundle/rootfs/tmp"
-    install -m 0555 "$busybox" "$bundle/rootfs/bin/busybox"
-    local applet
-    for applet in sh cat ls echo sleep env hostname id ip mkdir printf sed test true false wc grep head tail touch kill ps awk tr cut sort stat rm mv cp chmod ln dd seq whoami mount df; do
-      ln -s busybox "$bundle/rootfs/bin/$applet"
-    done
-    chmod 1777 "$bundle/rootfs/tmp"
-    printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' > "$bundle/rootfs/etc/passwd"
-    printf 'root:x:0:\nnonroot:x:65532:\n' > "$bundle/rootfs/etc/group"
-    chown -R 0:0 "$bundle/rootfs"
-    find "$bundle/rootfs" -exec touch -h -d "@$epoch" {} +
-    umoci repack --image "$layout:$tag" --history.created "$created" "$bundle"
-    umoci config --image "$layout:$tag" --created "$created" --history.created "$created" \
-      --config.entrypoint /bin/sh --config.env PATH=/bin
-    umoci gc --layout "$layout"
-    echo "build-images: datastream-e2e-busybox:$tag"
-  }
-  build_busybox
+  layout="$out/datastream-e2e-busybox" bundle="$work/busybox"
+  start_layout "$layout" test "$bundle"
+  install -d -m 0755 "$bundle/rootfs/bin" "$bundle/rootfs/etc" "$bundle/rootfs/tmp"
+  install -m 0555 "$busybox" "$bundle/rootfs/bin/busybox"
+  for applet in sh cat ls echo sleep env hostname id ip mkdir printf sed test true false wc grep head tail touch kill ps awk tr cut sort stat rm mv cp chmod ln dd seq whoami mount df; do
+    ln -s busybox "$bundle/rootfs/bin/$applet"
+  done
+  chmod 1777 "$bundle/rootfs/tmp"
+  printf 'root:x:0:0:root:/root:/bin/sh\nnonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n' > "$bundle/rootfs/etc/passwd"
+  printf 'root:x:0:\nnonroot:x:65532:\n' > "$bundle/rootfs/etc/group"
+  seal_layout "$layout" test "$bundle" --config.entrypoint /bin/sh --config.env PATH=/bin
+  umoci gc --layout "$layout"
+  echo "build-images: datastream-e2e-busybox:test"
 fi
 mv "$work/digests" "$out/digests"
