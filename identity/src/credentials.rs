@@ -52,6 +52,11 @@ impl PendingKey {
         })
     }
 
+    /// The identity the key is for.
+    pub fn id(&self) -> &WorkloadId {
+        &self.id
+    }
+
     /// A key generated elsewhere (PKCS#8 PEM), for tools and tests; sidecars use [`Self::generate`].
     pub fn with_key_pem(id: &WorkloadId, pem: &str) -> Result<Self, CredentialsError> {
         Ok(Self {

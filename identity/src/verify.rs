@@ -144,6 +144,48 @@ impl TrustAnchors {
             subjects: Arc::new(subjects),
         })
     }
+
+    /// Anchors from a PEM bundle (one or more `CERTIFICATE` blocks, as in a `ca.crt`).
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("trust anchors: not a PEM certificate bundle ({e})"))?;
+        Self::new(&certs).map_err(|e| e.to_string())
+    }
+
+    /// How many anchors there are (two during a rotation).
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    /// Whether there is no anchor (never true for a constructed value).
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    /// Checks that `chain` (leaf first) proves `id` to peers that trust these anchors, for both
+    /// the dialing and the accepting side, at `now`: what a sidecar checks of its own certificate
+    /// before calling itself ready, so that a chain from a foreign issuer shows at once and not as
+    /// refused connections.
+    pub fn check_own(
+        &self,
+        chain: &[CertificateDer<'_>],
+        id: &WorkloadId,
+        now: UnixTime,
+    ) -> Result<(), Refusal> {
+        let (leaf, intermediates) = chain.split_first().ok_or(Refusal::NoCertificate)?;
+        let policy = Policy::new(self.clone(), id.trust_domain(), vec![id.clone()]);
+        for usage in [
+            webpki::KeyUsage::server_auth(),
+            webpki::KeyUsage::client_auth(),
+        ] {
+            policy
+                .check(leaf, intermediates, now, usage)
+                .map_err(|e| Refusal::of(&e).unwrap_or(Refusal::BadCertificate))?;
+        }
+        Ok(())
+    }
 }
 
 /// What a peer must prove: a chain to the anchors, and one of the allowed identities in the trust

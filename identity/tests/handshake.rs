@@ -411,3 +411,49 @@ async fn accepting_refuses_plaintext_and_anonymous_clients() {
     assert_eq!(&buf, b"ping");
     drop(dial.await.unwrap());
 }
+
+/// A sidecar's check of its own certificate before it calls itself ready: its chain must prove its
+/// identity to peers that trust the published anchors, or it would only show as refused
+/// connections on the other side.
+#[test]
+fn a_sidecar_checks_its_own_chain_against_the_published_anchors() {
+    let pki = new_pki("cluster.local");
+    let me = id("cluster.local", "orders-sidecar");
+    let now = OffsetDateTime::now_utc();
+    let mine = creds(&pki, &me, now, DAY);
+    let published = TrustAnchors::from_pem(&pki.anchor.cert).unwrap();
+    assert_eq!(published.len(), 1);
+    let unix_now = rustls::pki_types::UnixTime::now();
+    assert_eq!(published.check_own(mine.chain(), &me, unix_now), Ok(()));
+
+    // Another installation's anchors (an issuer the pods were not told about).
+    let foreign = new_pki("cluster.local");
+    let foreign_anchors = TrustAnchors::from_pem(&foreign.anchor.cert).unwrap();
+    assert_eq!(
+        foreign_anchors.check_own(mine.chain(), &me, unix_now),
+        Err(Refusal::UnknownIssuer)
+    );
+    // A bundle of both (an anchor rotation) accepts it.
+    let both =
+        TrustAnchors::from_pem(&format!("{}{}", foreign.anchor.cert, pki.anchor.cert)).unwrap();
+    assert_eq!(both.len(), 2);
+    assert_eq!(both.check_own(mine.chain(), &me, unix_now), Ok(()));
+    // A certificate for someone else is not ours.
+    assert_eq!(
+        published.check_own(mine.chain(), &id("cluster.local", "other"), unix_now),
+        Err(Refusal::WrongIdentity)
+    );
+    // Expired by the time it is checked.
+    let later = rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+        u64::try_from((now + 2 * DAY).unix_timestamp()).unwrap(),
+    ));
+    assert_eq!(
+        published.check_own(mine.chain(), &me, later),
+        Err(Refusal::Expired)
+    );
+    assert_eq!(
+        published.check_own(&[], &me, unix_now),
+        Err(Refusal::NoCertificate)
+    );
+    assert!(TrustAnchors::from_pem("not a certificate").is_err());
+}

@@ -53,6 +53,20 @@ pub const CLIENT_SERVICE_PORT: i32 = 80;
 pub struct Settings {
     /// Sidecar image used when a DataStream does not override it.
     pub sidecar_image: String,
+    /// The sidecars' workload identity, when the operator signs their certificates.
+    pub identity: Option<SidecarIdentity>,
+}
+
+/// What the sidecars need to get and check workload certificates (see docs/identity.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarIdentity {
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// PEM bundle of the trust anchors. It is part of the pod template, so a new anchor rolls
+    /// the pods one at a time (Linkerd's model); during a rotation the bundle holds both.
+    pub trust_anchors_pem: String,
+    /// Certificate lifetime the sidecars ask for, in seconds (`None`: the sidecar's default).
+    pub certificate_lifetime_seconds: Option<u64>,
 }
 
 /// Everything the operator applies for one DataStream. `pdb` is `None` when the stream has a
@@ -206,7 +220,44 @@ pub fn pod_config_hash(ds: &DataStream, settings: &Settings) -> String {
     hasher.update(&sidecar);
     hasher.update([0]);
     hasher.update(settings.sidecar_image.as_bytes());
+    // Only when on, so that turning identity on changes the hash and every other hash stays put.
+    if let Some(identity) = &settings.identity {
+        hasher.update([0]);
+        hasher.update(identity.trust_domain.as_bytes());
+        hasher.update([0]);
+        hasher.update(identity.trust_anchors_pem.as_bytes());
+        hasher.update([0]);
+        hasher.update(
+            identity
+                .certificate_lifetime_seconds
+                .unwrap_or(0)
+                .to_le_bytes(),
+        );
+    }
     hex::encode(&hasher.finalize()[..8])
+}
+
+/// The sidecar's identity settings: the trust domain and anchors, and the ServiceAccount whose
+/// identity it proves, from the pod spec itself.
+fn identity_env(identity: Option<&SidecarIdentity>) -> Vec<EnvVar> {
+    let Some(identity) = identity else {
+        return Vec::new();
+    };
+    let mut env = vec![
+        field_env("POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        value_env("DATASTREAM_TRUST_DOMAIN", identity.trust_domain.clone()),
+        value_env(
+            "DATASTREAM_TRUST_ANCHORS",
+            identity.trust_anchors_pem.clone(),
+        ),
+    ];
+    if let Some(seconds) = identity.certificate_lifetime_seconds {
+        env.push(value_env(
+            "DATASTREAM_CERTIFICATE_LIFETIME_SECONDS",
+            seconds.to_string(),
+        ));
+    }
+    env
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {
@@ -369,22 +420,27 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
                 .unwrap_or_else(|| settings.sidecar_image.clone()),
         ),
         args: Some(vec!["kubernetes".to_owned()]),
-        env: Some(vec![
-            value_env("DATASTREAM_NAME", name.clone()),
-            value_env("DATASTREAM_PEER_SERVICE", names.peers.clone()),
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_IP", "status.podIP"),
-            value_env("WORKLOAD_PORT", spec.workload.port.to_string()),
-            value_env(
-                "WORKLOAD_READINESS_PATH",
-                spec.workload.readiness_path.clone(),
-            ),
-            value_env(
-                "DATASTREAM_LOG",
-                spec.sidecar.log_level.unwrap_or_default().as_str(),
-            ),
-        ]),
+        env: Some(
+            [
+                value_env("DATASTREAM_NAME", name.clone()),
+                value_env("DATASTREAM_PEER_SERVICE", names.peers.clone()),
+                field_env("POD_NAME", "metadata.name"),
+                field_env("POD_NAMESPACE", "metadata.namespace"),
+                field_env("POD_IP", "status.podIP"),
+                value_env("WORKLOAD_PORT", spec.workload.port.to_string()),
+                value_env(
+                    "WORKLOAD_READINESS_PATH",
+                    spec.workload.readiness_path.clone(),
+                ),
+                value_env(
+                    "DATASTREAM_LOG",
+                    spec.sidecar.log_level.unwrap_or_default().as_str(),
+                ),
+            ]
+            .into_iter()
+            .chain(identity_env(settings.identity.as_ref()))
+            .collect(),
+        ),
         ports: Some(vec![
             port("traffic", SIDECAR_TRAFFIC_PORT),
             port("peer", SIDECAR_PEER_PORT),

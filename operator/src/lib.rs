@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod certificate_access;
 pub mod controller;
 pub mod desired;
 pub mod error;

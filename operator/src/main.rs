@@ -92,9 +92,15 @@ struct RunArgs {
     resync_seconds: u64,
     /// Approve and sign the sidecars' workload certificate requests (`datastream.dev/workload`
     /// CSRs), with the trust anchor and issuer of Secret `datastream-identity` in the operator's
-    /// namespace, generated when absent. Off until the sidecars use it (issue 14, docs/identity.md).
-    #[arg(long, env = "DATASTREAM_WORKLOAD_SIGNER", default_value_t = false, action = clap::ArgAction::Set)]
+    /// namespace, generated when absent, and give the sidecars their identity settings (see
+    /// docs/identity.md). Needs cluster-scoped access (CSRs are cluster-scoped): a
+    /// namespace-scoped install turns it off.
+    #[arg(long, env = "DATASTREAM_WORKLOAD_SIGNER", default_value_t = true, action = clap::ArgAction::Set)]
     workload_signer: bool,
+    /// Lifetime of the sidecars' workload certificates, in seconds (600, the Kubernetes API's
+    /// minimum, to 86400, the signer's cap; default 86400).
+    #[arg(long, env = "DATASTREAM_CERTIFICATE_LIFETIME_SECONDS", value_parser = clap::value_parser!(u64).range(600..=86_400))]
+    certificate_lifetime_seconds: Option<u64>,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "DATASTREAM_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -173,10 +179,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     let leadership = elector
         .as_ref()
         .map_or_else(leader::Leadership::unconditional, |e| e.leadership());
+    let mut sidecar_identity = None;
     if args.workload_signer {
         // Issuance does not wait for leadership: every replica signs.
         let signer_client = Client::try_from(config.clone())?;
-        let (authority, _) = datastream_operator::signer::load_or_create_authority(
+        let (authority, trust_anchors_pem) = datastream_operator::signer::load_or_create_authority(
             &signer_client,
             &args.lease_namespace,
             &args.trust_domain,
@@ -188,6 +195,11 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
             authority,
             std::future::pending(),
         ));
+        sidecar_identity = Some(desired::SidecarIdentity {
+            trust_domain: args.trust_domain.clone(),
+            trust_anchors_pem,
+            certificate_lifetime_seconds: args.certificate_lifetime_seconds,
+        });
     }
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&fence::FenceLayer::new(leadership))
@@ -239,6 +251,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
 
     let settings = desired::Settings {
         sidecar_image: args.sidecar_image.clone(),
+        identity: sidecar_identity,
     };
 
     if let Some(elector) = &mut elector {
@@ -252,6 +265,15 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
     info!(%identity, "reconciling DataStreams");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if settings.identity.is_some() {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(datastream_operator::certificate_access::run(
+            client.clone(),
+            async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
     let controllers = futures::future::join_all(scopes.into_iter().map(|scope| {
         let mut stop = stop_rx.clone();
         tokio::spawn(controller::run(
@@ -313,6 +335,7 @@ fn render(args: &RenderArgs) -> std::process::ExitCode {
     };
     let settings = desired::Settings {
         sidecar_image: args.sidecar_image.clone(),
+        identity: None,
     };
     match datastream_operator::render::render(&input, &settings, &args.namespace) {
         Ok(yaml) => {

@@ -93,6 +93,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             sidecar_image: "example.com/datastream-sidecar:0.1.0".into(),
+            identity: None,
         }
     }
 

@@ -163,6 +163,7 @@ fn caches() -> (Stores, Caches) {
 fn settings() -> Settings {
     Settings {
         sidecar_image: "example.com/datastream-sidecar:0.1.0".into(),
+        identity: None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The admin listener: `/live`, `/ready`, `/metrics`, `/config` and `/endpoints`.
+//! The admin listener: `/live`, `/ready`, `/metrics`, `/config`, `/endpoints` and `/identity`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -107,6 +107,11 @@ fn route(shared: &Shared, settings: &Value, req: &Request<Incoming>) -> Response
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if !shared.endpoints_known() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "no endpoints known yet\n")
+            } else if let Some(reason) = shared.identity().and_then(|i| i.not_ready_reason()) {
+                let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                *resp.body_mut() =
+                    ResponseBody::full(format!("no workload certificate: {reason}\n"));
+                resp
             } else if shared.resilience.local_workload_failing() {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -140,6 +145,11 @@ fn route(shared: &Shared, settings: &Value, req: &Request<Incoming>) -> Response
             }))
         }
         "/endpoints" => json_response(&endpoints_json(shared)),
+        "/identity" => json_response(
+            &shared
+                .identity()
+                .map_or_else(|| json!({ "state": "disabled" }), |i| i.to_json()),
+        ),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }

@@ -13,9 +13,12 @@ use crate::config::compile::compile;
 use crate::config::reload::{self, POLL_INTERVAL};
 use crate::config::{FileConfig, Overrides, Resolved};
 use crate::discovery::kubernetes::{self, Identity};
+use crate::identity::IdentitySettings;
 use crate::metrics::Metrics;
 use crate::runtime::{RuntimeSettings, Sidecar};
 use crate::state::Shared;
+use datastream_identity::WorkloadId;
+use datastream_identity::verify::TrustAnchors;
 
 /// A validated configuration, ready to run.
 #[derive(Debug)]
@@ -39,6 +42,7 @@ enum Mode {
         runtime: RuntimeSettings,
         me: Identity,
         traffic: TrafficPolicy,
+        identity: Option<IdentitySettings>,
     },
 }
 
@@ -115,6 +119,7 @@ fn prepare_kubernetes(cli: &Cli, mut flags: Overrides) -> Result<Prepared, Vec<S
     else {
         return Err(vec!["invalid Kubernetes settings".into()]);
     };
+    let identity = identity_settings(k, &namespace)?;
     let me = Identity {
         peer_service: k
             .peer_service
@@ -133,8 +138,62 @@ fn prepare_kubernetes(cli: &Cli, mut flags: Overrides) -> Result<Prepared, Vec<S
             runtime: resolved.runtime,
             me,
             traffic: resolved.traffic,
+            identity,
         },
     })
+}
+
+/// The workload identity settings, when `--trust-domain` asks for one.
+fn identity_settings(
+    k: &crate::config::cli::KubeArgs,
+    namespace: &str,
+) -> Result<Option<IdentitySettings>, Vec<String>> {
+    let Some(trust_domain) = k.trust_domain.as_deref().filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let mut errors = Vec::new();
+    let anchors = match k.trust_anchors.as_deref().filter(|a| !a.trim().is_empty()) {
+        Some(pem) => TrustAnchors::from_pem(pem)
+            .map_err(|e| errors.push(format!("DATASTREAM_TRUST_ANCHORS (--trust-anchors): {e}")))
+            .ok(),
+        None => {
+            errors.push(
+                "a trust domain needs DATASTREAM_TRUST_ANCHORS (--trust-anchors), the PEM bundle peers chain to"
+                    .into(),
+            );
+            None
+        }
+    };
+    let id = match k.service_account.as_deref().filter(|s| !s.is_empty()) {
+        Some(sa) => WorkloadId::new(trust_domain, namespace, sa)
+            .map_err(|e| errors.push(format!("workload identity: {e}")))
+            .ok(),
+        None => {
+            errors.push(
+                "a trust domain needs POD_SERVICE_ACCOUNT (--service-account), the identity to prove"
+                    .into(),
+            );
+            None
+        }
+    };
+    let lifetime = match k.certificate_lifetime_seconds {
+        None => crate::identity::DEFAULT_LIFETIME,
+        Some(s) if (600..=86_400).contains(&s) => std::time::Duration::from_secs(s),
+        Some(s) => {
+            errors.push(format!(
+                "DATASTREAM_CERTIFICATE_LIFETIME_SECONDS: {s} is outside 600..=86400 (the Kubernetes API's minimum and the signer's cap)"
+            ));
+            crate::identity::DEFAULT_LIFETIME
+        }
+    };
+    match (anchors, id) {
+        (Some(anchors), Some(id)) if errors.is_empty() => Ok(Some(IdentitySettings {
+            id,
+            anchors,
+            lifetime,
+        })),
+        _ => Err(errors),
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then drains.
@@ -173,11 +232,22 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             runtime,
             me,
             traffic,
+            identity,
         } => {
             let policy = compile(&traffic, 1, "built-in default", &metrics)
                 .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
             let shared = Arc::new(Shared::new(policy, metrics));
             let client = kube::Client::try_default().await?;
+            if let Some(settings) = identity {
+                tracing::info!(id = %settings.id, lifetime = ?settings.lifetime, trust_anchors = settings.anchors.len(), "workload identity on");
+                shared.set_identity(crate::identity::start(
+                    settings,
+                    client.clone(),
+                    &me.pod_name,
+                    &shared.metrics,
+                    close_rx.clone(),
+                ));
+            }
             let settings = settings_json(&runtime, "kubernetes", Some(&me));
             let sidecar = Sidecar::start(&runtime, Arc::clone(&shared), settings).await?;
             let background = tokio::spawn(kubernetes::run(client, me, shared, close_rx));

@@ -8,7 +8,8 @@
 //! EndpointSlices), the policy from the DataStream's `spec.traffic` (or the same shape in a
 //! YAML file); both swap in live.
 //!
-//! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`], [`route`],
+//! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`], [`identity`]
+//! (the workload certificate), [`route`],
 //! [`policy`], [`proxy`] (the request path behind the HTTP server), [`admin`], [`runtime`]
 //! (listeners, start, drain), [`state`], [`metrics`]. The layers below are their own crates,
 //! which know nothing of this one or of the API types: `datastream-http` (codec, connections,
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod discovery;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -50,6 +50,17 @@ pub struct Metrics {
     pub config_rejected: Counter,
     /// Metrics of the resilience layer.
     pub resilience: ResilienceMetrics,
+    /// The workload certificate's gauges.
+    pub identity: Arc<IdentityMetrics>,
+}
+
+/// Gauges of the sidecar's workload certificate (zero when the sidecar runs without identity).
+#[derive(Debug, Default)]
+pub struct IdentityMetrics {
+    /// 1 while the sidecar holds a valid certificate.
+    pub ready: Gauge,
+    /// The certificate's `notAfter`, in Unix seconds (the expiry alert compares it with `time()`).
+    pub certificate_expiry: Gauge,
 }
 
 /// Per-route response counters by status class, and the listener's latency histogram.
@@ -74,6 +85,7 @@ impl Metrics {
             config_version: Gauge::default(),
             config_rejected: Counter::default(),
             resilience,
+            identity: Arc::default(),
             registry: Registry::default(),
         };
         // Registration order is the order of `/metrics`.
@@ -100,6 +112,16 @@ impl Metrics {
             m.config_rejected.clone(),
         );
         m.resilience.register(&mut registry);
+        registry.register(
+            "identity_ready",
+            "1 while the sidecar holds a valid workload certificate",
+            m.identity.ready.clone(),
+        );
+        registry.register(
+            "identity_certificate_expiry_timestamp_seconds",
+            "When the workload certificate expires (Unix seconds; 0 without one)",
+            m.identity.certificate_expiry.clone(),
+        );
         Self { registry, ..m }
     }
 

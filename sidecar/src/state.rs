@@ -31,6 +31,8 @@ pub struct Shared {
     pub peer_metrics: RouteMetrics,
     /// Retry budget, adaptive concurrency limit and local health, kept across policy updates.
     pub resilience: datastream_resilience::Runtime,
+    /// The workload identity, when the sidecar runs with one.
+    identity: std::sync::OnceLock<crate::identity::IdentityHandle>,
 }
 
 /// What `/config` reports about configuration updates.
@@ -70,7 +72,18 @@ impl Shared {
                 &crate::config::resilience::default_settings(),
             ),
             metrics,
+            identity: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the workload identity (once, at start).
+    pub fn set_identity(&self, handle: crate::identity::IdentityHandle) {
+        let _ = self.identity.set(handle);
+    }
+
+    /// The workload identity, if the sidecar runs with one.
+    pub fn identity(&self) -> Option<&crate::identity::IdentityHandle> {
+        self.identity.get()
     }
 
     /// The live policy.

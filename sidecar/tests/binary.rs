@@ -122,6 +122,46 @@ async fn invalid_flags_are_all_reported_with_exit_code_2() {
     }
 }
 
+/// Identity settings in Kubernetes mode are checked before anything starts: a trust domain needs
+/// the anchors and the ServiceAccount, the anchors must be PEM certificates, and the lifetime must
+/// be one the Kubernetes API and the signer accept; every problem is reported at once.
+#[test]
+fn bad_identity_settings_are_all_reported_with_exit_code_2() {
+    let run = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_datastream-sidecar"));
+        cmd.arg("kubernetes")
+            .env_clear()
+            .env("DATASTREAM_NAME", "orders")
+            .env("POD_NAMESPACE", "shop")
+            .env("POD_IP", "10.0.0.1")
+            .env("WORKLOAD_PORT", "8080");
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[("DATASTREAM_TRUST_DOMAIN", "cluster.local")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("DATASTREAM_TRUST_ANCHORS"), "{err}");
+    assert!(err.contains("POD_SERVICE_ACCOUNT"), "{err}");
+
+    let (code, err) = run(&[
+        ("DATASTREAM_TRUST_DOMAIN", "cluster.local"),
+        ("DATASTREAM_TRUST_ANCHORS", "not a certificate"),
+        ("POD_SERVICE_ACCOUNT", "orders-sidecar"),
+        ("DATASTREAM_CERTIFICATE_LIFETIME_SECONDS", "30"),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("trust anchor"), "{err}");
+    assert!(err.contains("outside 600..=86400"), "{err}");
+    // The anchors' PEM is never echoed back into the log.
+    assert!(!err.contains("not a certificate"), "{err}");
+}
+
 #[tokio::test]
 async fn example_config_file_runs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/sidecar.yaml");

@@ -334,6 +334,100 @@ fn operator_pod_is_restricted_and_wired() {
     );
 }
 
+/// Workload identity is on by default with exactly the rights it uses: the signer's rights are
+/// for its own signer name, the role it binds and the binding it keeps, by name; the sidecars'
+/// role only files, reads and withdraws CSRs, and the chart leaves the binding's subjects to the
+/// operator. Turned off, or in a namespace-scoped install, none of it is rendered and the
+/// operator is told so.
+#[test]
+fn identity_rbac_is_named_and_off_without_cluster_scope() {
+    let docs = render(&[]);
+    let args = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment", "datastream-operator")["spec"]["template"]["spec"]["containers"][0]
+            ["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let on = args(&docs);
+    assert!(on.contains(&"--workload-signer=true".to_owned()), "{on:?}");
+    assert!(
+        on.contains(&"--trust-domain=cluster.local".to_owned()),
+        "{on:?}"
+    );
+    assert!(
+        on.contains(&"--certificate-lifetime-seconds=86400".to_owned()),
+        "{on:?}"
+    );
+    let signer = find(&docs, "ClusterRole", "datastream-operator-signer");
+    let rules = signer["rules"].as_array().unwrap();
+    let by_resource = |resource: &str| {
+        rules
+            .iter()
+            .find(|r| r["resources"][0] == resource)
+            .unwrap_or_else(|| panic!("no rule for {resource}"))
+    };
+    assert_eq!(
+        by_resource("certificatesigningrequests")["verbs"],
+        json!(["get", "list", "watch"])
+    );
+    assert_eq!(
+        by_resource("signers")["resourceNames"],
+        json!(["datastream.dev/workload"])
+    );
+    assert_eq!(by_resource("signers")["verbs"], json!(["approve", "sign"]));
+    assert_eq!(
+        by_resource("clusterroles")["resourceNames"],
+        json!(["datastream-sidecar-certificates"])
+    );
+    assert_eq!(
+        by_resource("clusterrolebindings")["resourceNames"],
+        json!(["datastream-sidecar-certificates"])
+    );
+    let sidecars = find(&docs, "ClusterRole", "datastream-sidecar-certificates");
+    assert_eq!(
+        sidecars["rules"],
+        json!([{
+            "apiGroups": ["certificates.k8s.io"],
+            "resources": ["certificatesigningrequests"],
+            "verbs": ["create", "get", "delete"],
+        }])
+    );
+    let binding = find(
+        &docs,
+        "ClusterRoleBinding",
+        "datastream-sidecar-certificates",
+    );
+    assert!(binding.get("subjects").is_none(), "{binding}");
+    let secret_role = find(&docs, "Role", "datastream-operator-identity");
+    assert_eq!(
+        secret_role["rules"][1]["resourceNames"],
+        json!(["datastream-identity"])
+    );
+
+    for off in [
+        vec!["--set", "identity.enabled=false"],
+        vec!["--set", "watchNamespaces={shop}"],
+    ] {
+        let docs = render(&off);
+        assert!(
+            args(&docs).contains(&"--workload-signer=false".to_owned()),
+            "{off:?}"
+        );
+        for doc in &docs {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            assert!(
+                !name.contains("signer")
+                    && !name.contains("certificates")
+                    && !name.ends_with("-identity"),
+                "{off:?} renders {name}"
+            );
+        }
+    }
+}
+
 /// Every metric the Grafana dashboard queries is one the operator or the sidecar (any of its four
 /// crates) registers, so that a renamed metric cannot leave a silently empty panel.
 #[test]

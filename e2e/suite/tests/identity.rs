@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use datastream_api::v1alpha1::SIDECAR_ADMIN_PORT;
 use datastream_e2e::*;
 use datastream_identity::WorkloadId;
 use datastream_identity::authority::certificates_from_pem;
@@ -16,7 +17,8 @@ use datastream_identity::kubernetes::{CsrCertifier, RequestError, request_certif
 use datastream_identity::rotation::{IdentityState, SystemClock};
 use datastream_identity::verify::{PeerVerifier, TrustAnchors};
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use rustls::client::danger::ServerCertVerifier;
 
@@ -103,9 +105,21 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
         || async { accounts.get_opt("signed-sidecar").await.ok()?.map(|_| ()) },
     )
     .await;
-    // What the sidecars' RBAC will grant: creating and reading their requests.
+    // The operator lets the stream's sidecar account file requests; the namespace's `default`
+    // account gets the same right from the test, so that the signer, not RBAC, turns it away.
+    wait_for(
+        &ns.name,
+        "the operator binding the sidecar account to the CSR role",
+        Duration::from_secs(30),
+        || async {
+            binds(&client, &ns.name, "signed-sidecar")
+                .await
+                .then_some(())
+        },
+    )
+    .await;
     let grant = format!(
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {ns}-csr}}\nrules:\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [create, get, delete]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-csr}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {ns}-csr}}\nsubjects:\n- {{kind: ServiceAccount, name: signed-sidecar, namespace: {ns}}}\n- {{kind: ServiceAccount, name: default, namespace: {ns}}}\n",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {ns}-csr}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: datastream-sidecar-certificates}}\nsubjects:\n- {{kind: ServiceAccount, name: default, namespace: {ns}}}\n",
         ns = ns.name
     );
     assert!(kubectl_stdin(&["apply", "-f", "-"], Some(&grant)).ok);
@@ -247,9 +261,152 @@ async fn sidecar_service_accounts_get_their_own_identity_and_nobody_else_does() 
         }
     }
     let _ = std::fs::remove_file(kubeconfig);
-    kubectl(&[
+    kubectl(&["delete", "clusterrolebinding", &format!("{}-csr", ns.name)]);
+}
+
+/// Whether the operator's ClusterRoleBinding lets `namespace/service_account` file CSRs.
+async fn binds(client: &kube::Client, namespace: &str, service_account: &str) -> bool {
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let Ok(Some(binding)) = bindings.get_opt("datastream-sidecar-certificates").await else {
+        return false;
+    };
+    binding.role_ref.name == "datastream-sidecar-certificates"
+        && binding.subjects.unwrap_or_default().iter().any(|s| {
+            s.kind == "ServiceAccount"
+                && s.name == service_account
+                && s.namespace.as_deref() == Some(namespace)
+        })
+}
+
+/// The sidecar's admin endpoint `path` on the pod, as (status, body).
+async fn admin(pod: &Pod, path: &str) -> Option<(u16, String)> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    http_get(&format!("http://{ip}:{SIDECAR_ADMIN_PORT}{path}"), &[])
+        .await
+        .ok()
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The whole path with real pods under runc: a stream's sidecar asks for its certificate with its
+/// own ServiceAccount (which the operator bound to the CSR role), checks the chain against the
+/// anchors in its pod spec and only then turns ready; `/identity` and the metrics show it. A pod
+/// started while the signer is down stays not ready, saying why, and becomes ready once the signer
+/// is back; a deleted stream's account loses the grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_are_ready_only_with_a_certificate_and_wait_for_the_signer() {
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-certs");
+    let options = OperatorOptions {
+        args: vec!["--leader-elect=false".into()],
+        ..OperatorOptions::default()
+    };
+    let operator = Operator::start_with("certs-0", &ns.name, &options);
+    let stream = format!(
+        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: certified\nspec:\n  replicas: 1\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n"
+    );
+    let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream));
+    assert!(applied.ok, "{}", applied.stderr);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let first = wait_for(
+        &ns.name,
+        "certified-0 Ready",
+        Duration::from_secs(120),
+        || async { pods.get_opt("certified-0").await.ok()?.filter(pod_ready) },
+    )
+    .await;
+    assert!(binds(&client, &ns.name, "certified-sidecar").await);
+    let (status, body) = admin(&first, "/identity").await.expect("admin answers");
+    assert_eq!(status, 200, "{body}");
+    let identity: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(identity["state"], "ready", "{identity}");
+    assert_eq!(
+        identity["id"],
+        format!("spiffe://cluster.local/ns/{}/sa/certified-sidecar", ns.name)
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let not_after = identity["notAfter"].as_i64().unwrap();
+    // The default lifetime: 24 hours.
+    assert!(
+        (now + 23 * 3600..=now + 24 * 3600 + 60).contains(&not_after),
+        "{identity}"
+    );
+    let (_, metrics) = admin(&first, "/metrics").await.unwrap();
+    assert!(
+        metrics.contains("datastream_sidecar_identity_ready 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "datastream_sidecar_identity_certificate_expiry_timestamp_seconds {not_after}"
+        )),
+        "{metrics}"
+    );
+
+    // The signer goes away; a replacement pod cannot get a certificate and says so.
+    drop(operator);
+    let old_uid = first.metadata.uid.clone();
+    kubectl_ok(&[
         "delete",
-        "clusterrolebinding,clusterrole",
-        &format!("{}-csr", ns.name),
+        "pod",
+        "certified-0",
+        "-n",
+        &ns.name,
+        "--wait=false",
     ]);
+    let replacement = wait_for(
+        &ns.name,
+        "a replacement certified-0 with a sidecar answering",
+        Duration::from_secs(120),
+        || async {
+            let pod = pods.get_opt("certified-0").await.ok()??;
+            if pod.metadata.uid == old_uid {
+                return None;
+            }
+            let (status, body) = admin(&pod, "/ready").await?;
+            (status == 503 && body.contains("no workload certificate")).then_some(pod)
+        },
+    )
+    .await;
+    // Still not ready a while later: nothing else lets it through.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, body) = admin(&replacement, "/ready").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no workload certificate"), "{body}");
+    let pod = pods.get("certified-0").await.unwrap();
+    assert!(!pod_ready(&pod), "ready without a certificate");
+    let (_, body) = admin(&replacement, "/identity").await.unwrap();
+    let identity: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(identity["state"], "pending", "{identity}");
+
+    // The signer is back: the pending request (or the next one) is signed and the pod turns ready.
+    let back = std::time::Instant::now();
+    let _operator = Operator::start_with("certs-1", &ns.name, &options);
+    wait_for(
+        &ns.name,
+        "certified-0 Ready once the signer is back",
+        Duration::from_secs(90),
+        || async {
+            let pod = pods.get_opt("certified-0").await.ok()??;
+            (pod.metadata.uid != old_uid && pod_ready(&pod)).then_some(())
+        },
+    )
+    .await;
+    eprintln!("ready {:?} after the signer came back", back.elapsed());
+
+    // A deleted stream's sidecar account loses the right to ask.
+    kubectl_ok(&["delete", "dst", "certified", "-n", &ns.name]);
+    wait_for(
+        &ns.name,
+        "the binding to forget the deleted stream's account",
+        Duration::from_secs(30),
+        || async { (!binds(&client, &ns.name, "certified-sidecar").await).then_some(()) },
+    )
+    .await;
 }

@@ -974,8 +974,11 @@ async fn a_namespace_scoped_operator_needs_only_roles_and_stays_in_its_namespace
         &operator_ns.name,
         &OperatorOptions {
             kubeconfig: Some(kubeconfig),
+            // As the chart renders a namespace-scoped install: no signer, whose CSRs are
+            // cluster-scoped.
             args: vec![
                 "--leader-elect=false".into(),
+                "--workload-signer=false".into(),
                 "--watch-namespaces".into(),
                 watched.name.clone(),
             ],

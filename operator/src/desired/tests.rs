@@ -10,6 +10,7 @@ use super::*;
 fn settings() -> Settings {
     Settings {
         sidecar_image: "example.com/datastream-sidecar:0.1.0".into(),
+        identity: None,
     }
 }
 
@@ -442,4 +443,75 @@ fn every_pod_surface_field_rolls_the_pods() {
         .topology_spread_constraints[0]
         .max_skew = 2;
     assert_ne!(hash(&before), hash(&changed));
+}
+
+/// With the signer on, the sidecar learns its trust domain, the anchors and its ServiceAccount
+/// from the pod spec, and new anchors change the pod template (so they roll out); without it
+/// nothing about identity appears and the template hash is what it was.
+#[test]
+fn sidecar_identity_settings_reach_the_pod_and_roll_it_when_they_change() {
+    let ds = stream(MINIMAL);
+    let env_of = |settings: &Settings| {
+        let sts = children(&ds, settings).stateful_set;
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        let sidecar = pod
+            .containers
+            .into_iter()
+            .find(|c| c.name == SIDECAR_CONTAINER)
+            .unwrap();
+        sidecar.env.unwrap_or_default()
+    };
+    let off = settings();
+    assert!(
+        env_of(&off)
+            .iter()
+            .all(|e| !e.name.contains("TRUST") && e.name != "POD_SERVICE_ACCOUNT")
+    );
+    let mut on = settings();
+    on.identity = Some(SidecarIdentity {
+        trust_domain: "cluster.local".into(),
+        trust_anchors_pem: "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n".into(),
+        certificate_lifetime_seconds: Some(3600),
+    });
+    let env = env_of(&on);
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+            .clone()
+    };
+    assert_eq!(
+        value("DATASTREAM_TRUST_DOMAIN").value.as_deref(),
+        Some("cluster.local")
+    );
+    assert!(
+        value("DATASTREAM_TRUST_ANCHORS")
+            .value
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert_eq!(
+        value("DATASTREAM_CERTIFICATE_LIFETIME_SECONDS")
+            .value
+            .as_deref(),
+        Some("3600")
+    );
+    let sa = value("POD_SERVICE_ACCOUNT")
+        .value_from
+        .unwrap()
+        .field_ref
+        .unwrap();
+    assert_eq!(sa.field_path, "spec.serviceAccountName");
+
+    let hash_off = pod_config_hash(&ds, &off);
+    let hash_on = pod_config_hash(&ds, &on);
+    assert_ne!(hash_off, hash_on);
+    let mut rotated = on.clone();
+    rotated
+        .identity
+        .as_mut()
+        .unwrap()
+        .trust_anchors_pem
+        .push_str("B\n");
+    assert_ne!(pod_config_hash(&ds, &rotated), hash_on);
 }

@@ -175,6 +175,30 @@ pub struct KubeArgs {
     /// Admin port (listens on 0.0.0.0).
     #[arg(long, default_value_t = SIDECAR_ADMIN_PORT as u16, global = true)]
     pub admin_port: u16,
+
+    /// SPIFFE trust domain of workload identities; when set, the sidecar gets a workload
+    /// certificate for its ServiceAccount and is not ready until it has one.
+    #[arg(long, env = "DATASTREAM_TRUST_DOMAIN", global = true)]
+    pub trust_domain: Option<String>,
+
+    /// PEM bundle of the trust anchors peers' certificates must chain to (with
+    /// `--trust-domain`).
+    #[arg(
+        long,
+        env = "DATASTREAM_TRUST_ANCHORS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub trust_anchors: Option<String>,
+
+    /// The pod's ServiceAccount: the identity the certificate names.
+    #[arg(long, env = "POD_SERVICE_ACCOUNT", global = true)]
+    pub service_account: Option<String>,
+
+    /// Lifetime of the workload certificates asked for, in seconds (the signer caps it at 24 h;
+    /// the Kubernetes API's minimum is 600 s).
+    #[arg(long, env = "DATASTREAM_CERTIFICATE_LIFETIME_SECONDS", global = true)]
+    pub certificate_lifetime_seconds: Option<u64>,
 }
 
 // === impl Cli ===

@@ -1,0 +1,289 @@
+//! Who may ask for workload certificates.
+//!
+//! CertificateSigningRequests are cluster-scoped, so a namespaced Role cannot let a sidecar create
+//! one. One ClusterRole ([`ROLE_NAME`]: create, get and delete CSRs) is bound by one
+//! ClusterRoleBinding of the same name to the sidecar ServiceAccount of every DataStream, and this
+//! module keeps the binding's subjects equal to the streams that exist: a pure function of the set
+//! of streams ([`binding`]) applied by the leader when it differs from what it last saw, so there
+//! is no write at steady state, and a deleted stream's account loses the grant without a finalizer.
+//! The signer still decides each request on its own checks; the binding only stops every other
+//! account of the cluster from filing requests at all.
+//!
+//! The chart creates both objects (the operator may not create a role that grants what it does not
+//! hold) and gives the operator `bind` on the role and `get`/`patch` on the binding, by name. Run
+//! with broader credentials (a test, `cargo run`), the operator creates them itself.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use datastream_api::DataStream;
+use futures::StreamExt;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::desired::{MANAGER, Names};
+
+/// Name of the ClusterRole and of the ClusterRoleBinding.
+pub const ROLE_NAME: &str = "datastream-sidecar-certificates";
+
+/// How long a burst of stream changes is gathered before the binding is recomputed.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// A stream, by namespace and name.
+pub type StreamKey = (String, String);
+
+/// What a sidecar may do with CSRs: file its own, read it back, withdraw it when the wait ends.
+pub fn cluster_role() -> ClusterRole {
+    ClusterRole {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ROLE_NAME.to_owned()),
+            labels: Some(labels()),
+            ..Default::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["certificates.k8s.io".to_owned()]),
+            resources: Some(vec!["certificatesigningrequests".to_owned()]),
+            verbs: ["create", "get", "delete"].map(String::from).to_vec(),
+            ..PolicyRule::default()
+        }]),
+        ..ClusterRole::default()
+    }
+}
+
+/// The binding for `streams`: every stream's sidecar ServiceAccount, sorted, once.
+pub fn binding<'a>(streams: impl IntoIterator<Item = &'a StreamKey>) -> ClusterRoleBinding {
+    let subjects: BTreeSet<(&str, String)> = streams
+        .into_iter()
+        .map(|(ns, name)| (ns.as_str(), Names::of(name).sidecar))
+        .collect();
+    ClusterRoleBinding {
+        metadata: kube::api::ObjectMeta {
+            name: Some(ROLE_NAME.to_owned()),
+            labels: Some(labels()),
+            ..Default::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "ClusterRole".to_owned(),
+            name: ROLE_NAME.to_owned(),
+        },
+        subjects: Some(
+            subjects
+                .into_iter()
+                .map(|(ns, sa)| Subject {
+                    kind: "ServiceAccount".to_owned(),
+                    name: sa,
+                    namespace: Some(ns.to_owned()),
+                    api_group: None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn labels() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            crate::desired::APP_NAME.to_owned(),
+        ),
+        (
+            crate::desired::MANAGED_BY_LABEL.to_owned(),
+            MANAGER.to_owned(),
+        ),
+    ])
+}
+
+/// Whether `live` already grants what `want` grants (same role, same subjects in any order).
+pub fn grants_equal(live: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
+    fn key(s: &Subject) -> (String, String, String) {
+        (
+            s.kind.clone(),
+            s.namespace.clone().unwrap_or_default(),
+            s.name.clone(),
+        )
+    }
+    let set =
+        |b: &ClusterRoleBinding| -> BTreeSet<_> { b.subjects.iter().flatten().map(key).collect() };
+    live.role_ref == want.role_ref && set(live) == set(want)
+}
+
+/// Runs until `shutdown`: watches every DataStream's metadata and keeps the binding's subjects
+/// equal to their sidecar accounts. Meant for the leader's (fenced) client.
+pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        () = keep_bound(client) => tracing::error!("sidecar certificate access loop ended"),
+        () = shutdown => {}
+    }
+}
+
+async fn keep_bound(client: Client) {
+    ensure_role(&client).await;
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let streams: Api<kube::core::PartialObjectMeta<DataStream>> = Api::all(client);
+    // What the binding grants as last read or written; `None` until read.
+    let mut live: Option<ClusterRoleBinding> = None;
+    let mut known: BTreeSet<StreamKey> = BTreeSet::new();
+    let mut staged: BTreeSet<StreamKey> = BTreeSet::new();
+    let mut synced = false;
+    // Names are all it needs: metadata-only requests.
+    let events =
+        watcher::watcher(streams, watcher::Config::default().any_semantic()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    loop {
+        // Wait for an event, then gather what follows it for a moment: a burst of stream creations
+        // is one write.
+        let Some(first) = events.next().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while let Ok(Some(next)) = tokio::time::timeout_at(deadline, events.next()).await {
+            batch.push(next);
+        }
+        for event in batch {
+            let key = |m: &kube::api::ObjectMeta| {
+                (
+                    m.namespace.clone().unwrap_or_default(),
+                    m.name.clone().unwrap_or_default(),
+                )
+            };
+            match event {
+                Ok(watcher::Event::Init) => staged.clear(),
+                Ok(watcher::Event::InitApply(o)) => {
+                    staged.insert(key(&o.metadata));
+                }
+                Ok(watcher::Event::InitDone) => {
+                    known = std::mem::take(&mut staged);
+                    synced = true;
+                }
+                Ok(watcher::Event::Apply(o)) => {
+                    known.insert(key(&o.metadata));
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    known.remove(&key(&o.metadata));
+                }
+                Err(e) => tracing::warn!(error = %e, "DataStream watch failed; it resumes"),
+            }
+        }
+        if !synced {
+            continue;
+        }
+        let want = binding(&known);
+        if live.is_none() {
+            match bindings.get_opt(ROLE_NAME).await {
+                Ok(found) => live = found,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read ClusterRoleBinding {ROLE_NAME}; retrying with the next change");
+                    continue;
+                }
+            }
+        }
+        if live.as_ref().is_some_and(|l| grants_equal(l, &want)) {
+            continue;
+        }
+        let params = PatchParams::apply(MANAGER).force();
+        match bindings
+            .patch(ROLE_NAME, &params, &Patch::Apply(&want))
+            .await
+        {
+            Ok(written) => {
+                tracing::info!(
+                    sidecar_accounts = want.subjects.as_ref().map_or(0, Vec::len),
+                    "sidecar certificate access updated"
+                );
+                live = Some(written);
+            }
+            Err(e) => {
+                // Read again next time: the live object may have changed under us.
+                live = None;
+                tracing::warn!(error = %e, "cannot update ClusterRoleBinding {ROLE_NAME}; sidecars of new streams cannot ask for certificates until it succeeds");
+            }
+        }
+    }
+}
+
+/// Creates the ClusterRole when it is missing and the credentials allow it; a chart install has
+/// made it already, and an operator without the right to read it leaves it to the chart.
+async fn ensure_role(client: &Client) {
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    match roles.get_opt(ROLE_NAME).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let params = PatchParams::apply(MANAGER);
+            if let Err(e) = roles
+                .patch(ROLE_NAME, &params, &Patch::Apply(&cluster_role()))
+                .await
+            {
+                tracing::warn!(error = %e, "ClusterRole {ROLE_NAME} is missing and cannot be created; install it with the chart");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "ClusterRole {ROLE_NAME} not readable; assuming the chart made it")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, name: &str) -> StreamKey {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    #[test]
+    fn every_streams_sidecar_account_is_bound_once_in_order() {
+        let streams = [
+            key("shop", "orders"),
+            key("billing", "ledger"),
+            key("shop", "carts"),
+        ];
+        let b = binding(&streams);
+        let subjects: Vec<_> = b
+            .subjects
+            .unwrap()
+            .into_iter()
+            .map(|s| format!("{}/{}/{}", s.kind, s.namespace.unwrap(), s.name))
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                "ServiceAccount/billing/ledger-sidecar",
+                "ServiceAccount/shop/carts-sidecar",
+                "ServiceAccount/shop/orders-sidecar",
+            ]
+        );
+        assert_eq!(b.role_ref.name, ROLE_NAME);
+        assert_eq!(binding(&[]).subjects, Some(Vec::new()));
+    }
+
+    #[test]
+    fn equal_grants_need_no_write_and_any_difference_does() {
+        let one = binding(&[key("a", "x"), key("b", "y")]);
+        let mut reordered = one.clone();
+        reordered.subjects.as_mut().unwrap().reverse();
+        assert!(grants_equal(&reordered, &one));
+        assert!(!grants_equal(&binding(&[key("a", "x")]), &one));
+        let mut other_role = one.clone();
+        other_role.role_ref.name = "cluster-admin".into();
+        assert!(!grants_equal(&other_role, &one));
+        // A live binding without subjects (as the chart creates it) grants nothing.
+        let mut empty = binding(&[]);
+        empty.subjects = None;
+        assert!(grants_equal(&empty, &binding(&[])));
+    }
+
+    #[test]
+    fn the_role_lets_sidecars_file_read_and_withdraw_requests_only() {
+        let rules = cluster_role().rules.unwrap();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["certificatesigningrequests".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["create", "get", "delete"]);
+    }
+}
