@@ -1,7 +1,8 @@
 //! Who may ask for workload certificates.
 //!
 //! CertificateSigningRequests are cluster-scoped, so a namespaced Role cannot let a sidecar create
-//! one. One ClusterRole ([`ROLE_NAME`]: create, get and delete CSRs) is bound by one
+//! one. One ClusterRole ([`DEFAULT_ROLE_NAME`] unless named otherwise: create, get and delete
+//! CSRs) is bound by one
 //! ClusterRoleBinding of the same name to the sidecar ServiceAccount of every DataStream, and this
 //! module keeps the binding's subjects equal to the streams that exist: a pure function of the set
 //! of streams ([`binding`]) applied by the leader when it differs from what it last saw, so there
@@ -9,9 +10,11 @@
 //! The signer still decides each request on its own checks; the binding only stops every other
 //! account of the cluster from filing requests at all.
 //!
-//! The chart creates both objects (the operator may not create a role that grants what it does not
-//! hold) and gives the operator `bind` on the role and `get`/`patch` on the binding, by name. Run
-//! with broader credentials (a test, `cargo run`), the operator creates them itself.
+//! The chart creates both objects, named after the release (the operator may not create a role
+//! that grants what it does not hold), passes the name with `--sidecar-certificate-role`, and gives
+//! the operator `bind` on the role and `get`/`patch` on the binding, by name. Run with broader
+//! credentials (a test, `cargo run`), the operator creates them itself under the default name,
+//! which a chart install never uses, so the two never fight over one object.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -25,8 +28,8 @@ use kube::{Api, Client};
 
 use crate::desired::{MANAGER, Names};
 
-/// Name of the ClusterRole and of the ClusterRoleBinding.
-pub const ROLE_NAME: &str = "datastream-sidecar-certificates";
+/// Name of the ClusterRole and of the ClusterRoleBinding when the operator is not told another.
+pub const DEFAULT_ROLE_NAME: &str = "datastream-sidecar-certificates";
 
 /// How long a burst of stream changes is gathered before the binding is recomputed.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -35,10 +38,10 @@ const SETTLE: Duration = Duration::from_millis(500);
 pub type StreamKey = (String, String);
 
 /// What a sidecar may do with CSRs: file its own, read it back, withdraw it when the wait ends.
-pub fn cluster_role() -> ClusterRole {
+pub fn cluster_role(name: &str) -> ClusterRole {
     ClusterRole {
         metadata: kube::api::ObjectMeta {
-            name: Some(ROLE_NAME.to_owned()),
+            name: Some(name.to_owned()),
             labels: Some(labels()),
             ..Default::default()
         },
@@ -52,22 +55,26 @@ pub fn cluster_role() -> ClusterRole {
     }
 }
 
-/// The binding for `streams`: every stream's sidecar ServiceAccount, sorted, once.
-pub fn binding<'a>(streams: impl IntoIterator<Item = &'a StreamKey>) -> ClusterRoleBinding {
+/// The binding `name` (of the role `name`) for `streams`: every stream's sidecar ServiceAccount,
+/// sorted, once.
+pub fn binding<'a>(
+    name: &str,
+    streams: impl IntoIterator<Item = &'a StreamKey>,
+) -> ClusterRoleBinding {
     let subjects: BTreeSet<(&str, String)> = streams
         .into_iter()
         .map(|(ns, name)| (ns.as_str(), Names::of(name).sidecar))
         .collect();
     ClusterRoleBinding {
         metadata: kube::api::ObjectMeta {
-            name: Some(ROLE_NAME.to_owned()),
+            name: Some(name.to_owned()),
             labels: Some(labels()),
             ..Default::default()
         },
         role_ref: RoleRef {
             api_group: Some("rbac.authorization.k8s.io".to_owned()),
             kind: "ClusterRole".to_owned(),
-            name: ROLE_NAME.to_owned(),
+            name: name.to_owned(),
         },
         subjects: Some(
             subjects
@@ -110,17 +117,17 @@ pub fn grants_equal(live: &ClusterRoleBinding, want: &ClusterRoleBinding) -> boo
     live.role_ref == want.role_ref && set(live) == set(want)
 }
 
-/// Runs until `shutdown`: watches every DataStream's metadata and keeps the binding's subjects
-/// equal to their sidecar accounts. Meant for the leader's (fenced) client.
-pub async fn run(client: Client, shutdown: impl std::future::Future<Output = ()>) {
+/// Runs until `shutdown`: watches every DataStream's metadata and keeps the subjects of binding
+/// `name` equal to their sidecar accounts. Meant for the leader's (fenced) client.
+pub async fn run(client: Client, name: String, shutdown: impl std::future::Future<Output = ()>) {
     tokio::select! {
-        () = keep_bound(client) => tracing::error!("sidecar certificate access loop ended"),
+        () = keep_bound(client, &name) => tracing::error!("sidecar certificate access loop ended"),
         () = shutdown => {}
     }
 }
 
-async fn keep_bound(client: Client) {
-    ensure_role(&client).await;
+async fn keep_bound(client: Client, name: &str) {
+    ensure_role(&client, name).await;
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let streams: Api<kube::core::PartialObjectMeta<DataStream>> = Api::all(client);
     // What the binding grants as last read or written; `None` until read.
@@ -171,12 +178,12 @@ async fn keep_bound(client: Client) {
         if !synced {
             continue;
         }
-        let want = binding(&known);
+        let want = binding(name, &known);
         if live.is_none() {
-            match bindings.get_opt(ROLE_NAME).await {
+            match bindings.get_opt(name).await {
                 Ok(found) => live = found,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read ClusterRoleBinding {ROLE_NAME}; retrying with the next change");
+                    tracing::warn!(error = %e, "cannot read ClusterRoleBinding {name}; retrying with the next change");
                     continue;
                 }
             }
@@ -185,10 +192,7 @@ async fn keep_bound(client: Client) {
             continue;
         }
         let params = PatchParams::apply(MANAGER).force();
-        match bindings
-            .patch(ROLE_NAME, &params, &Patch::Apply(&want))
-            .await
-        {
+        match bindings.patch(name, &params, &Patch::Apply(&want)).await {
             Ok(written) => {
                 tracing::info!(
                     sidecar_accounts = want.subjects.as_ref().map_or(0, Vec::len),
@@ -199,7 +203,7 @@ async fn keep_bound(client: Client) {
             Err(e) => {
                 // Read again next time: the live object may have changed under us.
                 live = None;
-                tracing::warn!(error = %e, "cannot update ClusterRoleBinding {ROLE_NAME}; sidecars of new streams cannot ask for certificates until it succeeds");
+                tracing::warn!(error = %e, "cannot update ClusterRoleBinding {name}; sidecars of new streams cannot ask for certificates until it succeeds");
             }
         }
     }
@@ -207,21 +211,21 @@ async fn keep_bound(client: Client) {
 
 /// Creates the ClusterRole when it is missing and the credentials allow it; a chart install has
 /// made it already, and an operator without the right to read it leaves it to the chart.
-async fn ensure_role(client: &Client) {
+async fn ensure_role(client: &Client, name: &str) {
     let roles: Api<ClusterRole> = Api::all(client.clone());
-    match roles.get_opt(ROLE_NAME).await {
+    match roles.get_opt(name).await {
         Ok(Some(_)) => {}
         Ok(None) => {
             let params = PatchParams::apply(MANAGER);
             if let Err(e) = roles
-                .patch(ROLE_NAME, &params, &Patch::Apply(&cluster_role()))
+                .patch(name, &params, &Patch::Apply(&cluster_role(name)))
                 .await
             {
-                tracing::warn!(error = %e, "ClusterRole {ROLE_NAME} is missing and cannot be created; install it with the chart");
+                tracing::warn!(error = %e, "ClusterRole {name} is missing and cannot be created; install it with the chart");
             }
         }
         Err(e) => {
-            tracing::debug!(error = %e, "ClusterRole {ROLE_NAME} not readable; assuming the chart made it")
+            tracing::debug!(error = %e, "ClusterRole {name} not readable; assuming the chart made it")
         }
     }
 }
@@ -241,7 +245,7 @@ mod tests {
             key("billing", "ledger"),
             key("shop", "carts"),
         ];
-        let b = binding(&streams);
+        let b = binding(DEFAULT_ROLE_NAME, &streams);
         let subjects: Vec<_> = b
             .subjects
             .unwrap()
@@ -256,29 +260,29 @@ mod tests {
                 "ServiceAccount/shop/orders-sidecar",
             ]
         );
-        assert_eq!(b.role_ref.name, ROLE_NAME);
-        assert_eq!(binding(&[]).subjects, Some(Vec::new()));
+        assert_eq!(b.role_ref.name, DEFAULT_ROLE_NAME);
+        assert_eq!(binding("x", &[]).subjects, Some(Vec::new()));
     }
 
     #[test]
     fn equal_grants_need_no_write_and_any_difference_does() {
-        let one = binding(&[key("a", "x"), key("b", "y")]);
+        let one = binding("r", &[key("a", "x"), key("b", "y")]);
         let mut reordered = one.clone();
         reordered.subjects.as_mut().unwrap().reverse();
         assert!(grants_equal(&reordered, &one));
-        assert!(!grants_equal(&binding(&[key("a", "x")]), &one));
+        assert!(!grants_equal(&binding("r", &[key("a", "x")]), &one));
         let mut other_role = one.clone();
         other_role.role_ref.name = "cluster-admin".into();
         assert!(!grants_equal(&other_role, &one));
         // A live binding without subjects (as the chart creates it) grants nothing.
-        let mut empty = binding(&[]);
+        let mut empty = binding("r", &[]);
         empty.subjects = None;
-        assert!(grants_equal(&empty, &binding(&[])));
+        assert!(grants_equal(&empty, &binding("r", &[])));
     }
 
     #[test]
     fn the_role_lets_sidecars_file_read_and_withdraw_requests_only() {
-        let rules = cluster_role().rules.unwrap();
+        let rules = cluster_role("r").rules.unwrap();
         assert_eq!(rules.len(), 1);
         assert_eq!(
             rules[0].resources.as_deref(),

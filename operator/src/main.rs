@@ -101,6 +101,11 @@ struct RunArgs {
     /// minimum, to 86400, the signer's cap; default 86400).
     #[arg(long, env = "DATASTREAM_CERTIFICATE_LIFETIME_SECONDS", value_parser = clap::value_parser!(u64).range(600..=86_400))]
     certificate_lifetime_seconds: Option<u64>,
+    /// Name of the ClusterRole that lets sidecars file certificate requests, and of the
+    /// ClusterRoleBinding the operator keeps listing every stream's sidecar account (the chart
+    /// names both after the release; created under this name when missing and permitted).
+    #[arg(long, env = "DATASTREAM_SIDECAR_CERTIFICATE_ROLE", default_value = datastream_operator::certificate_access::DEFAULT_ROLE_NAME)]
+    sidecar_certificate_role: String,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "DATASTREAM_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -269,6 +274,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         let mut stop = stop_rx.clone();
         tokio::spawn(datastream_operator::certificate_access::run(
             client.clone(),
+            args.sidecar_certificate_role.clone(),
             async move {
                 let _ = stop.wait_for(|stop| *stop).await;
             },

@@ -380,13 +380,25 @@ fn identity_rbac_is_named_and_off_without_cluster_scope() {
     assert_eq!(by_resource("signers")["verbs"], json!(["approve", "sign"]));
     assert_eq!(
         by_resource("clusterroles")["resourceNames"],
-        json!(["datastream-sidecar-certificates"])
+        json!(["datastream-operator-sidecar-certificates"])
     );
     assert_eq!(
         by_resource("clusterrolebindings")["resourceNames"],
-        json!(["datastream-sidecar-certificates"])
+        json!(["datastream-operator-sidecar-certificates"])
     );
-    let sidecars = find(&docs, "ClusterRole", "datastream-sidecar-certificates");
+    // Named after the release: an operator run outside the chart uses the default name and never
+    // takes the chart's objects (nor the other way round).
+    assert!(
+        on.contains(
+            &"--sidecar-certificate-role=datastream-operator-sidecar-certificates".to_owned()
+        ),
+        "{on:?}"
+    );
+    let sidecars = find(
+        &docs,
+        "ClusterRole",
+        "datastream-operator-sidecar-certificates",
+    );
     assert_eq!(
         sidecars["rules"],
         json!([{
@@ -398,7 +410,7 @@ fn identity_rbac_is_named_and_off_without_cluster_scope() {
     let binding = find(
         &docs,
         "ClusterRoleBinding",
-        "datastream-sidecar-certificates",
+        "datastream-operator-sidecar-certificates",
     );
     assert!(binding.get("subjects").is_none(), "{binding}");
     let secret_role = find(&docs, "Role", "datastream-operator-identity");
