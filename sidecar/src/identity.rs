@@ -123,7 +123,7 @@ pub fn start(
     let certifier = Anchored {
         inner: CsrCertifier {
             client,
-            name_prefix: format!("{pod_name}-"),
+            name_prefix: pod_name.to_owned(),
             lifetime: settings.lifetime,
             wait: REQUEST_WAIT,
         },

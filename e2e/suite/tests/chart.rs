@@ -374,6 +374,10 @@ fn identity_rbac_is_named_and_off_without_cluster_scope() {
         json!(["get", "list", "watch"])
     );
     assert_eq!(
+        by_resource("certificatesigningrequests/approval")["verbs"],
+        json!(["patch"])
+    );
+    assert_eq!(
         by_resource("signers")["resourceNames"],
         json!(["datastream.dev/workload"])
     );
