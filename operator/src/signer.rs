@@ -371,6 +371,9 @@ pub enum SignerError {
     },
 }
 
+/// How far back the validity of a generated trust anchor and issuer starts.
+pub const GENERATED_BACKDATE: Duration = Duration::from_secs(3600);
+
 /// Loads the trust anchors and the issuer from [`AUTHORITY_SECRET`], generating both (and the
 /// Secret) when it does not exist. Several operator replicas may race: the first create wins and
 /// the others read what it wrote.
@@ -388,8 +391,20 @@ pub async fn load_or_create_authority(
     let secret = match secrets.get_opt(AUTHORITY_SECRET).await? {
         Some(s) => s,
         None => {
-            let anchor = generate_trust_anchor(trust_domain, now, ANCHOR_VALIDITY)?;
-            let issuer = generate_issuer(&anchor, trust_domain, now, ISSUER_VALIDITY)?;
+            // Backdated by an hour, as public CAs do: another replica whose clock runs behind
+            // must not find the issuer "not yet valid" and fail to start.
+            let not_before = now - GENERATED_BACKDATE;
+            let anchor = generate_trust_anchor(
+                trust_domain,
+                not_before,
+                ANCHOR_VALIDITY + GENERATED_BACKDATE,
+            )?;
+            let issuer = generate_issuer(
+                &anchor,
+                trust_domain,
+                not_before,
+                ISSUER_VALIDITY + GENERATED_BACKDATE,
+            )?;
             let data = [
                 ("ca.crt", anchor.cert.clone()),
                 ("tls.crt", issuer.cert.clone()),
