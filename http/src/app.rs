@@ -29,6 +29,8 @@ pub struct ConnMeta {
     pub local: SocketAddr,
     /// The client's forwarding-header entries.
     pub forwarding: Forwarding,
+    /// The identity the client proved in a mutual TLS handshake (a SPIFFE ID), if it did.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Interim (1xx) responses on their way to the client while the final response is pending

@@ -8,6 +8,7 @@
 //! - [`body`]: request and response bodies as enums, not boxed trait objects; a streamed
 //!   upstream response completes through a [`body::BodyCompletion`] its creator supplies.
 //! - [`headers`]: hop-by-hop rules and forwarding headers.
+//! - [`io`]: connection transports: a plain socket, or a stream (TLS) wrapped around one.
 //! - [`pool`]: idle upstream connections per address (own HTTP/1 client, hyper HTTP/1 and
 //!   HTTP/2).
 //! - [`stream`]: when a request body ended, and the stream idle timeout.
@@ -21,6 +22,7 @@ pub mod body;
 pub mod h1;
 pub mod h2;
 pub mod headers;
+pub mod io;
 pub mod metrics;
 pub mod pool;
 mod rewind;

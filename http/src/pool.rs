@@ -7,7 +7,10 @@
 //! is no DNS. The most recently used connection is reused first, which keeps the set of warm
 //! connections small and lets the rest expire.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -19,6 +22,22 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::h1::client::{Connection, ResponseLimits};
+use crate::io::{Duplex, Transport};
+
+/// A connector's pending result: the wrapped stream, or why wrapping failed.
+pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Duplex>>> + Send>>;
+
+/// Wraps each new upstream connection before HTTP is spoken on it (TLS to a peer sidecar). `h2`
+/// says which protocol the connection will carry, for ALPN.
+pub trait Connector: Send + Sync + 'static {
+    /// The wrapped stream over `tcp`, connected to `addr`.
+    fn connect(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        h2: bool,
+    ) -> Connecting;
+}
 
 /// Idle HTTP/1 connections are closed after this long: below the keep-alive timeout of common
 /// servers (Node's 5 s, nginx's 75 s), as Linkerd does with 3 s.
@@ -51,6 +70,15 @@ pub enum ConnectError {
         addr: SocketAddr,
         /// The timeout.
         timeout: Duration,
+    },
+    /// The connection's own handshake (TLS) failed.
+    #[error("TLS with {addr} failed")]
+    Wrap {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
     },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr} failed")]
@@ -93,6 +121,14 @@ pub struct Pool {
     /// The policy's response head limits, for hyper's clients (new connections take them).
     max_head_bytes: AtomicUsize,
     max_fields: AtomicUsize,
+    /// Wraps new connections (TLS), when set.
+    connector: Option<Arc<dyn Connector>>,
+}
+
+impl std::fmt::Debug for dyn Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Connector")
+    }
 }
 
 // === impl Pool ===
@@ -100,7 +136,13 @@ pub struct Pool {
 impl Pool {
     /// An empty pool for `addr`.
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_connector(addr, None)
+    }
+
+    /// An empty pool for `addr` whose connections `connector` wraps (TLS), when given.
+    pub fn with_connector(addr: SocketAddr, connector: Option<Arc<dyn Connector>>) -> Self {
         Self {
+            connector,
             addr,
             idle: Mutex::new(Vec::new()),
             idle_own: Mutex::new(Vec::new()),
@@ -142,7 +184,7 @@ impl Pool {
     pub fn take_idle_own(&self) -> Option<Connection> {
         let now = Instant::now();
         let mut idle = self.idle_own.lock();
-        while let Some(entry) = idle.pop() {
+        while let Some(mut entry) = idle.pop() {
             if now.duration_since(entry.since) < IDLE_TIMEOUT && entry.conn.is_reusable() {
                 return Some(entry.conn);
             }
@@ -164,9 +206,14 @@ impl Pool {
         }
     }
 
+    /// Whether new connections are wrapped (TLS).
+    pub fn is_wrapped(&self) -> bool {
+        self.connector.is_some()
+    }
+
     /// Opens a new connection for the own client.
     pub async fn connect_own(&self) -> Result<Connection, ConnectError> {
-        Ok(Connection::new(self.connect_tcp().await?.into_inner()))
+        Ok(Connection::new(self.connect(false).await?))
     }
 
     /// The most recently used open idle HTTP/1 sender, if any. The caller awaits `ready()`: a
@@ -205,7 +252,7 @@ impl Pool {
         &self,
         upgrades: bool,
     ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-        let io = self.connect_tcp().await?;
+        let io = TokioIo::new(self.connect(false).await?);
         let max_head = self.max_head_bytes.load(Ordering::Relaxed);
         let (sender, conn) = http1::Builder::new()
             .max_headers(self.max_fields.load(Ordering::Relaxed))
@@ -243,7 +290,7 @@ impl Pool {
         if let Some(sender) = self.live_h2() {
             return Ok(sender);
         }
-        let io = self.connect_tcp().await?;
+        let io = TokioIo::new(self.connect(true).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(H2_STREAM_WINDOW)
@@ -283,7 +330,24 @@ impl Pool {
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    async fn connect_tcp(&self) -> Result<TokioIo<TcpStream>, ConnectError> {
+    /// A new connection, wrapped when the pool has a connector; `h2` is the protocol it will
+    /// carry. The connect timeout covers the wrapping too.
+    async fn connect(&self, h2: bool) -> Result<Transport, ConnectError> {
+        let addr = self.addr;
+        let timeout = Duration::from_nanos(self.connect_timeout_ns.load(Ordering::Relaxed));
+        let Some(connector) = &self.connector else {
+            return Ok(Transport::Tcp(self.connect_tcp().await?));
+        };
+        let deadline = Instant::now() + timeout;
+        let tcp = self.connect_tcp().await?;
+        tokio::time::timeout_at(deadline, connector.connect(tcp, addr, h2))
+            .await
+            .map_err(|_| ConnectError::Timeout { addr, timeout })?
+            .map(Transport::Wrapped)
+            .map_err(|source| ConnectError::Wrap { addr, source })
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
         let addr = self.addr;
         let timeout = Duration::from_nanos(self.connect_timeout_ns.load(Ordering::Relaxed));
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -292,6 +356,6 @@ impl Pool {
             .map_err(|source| ConnectError::Tcp { addr, source })?;
         // Nagle plus delayed ACKs would add 40 ms stalls to small requests.
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 }

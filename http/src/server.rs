@@ -2,7 +2,9 @@
 //! HTTP/1 by the first bytes, and serving them (HTTP/1 with the sidecar's own connection, see
 //! [`h1`]; HTTP/2 with [`h2`](super::h2)), with graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use super::app::{ConnMeta, HttpServerApp};
 use super::h1;
 use super::headers::Forwarding;
+use super::io::{Duplex, Transport};
 use super::metrics::ListenerMetrics;
 use super::rewind::Rewind;
 
@@ -51,8 +54,34 @@ impl Default for ServerLimits {
     }
 }
 
+/// A connection after its handshake: the stream HTTP is spoken on, and who the client proved to
+/// be.
+pub struct Handshaken {
+    /// The wrapped stream (a TLS session over the socket).
+    pub io: Box<dyn Duplex>,
+    /// The identity the client proved, for [`ConnMeta::peer_identity`].
+    pub peer_identity: Option<Arc<str>>,
+}
+
+/// Runs a handshake (TLS) on each accepted socket before any HTTP: a listener's choice. The
+/// implementation counts and logs refusals; the listener only drops the connection.
+pub trait Handshake: Send + Sync + 'static {
+    /// The handshaken connection, or `None` to drop it.
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        client: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Option<Handshaken>> + Send>>;
+}
+
 /// Accepts connections and serves their requests with `app` until `close` turns true, then lets
 /// connections finish their requests, waiting up to `grace`. `name` names the listener in logs.
+/// With `handshake`, every connection completes it (within the header read timeout) before
+/// HTTP is read from it.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one listener's whole configuration"
+)]
 pub async fn serve<A: HttpServerApp>(
     listener: TcpListener,
     name: &'static str,
@@ -61,6 +90,7 @@ pub async fn serve<A: HttpServerApp>(
     limits: ServerLimits,
     mut close: watch::Receiver<bool>,
     grace: watch::Receiver<Duration>,
+    handshake: Option<Arc<dyn Handshake>>,
 ) {
     let h2 = h2_settings(&limits);
     let settings = h1::Settings {
@@ -95,6 +125,7 @@ pub async fn serve<A: HttpServerApp>(
         let conn = Conn {
             stream,
             client,
+            handshake: handshake.clone(),
             app: Arc::clone(&app),
             h2,
             settings,
@@ -148,6 +179,7 @@ pub(super) async fn closing(close: &mut watch::Receiver<bool>) {
 struct Conn<A> {
     stream: TcpStream,
     client: SocketAddr,
+    handshake: Option<Arc<dyn Handshake>>,
     app: Arc<A>,
     h2: super::h2::Settings,
     settings: h1::Settings,
@@ -158,8 +190,9 @@ struct Conn<A> {
 impl<A: HttpServerApp> Conn<A> {
     async fn serve(self) {
         let Conn {
-            mut stream,
+            stream,
             client,
+            handshake,
             app,
             h2,
             settings,
@@ -168,6 +201,24 @@ impl<A: HttpServerApp> Conn<A> {
         } = self;
         metrics.total.inc();
         metrics.open.inc();
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let (mut stream, peer_identity) = match handshake {
+            None => (Transport::Tcp(stream), None),
+            Some(h) => {
+                let done =
+                    tokio::time::timeout(settings.header_read_timeout, h.handshake(stream, client))
+                        .await;
+                match done {
+                    Ok(Some(done)) => (Transport::Wrapped(done.io), done.peer_identity),
+                    Ok(None) | Err(_) => {
+                        metrics.open.dec();
+                        return;
+                    }
+                }
+            }
+        };
         // The first bytes decide the protocol; a client that stays silent is timed out here.
         let mut first = BytesMut::new();
         let read = tokio::time::timeout(settings.header_read_timeout, async {
@@ -185,13 +236,11 @@ impl<A: HttpServerApp> Conn<A> {
         })
         .await;
         if read == Ok(true) {
-            let local = stream
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
             let meta = Arc::new(ConnMeta {
                 client,
                 local,
                 forwarding: Forwarding::new(client),
+                peer_identity,
             });
             if first.starts_with(H2_PREFACE) {
                 let io = Rewind::new(first.freeze(), stream);
@@ -257,6 +306,7 @@ mod tests {
             let conn = Conn {
                 stream,
                 client: peer,
+                handshake: None,
                 app: Arc::new(Nothing),
                 h2: h2_settings(&limits),
                 settings: h1::Settings {

@@ -12,7 +12,6 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
 
 use super::decode::{DecodeError, Decoded, Decoder};
@@ -23,8 +22,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The read side of a client connection with the bytes read but not yet consumed.
 #[derive(Debug)]
 pub struct Reader {
-    /// The socket's read half.
-    pub io: OwnedReadHalf,
+    /// The connection's read half.
+    pub io: crate::io::ReadHalf,
     /// Bytes read ahead of what has been parsed.
     pub buf: BytesMut,
 }

@@ -15,14 +15,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use futures::task::noop_waker_ref;
 use http::header::{CONNECTION, CONTENT_LENGTH, HeaderName, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 use http_body::{Frame, SizeHint};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::super::app::Interim;
 use super::super::headers::lists_token;
@@ -62,7 +60,7 @@ impl Default for ResponseLimits {
 /// An upstream connection that is not in use.
 #[derive(Debug)]
 pub struct Connection {
-    io: TcpStream,
+    io: crate::io::Transport,
 }
 
 /// Why an exchange on a [`Connection`] failed.
@@ -92,26 +90,18 @@ pub enum ClientError {
 }
 
 impl Connection {
-    /// Wraps a connected socket.
-    pub fn new(io: TcpStream) -> Self {
-        Self { io }
+    /// Wraps a connected socket, or a TLS stream over one.
+    pub fn new(io: impl Into<crate::io::Transport>) -> Self {
+        Self { io: io.into() }
     }
 
     /// Whether an idle connection can carry a request, judged without a system call in the
     /// common case: a connection that nothing has been received on since its last response
     /// (no readiness from the reactor) is open. When there is readiness, a non-blocking read
     /// tells whether the upstream closed it (or sent something unsolicited; either way it is
-    /// not reusable).
-    pub fn is_reusable(&self) -> bool {
-        let mut cx = Context::from_waker(noop_waker_ref());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut byte = [0u8; 1];
-                matches!(self.io.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// not reusable). See [`crate::io::Transport::is_idle_open`].
+    pub fn is_reusable(&mut self) -> bool {
+        self.io.is_idle_open()
     }
 
     /// Sends a request with a body already in memory and reads the response head, within
@@ -135,6 +125,9 @@ impl Connection {
         if !inline {
             self.io.write_all(body).await.map_err(ClientError::Io)?;
         }
+        // A TLS session may hold the last record back until flushed (a socket's flush is a
+        // no-op).
+        self.io.flush().await.map_err(ClientError::Io)?;
         drop(out);
         let mut buf = BytesMut::new();
         loop {

@@ -3,14 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::io::{Transport, WriteHalf};
 use bytes::BytesMut;
 use futures::FutureExt;
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -27,7 +26,7 @@ use crate::rewind::Rewind;
 
 /// The client connection after a `101 Switching Protocols` answer, with any bytes the client
 /// sent after its request.
-pub type Upgraded = Rewind<TcpStream>;
+pub type Upgraded = Rewind<Transport>;
 
 /// The client side of a protocol switch: resolves once the `101` answer has been written.
 pub type PendingUpgrade = oneshot::Receiver<Upgraded>;
@@ -72,7 +71,7 @@ enum Outcome {
 /// Serves HTTP/1.1 requests on `stream` until the client leaves, an error, or `close` turns
 /// true. `read_ahead` holds bytes already read from it.
 pub async fn serve_connection<A: HttpServerApp>(
-    stream: TcpStream,
+    stream: Transport,
     read_ahead: BytesMut,
     app: Arc<A>,
     meta: Arc<ConnMeta>,
@@ -116,7 +115,7 @@ pub async fn serve_connection<A: HttpServerApp>(
             Outcome::Close(r) => return linger(r, conn.write).await,
             Outcome::Upgrade(r, tx) => {
                 let Reader { io, buf } = r;
-                if let Ok(stream) = io.reunite(conn.write) {
+                if let Some(stream) = Transport::reunite(io, conn.write) {
                     let _ = tx.send(Rewind::new(buf.freeze(), stream));
                 }
                 return;
@@ -126,7 +125,7 @@ pub async fn serve_connection<A: HttpServerApp>(
 }
 
 struct Connection<A> {
-    write: OwnedWriteHalf,
+    write: WriteHalf,
     app: Arc<A>,
     meta: Arc<ConnMeta>,
     /// Interim answers of the exchange in progress (one at a time on HTTP/1).
@@ -150,7 +149,7 @@ impl<A: HttpServerApp> Connection<A> {
             tokio::select! {
                 biased;
                 () = crate::server::closing(&mut self.close) => return Ok(None),
-                ready = tokio::time::timeout(idle, r.io.readable()) => {
+                ready = tokio::time::timeout(idle, r.io.wait_readable(&mut r.buf, HEAD_BUFFER)) => {
                     if !matches!(ready, Ok(Ok(()))) {
                         return Ok(None);
                     }
@@ -189,7 +188,7 @@ impl<A: HttpServerApp> Connection<A> {
         self.errors.count(error.code());
         tracing::debug!(%error, client = %self.meta.client, "refusing a request head");
         let answer = encode::refusal(error.status(), error.code(), &error.to_string());
-        let _ = self.write.write_all(&answer).await;
+        let _ = flush(&mut self.write, &mut answer.to_vec()).await;
     }
 
     /// One request and its response.
@@ -269,7 +268,10 @@ impl<A: HttpServerApp> Connection<A> {
                 }
                 sent = recv(&mut continue_rx), if continue_rx.is_some() => {
                     continue_rx = None;
-                    if sent && self.write.write_all(CONTINUE).await.is_err() {
+                    if sent
+                        && (self.write.write_all(CONTINUE).await.is_err()
+                            || self.write.flush().await.is_err())
+                    {
                         return Outcome::Close(None);
                     }
                 }
@@ -333,7 +335,7 @@ impl<A: HttpServerApp> Connection<A> {
         if parts.status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = upgrade_tx
         {
-            if self.write.write_all(&out).await.is_err() {
+            if !flush(&mut self.write, &mut out).await {
                 return Outcome::Close(None);
             }
             return match local {
@@ -428,26 +430,26 @@ impl<A: HttpServerApp> Connection<A> {
 }
 
 /// Writes interim (1xx) answers; false when the client is gone.
-async fn write_interim(
-    write: &mut OwnedWriteHalf,
-    heads: Vec<(StatusCode, http::HeaderMap)>,
-) -> bool {
+async fn write_interim(write: &mut WriteHalf, heads: Vec<(StatusCode, http::HeaderMap)>) -> bool {
     let mut out = Vec::with_capacity(256);
     for (status, mut headers) in heads {
         strip_hop_by_hop(&mut headers, false, false);
         encode::interim(&mut out, status, &headers);
     }
-    write.write_all(&out).await.is_ok()
+    flush(write, &mut out).await
 }
 
-/// Writes and clears `out`; false when the client is gone.
-async fn flush(write: &mut OwnedWriteHalf, out: &mut Vec<u8>) -> bool {
-    if out.is_empty() {
-        return true;
+/// Writes and clears `out`, then flushes the transport (a TLS session may hold the last record
+/// back until then; a socket's flush does nothing); false when the client is gone.
+async fn flush(write: &mut WriteHalf, out: &mut Vec<u8>) -> bool {
+    if !out.is_empty() {
+        let ok = write.write_all(out).await.is_ok();
+        out.clear();
+        if !ok {
+            return false;
+        }
     }
-    let ok = write.write_all(out).await.is_ok();
-    out.clear();
-    ok
+    write.flush().await.is_ok()
 }
 
 async fn recv(rx: &mut Option<oneshot::Receiver<()>>) -> bool {
@@ -463,14 +465,13 @@ async fn client_gone(reader: Option<&mut Reader>) -> bool {
     let Some(reader) = reader else {
         return std::future::pending().await;
     };
-    let mut byte = [0u8; 1];
-    !matches!(reader.io.peek(&mut byte).await, Ok(n) if n > 0)
+    reader.io.closed_or_more(&mut reader.buf).await
 }
 
 /// Closes the connection: the write side first, then a bounded wait for the client to finish
 /// sending, so that unread bytes do not make the kernel answer with a reset that could destroy
 /// the response in flight.
-async fn linger(reader: Option<Reader>, mut write: OwnedWriteHalf) {
+async fn linger(reader: Option<Reader>, mut write: WriteHalf) {
     let _ = write.shutdown().await;
     let Some(mut reader) = reader else { return };
     let drain = async {

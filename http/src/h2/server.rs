@@ -7,7 +7,6 @@ use h2::server::SendResponse;
 use http::header::{CONTENT_LENGTH, DATE, EXPECT, HeaderValue};
 use http::{Request, Response};
 use http_body::Body as _;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::{RecvBody, SendError, send_body};
@@ -39,7 +38,7 @@ pub struct Settings {
 /// leaves, an error, or `close` turns true (then it sends GOAWAY and lets the open streams
 /// finish).
 pub async fn serve_connection<A: HttpServerApp>(
-    io: Rewind<TcpStream>,
+    io: Rewind<crate::io::Transport>,
     app: Arc<A>,
     meta: Arc<ConnMeta>,
     settings: Settings,

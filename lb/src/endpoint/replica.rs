@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::metrics::{EndpointMetrics, LbMetrics};
 use super::{Failure, Health, Load};
 use datastream_http::body::RequestBody;
-use datastream_http::pool::Pool;
+use datastream_http::pool::{Connector, Pool};
 use datastream_resilience::breaker::{Breaker, Slots};
 use datastream_resilience::metrics::EndpointResilienceMetrics;
 use datastream_resilience::outlier::{
@@ -114,13 +114,14 @@ pub struct Completion {
 
 impl Endpoint {
     /// A new endpoint seeded with `seed` latency; `warming` starts it in slow start. Its
-    /// ejections count into the set-wide `ejections`.
+    /// ejections count into the set-wide `ejections`; `connector` wraps its connections (TLS).
     pub fn new(
         spec: &EndpointSpec,
         seed: Duration,
         warming: bool,
         metrics: &LbMetrics,
         ejections: &Arc<Ejections>,
+        connector: Option<Arc<dyn Connector>>,
     ) -> Self {
         Self {
             addr: spec.addr,
@@ -129,7 +130,7 @@ impl Endpoint {
             draining: AtomicBool::new(!spec.serving),
             load: Load::new(seed, warming),
             health: Health::default(),
-            pool: Pool::new(spec.addr),
+            pool: Pool::with_connector(spec.addr, connector),
             metrics: metrics.endpoint(&spec.name, spec.addr, spec.local),
             outlier: Detector::new(Arc::clone(ejections)),
             breaker: Breaker::new(),

@@ -48,6 +48,18 @@ impl EndpointSet {
         version: u64,
         metrics: &LbMetrics,
     ) -> Self {
+        Self::build_with(previous, specs, version, metrics, None)
+    }
+
+    /// [`Self::build`], with new remote endpoints (peer sidecars, not the local workload)
+    /// connecting through `remote` (mutual TLS).
+    pub fn build_with(
+        previous: &EndpointSet,
+        specs: &[EndpointSpec],
+        version: u64,
+        metrics: &LbMetrics,
+        remote: Option<&Arc<dyn datastream_http::pool::Connector>>,
+    ) -> Self {
         let now = clock::now_ns();
         let seed = median(
             previous
@@ -80,6 +92,7 @@ impl EndpointSet {
                     warming,
                     metrics,
                     &previous.ejections,
+                    remote.filter(|_| !spec.local).cloned(),
                 )),
             };
             endpoints.push(endpoint);
