@@ -106,6 +106,11 @@ struct RunArgs {
     /// names both after the release; created under this name when missing and permitted).
     #[arg(long, env = "DATASTREAM_SIDECAR_CERTIFICATE_ROLE", default_value = datastream_operator::certificate_access::DEFAULT_ROLE_NAME)]
     sidecar_certificate_role: String,
+    /// Longest lifetime the signer issues, in seconds, whatever the sidecars ask (30 to 86400;
+    /// default 86400). Below the sidecars' own lifetime it shortens every certificate: a
+    /// tighter policy, or certificate rotation every half minute in tests.
+    #[arg(long, env = "DATASTREAM_MAX_CERTIFICATE_LIFETIME_SECONDS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(30..=86_400))]
+    max_certificate_lifetime_seconds: u64,
     /// SPIFFE trust domain of workload identities.
     #[arg(long, env = "DATASTREAM_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
@@ -198,6 +203,7 @@ async fn run(args: RunArgs) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(datastream_operator::signer::run(
             signer_client,
             authority,
+            std::time::Duration::from_secs(args.max_certificate_lifetime_seconds),
             std::future::pending(),
         ));
         sidecar_identity = Some(desired::SidecarIdentity {

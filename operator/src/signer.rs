@@ -500,9 +500,13 @@ async fn sidecar_stream(
 /// Watches CertificateSigningRequests for [`SIGNER_NAME`] and approves and signs (or denies) each
 /// pending one. Every operator replica runs it (issuance does not need the leader): writes carry
 /// the object's resourceVersion, so when replicas race one wins and the others see a conflict.
+/// Certificates live at most `max_lifetime` ([`MAX_LIFETIME`] normally; shorter to tighten the
+/// policy, or in tests of rotation: the CSR API cannot ask for less than 600 s, but the signer may
+/// issue less than asked).
 pub async fn run(
     client: kube::Client,
     authority: datastream_identity::authority::Authority,
+    max_lifetime: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use futures::StreamExt;
@@ -526,10 +530,10 @@ pub async fn run(
                     }
                 };
                 for csr in csrs {
-                    if let Err(e) = handle(&api, &client, &authority, &csr).await {
+                    if let Err(e) = handle(&api, &client, &authority, max_lifetime, &csr).await {
                         let name = csr.metadata.name.clone().unwrap_or_default();
                         tracing::warn!(csr = %name, error = %e, "certificate request not handled; retrying in 5 s");
-                        tokio::spawn(retry_later(api.clone(), client.clone(), authority.clone(), name));
+                        tokio::spawn(retry_later(api.clone(), client.clone(), authority.clone(), max_lifetime, name));
                     }
                 }
             }
@@ -545,6 +549,7 @@ async fn retry_later(
     api: kube::Api<CertificateSigningRequest>,
     client: kube::Client,
     authority: std::sync::Arc<datastream_identity::authority::Authority>,
+    max_lifetime: Duration,
     name: String,
 ) {
     for attempt in 1..=5u32 {
@@ -552,7 +557,7 @@ async fn retry_later(
         let Ok(Some(csr)) = api.get_opt(&name).await else {
             return;
         };
-        match handle(&api, &client, &authority, &csr).await {
+        match handle(&api, &client, &authority, max_lifetime, &csr).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(csr = %name, attempt, error = %e, "certificate request still not handled")
@@ -565,6 +570,7 @@ async fn handle(
     api: &kube::Api<CertificateSigningRequest>,
     client: &kube::Client,
     authority: &datastream_identity::authority::Authority,
+    max_lifetime: Duration,
     csr: &CertificateSigningRequest,
 ) -> Result<(), SignerError> {
     use kube::api::{Patch, PatchParams};
@@ -608,6 +614,7 @@ async fn handle(
         return Ok(());
     };
     let der = request_from_pem(&csr.spec.request.0)?;
+    let lifetime = lifetime.min(max_lifetime);
     let issued = authority.sign(&der, &identity, lifetime, time::OffsetDateTime::now_utc())?;
     let pem = issued.chain_pem();
     let status = serde_json::json!({

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use datastream_api::v1alpha1::{
     CONDITION_AVAILABLE, CONDITION_DEGRADED, CONDITION_POLICY_ACCEPTED, CONDITION_PROGRESSING,
-    DataStream, DataStreamStatus, POD_CONDITION_POLICY, Phase, SIDECAR_PEER_PORT,
+    DataStream, DataStreamStatus, MutualTls, POD_CONDITION_POLICY, Phase, SIDECAR_PEER_PORT,
     VolumeClaimStatus, parse_policy_report,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -321,8 +321,30 @@ pub fn derive(ds: &DataStream, observed: &Observed<'_>, now: Time) -> DataStream
         volume_claims: volume_claims(ds, &observed.claims),
         outdated_replicas: outdated_replicas(&observed.pods, set_status.update_revision.as_deref()),
         phase: Some(phase),
+        mutual_tls: observed.stateful_set.map(mutual_tls),
         policy_current_replicas: policy_current,
         conditions,
+    }
+}
+
+/// Whether the StatefulSet's pod template runs its sidecars with a workload identity (the
+/// operator gives them a trust domain only when it signs their certificates).
+fn mutual_tls(set: &StatefulSet) -> MutualTls {
+    let identity = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| {
+            p.containers
+                .iter()
+                .find(|c| c.name == crate::desired::SIDECAR_CONTAINER)
+        })
+        .and_then(|c| c.env.as_ref())
+        .is_some_and(|env| env.iter().any(|e| e.name == "DATASTREAM_TRUST_DOMAIN"));
+    if identity {
+        MutualTls::On
+    } else {
+        MutualTls::Off
     }
 }
 

@@ -57,6 +57,10 @@ pub struct EndpointView {
     pub breaker: BreakerSnapshot,
     /// Attempts waiting for this replica's response headers.
     pub pending: u32,
+    /// The identity a connection to it must prove in its TLS handshake (remote endpoints, with
+    /// mutual TLS on); every pooled connection has proved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_identity: Option<String>,
 }
 
 /// Serves the admin API until `close` turns true. `settings` is shown under `/config`.
@@ -159,6 +163,7 @@ pub fn endpoints_json(shared: &Shared) -> Value {
     let set = shared.endpoints();
     let policy = shared.policy();
     let now = clock::now_ns();
+    let peer_identity = shared.peer_tls().map(|t| t.peer_identity().to_string());
     let views: Vec<EndpointView> = set
         .endpoints()
         .iter()
@@ -185,6 +190,7 @@ pub fn endpoints_json(shared: &Shared) -> Value {
                 outlier: e.outlier.state(now),
                 breaker: e.breaker.snapshot(now, &policy.resilience.breaker),
                 pending: e.pending.held(),
+                peer_identity: peer_identity.clone().filter(|_| !e.is_local()),
             }
         })
         .collect();
@@ -192,6 +198,7 @@ pub fn endpoints_json(shared: &Shared) -> Value {
     let ejections = set.ejections();
     json!({
         "version": set.version(),
+        "mutualTls": shared.peer_tls().is_some(),
         "endpoints": views,
         "resilience": {
             "ejected": ejections.ejected(),

@@ -239,14 +239,21 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             let shared = Arc::new(Shared::new(policy, metrics));
             let client = kube::Client::try_default().await?;
             if let Some(settings) = identity {
-                tracing::info!(id = %settings.id, lifetime = ?settings.lifetime, trust_anchors = settings.anchors.len(), "workload identity on");
-                shared.set_identity(crate::identity::start(
+                tracing::info!(id = %settings.id, lifetime = ?settings.lifetime, trust_anchors = settings.anchors.len(), "workload identity and mutual TLS between sidecars on");
+                let anchors = settings.anchors.clone();
+                let handle = crate::identity::start(
                     settings,
                     client.clone(),
                     &me.pod_name,
                     &shared.metrics,
                     close_rx.clone(),
-                ));
+                );
+                shared.set_identity(handle.clone());
+                shared.set_peer_tls(Arc::new(crate::peer_tls::PeerTls::new(
+                    handle,
+                    anchors,
+                    Arc::clone(&shared.metrics.identity),
+                )));
             }
             let settings = settings_json(&runtime, "kubernetes", Some(&me));
             let sidecar = Sidecar::start(&runtime, Arc::clone(&shared), settings).await?;

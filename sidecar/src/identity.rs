@@ -40,6 +40,17 @@ pub struct IdentityHandle {
 }
 
 impl IdentityHandle {
+    /// A handle on `states`, published by a rotation loop (or fixed, when embedding the sidecar
+    /// with certificates from elsewhere); `anchors` is how many trust anchors peers are verified
+    /// against.
+    pub fn new(id: WorkloadId, anchors: usize, states: watch::Receiver<IdentityState>) -> Self {
+        Self {
+            id,
+            anchors,
+            states,
+        }
+    }
+
     /// The identity this sidecar proves.
     pub fn id(&self) -> &WorkloadId {
         &self.id
@@ -139,20 +150,21 @@ pub fn start(
             let _ = close.wait_for(|c| *c).await;
         },
     ));
-    let handle = IdentityHandle {
-        id,
-        anchors: settings.anchors.len(),
-        states: rx,
-    };
+    let handle = IdentityHandle::new(id, settings.anchors.len(), rx);
     tokio::spawn(export_metrics(handle.clone(), metrics.identity.clone()));
     handle
 }
 
 /// Keeps the identity gauges in step with the state.
 async fn export_metrics(mut handle: IdentityHandle, gauges: Arc<crate::metrics::IdentityMetrics>) {
+    let mut last: Option<Arc<datastream_identity::credentials::Credentials>> = None;
     loop {
         match handle.state() {
             IdentityState::Ready(creds) => {
+                if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, &creds)) {
+                    gauges.certificates.inc();
+                    last = Some(Arc::clone(&creds));
+                }
                 gauges.ready.set(1);
                 gauges
                     .certificate_expiry

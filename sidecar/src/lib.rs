@@ -9,7 +9,7 @@
 //! YAML file); both swap in live.
 //!
 //! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`], [`identity`]
-//! (the workload certificate), [`route`],
+//! (the workload certificate), [`peer_tls`] (mutual TLS between sidecars), [`route`],
 //! [`policy`], [`proxy`] (the request path behind the HTTP server), [`admin`], [`runtime`]
 //! (listeners, start, drain), [`state`], [`metrics`]. The layers below are their own crates,
 //! which know nothing of this one or of the API types: `datastream-http` (codec, connections,
@@ -22,6 +22,7 @@ pub mod config;
 pub mod discovery;
 pub mod identity;
 pub mod metrics;
+pub mod peer_tls;
 pub mod policy;
 pub mod proxy;
 pub mod route;

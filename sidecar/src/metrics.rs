@@ -22,6 +22,15 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Labels of a refused peer connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `accept` or `dial`.
+    pub side: &'static str,
+    /// The refusal's reason.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     listener: String,
@@ -54,11 +63,17 @@ pub struct Metrics {
     pub identity: Arc<IdentityMetrics>,
 }
 
-/// Gauges of the sidecar's workload certificate (zero when the sidecar runs without identity).
+/// Gauges of the sidecar's workload certificate (zero when the sidecar runs without identity) and
+/// the peer connections mutual TLS refused.
 #[derive(Debug, Default)]
 pub struct IdentityMetrics {
+    /// Peer connections refused, by side (`accept`: the peer listener refused a client; `dial`:
+    /// this sidecar refused the peer it dialed) and reason (`plaintext`, `wrong_identity`, ...).
+    pub refusals: Family<RefusalLabels, Counter>,
     /// 1 while the sidecar holds a valid certificate.
     pub ready: Gauge,
+    /// Certificates obtained (the first, then one per renewal).
+    pub certificates: Counter,
     /// The certificate's `notAfter`, in Unix seconds (the expiry alert compares it with `time()`).
     pub certificate_expiry: Gauge,
 }
@@ -116,6 +131,16 @@ impl Metrics {
             "identity_ready",
             "1 while the sidecar holds a valid workload certificate",
             m.identity.ready.clone(),
+        );
+        registry.register(
+            "identity_certificates",
+            "Workload certificates obtained (the first, then one per renewal)",
+            m.identity.certificates.clone(),
+        );
+        registry.register(
+            "peer_tls_refusals",
+            "Peer connections refused by mutual TLS, by side and reason",
+            m.identity.refusals.clone(),
         );
         registry.register(
             "identity_certificate_expiry_timestamp_seconds",

@@ -94,9 +94,15 @@ impl Sidecar {
             settings.limits,
             close_rx.clone(),
             grace_rx.clone(),
+            None,
         ))];
         if let Some(l) = peer_listener {
             let (name, peer_app, metrics) = app(ListenerKind::Peer);
+            // With a workload identity, only sidecars of the same stream get through, over TLS.
+            let handshake = shared.peer_tls().map(|tls| {
+                Arc::new(crate::peer_tls::PeerAcceptor(Arc::clone(tls)))
+                    as Arc<dyn server::Handshake>
+            });
             proxies.push(tokio::spawn(server::serve(
                 l,
                 name,
@@ -105,6 +111,7 @@ impl Sidecar {
                 settings.limits,
                 close_rx,
                 grace_rx,
+                handshake,
             )));
         }
         // Active health checks of the local workload drive `/ready`; they stop with the admin

@@ -33,6 +33,10 @@ pub struct Shared {
     pub resilience: datastream_resilience::Runtime,
     /// The workload identity, when the sidecar runs with one.
     identity: std::sync::OnceLock<crate::identity::IdentityHandle>,
+    /// Mutual TLS between sidecars, with the identity.
+    peer_tls: std::sync::OnceLock<Arc<crate::peer_tls::PeerTls>>,
+    /// Dials remote endpoints with [`Self::peer_tls`].
+    peer_connector: std::sync::OnceLock<Arc<dyn datastream_http::pool::Connector>>,
 }
 
 /// What `/config` reports about configuration updates.
@@ -73,7 +77,23 @@ impl Shared {
             ),
             metrics,
             identity: std::sync::OnceLock::new(),
+            peer_tls: std::sync::OnceLock::new(),
+            peer_connector: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Turns on mutual TLS between sidecars (once, at start, before any endpoint is known):
+    /// remote endpoints are dialed with it and the peer listener accepts only it.
+    pub fn set_peer_tls(&self, tls: Arc<crate::peer_tls::PeerTls>) {
+        let connector: Arc<dyn datastream_http::pool::Connector> =
+            Arc::new(crate::peer_tls::PeerConnector(Arc::clone(&tls)));
+        let _ = self.peer_connector.set(connector);
+        let _ = self.peer_tls.set(tls);
+    }
+
+    /// Mutual TLS between sidecars, when on.
+    pub fn peer_tls(&self) -> Option<&Arc<crate::peer_tls::PeerTls>> {
+        self.peer_tls.get()
     }
 
     /// Sets the workload identity (once, at start).
@@ -126,7 +146,13 @@ impl Shared {
         let _serial = self.endpoints_update.lock();
         let version = self.endpoints_version.fetch_add(1, Ordering::Relaxed) + 1;
         let previous = self.endpoints.load();
-        let next = EndpointSet::build(&previous, specs, version, &self.metrics.lb);
+        let next = EndpointSet::build_with(
+            &previous,
+            specs,
+            version,
+            &self.metrics.lb,
+            self.peer_connector.get(),
+        );
         tracing::info!(version, endpoints = next.len(), "endpoint set updated");
         self.endpoints.store(Arc::new(next));
         self.endpoints_known.store(true, Ordering::Release);

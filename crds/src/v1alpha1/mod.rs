@@ -98,6 +98,13 @@ pub const SIDECAR_ADMIN_PORT: i32 = 7082;
         description = "Whether every sidecar accepted the current policy (False: one rejected it; Unknown: not all reported yet)"
     ),
     printcolumn(
+        name = "mTLS",
+        type_ = "string",
+        json_path = ".status.mutualTls",
+        priority = 1,
+        description = "Whether the sidecars talk mutual TLS between replicas (On) or plaintext (Off)"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

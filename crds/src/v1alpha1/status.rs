@@ -96,6 +96,11 @@ pub struct DataStreamStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
+    /// Whether the pod template runs the sidecars with workload identity and mutual TLS between
+    /// them (the operator signs their certificates), or plaintext on the peer port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_tls: Option<MutualTls>,
+
     /// Conditions: Available, Progressing, Degraded and PolicyAccepted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -119,6 +124,16 @@ pub struct VolumeClaimStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub capacity: Option<String>,
+}
+
+/// Whether the peer port between the sidecars is mutual TLS.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MutualTls {
+    /// Every sidecar proves the stream's workload identity, and the peer port accepts only it.
+    On,
+    /// Plaintext on the peer port (the operator signs no certificates: a namespace-scoped
+    /// install, or `--workload-signer=false`).
+    Off,
 }
 
 /// One-word summary of a DataStream's conditions.

@@ -645,6 +645,7 @@ fn crd_names_and_subresources() {
             "Degraded",
             "Policy-Current",
             "Policy-Accepted",
+            "mTLS",
             "Age"
         ]
     );

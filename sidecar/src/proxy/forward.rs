@@ -890,6 +890,7 @@ mod tests {
             client: "10.0.0.9:5000".parse().unwrap(),
             local: LOCAL.parse().unwrap(),
             forwarding: datastream_http::headers::Forwarding::new("10.0.0.9:5000".parse().unwrap()),
+            peer_identity: None,
         };
         let mut p = parts(Version::HTTP_2, "http://a.example/x?y", &["a.example"]);
         prepare(&mut p, &meta, false, false).unwrap();
