@@ -43,5 +43,6 @@ in_netns "$bin/kubectl" --kubeconfig "$KUBECONFIG" wait --for condition=Establis
 in_netns env "PATH=$PATH" "HOME=$HOME" cargo test -p datastream-podlet --features cluster-tests -- --test-threads=1
 # The sidecar's Kubernetes discovery test is #[ignore]d in `make unit` (it needs this cluster).
 in_netns env "PATH=$PATH" "HOME=$HOME" "KUBECONFIG=$KUBECONFIG" cargo test -p datastream-sidecar --test kubernetes -- --ignored
-in_netns env "PATH=$PATH" "HOME=$HOME" cargo test -p datastream-e2e -- --test-threads=1
+# Every suite runs even after one fails, so that one run (and CI) reports all of them.
+in_netns env "PATH=$PATH" "HOME=$HOME" cargo test --no-fail-fast -p datastream-e2e -- --test-threads=1
 echo "e2e: suites ran in $(( $(date +%s) - t1 ))s"
