@@ -31,12 +31,7 @@ pub type Connecting = Pin<Box<dyn Future<Output = std::io::Result<Box<dyn Duplex
 /// says which protocol the connection will carry, for ALPN.
 pub trait Connector: Send + Sync + 'static {
     /// The wrapped stream over `tcp`, connected to `addr`.
-    fn connect(
-        &self,
-        tcp: TcpStream,
-        addr: SocketAddr,
-        h2: bool,
-    ) -> Connecting;
+    fn connect(&self, tcp: TcpStream, addr: SocketAddr, h2: bool) -> Connecting;
 }
 
 /// Idle HTTP/1 connections are closed after this long: below the keep-alive timeout of common
