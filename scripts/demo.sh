@@ -40,9 +40,13 @@ k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
 example=examples/datastream-demo.yaml
 k apply -n "$ns" -f "$example"
 name="$(k get -n "$ns" -f "$example" -o jsonpath='{.metadata.name}')"
+# Available, and all three replicas listed as endpoints: the status counts ready replicas from the
+# StatefulSet, which can lead the EndpointSlices (and so status.endpoints) by a moment, and the
+# traffic step below picks its targets from the endpoints.
 for ((i = 0; i < 180; i++)); do
   phase="$(k get dst "$name" -n "$ns" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
-  [[ "$phase" == Available ]] && break
+  listed="$(k get dst "$name" -n "$ns" -o jsonpath='{.status.endpoints[*]}' 2>/dev/null | wc -w)"
+  [[ "$phase" == Available && "$listed" -ge 3 ]] && break
   sleep 1
 done
 if [[ "$phase" != Available ]]; then
