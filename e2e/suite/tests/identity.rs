@@ -286,6 +286,63 @@ async fn admin(pod: &Pod, path: &str) -> Option<(u16, String)> {
         .ok()
 }
 
+fn pod_ip(pod: &Pod) -> std::net::IpAddr {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .expect("a running pod has an IP")
+        .parse()
+        .expect("pod IPs parse")
+}
+
+/// Applies DataStream `name` of `replicas` demo replicas balanced round-robin, waits until every
+/// replica is Ready and each sidecar lists all of them as eligible, and returns the pods in
+/// ordinal order.
+async fn round_robin_stream(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    replicas: usize,
+) -> Vec<Pod> {
+    let stream = format!(
+        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
+    );
+    let applied = kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(&stream));
+    assert!(applied.ok, "{}", applied.stderr);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut ready = Vec::new();
+    for ordinal in 0..replicas {
+        let pod_name = format!("{name}-{ordinal}");
+        let pod = wait_for(
+            namespace,
+            &format!("{pod_name} Ready"),
+            Duration::from_secs(180),
+            || async { pods.get_opt(&pod_name).await.ok()?.filter(pod_ready) },
+        )
+        .await;
+        ready.push(pod);
+    }
+    for pod in &ready {
+        wait_for(
+            namespace,
+            "every replica eligible on each sidecar",
+            Duration::from_secs(60),
+            || async {
+                let (_, body) = admin(pod, "/endpoints").await?;
+                let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
+                let eligible = doc["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .filter(|e| e["eligibility"]["state"] == "eligible")
+                    .count();
+                (eligible == replicas).then_some(())
+            },
+        )
+        .await;
+    }
+    ready
+}
+
 fn pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
@@ -507,57 +564,15 @@ async fn peer_ports_answer_only_their_own_streams_sidecars() {
             ..OperatorOptions::default()
         },
     );
-    for (name, replicas) in [("orders", 2), ("payments", 1)] {
-        let stream = format!(
-            "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
-        );
-        let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream));
-        assert!(applied.ok, "{}", applied.stderr);
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let mut orders = Vec::new();
-    for name in ["orders-0", "orders-1", "payments-0"] {
-        let pod = wait_for(
-            &ns.name,
-            &format!("{name} Ready"),
-            Duration::from_secs(180),
-            || async { pods.get_opt(name).await.ok()?.filter(pod_ready) },
-        )
-        .await;
-        if name.starts_with("orders") {
-            orders.push(pod);
-        }
-    }
-    let ip = |pod: &Pod| -> std::net::IpAddr {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let orders = round_robin_stream(&client, &ns.name, "orders", 2).await;
+    round_robin_stream(&client, &ns.name, "payments", 1).await;
     // Each sidecar lists the other replica as a remote endpoint that must prove the stream's
     // identity.
     let orders_id = format!("spiffe://cluster.local/ns/{}/sa/orders-sidecar", ns.name);
     for pod in &orders {
-        wait_for(
-            &ns.name,
-            "both replicas eligible on each sidecar",
-            Duration::from_secs(60),
-            || async {
-                let (_, body) = admin(pod, "/endpoints").await?;
-                let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-                let endpoints = doc["endpoints"].as_array()?;
-                let eligible = endpoints
-                    .iter()
-                    .filter(|e| e["eligibility"]["state"] == "eligible")
-                    .count();
-                (doc["mutualTls"] == true && eligible == 2).then_some(doc)
-            },
-        )
-        .await;
         let (_, body) = admin(pod, "/endpoints").await.unwrap();
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["mutualTls"], true, "{doc}");
         let remote = doc["endpoints"]
             .as_array()
             .unwrap()
@@ -569,7 +584,7 @@ async fn peer_ports_answer_only_their_own_streams_sidecars() {
     }
 
     // Traffic through one sidecar reaches both replicas: the other one over the mTLS peer hop.
-    let traffic = format!("http://{}:{SIDECAR_TRAFFIC_PORT}/", ip(&orders[0]));
+    let traffic = format!("http://{}:{SIDECAR_TRAFFIC_PORT}/", pod_ip(&orders[0]));
     let mut answered_by = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let answer = http_exchange("GET", &traffic, &[], "").await.unwrap();
@@ -590,7 +605,7 @@ async fn peer_ports_answer_only_their_own_streams_sidecars() {
     let payments_cert = certificate_for(&ns.name, "payments-sidecar").await;
     let orders_cert = certificate_for(&ns.name, "orders-sidecar").await;
     for pod in &orders {
-        let peer = std::net::SocketAddr::new(ip(pod), SIDECAR_PEER_PORT as u16);
+        let peer = std::net::SocketAddr::new(pod_ip(pod), SIDECAR_PEER_PORT as u16);
         // A pod that is not a sidecar: plaintext HTTP gets no answer.
         let plain = http_get(&format!("http://{peer}/"), &[]).await;
         assert!(plain.is_err(), "plaintext answered: {plain:?}");
@@ -654,41 +669,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
             ..OperatorOptions::default()
         },
     );
-    let stream = format!(
-        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: rotating\nspec:\n  replicas: 2\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
-    );
-    let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream));
-    assert!(applied.ok, "{}", applied.stderr);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let mut replicas = Vec::new();
-    for name in ["rotating-0", "rotating-1"] {
-        let pod = wait_for(
-            &ns.name,
-            &format!("{name} Ready"),
-            Duration::from_secs(180),
-            || async { pods.get_opt(name).await.ok()?.filter(pod_ready) },
-        )
-        .await;
-        replicas.push(pod);
-    }
-    for pod in &replicas {
-        wait_for(
-            &ns.name,
-            "both replicas eligible on each sidecar",
-            Duration::from_secs(60),
-            || async {
-                let (_, body) = admin(pod, "/endpoints").await?;
-                let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-                let eligible = doc["endpoints"]
-                    .as_array()?
-                    .iter()
-                    .filter(|e| e["eligibility"]["state"] == "eligible")
-                    .count();
-                (eligible == 2).then_some(())
-            },
-        )
-        .await;
-    }
+    let replicas = round_robin_stream(&client, &ns.name, "rotating", 2).await;
     let certificates = |metrics: &str| -> u64 {
         metrics
             .lines()
@@ -701,12 +682,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         let (_, metrics) = admin(pod, "/metrics").await.unwrap();
         before.push(certificates(&metrics));
     }
-    let ip = replicas[0]
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap();
-    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), SIDECAR_TRAFFIC_PORT as u16);
+    let addr = std::net::SocketAddr::new(pod_ip(&replicas[0]), SIDECAR_TRAFFIC_PORT as u16);
     let until = tokio::time::Instant::now() + Duration::from_secs(120);
     let workers: Vec<_> = (0..4).map(|_| tokio::spawn(load(addr, until))).collect();
     let (mut ok, mut failed) = (0, Vec::new());
@@ -759,46 +735,8 @@ async fn an_issuer_outage_under_load_fails_no_request() {
         ..OperatorOptions::default()
     };
     let operator = Operator::start_with("outage-0", &ns.name, &options);
-    let stream = format!(
-        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: steady\nspec:\n  replicas: 2\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
-    );
-    let applied = kubectl_stdin(&["apply", "-n", &ns.name, "-f", "-"], Some(&stream));
-    assert!(applied.ok, "{}", applied.stderr);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-    let mut replicas = Vec::new();
-    for name in ["steady-0", "steady-1"] {
-        let pod = wait_for(
-            &ns.name,
-            &format!("{name} Ready"),
-            Duration::from_secs(180),
-            || async { pods.get_opt(name).await.ok()?.filter(pod_ready) },
-        )
-        .await;
-        replicas.push(pod);
-    }
-    let first = &replicas[0];
-    wait_for(
-        &ns.name,
-        "both replicas eligible",
-        Duration::from_secs(60),
-        || async {
-            let (_, body) = admin(first, "/endpoints").await?;
-            let doc: serde_json::Value = serde_json::from_str(&body).ok()?;
-            let eligible = doc["endpoints"]
-                .as_array()?
-                .iter()
-                .filter(|e| e["eligibility"]["state"] == "eligible")
-                .count();
-            (eligible == 2).then_some(())
-        },
-    )
-    .await;
-    let ip = first
-        .status
-        .as_ref()
-        .and_then(|s| s.pod_ip.clone())
-        .unwrap();
-    let addr = std::net::SocketAddr::new(ip.parse().unwrap(), SIDECAR_TRAFFIC_PORT as u16);
+    let replicas = round_robin_stream(&client, &ns.name, "steady", 2).await;
+    let addr = std::net::SocketAddr::new(pod_ip(&replicas[0]), SIDECAR_TRAFFIC_PORT as u16);
     let until = tokio::time::Instant::now() + Duration::from_secs(75);
     let workers: Vec<_> = (0..4).map(|_| tokio::spawn(load(addr, until))).collect();
     // The issuer goes away for 60 s in the middle of the load.
