@@ -719,8 +719,30 @@ async fn a_users_whole_journey() {
         "balance: 180 requests (6 concurrent) through one sidecar spread {spread:?}"
     ));
     if spread.keys().cloned().collect::<BTreeSet<_>>() != replicas {
+        // What the balancing sidecar knew about each replica (estimates, in-flight counts,
+        // eligibility, failures) and why its TLS handshakes failed, if any did.
+        let admin = SocketAddr::new(ips[0], ADMIN_PORT);
+        let endpoints = send(admin, "GET", "/endpoints", &[], "")
+            .await
+            .map(|a| a.body)
+            .unwrap_or_else(|e| format!("no /endpoints: {e}"));
+        let refusals: Vec<String> = send(admin, "GET", "/metrics", &[], "")
+            .await
+            .map(|a| {
+                a.body
+                    .lines()
+                    .filter(|l| {
+                        l.contains("peer_tls")
+                            || l.contains("endpoint_failures")
+                            || l.contains("endpoint_requests")
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         missing.push(format!(
-            "balance: requests through one sidecar reached only {spread:?} of {replicas:?}"
+            "balance: requests through one sidecar reached only {spread:?} of {replicas:?}; \
+             its /endpoints: {endpoints}; its TLS, request and failure counters: {refusals:?}"
         ));
     }
 
