@@ -113,6 +113,12 @@ struct Recorder {
 }
 
 async fn recorder(target: SocketAddr) -> Recorder {
+    recorder_delaying(target, Duration::ZERO).await
+}
+
+/// A [`recorder`] that holds each connection's first bytes from the server for `delay`: with TLS,
+/// the server's handshake reply, so setting up every connection takes at least `delay`.
+async fn recorder_delaying(target: SocketAddr, delay: Duration) -> Recorder {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let to_server = Arc::new(Mutex::new(Vec::new()));
@@ -141,7 +147,11 @@ async fn recorder(target: SocketAddr) -> Recorder {
             });
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
+                let mut first = true;
                 while let Ok(n) = sr.read(&mut buf).await {
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(delay).await;
+                    }
                     if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
                         break;
                     }
@@ -392,4 +402,39 @@ async fn a_peer_with_another_identity_never_gets_the_request() {
             "datastream_sidecar_peer_tls_refusals_total{side=\"dial\",reason=\"wrong_identity\"}"
         ) >= 1
     );
+}
+
+/// Setting up a connection is the connection's cost, not the replica's response time: a
+/// handshake that takes 300 ms (a peer's CPU throttled by its limit, say) does not make the replica
+/// look 300 ms slow to peak-EWMA, which would keep requests away from it for seconds after its
+/// first one. Over the own HTTP/1 client and over hyper's HTTP/2 client.
+#[tokio::test]
+async fn a_slow_handshake_is_not_taken_for_the_replicas_latency() {
+    let pki = pki();
+    let me = id("orders-sidecar");
+    let b_backend = Backend::start("replica-b").await;
+    let b = tls_sidecar(&pki, &me, &[local(&b_backend)]).await;
+    let handshake = Duration::from_millis(300);
+    for client in [h1_client(), h2_client()] {
+        let slow = recorder_delaying(b.peer_addr().unwrap(), handshake).await;
+        let a = tls_sidecar(&pki, &me, &[remote("replica-b", slow.addr)]).await;
+        let started = std::time::Instant::now();
+        let answer = get(&client, a.traffic_addr(), "/", &[]).await;
+        assert_eq!(answer.backend(), "replica-b");
+        assert!(
+            started.elapsed() >= handshake,
+            "the handshake was not delayed"
+        );
+        let set = a.shared().endpoints();
+        let endpoint = &set.endpoints()[0];
+        let load = endpoint
+            .load
+            .snapshot(datastream_resilience::clock::now_ns());
+        assert_eq!(load.samples, 1);
+        // The request itself takes about a millisecond; the handshake 300.
+        assert!(
+            load.ewma_ms < 100.0,
+            "the handshake counted as latency: {load:?}"
+        );
+    }
 }

@@ -244,7 +244,17 @@ impl InflightGuard {
         }
     }
 
-    /// When the attempt started, on the resilience clock.
+    /// Records that the attempt's connection was ready at `now_ns`: latency is measured from
+    /// there. Setting up a connection is a one-off cost of the connection, not the replica's
+    /// response time; with TLS it is a handshake, which a peer under a CPU limit may take tens of
+    /// milliseconds to complete, and peak-EWMA would otherwise take that as the replica's latency
+    /// and starve it of requests for seconds after its first one.
+    #[inline]
+    pub fn connected_at(&mut self, now_ns: u64) {
+        self.started_ns = now_ns;
+    }
+
+    /// When the attempt started (or its fresh connection was ready), on the resilience clock.
     #[inline]
     pub fn started_ns(&self) -> u64 {
         self.started_ns

@@ -663,7 +663,12 @@ async fn attempt_hyper(
     // bound keeps a pool full of dead connections from looping for long.
     for _ in 0..4 {
         let sender = match acquire(endpoint, h2, upgrade).await {
-            Ok(s) => s,
+            // The shared HTTP/2 connection may have been set up for this request; either way
+            // the latency sample starts once a connection is ready (see `connected_at`).
+            Ok(s) => {
+                guard.connected_at(clock::now_ns());
+                s
+            }
             Err(e) => {
                 let news = guard.failed(Failure::Connect);
                 return Err(AttemptError::NotSent {
@@ -730,7 +735,10 @@ async fn attempt_own(
     let conn = match endpoint.pool.take_idle_own() {
         Some(conn) => conn,
         None => match endpoint.pool.connect_own().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                guard.connected_at(clock::now_ns());
+                conn
+            }
             Err(e) => {
                 let news = guard.failed(Failure::Connect);
                 return Err(AttemptError::NotSent {
