@@ -9,9 +9,9 @@
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
+    SanType, SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use time::OffsetDateTime;
@@ -333,6 +333,9 @@ impl Authority {
             return Err(AuthorityError::Issuer("the issuer has expired".into()));
         }
         let mut params = CertificateParams::default();
+        // The identity is the URI SAN alone (an X.509-SVID); rcgen's default subject would name
+        // every workload "rcgen self signed cert". With an empty subject the SAN is critical.
+        params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(identity.to_string().as_str().try_into()?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -378,6 +381,17 @@ mod tests {
         assert_eq!(issued.chain.len(), 2);
         let (_, leaf) = X509Certificate::from_der(&issued.chain[0]).unwrap();
         assert!(!leaf.is_ca());
+        assert_eq!(
+            leaf.subject().iter_attributes().count(),
+            0,
+            "{}",
+            leaf.subject()
+        );
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert!(
+            san.critical,
+            "an empty subject needs a critical SAN (RFC 5280 4.2.1.6)"
+        );
         let eku = leaf.extended_key_usage().unwrap().unwrap().value;
         assert!(eku.server_auth && eku.client_auth);
         assert_eq!(leaf.validity().not_after.to_datetime(), now + DAY);

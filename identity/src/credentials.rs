@@ -68,6 +68,7 @@ impl PendingKey {
     /// The DER signing request naming the identity as its only (URI) subject alternative name.
     pub fn csr_der(&self) -> Result<Vec<u8>, CredentialsError> {
         let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(self.id.to_string().as_str().try_into()?)];
         Ok(params.serialize_request(&self.key)?.der().to_vec())
     }
@@ -76,6 +77,7 @@ impl PendingKey {
     /// CertificateSigningRequest's `spec.request` carries it.
     pub fn csr_pem(&self) -> Result<String, CredentialsError> {
         let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
         params.subject_alt_names = vec![SanType::URI(self.id.to_string().as_str().try_into()?)];
         Ok(params.serialize_request(&self.key)?.pem()?)
     }
