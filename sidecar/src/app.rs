@@ -37,6 +37,7 @@ enum Mode {
         resolved: Box<Resolved>,
         file: Option<PathBuf>,
         flags: Overrides,
+        identity: Option<crate::identity::files::IdentityFiles>,
     },
     Kubernetes {
         runtime: RuntimeSettings,
@@ -54,13 +55,28 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, Vec<String>> {
         return Err(vec!["threads: must be at least 1".into()]);
     }
     if cli.kubernetes() {
+        if cli.identity_dir.is_some() {
+            return Err(vec!["DATASTREAM_IDENTITY_DIR (--identity-dir) is for local mode; in Kubernetes mode the operator's signer certifies the sidecar (--trust-domain)".into()]);
+        }
         return prepare_kubernetes(cli, flags);
     }
     let file = match &cli.config {
         Some(path) => FileConfig::read(path).map_err(|e| vec![e])?,
         None => FileConfig::default(),
     };
-    let resolved = Resolved::resolve(&file, &flags)?;
+    let mut errors = Vec::new();
+    let identity = cli.identity_dir.as_deref().and_then(|dir| {
+        crate::identity::files::IdentityFiles::load(dir, time::OffsetDateTime::now_utc())
+            .map_err(|e| errors.push(format!("workload identity (--identity-dir): {e}")))
+            .ok()
+    });
+    let resolved = Resolved::resolve(&file, &flags).map_err(|mut e| {
+        e.append(&mut errors);
+        e
+    })?;
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     // Compile once here so policy errors are reported with the rest, before binding anything.
     compile(&resolved.traffic, 1, "validation", &Metrics::new())?;
     Ok(Prepared {
@@ -70,6 +86,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, Vec<String>> {
             resolved: Box::new(resolved),
             file: cli.config.clone(),
             flags,
+            identity,
         },
     })
 }
@@ -205,6 +222,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             resolved,
             file,
             flags,
+            identity,
         } => {
             let source = match &file {
                 Some(p) => format!("file {}", p.display()),
@@ -213,6 +231,23 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             let policy = compile(&resolved.traffic, 1, &source, &metrics)
                 .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
             let shared = Arc::new(Shared::new(policy, metrics));
+            // Before the endpoints: remote ones are built with the mutual TLS connector.
+            if let Some(files) = identity {
+                tracing::info!(id = %files.id, not_after = %files.credentials.not_after(), trust_anchors = files.anchors.len(), "workload identity from {} and mutual TLS towards remote endpoints on", files.dir.display());
+                let anchors = files.anchors.clone();
+                let handle = crate::identity::files::start(
+                    files,
+                    POLL_INTERVAL,
+                    &shared.metrics,
+                    close_rx.clone(),
+                );
+                shared.set_identity(handle.clone());
+                shared.set_peer_tls(Arc::new(crate::peer_tls::PeerTls::new(
+                    handle,
+                    anchors,
+                    Arc::clone(&shared.metrics.identity),
+                )));
+            }
             shared.set_endpoints(&resolved.endpoints);
             let settings = settings_json(&resolved.runtime, "local", None);
             let sidecar = Sidecar::start(&resolved.runtime, Arc::clone(&shared), settings).await?;

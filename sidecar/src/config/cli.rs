@@ -112,6 +112,18 @@ pub struct Cli {
     )]
     pub threads: usize,
 
+    /// Local mode: a directory with the workload certificate (`tls.crt`, its SPIFFE ID as URI
+    /// SAN), its key (`tls.key`, PKCS#8) and the trust anchors (`ca.crt`), as cert-manager writes
+    /// them. Turns on mutual TLS towards remote endpoints and on the peer listener; certificate and
+    /// key are reloaded when they change.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DATASTREAM_IDENTITY_DIR",
+        global = true
+    )]
+    pub identity_dir: Option<PathBuf>,
+
     /// Kubernetes settings.
     #[command(flatten)]
     pub kube: KubeArgs,

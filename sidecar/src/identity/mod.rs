@@ -1,8 +1,11 @@
-//! The sidecar's workload identity (Kubernetes mode, when the operator signs certificates): a key
-//! generated in this process, certified through a CertificateSigningRequest made with the pod's own
-//! ServiceAccount, checked against the trust anchors the operator put in the pod spec, and renewed
-//! before it expires (see `datastream_identity::rotation`). `/ready` stays false, with the reason,
-//! until the first certificate arrives; the certificate's expiry is a metric.
+//! The sidecar's workload identity. In Kubernetes mode, when the operator signs certificates: a
+//! key generated in this process, certified through a CertificateSigningRequest made with the
+//! pod's own ServiceAccount, checked against the trust anchors the operator put in the pod spec,
+//! and renewed before it expires (see `datastream_identity::rotation`). `/ready` stays false, with
+//! the reason, until the first certificate arrives; the certificate's expiry is a metric. In local
+//! mode, from files a certificate manager keeps current ([`files`]).
+
+pub mod files;
 
 use std::sync::Arc;
 use std::time::Duration;
