@@ -133,7 +133,11 @@ impl TrustAnchors {
             let anchor = webpki::anchor_from_trusted_cert(cert)
                 .map_err(|e| rustls::Error::General(format!("trust anchor: {e}")))?
                 .to_owned();
-            subjects.push(DistinguishedName::from(anchor.subject.as_ref().to_vec()));
+            // TLS carries each acceptable CA as a whole DER `Name`; webpki keeps only the
+            // SEQUENCE's contents. Without the outer tag, OpenSSL clients (nginx, HAProxy, curl)
+            // abort the handshake on the certificate request ("asn1 encoding routines::wrong
+            // tag"); rustls clients do not parse the list.
+            subjects.push(DistinguishedName::in_sequence(anchor.subject.as_ref()));
             anchors.push(anchor);
         }
         if anchors.is_empty() {
@@ -357,5 +361,24 @@ impl ClientCertVerifier for AllowedPeers {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::{certificates_from_pem, generate_trust_anchor};
+
+    /// The certificate request names each anchor as its subject, byte for byte a DER `Name`.
+    #[test]
+    fn acceptable_authorities_are_whole_der_names() {
+        let now = time::OffsetDateTime::now_utc();
+        let anchor =
+            generate_trust_anchor("cluster.local", now, std::time::Duration::from_secs(86_400))
+                .unwrap();
+        let der = certificates_from_pem(&anchor.cert).unwrap().remove(0);
+        let anchors = TrustAnchors::new(std::slice::from_ref(&der)).unwrap();
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(anchors.subjects[0].as_ref(), cert.subject().as_raw());
     }
 }

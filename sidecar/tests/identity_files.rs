@@ -116,6 +116,25 @@ async fn json(client: &H1Client, addr: SocketAddr, path: &str) -> serde_json::Va
     serde_json::from_str(&get(client, addr, path, &[]).await.body).unwrap()
 }
 
+/// curl (OpenSSL) to `peer` over TLS, with `dir`'s certificate or none: the status code, or the
+/// error.
+fn curl_peer(dir: &Path, peer: SocketAddr, with_certificate: bool) -> String {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--insecure", "--max-time", "5", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}"]);
+    if with_certificate {
+        cmd.arg("--cert")
+            .arg(dir.join("tls.crt"))
+            .arg("--key")
+            .arg(dir.join("tls.key"));
+    }
+    let out = cmd
+        .arg(format!("https://{peer}/hello"))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
 #[tokio::test]
 async fn sidecars_with_identity_files_speak_mutual_tls_and_follow_renewals() {
     let pki = pki("cluster.local");
@@ -178,6 +197,18 @@ async fn sidecars_with_identity_files_speak_mutual_tls_and_follow_renewals() {
     .await;
     assert!(!plaintext.contains("HTTP/1.1"), "{plaintext:?}");
     assert_eq!(backend.count(), 1);
+    // An OpenSSL client (curl) with the stream's certificate gets through B's peer port; without
+    // one it is refused. (OpenSSL parses the certificate request's list of acceptable authorities,
+    // which rustls clients do not: a malformed list once failed every OpenSSL handshake.)
+    // curl blocks; the backend answers on this test's runtime, so curl runs on another thread.
+    let curl = |with_certificate: bool| {
+        let dir_b = dir_b.clone();
+        tokio::task::spawn_blocking(move || curl_peer(&dir_b, b_peer, with_certificate))
+    };
+    let (with, without) = (curl(true).await.unwrap(), curl(false).await.unwrap());
+    assert_eq!(with, "200", "{with}");
+    assert!(!without.starts_with("200"), "{without}");
+    assert_eq!(backend.count(), 2);
 
     // A renewal written in place swaps in without a restart.
     let first = json(&client, a_admin, "/identity").await;
@@ -221,7 +252,7 @@ async fn sidecars_with_identity_files_speak_mutual_tls_and_follow_renewals() {
         get(&client, a_listen, "/hello", &[]).await.status.as_u16(),
         200
     );
-    assert_eq!(backend.count(), 3);
+    assert_eq!(backend.count(), 4);
     for dir in [dir_a, dir_b] {
         let _ = std::fs::remove_dir_all(dir);
     }
