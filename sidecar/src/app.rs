@@ -28,6 +28,8 @@ pub struct Prepared {
     /// Worker threads.
     pub threads: usize,
     mode: Mode,
+    /// Where the traffic listener's TLS certificate is read from, if clients must use TLS.
+    client_tls: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -50,6 +52,27 @@ enum Mode {
 /// Validates the flags (and the config file) without starting anything; every problem is
 /// reported.
 pub fn prepare(cli: &Cli) -> Result<Prepared, Vec<String>> {
+    let client_tls = match &cli.client_tls_dir {
+        Some(dir) => crate::client_tls::ClientTls::load(dir, Arc::default())
+            .map(|_| Some(dir.clone()))
+            .map_err(|e| format!("client TLS (--client-tls-dir): {e}")),
+        None => Ok(None),
+    };
+    match (prepare_mode(cli), client_tls) {
+        (Ok(prepared), Ok(client_tls)) => Ok(Prepared {
+            client_tls,
+            ..prepared
+        }),
+        (Err(mut errors), Err(tls)) => {
+            errors.push(tls);
+            Err(errors)
+        }
+        (Err(errors), Ok(_)) => Err(errors),
+        (Ok(_), Err(tls)) => Err(vec![tls]),
+    }
+}
+
+fn prepare_mode(cli: &Cli) -> Result<Prepared, Vec<String>> {
     let flags = cli.overrides();
     if cli.threads == 0 {
         return Err(vec!["threads: must be at least 1".into()]);
@@ -82,6 +105,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, Vec<String>> {
     Ok(Prepared {
         log_level: resolved.log_level.clone(),
         threads: cli.threads,
+        client_tls: None,
         mode: Mode::Local {
             resolved: Box::new(resolved),
             file: cli.config.clone(),
@@ -151,6 +175,7 @@ fn prepare_kubernetes(cli: &Cli, mut flags: Overrides) -> Result<Prepared, Vec<S
     Ok(Prepared {
         log_level: resolved.log_level,
         threads: cli.threads,
+        client_tls: None,
         mode: Mode::Kubernetes {
             runtime: resolved.runtime,
             me,
@@ -217,6 +242,17 @@ fn identity_settings(
 pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let (close_tx, close_rx) = watch::channel(false);
+    let client_tls = match &prepared.client_tls {
+        Some(dir) => {
+            let tls = crate::client_tls::ClientTls::load(dir, Arc::clone(&metrics.client_tls))
+                .map_err(|e| anyhow::anyhow!("client TLS (--client-tls-dir): {e}"))?;
+            tracing::info!(dir = %dir.display(), "TLS for clients on the traffic listener");
+            let tls = Arc::new(tls);
+            tokio::spawn(Arc::clone(&tls).watch(POLL_INTERVAL, close_rx.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
     let (sidecar, background) = match prepared.mode {
         Mode::Local {
             resolved,
@@ -231,6 +267,9 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             let policy = compile(&resolved.traffic, 1, &source, &metrics)
                 .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
             let shared = Arc::new(Shared::new(policy, metrics));
+            if let Some(tls) = &client_tls {
+                shared.set_client_tls(Arc::clone(tls));
+            }
             // Before the endpoints: remote ones are built with the mutual TLS connector.
             if let Some(files) = identity {
                 tracing::info!(id = %files.id, not_after = %files.credentials.not_after(), trust_anchors = files.anchors.len(), "workload identity from {} and mutual TLS towards remote endpoints on", files.dir.display());
@@ -272,6 +311,9 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
             let policy = compile(&traffic, 1, "built-in default", &metrics)
                 .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
             let shared = Arc::new(Shared::new(policy, metrics));
+            if let Some(tls) = &client_tls {
+                shared.set_client_tls(Arc::clone(tls));
+            }
             let client = kube::Client::try_default().await?;
             if let Some(settings) = identity {
                 tracing::info!(id = %settings.id, lifetime = ?settings.lifetime, trust_anchors = settings.anchors.len(), "workload identity and mutual TLS between sidecars on");

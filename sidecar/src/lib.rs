@@ -9,7 +9,8 @@
 //! YAML file); both swap in live.
 //!
 //! Module map: [`config`] (flags, file, validation, compile, reload), [`discovery`], [`identity`]
-//! (the workload certificate), [`peer_tls`] (mutual TLS between sidecars), [`route`],
+//! (the workload certificate), [`peer_tls`] (mutual TLS between sidecars), [`client_tls`]
+//! (optional TLS for clients), [`route`],
 //! [`policy`], [`proxy`] (the request path behind the HTTP server), [`admin`], [`runtime`]
 //! (listeners, start, drain), [`state`], [`metrics`]. The layers below are their own crates,
 //! which know nothing of this one or of the API types: `datastream-http` (codec, connections,
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod client_tls;
 pub mod config;
 pub mod discovery;
 pub mod identity;

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub resilience: ResilienceMetrics,
     /// The workload certificate's gauges.
     pub identity: Arc<IdentityMetrics>,
+    /// The traffic listener's TLS (with `--client-tls-dir`).
+    pub client_tls: Arc<crate::client_tls::ClientTlsMetrics>,
 }
 
 /// Gauges of the sidecar's workload certificate (zero when the sidecar runs without identity) and
@@ -101,6 +103,7 @@ impl Metrics {
             config_rejected: Counter::default(),
             resilience,
             identity: Arc::default(),
+            client_tls: Arc::default(),
             registry: Registry::default(),
         };
         // Registration order is the order of `/metrics`.
@@ -146,6 +149,21 @@ impl Metrics {
             "identity_certificate_expiry_timestamp_seconds",
             "When the workload certificate expires (Unix seconds; 0 without one)",
             m.identity.certificate_expiry.clone(),
+        );
+        registry.register(
+            "client_tls_refusals",
+            "Client connections on the traffic listener that did not complete TLS, by reason",
+            m.client_tls.refusals.clone(),
+        );
+        registry.register(
+            "client_tls_reloads",
+            "Client TLS certificate reloads, by outcome (loaded, rejected)",
+            m.client_tls.reloads.clone(),
+        );
+        registry.register(
+            "client_tls_certificate_expiry_timestamp_seconds",
+            "When the traffic listener's certificate expires (Unix seconds; 0 without client TLS)",
+            m.client_tls.certificate_expiry.clone(),
         );
         Self { registry, ..m }
     }

@@ -86,6 +86,10 @@ impl Sidecar {
             (kind.name(), app, shared.metrics.listener(kind.name()))
         };
         let (name, traffic_app, metrics) = app(ListenerKind::Traffic);
+        let client_tls = shared.client_tls().map(|tls| {
+            Arc::new(crate::client_tls::ClientTlsAcceptor(Arc::clone(tls)))
+                as Arc<dyn server::Handshake>
+        });
         let mut proxies = vec![tokio::spawn(server::serve(
             traffic_listener,
             name,
@@ -94,7 +98,7 @@ impl Sidecar {
             settings.limits,
             close_rx.clone(),
             grace_rx.clone(),
-            None,
+            client_tls,
         ))];
         if let Some(l) = peer_listener {
             let (name, peer_app, metrics) = app(ListenerKind::Peer);

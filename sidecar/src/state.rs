@@ -35,6 +35,8 @@ pub struct Shared {
     identity: std::sync::OnceLock<crate::identity::IdentityHandle>,
     /// Mutual TLS between sidecars, with the identity.
     peer_tls: std::sync::OnceLock<Arc<crate::peer_tls::PeerTls>>,
+    /// TLS for clients on the traffic listener.
+    client_tls: std::sync::OnceLock<Arc<crate::client_tls::ClientTls>>,
     /// Dials remote endpoints with [`Self::peer_tls`].
     peer_connector: std::sync::OnceLock<Arc<dyn datastream_http::pool::Connector>>,
 }
@@ -78,6 +80,7 @@ impl Shared {
             metrics,
             identity: std::sync::OnceLock::new(),
             peer_tls: std::sync::OnceLock::new(),
+            client_tls: std::sync::OnceLock::new(),
             peer_connector: std::sync::OnceLock::new(),
         }
     }
@@ -94,6 +97,16 @@ impl Shared {
     /// Mutual TLS between sidecars, when on.
     pub fn peer_tls(&self) -> Option<&Arc<crate::peer_tls::PeerTls>> {
         self.peer_tls.get()
+    }
+
+    /// Sets the traffic listener's TLS (once, before the listeners start).
+    pub fn set_client_tls(&self, tls: Arc<crate::client_tls::ClientTls>) {
+        let _ = self.client_tls.set(tls);
+    }
+
+    /// The traffic listener's TLS, if clients must use it.
+    pub fn client_tls(&self) -> Option<&Arc<crate::client_tls::ClientTls>> {
+        self.client_tls.get()
     }
 
     /// Sets the workload identity (once, at start).

@@ -124,6 +124,16 @@ pub struct Cli {
     )]
     pub identity_dir: Option<PathBuf>,
 
+    /// TLS for clients on the traffic listener: a directory with `tls.crt` (the chain) and
+    /// `tls.key`, as a `kubernetes.io/tls` Secret mounts; re-read when they change.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "DATASTREAM_CLIENT_TLS_DIR",
+        global = true
+    )]
+    pub client_tls_dir: Option<PathBuf>,
+
     /// Kubernetes settings.
     #[command(flatten)]
     pub kube: KubeArgs,
