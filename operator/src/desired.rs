@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServiceAccount, ServicePort, ServiceSpec,
-    VolumeResourceRequirements,
+    ResourceRequirements, SecretVolumeSource, Service, ServiceAccount, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -260,6 +260,33 @@ fn identity_env(identity: Option<&SidecarIdentity>) -> Vec<EnvVar> {
     env
 }
 
+/// The pod volume of the client TLS Secret (mounted in the sidecar only).
+pub const CLIENT_TLS_VOLUME: &str = "datastream-client-tls";
+/// Where the sidecar reads the client TLS certificate and key.
+pub const CLIENT_TLS_DIR: &str = "/var/run/secrets/datastream.dev/client-tls";
+
+fn client_tls_volume(tls: &datastream_api::v1alpha1::ClientTls) -> Volume {
+    Volume {
+        name: CLIENT_TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls.secret_name.clone()),
+            // Only the pair the sidecar reads (a cert-manager Secret also holds ca.crt).
+            items: Some(
+                ["tls.crt", "tls.key"]
+                    .into_iter()
+                    .map(|key| KeyToPath {
+                        key: key.to_owned(),
+                        path: key.to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -439,6 +466,12 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
             ]
             .into_iter()
             .chain(identity_env(settings.identity.as_ref()))
+            .chain(
+                spec.sidecar
+                    .client_tls
+                    .as_ref()
+                    .map(|_| value_env("DATASTREAM_CLIENT_TLS_DIR", CLIENT_TLS_DIR)),
+            )
             .collect(),
         ),
         ports: Some(vec![
@@ -455,6 +488,14 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
                 .unwrap_or_else(default_sidecar_resources),
         ),
         security_context: Some(pod::sidecar_security()),
+        volume_mounts: spec.sidecar.client_tls.as_ref().map(|_| {
+            vec![VolumeMount {
+                name: CLIENT_TLS_VOLUME.to_owned(),
+                mount_path: CLIENT_TLS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         ..Container::default()
     };
 
@@ -508,8 +549,16 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
                     automount_service_account_token: Some(true),
                     containers: vec![workload, sidecar],
                     security_context: Some(pod::pod_security(overrides.security_context.as_ref())),
-                    volumes: (!spec.workload.volumes.is_empty())
-                        .then(|| spec.workload.volumes.iter().map(pod::volume).collect()),
+                    volumes: {
+                        let volumes: Vec<Volume> = spec
+                            .workload
+                            .volumes
+                            .iter()
+                            .map(pod::volume)
+                            .chain(spec.sidecar.client_tls.as_ref().map(client_tls_volume))
+                            .collect();
+                        (!volumes.is_empty()).then_some(volumes)
+                    },
                     image_pull_secrets: pod::image_pull_secrets(&overrides.image_pull_secrets),
                     topology_spread_constraints: (!overrides
                         .topology_spread_constraints

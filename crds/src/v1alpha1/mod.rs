@@ -198,6 +198,28 @@ pub struct SidecarSpec {
     /// Log level of the sidecar: one of error, warn, info, debug, trace. Defaults to info.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<LogLevel>,
+
+    /// Makes clients use TLS on the traffic port, with the certificate and key of a Secret.
+    /// Without it the traffic port speaks plaintext HTTP. (Sidecars talk mutual TLS to each
+    /// other either way, with certificates of their own.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTls>,
+}
+
+/// TLS for clients on the traffic port.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// A Secret in the stream's namespace with `tls.crt` (the certificate, then any
+    /// intermediates, PEM) and `tls.key` (its key: PKCS#8, SEC1 or PKCS#1 PEM): a
+    /// `kubernetes.io/tls` Secret, as cert-manager writes it. It is mounted read-only into each
+    /// sidecar, which serves a renewed certificate once the kubelet has updated the volume (a
+    /// bad one is refused and the previous one kept). A missing Secret keeps new pods from
+    /// starting, as for any Secret volume.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')")
+        .message("sidecar.clientTls.secretName must be a Secret name (a DNS subdomain: lowercase letters, digits, '-' and '.')"))]
+    pub secret_name: String,
 }
 
 /// Verbosity of a component's logs.

@@ -94,7 +94,11 @@ pub struct WorkloadSpec {
     /// space and projected volumes, mounted through `volumeMounts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
-    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[x_kube(
+        merge_strategy = ListMerge::Map(vec!["name".into()]),
+        validation = Rule::new("self.all(v, !v.name.startsWith('datastream-'))")
+            .message("workload.volumes[].name must not start with datastream-: the operator names its volumes so")
+    )]
     pub volumes: Vec<PodVolume>,
 
     /// Mounts of `volumes` (or second mounts of `volumeClaims`) in the workload container.

@@ -515,3 +515,64 @@ fn sidecar_identity_settings_reach_the_pod_and_roll_it_when_they_change() {
         .push_str("B\n");
     assert_ne!(pod_config_hash(&ds, &rotated), hash_on);
 }
+
+/// `sidecar.clientTls` mounts the named Secret's pair read-only into the sidecar alone, tells the
+/// sidecar where it is, and, being part of the sidecar spec, rolls the pods when it changes.
+#[test]
+fn client_tls_mounts_the_secret_into_the_sidecar_only() {
+    let plain = stream(MINIMAL);
+    let mut tls = plain.clone();
+    tls.spec.sidecar.client_tls = Some(datastream_api::v1alpha1::ClientTls {
+        secret_name: "orders-tls".into(),
+    });
+    let sts = children(&tls, &settings()).stateful_set;
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let sidecar = pod
+        .containers
+        .iter()
+        .find(|c| c.name == SIDECAR_CONTAINER)
+        .unwrap();
+    let mounts = sidecar.volume_mounts.clone().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(
+        (
+            mounts[0].name.as_str(),
+            mounts[0].mount_path.as_str(),
+            mounts[0].read_only
+        ),
+        (CLIENT_TLS_VOLUME, CLIENT_TLS_DIR, Some(true))
+    );
+    let env = sidecar.env.clone().unwrap();
+    let dir = env
+        .iter()
+        .find(|e| e.name == "DATASTREAM_CLIENT_TLS_DIR")
+        .unwrap();
+    assert_eq!(dir.value.as_deref(), Some(CLIENT_TLS_DIR));
+    let workload = pod
+        .containers
+        .iter()
+        .find(|c| c.name == WORKLOAD_CONTAINER)
+        .unwrap();
+    assert!(
+        workload
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != CLIENT_TLS_VOLUME),
+        "the workload does not see the key"
+    );
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == CLIENT_TLS_VOLUME)
+        .unwrap();
+    let secret = volume.secret.unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("orders-tls"));
+    let keys: Vec<String> = secret.items.unwrap().into_iter().map(|i| i.key).collect();
+    assert_eq!(keys, ["tls.crt", "tls.key"]);
+    assert_ne!(
+        pod_config_hash(&plain, &settings()),
+        pod_config_hash(&tls, &settings())
+    );
+}

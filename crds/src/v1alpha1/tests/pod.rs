@@ -367,3 +367,35 @@ fn topology_spread_is_checked_like_the_scheduler_would() {
         "/spec/workload/pod/imagePullSecrets/0/name",
     );
 }
+
+#[test]
+fn volume_names_starting_with_datastream_are_the_operators() {
+    assert_cel_rejects(
+        set(
+            "/spec/workload/volumes/2",
+            json!({ "name": "datastream-client-tls", "emptyDir": {} }),
+        ),
+        "workload.volumes[].name must not start with datastream-",
+    );
+}
+
+#[test]
+fn client_tls_names_a_secret() {
+    let object = with(
+        full(),
+        "/spec/sidecar",
+        json!({ "clientTls": { "secretName": "catalog.tls-2" } }),
+    );
+    assert_eq!(cel_errors(&object), Vec::<String>::new());
+    assert_eq!(schema_errors(&object), Vec::<String>::new());
+    for bad in ["Catalog_TLS", "-tls", "tls."] {
+        let object = with(
+            full(),
+            "/spec/sidecar",
+            json!({ "clientTls": { "secretName": bad } }),
+        );
+        assert_cel_rejects(object, "sidecar.clientTls.secretName must be a Secret name");
+    }
+    let object = with(full(), "/spec/sidecar", json!({ "clientTls": {} }));
+    assert_schema_rejects(object, "/spec/sidecar/clientTls");
+}
