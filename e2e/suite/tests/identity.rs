@@ -304,8 +304,20 @@ async fn round_robin_stream(
     name: &str,
     replicas: usize,
 ) -> Vec<Pod> {
+    round_robin_stream_with(client, namespace, name, replicas, "").await
+}
+
+/// [`round_robin_stream`] with `sidecar` as the stream's `spec.sidecar` (YAML flow mapping
+/// contents, e.g. `clientTls: {secretName: x}`).
+async fn round_robin_stream_with(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    replicas: usize,
+    sidecar: &str,
+) -> Vec<Pod> {
     let stream = format!(
-        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
+        "apiVersion: datastream.dev/v1alpha1\nkind: DataStream\nmetadata:\n  name: {name}\nspec:\n  replicas: {replicas}\n  workload:\n    image: {DEMO_IMAGE}\n    port: 8080\n  sidecar: {{ {sidecar} }}\n  traffic:\n    loadBalancing: {{ policy: round-robin }}\n"
     );
     let applied = kubectl_stdin(&["apply", "-n", namespace, "-f", "-"], Some(&stream));
     assert!(applied.ok, "{}", applied.stderr);
@@ -824,4 +836,116 @@ async fn load(addr: std::net::SocketAddr, until: tokio::time::Instant) -> (u64, 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (ok, failed)
+}
+
+/// `sidecar.clientTls`: the operator mounts the named `kubernetes.io/tls` Secret into each sidecar,
+/// and clients reach the traffic port over TLS only (curl, verifying the certificate against its
+/// CA, over HTTP/1.1 and HTTP/2); a plaintext request gets a 400 saying the port speaks TLS.
+/// Sidecars still reach each other over mutual TLS with their workload certificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reach_the_traffic_port_over_tls_when_the_stream_names_a_secret() {
+    use datastream_api::v1alpha1::SIDECAR_TRAFFIC_PORT;
+    let client = client().await.expect("local cluster");
+    install_crd();
+    let ns = TestNamespace::create("e2e-client-tls");
+    let _operator = Operator::start_with(
+        "client-tls-0",
+        &ns.name,
+        &OperatorOptions {
+            args: vec!["--leader-elect=false".into()],
+            ..OperatorOptions::default()
+        },
+    );
+    // A CA and a certificate for the name clients use, as cert-manager would write them.
+    let host = "orders.e2e.test";
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e client TLS CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let dir = std::env::temp_dir().join(format!("e2e-client-tls-{}", ns.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca_file, cert_file, key_file) =
+        (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    kubectl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "orders-tls",
+        "-n",
+        &ns.name,
+        "--cert",
+        cert_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ]);
+
+    let orders = round_robin_stream_with(
+        &client,
+        &ns.name,
+        "orders",
+        2,
+        "clientTls: { secretName: orders-tls }",
+    )
+    .await;
+    for pod in &orders {
+        let ip = pod_ip(pod);
+        let curl = |version: &'static str| {
+            let ca_file = ca_file.clone();
+            tokio::task::spawn_blocking(move || {
+                let out = std::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "5", "-o", "/dev/null", version])
+                    .args(["-w", "%{http_code} %{http_version}", "--cacert"])
+                    .arg(&ca_file)
+                    .arg("--resolve")
+                    .arg(format!("{host}:{SIDECAR_TRAFFIC_PORT}:{ip}"))
+                    .arg(format!("https://{host}:{SIDECAR_TRAFFIC_PORT}/"))
+                    .output()
+                    .expect("curl runs");
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr)
+            })
+        };
+        assert_eq!(curl("--http1.1").await.unwrap(), "200 1.1");
+        assert_eq!(curl("--http2").await.unwrap(), "200 2");
+        let (status, body) = http_get(&format!("http://{ip}:{SIDECAR_TRAFFIC_PORT}/"), &[])
+            .await
+            .expect("a plaintext request gets an answer");
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("https://"), "{body}");
+        // The key is the sidecar's alone.
+        let spec = pod.spec.as_ref().unwrap();
+        let workload = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "workload")
+            .unwrap();
+        assert!(
+            workload
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "datastream-client-tls")
+        );
+        let (_, metrics) = admin(pod, "/metrics").await.unwrap();
+        assert!(
+            metrics.lines().any(|l| l.starts_with(
+                "datastream_sidecar_client_tls_certificate_expiry_timestamp_seconds "
+            ) && !l.ends_with(" 0")),
+            "{metrics}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
