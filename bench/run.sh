@@ -6,6 +6,9 @@
 #   bench/run.sh --skip-build    # reuse target/release binaries
 #   bench/run.sh --instructions  # only: user-space instructions per request of each proxy under
 #                                # callgrind (deterministic, whatever else the machine is doing)
+#   bench/run.sh --tls           # only: each proxy with plaintext and with mutual TLS to its
+#                                # upstreams (sidecar peer ports), TLS_ROUNDS interleaved rounds
+#   bench/run.sh --tls-report=DIR:ROUNDS  # re-renders that report from a run's raw data
 #
 # Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
 # PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3),
@@ -24,18 +27,23 @@ CONNS=${CONNS:-32}
 PEAK_ROUNDS=${PEAK_ROUNDS:-3}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
-SKIP_BUILD=0 INSTRUCTIONS=0
+SKIP_BUILD=0 INSTRUCTIONS=0 TLS=0 TLS_REPORT=
 for arg in "$@"; do
   case $arg in
     --skip-build) SKIP_BUILD=1 ;;
     --instructions) INSTRUCTIONS=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --tls) TLS=1 ;;
+    --tls-report=*) TLS_REPORT=${arg#--tls-report=} ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
 
 B_PORTS=(18081 18082 18083)
-ENDPOINTS=127.0.0.1:18081,127.0.0.1:18082,127.0.0.1:18083
+# What the measured proxies forward to: the backends, or in --tls mode the upstream sidecars' peer
+# ports (UPSTREAM_TLS=1: with mutual TLS, certificates in PKI).
+UPSTREAM_PORTS=("${B_PORTS[@]}")
+UPSTREAM_TLS=0 PKI=
 SIDECAR_PORT=17080 SIDECAR_ADMIN=17082 NGINX_PORT=17180 HAPROXY_PORT=17280
 PER_TRY_MS=200          # scenario 3: sidecar per-try timeout; nginx/HAProxy connect+read timeouts match it
 # Scenarios 1 and 2 run every proxy with ordinary timeouts (5 s connect, 60 s response): a 200 ms
@@ -46,6 +54,46 @@ SLOW_MS=2 SLOWER_MS=40  # scenario 2: two replicas answer in 2 ms, one in 40 ms 
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
+# The --tls report from a run's raw data (DIR ROUNDS): each figure is the median over the rounds of
+# that figure, errors are summed, and every round's req/s and CPU per request are listed.
+tls_report() {
+  local data=$1 rounds=$2 p mode round
+  kv() { awk -F= -v k="$2" '$1 == k {print $2}' "$1"; }
+  median() { # key mode proxy
+    for ((round = 1; round <= rounds; round++)); do kv "$data/tls-$2-$3-r$round.kv" "$1"; done |
+      sort -g | awk '{v[NR] = $1} END {print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2)}'
+  }
+  echo "Mutual TLS to the upstreams: each proxy pinned to CPU $(kv "$data/meta.kv" proxy_cpu), $(kv "$data/meta.kv" conns) keep-alive connections, $(kv "$data/meta.kv" duration)s per run, $rounds interleaved rounds, git $(kv "$data/meta.kv" git); $(kv "$data/meta.kv" versions). Each figure is the median over the rounds."
+  echo
+  echo "| proxy | upstream | req/s | CPU µs/req | p50 µs | p99 µs | errors | upstream handshakes | rounds (req/s / CPU µs/req) |"
+  echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+  for p in sidecar nginx haproxy; do
+    for mode in plain tls; do
+      local list="" errors=0 e
+      for ((round = 1; round <= rounds; round++)); do
+        list+=$(printf '%.0f/%s ' "$(kv "$data/tls-$mode-$p-r$round.kv" rps)" "$(kv "$data/tls-$mode-$p-r$round.kv" cpu_us_per_req)")
+        e=$(awk -F= '$1 ~ /^err_/ {s += $2} END {print s + 0}' "$data/tls-$mode-$p-r$round.kv")
+        errors=$((errors + e))
+      done
+      printf '| %s | %s | %.0f | %.2f | %.0f | %.0f | %s | %.0f | %s|\n' "$p" "$mode" "$(median rps "$mode" "$p")" \
+        "$(median cpu_us_per_req "$mode" "$p")" "$(median p50_us "$mode" "$p")" "$(median p99_us "$mode" "$p")" \
+        "$errors" "$(median upstream_connections "$mode" "$p")" "$list"
+    done
+  done
+  echo
+  awk -v st="$(median cpu_us_per_req tls sidecar)" -v sp="$(median cpu_us_per_req plain sidecar)" \
+    -v ht="$(median cpu_us_per_req tls haproxy)" -v hp="$(median cpu_us_per_req plain haproxy)" \
+    -v nt="$(median cpu_us_per_req tls nginx)" -v np="$(median cpu_us_per_req plain nginx)" 'BEGIN {
+    printf "- CPU per request with mutual TLS: sidecar / HAProxy %.2fx, sidecar / nginx %.2fx\n", st / ht, st / nt
+    printf "- CPU per request, TLS / plaintext: sidecar %.2fx, HAProxy %.2fx, nginx %.2fx\n", st / sp, ht / hp, nt / np
+  }'
+}
+
+if [[ -n $TLS_REPORT ]]; then # --tls-report=DIR:ROUNDS re-renders a run's report
+  tls_report "${TLS_REPORT%:*}" "${TLS_REPORT##*:}"
+  exit 0
+fi
+
 # --- tools -----------------------------------------------------------------------------------
 need_install=()
 command -v wrk >/dev/null || need_install+=(wrk)
@@ -54,6 +102,7 @@ command -v nginx >/dev/null || need_install+=(nginx-light)
 command -v curl >/dev/null || need_install+=(curl)
 command -v python3 >/dev/null || need_install+=(python3)
 command -v taskset >/dev/null || need_install+=(util-linux)
+((TLS)) && ! command -v openssl >/dev/null && need_install+=(openssl)
 ((INSTRUCTIONS)) && ! command -v callgrind_control >/dev/null && need_install+=(valgrind)
 if ((${#need_install[@]})); then
   log "installing ${need_install[*]} from Debian"
@@ -165,8 +214,11 @@ PROXY_PID=
 start_sidecar() {
   local extra=()
   ((TIGHT)) && extra=("${SIDECAR_TIMEOUT_ARGS[@]}")
+  ((UPSTREAM_TLS)) && extra+=(--identity-dir "$PKI")
+  local endpoints
+  endpoints=$(printf '127.0.0.1:%s,' "${UPSTREAM_PORTS[@]}")
   taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" "$BIN/datastream-sidecar" --listen "127.0.0.1:$SIDECAR_PORT" \
-    --admin "127.0.0.1:$SIDECAR_ADMIN" --endpoints "$ENDPOINTS" --policy p2c-ewma \
+    --admin "127.0.0.1:$SIDECAR_ADMIN" --endpoints "${endpoints%,}" --policy p2c-ewma \
     "${extra[@]}" --log-level warn >"$WORK/sidecar.log" 2>&1 &
   PROXY_PID=$!
   OWN_PIDS+=($!)
@@ -178,6 +230,18 @@ start_nginx() { # balance: rr | least_conn
   [[ $1 == least_conn ]] && balance="least_conn;"
   local connect=5s read=60s
   ((TIGHT)) && connect=${PER_TRY_MS}ms read=${PER_TRY_MS}ms
+  local servers="" scheme=http tls=""
+  local port
+  for port in "${UPSTREAM_PORTS[@]}"; do
+    servers+="server 127.0.0.1:$port max_fails=1 fail_timeout=10s; "
+  done
+  if ((UPSTREAM_TLS)); then
+    # Client certificate, chain and name verified against the CA, TLS 1.3, sessions reused.
+    scheme=https
+    tls="proxy_ssl_certificate $PKI/tls.crt; proxy_ssl_certificate_key $PKI/tls.key;
+      proxy_ssl_trusted_certificate $PKI/ca.crt; proxy_ssl_verify on; proxy_ssl_name $PKI_NAME;
+      proxy_ssl_protocols TLSv1.3; proxy_ssl_session_reuse on;"
+  fi
   mkdir -p "$WORK/nginx"
   cat >"$WORK/nginx/nginx.conf" <<CONF
 # One single-process worker so that its CPU time and RSS are the whole proxy's.
@@ -193,9 +257,7 @@ http {
   proxy_temp_path $WORK/nginx/proxy;
   upstream backends {
     $balance
-    server 127.0.0.1:${B_PORTS[0]} max_fails=1 fail_timeout=10s;
-    server 127.0.0.1:${B_PORTS[1]} max_fails=1 fail_timeout=10s;
-    server 127.0.0.1:${B_PORTS[2]} max_fails=1 fail_timeout=10s;
+    $servers
     keepalive 128;
     keepalive_requests 1000000;
   }
@@ -204,7 +266,8 @@ http {
     keepalive_requests 1000000;
     keepalive_timeout 75s;
     location / {
-      proxy_pass http://backends;
+      proxy_pass $scheme://backends;
+      $tls
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_connect_timeout $connect;
@@ -225,6 +288,13 @@ CONF
 start_haproxy() { # balance: roundrobin | leastconn
   local connect=5s server=60s
   ((TIGHT)) && connect=${PER_TRY_MS}ms server=${PER_TRY_MS}ms
+  local servers="" tls="" i
+  # Client certificate, chain and name verified against the CA, TLS 1.3 (sessions are reused by
+  # default).
+  ((UPSTREAM_TLS)) && tls="ssl verify required ca-file $PKI/ca.crt crt $PKI/client.pem verifyhost $PKI_NAME sni str($PKI_NAME) ssl-min-ver TLSv1.3 alpn http/1.1"
+  for i in "${!UPSTREAM_PORTS[@]}"; do
+    servers+="  server r$((i + 1)) 127.0.0.1:${UPSTREAM_PORTS[$i]} $tls"$'\n'
+  done
   cat >"$WORK/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -252,9 +322,7 @@ backend be
   balance $1
   option httpchk GET /healthz
   default-server check inter 1s fall 2 rise 2
-  server r1 127.0.0.1:${B_PORTS[0]}
-  server r2 127.0.0.1:${B_PORTS[1]}
-  server r3 127.0.0.1:${B_PORTS[2]}
+$servers
 CONF
   taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   PROXY_PID=$!
@@ -289,6 +357,8 @@ measure() {
   # Warm-up: fills upstream pools and lets balancers settle; not counted.
   taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d2s "$url" >/dev/null 2>&1 || true
   local pid=${PROXY_PID:-} before=0
+  # A caller's hook sees the start of the measured run (after the warm-up).
+  [[ -n ${ON_MEASURED_START:-} ]] && "$ON_MEASURED_START"
   [[ $name != direct ]] && before=$(cpu_ticks "$pid")
   local out
   out=$(WRK_DELAY_MS=$delay taskset -c "$LOAD_CPU" wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 5s \
@@ -362,6 +432,97 @@ if ((INSTRUCTIONS)); then
   stop_backends
   cat "$DATA/instructions.md" | tee "$REPORT"
   log "report: $REPORT"
+  exit 0
+fi
+
+# --- mutual TLS to the upstreams (--tls) -----------------------------------------------------
+# Each measured proxy forwards to three upstream sidecars' peer ports (each delivering to its own
+# backend), once in plaintext and once with mutual TLS: a client certificate, the chain verified
+# against the CA and the peer's name (the SPIFFE ID for the sidecar, the DNS name for nginx and
+# HAProxy), TLS 1.3, upstream connections and TLS sessions reused. The upstream tier, the backends
+# and wrk share LOAD_CPU; the measured proxy has PROXY_CPU alone. Rounds are interleaved, and
+# each figure is the median round by throughput, every round listed. "handshakes" counts the
+# connections the upstream tier accepted during the measured run (after the warm-up): with
+# connection reuse, few whatever the number of requests; HAProxy's include its health checks (a new
+# connection per check, 1 s apart, per server).
+if ((TLS)); then
+  TLS_ROUNDS=${TLS_ROUNDS:-5}
+  PEER_PORTS=(19281 19282 19283) PEER_ADMIN=(19181 19182 19183) PEER_TRAFFIC=(19081 19082 19083)
+  PKI=$WORK/pki PKI_NAME=bench-peers.bench.svc
+  mkdir -p "$PKI"
+  (
+    cd "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt \
+      -days 2 -subj /CN=bench-anchor -addext basicConstraints=critical,CA:TRUE \
+      -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out tls.key 2>/dev/null
+    openssl req -new -key tls.key -subj "/CN=$PKI_NAME" -out tls.csr
+    printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth,clientAuth" \
+      "subjectAltName=URI:spiffe://cluster.local/ns/bench/sa/bench-peers,DNS:$PKI_NAME" >leaf.ext
+    openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext \
+      -out tls.crt 2>/dev/null
+    cat tls.crt tls.key >client.pem
+  )
+  peer_pids=()
+  start_peers() { # tls: 0 | 1
+    local i extra=()
+    (($1)) && extra=(--identity-dir "$PKI")
+    for i in 0 1 2; do
+      taskset -c "$LOAD_CPU" "$BIN/datastream-sidecar" --listen "127.0.0.1:${PEER_TRAFFIC[$i]}" \
+        --admin "127.0.0.1:${PEER_ADMIN[$i]}" --peer-listen "127.0.0.1:${PEER_PORTS[$i]}" \
+        --endpoints "127.0.0.1:${B_PORTS[$i]}" --local-endpoint "127.0.0.1:${B_PORTS[$i]}" \
+        "${extra[@]}" --log-level warn >"$WORK/peer-$i.log" 2>&1 &
+      peer_pids+=($!)
+      OWN_PIDS+=($!)
+    done
+    for i in 0 1 2; do wait_http "http://127.0.0.1:${PEER_ADMIN[$i]}/ready"; done
+  }
+  stop_peers() {
+    local pid
+    for pid in "${peer_pids[@]}"; do stop_pid "$pid"; done
+    peer_pids=()
+  }
+  peer_connections() { # accepted on the three peer listeners so far
+    local i total=0 n
+    for i in 0 1 2; do
+      n=$(curl -fsS "http://127.0.0.1:${PEER_ADMIN[$i]}/metrics" |
+        awk '/^datastream_sidecar_connections_total\{.*listener="peer"/ {s += $NF} END {print s + 0}')
+      total=$((total + n))
+    done
+    echo "$total"
+  }
+  snapshot_connections() { CONNECTIONS_BEFORE=$(peer_connections); }
+  {
+    echo "date=$(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "git=$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet -- sidecar http identity 2>/dev/null || echo '+dirty')"
+    echo "versions=nginx $(nginx -v 2>&1 | sed 's/.*: //'), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), OpenSSL $(openssl version | awk '{print $2}')"
+    echo "proxy_cpu=$PROXY_CPU"
+    echo "conns=$CONNS"
+    echo "duration=$DURATION"
+  } >"$DATA/meta.kv"
+  start_backends
+  UPSTREAM_PORTS=("${PEER_PORTS[@]}")
+  for ((round = 1; round <= TLS_ROUNDS; round++)); do
+    for mode in plain tls; do
+      [[ $mode == tls ]] && UPSTREAM_TLS=1 || UPSTREAM_TLS=0
+      start_peers "$UPSTREAM_TLS"
+      for p in sidecar nginx haproxy; do
+        start_proxy "$p"
+        ON_MEASURED_START=snapshot_connections
+        measure "tls-$mode-$p-r$round" "$p" "$CONNS"
+        ON_MEASURED_START=
+        echo "upstream_connections=$(($(peer_connections) - CONNECTIONS_BEFORE))" >>"$DATA/tls-$mode-$p-r$round.kv"
+        stop_proxy
+      done
+      stop_peers
+    done
+  done
+  stop_backends
+  tls_report "$DATA" "$TLS_ROUNDS" >"$DATA/tls.md"
+  cp "$DATA/tls.md" "$REPORT"
+  cat "$REPORT"
+  log "report: $REPORT (raw data: $DATA)"
   exit 0
 fi
 
