@@ -5,9 +5,11 @@
 //! `downwardAPI` (fieldRef items) and `projected` (serviceAccountToken via the TokenRequest API bound to
 //! the pod, configMap, secret, downwardAPI) — which covers the `kube-api-access-*` volume the
 //! ServiceAccount admission plugin injects. `emptyDir`, `hostPath` and claims are writable (a claim is
-//! read-only when its volume source says `readOnly: true`), the others read-only. Content is written
-//! once at pod start (ConfigMap/Secret updates are not propagated); tokens are re-requested at 80 % of
-//! their lifetime and replaced atomically. Other volume types keep the pod's containers waiting.
+//! read-only when its volume source says `readOnly: true`), the others read-only. ConfigMap and
+//! Secret content is written at pod start and re-synced every [`OBJECT_SYNC`] (the kubelet's sync is
+//! about a minute); a changed file is replaced atomically, one file at a time (the kubelet swaps a
+//! whole volume at once through its `..data` symlink). Tokens are re-requested at 80 % of their
+//! lifetime and replaced atomically. Other volume types keep the pod's containers waiting.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -29,6 +31,8 @@ use crate::runtime::BindMount;
 
 /// Token lifetime when a projection does not say (the admission plugin's 3607 s).
 const DEFAULT_TOKEN_SECONDS: i64 = 3607;
+/// How often ConfigMap and Secret volumes are re-synced with their objects.
+pub const OBJECT_SYNC: Duration = Duration::from_secs(10);
 
 /// Why the volumes of a pod cannot be prepared.
 #[derive(Debug, thiserror::Error)]
@@ -76,12 +80,27 @@ struct TokenFile {
     refresh_at: Timestamp,
 }
 
+/// Files written from a ConfigMap or a Secret, to re-sync.
+#[derive(Debug, Clone)]
+struct ObjectFiles {
+    dir: PathBuf,
+    kind: &'static str,
+    name: String,
+    items: Option<Vec<KeyToPath>>,
+    default_mode: Option<i32>,
+}
+
 /// The prepared volumes of one pod.
 #[derive(Debug, Default)]
 pub struct Volumes {
     paths: HashMap<String, PathBuf>,
     read_only: HashMap<String, bool>,
     tokens: Vec<TokenFile>,
+    objects: Vec<ObjectFiles>,
+    /// When the objects are next re-synced.
+    objects_sync_at: Option<Timestamp>,
+    /// The pod's `fsGroup`, given to re-synced files too.
+    fs_group: Option<u32>,
     /// Volumes whose ownership `fsGroup` manages (all but `hostPath`, as in the kubelet).
     fs_group_managed: Vec<String>,
 }
@@ -156,6 +175,13 @@ impl Volumes {
                 cm.optional,
                 cm.default_mode,
             )?;
+            self.watch_object(
+                &path,
+                "configmap",
+                &cm.name,
+                cm.items.as_deref(),
+                cm.default_mode,
+            );
         } else if let Some(s) = &vol.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             let data = objects::secret(client, ns, &name).await?;
@@ -168,6 +194,7 @@ impl Volumes {
                 s.optional,
                 s.default_mode,
             )?;
+            self.watch_object(&path, "secret", &name, s.items.as_deref(), s.default_mode);
         } else if let Some(d) = &vol.downward_api {
             for item in d.items.iter().flatten() {
                 write_field(
@@ -201,6 +228,13 @@ impl Volumes {
                         cm.optional,
                         p.default_mode,
                     )?;
+                    self.watch_object(
+                        &path,
+                        "configmap",
+                        &cm.name,
+                        cm.items.as_deref(),
+                        p.default_mode,
+                    );
                 } else if let Some(s) = &src.secret {
                     let data = objects::secret(client, ns, &s.name).await?;
                     write_data(
@@ -212,6 +246,7 @@ impl Volumes {
                         s.optional,
                         p.default_mode,
                     )?;
+                    self.watch_object(&path, "secret", &s.name, s.items.as_deref(), p.default_mode);
                 } else if let Some(d) = &src.downward_api {
                     for item in d.items.iter().flatten() {
                         write_field(
@@ -234,9 +269,65 @@ impl Volumes {
         Ok(())
     }
 
-    /// The earliest time a token must be refreshed.
+    fn watch_object(
+        &mut self,
+        dir: &Path,
+        kind: &'static str,
+        name: &str,
+        items: Option<&[KeyToPath]>,
+        default_mode: Option<i32>,
+    ) {
+        self.objects.push(ObjectFiles {
+            dir: dir.to_owned(),
+            kind,
+            name: name.to_owned(),
+            items: items.map(<[KeyToPath]>::to_vec),
+            default_mode,
+        });
+        self.objects_sync_at = Some(after(Timestamp::now(), OBJECT_SYNC));
+    }
+
+    /// The earliest time a token must be refreshed or the objects re-synced.
     pub fn next_refresh(&self) -> Option<Timestamp> {
-        self.tokens.iter().map(|t| t.refresh_at).min()
+        self.tokens
+            .iter()
+            .map(|t| t.refresh_at)
+            .chain(self.objects_sync_at)
+            .min()
+    }
+
+    /// Re-syncs ConfigMap and Secret files with their objects when due: a changed file is
+    /// replaced atomically; a deleted object or key leaves the files as they are (as the kubelet
+    /// does, which keeps the last content until the pod goes).
+    pub async fn sync_objects(&mut self, client: &Client, ns: &str) -> Result<(), VolumeError> {
+        let now = Timestamp::now();
+        if self.objects_sync_at.is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        self.objects_sync_at = Some(after(now, OBJECT_SYNC));
+        for o in &self.objects {
+            let data = match o.kind {
+                "secret" => objects::secret(client, ns, &o.name).await?,
+                _ => objects::config_map(client, ns, &o.name).await?,
+            };
+            if data.is_none() {
+                continue;
+            }
+            // Missing keys are skipped rather than failing the sync.
+            write_data(
+                &o.dir,
+                o.kind,
+                &o.name,
+                data,
+                o.items.as_deref(),
+                Some(true),
+                o.default_mode,
+            )?;
+        }
+        if let Some(gid) = self.fs_group {
+            self.apply_fs_group(gid)?;
+        }
+        Ok(())
     }
 
     /// Re-requests every token that is due.
@@ -263,7 +354,8 @@ impl Volumes {
     /// Gives the pod's `fsGroup` the volumes it manages, as the kubelet does before containers start:
     /// every file and directory gets group `gid` with the owner's read (and, in writable volumes,
     /// write) permission; directories get the set-group-ID bit so that new files join the group.
-    pub fn apply_fs_group(&self, gid: u32) -> std::io::Result<()> {
+    pub fn apply_fs_group(&mut self, gid: u32) -> std::io::Result<()> {
+        self.fs_group = Some(gid);
         for name in &self.fs_group_managed {
             let (Some(path), writable) = (
                 self.paths.get(name),
@@ -480,7 +572,17 @@ fn give_group(path: &Path, gid: u32, writable: bool) -> std::io::Result<()> {
 }
 
 /// Writes through a temporary file and a rename, so a reader never sees a half-written token.
+/// `now` plus `d`.
+fn after(now: Timestamp, d: Duration) -> Timestamp {
+    now.checked_add(jiff::SignedDuration::try_from(d).unwrap_or_default())
+        .unwrap_or(now)
+}
+
+/// Replaces `path` with `content` through a rename, unless it already holds exactly that.
 fn write_atomic(path: &Path, content: &[u8], mode: Option<i32>) -> std::io::Result<()> {
+    if std::fs::read(path).is_ok_and(|old| old == content) {
+        return Ok(());
+    }
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -350,13 +350,21 @@ impl Worker {
                 .is_some_and(|t| t <= Timestamp::now())
         {
             let facts = self.facts();
+            let key = self.key();
             let sb = self.sandbox.as_mut().expect("checked above");
             if let Err(e) = sb
                 .volumes
                 .refresh_tokens(&self.ctx.client, &self.pod, &facts)
                 .await
             {
-                tracing::warn!(pod = %self.key(), error = %e, "token refresh failed");
+                tracing::warn!(pod = %key, error = %e, "token refresh failed");
+            }
+            if let Err(e) = sb
+                .volumes
+                .sync_objects(&self.ctx.client, &facts.namespace)
+                .await
+            {
+                tracing::warn!(pod = %key, error = %e, "ConfigMap/Secret volume sync failed");
             }
         }
         if self.terminal() {
@@ -439,7 +447,7 @@ impl Worker {
             std::fs::create_dir_all(dir.join("volumes"))?;
             let mut facts = self.facts();
             facts.pod_ip = ip.to_string();
-            let volumes = Volumes::prepare(
+            let mut volumes = Volumes::prepare(
                 &self.ctx.client,
                 &self.pod,
                 &facts,

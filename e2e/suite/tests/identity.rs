@@ -840,8 +840,9 @@ async fn load(addr: std::net::SocketAddr, until: tokio::time::Instant) -> (u64, 
 
 /// `sidecar.clientTls`: the operator mounts the named `kubernetes.io/tls` Secret into each sidecar,
 /// and clients reach the traffic port over TLS only (curl, verifying the certificate against its
-/// CA, over HTTP/1.1 and HTTP/2); a plaintext request gets a 400 saying the port speaks TLS.
-/// Sidecars still reach each other over mutual TLS with their workload certificates.
+/// CA, over HTTP/1.1 and HTTP/2); a plaintext request gets a 400 saying the port speaks TLS. A
+/// renewed Secret is served once the kubelet (the podlet) has synced the volume, without a
+/// restart. Sidecars still reach each other over mutual TLS with their workload certificates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_reach_the_traffic_port_over_tls_when_the_stream_names_a_secret() {
     use datastream_api::v1alpha1::SIDECAR_TRAFFIC_PORT;
@@ -858,39 +859,10 @@ async fn clients_reach_the_traffic_port_over_tls_when_the_stream_names_a_secret(
     );
     // A CA and a certificate for the name clients use, as cert-manager would write them.
     let host = "orders.e2e.test";
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name = rcgen::DistinguishedName::new();
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, "e2e client TLS CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
-    leaf.distinguished_name = rcgen::DistinguishedName::new();
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, host);
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
     let dir = std::env::temp_dir().join(format!("e2e-client-tls-{}", ns.name));
     std::fs::create_dir_all(&dir).unwrap();
-    let (ca_file, cert_file, key_file) =
-        (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    kubectl_ok(&[
-        "create",
-        "secret",
-        "tls",
-        "orders-tls",
-        "-n",
-        &ns.name,
-        "--cert",
-        cert_file.to_str().unwrap(),
-        "--key",
-        key_file.to_str().unwrap(),
-    ]);
+    let first_ca = dir.join("first-ca.crt");
+    client_tls_secret(&ns.name, "orders-tls", host, &dir, &first_ca, "create");
 
     let orders = round_robin_stream_with(
         &client,
@@ -900,26 +872,31 @@ async fn clients_reach_the_traffic_port_over_tls_when_the_stream_names_a_secret(
         "clientTls: { secretName: orders-tls }",
     )
     .await;
+    let curl = |ip: std::net::IpAddr, ca_file: std::path::PathBuf, version: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5", "-o", "/dev/null", version])
+                .args(["-w", "%{http_code} %{http_version}", "--cacert"])
+                .arg(&ca_file)
+                .arg("--resolve")
+                .arg(format!("{host}:{SIDECAR_TRAFFIC_PORT}:{ip}"))
+                .arg(format!("https://{host}:{SIDECAR_TRAFFIC_PORT}/"))
+                .output()
+                .expect("curl runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        })
+    };
     for pod in &orders {
         let ip = pod_ip(pod);
-        let curl = |version: &'static str| {
-            let ca_file = ca_file.clone();
-            tokio::task::spawn_blocking(move || {
-                let out = std::process::Command::new("curl")
-                    .args(["-sS", "--max-time", "5", "-o", "/dev/null", version])
-                    .args(["-w", "%{http_code} %{http_version}", "--cacert"])
-                    .arg(&ca_file)
-                    .arg("--resolve")
-                    .arg(format!("{host}:{SIDECAR_TRAFFIC_PORT}:{ip}"))
-                    .arg(format!("https://{host}:{SIDECAR_TRAFFIC_PORT}/"))
-                    .output()
-                    .expect("curl runs");
-                String::from_utf8_lossy(&out.stdout).into_owned()
-                    + &String::from_utf8_lossy(&out.stderr)
-            })
-        };
-        assert_eq!(curl("--http1.1").await.unwrap(), "200 1.1");
-        assert_eq!(curl("--http2").await.unwrap(), "200 2");
+        assert_eq!(
+            curl(ip, first_ca.clone(), "--http1.1").await.unwrap(),
+            "200 1.1"
+        );
+        assert_eq!(
+            curl(ip, first_ca.clone(), "--http2").await.unwrap(),
+            "200 2"
+        );
         let (status, body) = http_get(&format!("http://{ip}:{SIDECAR_TRAFFIC_PORT}/"), &[])
             .await
             .expect("a plaintext request gets an answer");
@@ -947,5 +924,93 @@ async fn clients_reach_the_traffic_port_over_tls_when_the_stream_names_a_secret(
             "{metrics}"
         );
     }
+
+    // cert-manager renews: the Secret gets a certificate from another CA. Once the kubelet has
+    // synced the volume, each sidecar serves it, without a restart.
+    let second_ca = dir.join("second-ca.crt");
+    client_tls_secret(&ns.name, "orders-tls", host, &dir, &second_ca, "apply");
+    for pod in &orders {
+        let ip = pod_ip(pod);
+        wait_for(
+            &ns.name,
+            "the renewed certificate served",
+            Duration::from_secs(60),
+            || {
+                let second_ca = second_ca.clone();
+                async move { (curl(ip, second_ca, "--http2").await.ok()? == "200 2").then_some(()) }
+            },
+        )
+        .await;
+        let old = curl(ip, first_ca.clone(), "--http1.1").await.unwrap();
+        assert!(
+            old.starts_with("000"),
+            "the replaced certificate is still served: {old}"
+        );
+        let (_, metrics) = admin(pod, "/metrics").await.unwrap();
+        assert!(
+            metrics.lines().any(|l| l
+                .starts_with("datastream_sidecar_client_tls_reloads_total{reason=\"loaded\"}")
+                && !l.ends_with(" 0")),
+            "{metrics}"
+        );
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for pod in &orders {
+        let now = pods
+            .get(pod.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(now.metadata.uid, pod.metadata.uid, "the pod was replaced");
+        assert_eq!(container_restarts(&now, "sidecar"), 0);
+    }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Writes a new CA and a certificate for `host` it signed into `dir`, the CA's certificate to
+/// `ca_file`, and creates (`create`) or replaces (`apply`) the `kubernetes.io/tls` Secret `name`.
+fn client_tls_secret(
+    namespace: &str,
+    name: &str,
+    host: &str,
+    dir: &std::path::Path,
+    ca_file: &std::path::Path,
+    verb: &str,
+) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "e2e client TLS CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    leaf.distinguished_name = rcgen::DistinguishedName::new();
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, host);
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let (cert_file, key_file) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(ca_file, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let args = [
+        "create",
+        "secret",
+        "tls",
+        name,
+        "-n",
+        namespace,
+        "--cert",
+        cert_file.to_str().unwrap(),
+        "--key",
+        key_file.to_str().unwrap(),
+    ];
+    if verb == "create" {
+        kubectl_ok(&args);
+    } else {
+        let manifest = kubectl_ok(&[&args[..], &["--dry-run=client", "-o", "yaml"]].concat());
+        let applied = kubectl_stdin(&["apply", "-f", "-"], Some(&manifest));
+        assert!(applied.ok, "{}", applied.stderr);
+    }
 }
