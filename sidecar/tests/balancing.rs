@@ -111,13 +111,21 @@ async fn p2c_ewma_gives_a_moderately_slower_replica_a_share() {
     let sc = sidecar("loadBalancing: { policy: p2c-ewma }", &specs).await;
     let addr = sc.traffic_addr();
     drive(addr, 16, 10).await;
-    let before = bs[2].count();
-    drive(addr, 16, 100).await;
-    let slow = bs[2].count() - before;
-    eprintln!("moderately slower replica got {slow} of 1600");
+    // Three windows, judged by the median: one scheduling stall on a busy machine can inflate the
+    // slow replica's peak estimate and keep it out of a whole 0.6 s window (until the 1 s forced
+    // probe), which is the estimator working as designed; starving it is a share that stays near
+    // zero window after window. About 12 % per window on an idle machine.
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let before = bs[2].count();
+        drive(addr, 16, 100).await;
+        shares.push(bs[2].count() - before);
+    }
+    eprintln!("moderately slower replica got {shares:?} of 1600 per window");
+    shares.sort_unstable();
     assert!(
-        slow * 100 >= 1600 * 2,
-        "the 2x slower replica got {slow} of 1600"
+        shares[1] * 100 >= 1600 * 2,
+        "the 2x slower replica got {shares:?} of 1600 per window"
     );
 }
 
