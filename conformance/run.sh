@@ -90,7 +90,7 @@ wait_until() {
 
 # The replica answers with x-replica-id; a unique id proves that our process, not a stranger that
 # grabbed the port, is the one answering.
-replica_is() { curl -sf -m 2 -o /dev/null -D - "http://127.0.0.1:$1/healthz" | tr -d '\r' | grep -qix "x-replica-id: $2"; }
+replica_is() { curl -sf -m 2 -o /dev/null -D - "http://127.0.0.1:$1/healthz" | tr -d '\r' | grep -ix "x-replica-id: $2" >/dev/null; }
 ready_200() { curl -sf -m 2 -o /dev/null "http://127.0.0.1:$1/ready"; }
 log_has() { grep -q "$2" "$1"; }
 

@@ -87,7 +87,7 @@ build_image() {
   shift 4
   local layout="$out/$name" bundle="$work/$name"
   [[ -x "$binary" ]] || { echo "build-images: $binary is missing (build without --skip-cargo)" >&2; exit 1; }
-  if ldd "$binary" 2>&1 | grep -q '=>'; then
+  if ldd "$binary" 2>&1 | grep '=>' >/dev/null; then
     echo "build-images: $binary is dynamically linked; an empty image cannot run it" >&2
     exit 1
   fi

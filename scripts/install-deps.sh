@@ -13,9 +13,9 @@ if ((${#need[@]})); then
 fi
 # The toolchain of the workspace's rust-version, for `make lint`'s MSRV check.
 msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
-rustup toolchain list | grep -q "^$msrv" || rustup toolchain install "$msrv" --profile minimal
+rustup toolchain list | grep "^$msrv" >/dev/null || rustup toolchain install "$msrv" --profile minimal
 for component in clippy rustfmt; do
-  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+  rustup component list --installed 2>/dev/null | grep "^$component" >/dev/null || rustup component add "$component"
 done
 # cargo-deny (licenses, duplicate versions, sources: `make lint`), built once from crates.io and
 # kept in ~/.cargo/bin; its build directory is cached beside the workspace's target dir.

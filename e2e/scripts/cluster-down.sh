@@ -59,7 +59,7 @@ if [[ -d "$volumes_dir" ]]; then
 fi
 
 for ns in $(ip netns list | awk '{print $1}' | grep -E '^dsp-' || true) "$netns"; do
-  if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+  if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null; then
     ip netns delete "$ns" && echo "deleted netns $ns"
   fi
 done

@@ -14,18 +14,20 @@ command -v ip >/dev/null || { echo "cluster-up: 'ip' (iproute2) is required" >&2
 mkdir -p "$run_dir" "$log_dir"
 lock_cluster
 
+# (`grep >/dev/null`, not `grep -q`, after a pipe: under pipefail, -q exits at the first match and
+# the writer's SIGPIPE fails the pipeline, so an existing address was added again now and then.)
 # Sandbox network: a namespace with only lo and a bridge. No uplink and no default route, so no
 # packet sent to a 10.x (or any other non-local) address can leave the machine.
-if ! ip netns list | grep -qw "^$netns"; then
+if ! ip netns list | grep -w "^$netns" >/dev/null; then
   ip netns add "$netns"
 fi
 in_netns ip link set lo up
 if ! in_netns ip link show "$bridge" >/dev/null 2>&1; then
   in_netns ip link add "$bridge" type bridge
 fi
-in_netns ip addr show dev "$bridge" | grep -q "inet $bridge_cidr" || in_netns ip addr add "$bridge_cidr" dev "$bridge"
+in_netns ip addr show dev "$bridge" | grep "inet $bridge_cidr" >/dev/null || in_netns ip addr add "$bridge_cidr" dev "$bridge"
 in_netns ip link set "$bridge" up
-if in_netns ip route show default | grep -q .; then
+if in_netns ip route show default | grep . >/dev/null; then
   echo "cluster-up: netns $netns has a default route; refusing to run (packets could leave the machine)" >&2
   exit 1
 fi
