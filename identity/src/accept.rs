@@ -12,7 +12,7 @@ use crate::spiffe::WorkloadId;
 use crate::verify::{Refusal, identity_of};
 
 /// First byte of a TLS record carrying a handshake message.
-const TLS_HANDSHAKE_RECORD: u8 = 22;
+pub const TLS_HANDSHAKE_RECORD: u8 = 22;
 
 /// An accepted peer: the TLS stream and the identity its certificate proved.
 #[derive(Debug)]

@@ -280,12 +280,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
                     &shared.metrics,
                     close_rx.clone(),
                 );
-                shared.set_identity(handle.clone());
-                shared.set_peer_tls(Arc::new(crate::peer_tls::PeerTls::new(
-                    handle,
-                    anchors,
-                    Arc::clone(&shared.metrics.identity),
-                )));
+                shared.enable_mutual_tls(handle, anchors);
             }
             shared.set_endpoints(&resolved.endpoints);
             let settings = settings_json(&resolved.runtime, "local", None);
@@ -325,12 +320,7 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
                     &shared.metrics,
                     close_rx.clone(),
                 );
-                shared.set_identity(handle.clone());
-                shared.set_peer_tls(Arc::new(crate::peer_tls::PeerTls::new(
-                    handle,
-                    anchors,
-                    Arc::clone(&shared.metrics.identity),
-                )));
+                shared.enable_mutual_tls(handle, anchors);
             }
             let settings = settings_json(&runtime, "kubernetes", Some(&me));
             let sidecar = Sidecar::start(&runtime, Arc::clone(&shared), settings).await?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use datastream_http::io::Duplex;
 use datastream_http::server::{Handshake, Handshaken};
+use datastream_identity::accept::TLS_HANDSHAKE_RECORD;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,8 +40,6 @@ pub const CERTIFICATE_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
 /// Longest a client's TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// First byte of a TLS record carrying a handshake message.
-const TLS_HANDSHAKE_RECORD: u8 = 22;
 /// The answer to a plaintext request on the TLS port.
 const PLAINTEXT_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 51\r\nconnection: close\r\nx-datastream-error: tls-required\r\n\r\nthis port speaks TLS: send the request to https://\n";
 

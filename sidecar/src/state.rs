@@ -99,6 +99,21 @@ impl Shared {
         self.peer_tls.get()
     }
 
+    /// Turns on mutual TLS between sidecars (once, before the endpoints and the listeners):
+    /// `identity` is the sidecar's certificate, peers are verified against `anchors`.
+    pub fn enable_mutual_tls(
+        &self,
+        identity: crate::identity::IdentityHandle,
+        anchors: datastream_identity::verify::TrustAnchors,
+    ) {
+        self.set_identity(identity.clone());
+        self.set_peer_tls(Arc::new(crate::peer_tls::PeerTls::new(
+            identity,
+            anchors,
+            Arc::clone(&self.metrics.identity),
+        )));
+    }
+
     /// Sets the traffic listener's TLS (once, before the listeners start).
     pub fn set_client_tls(&self, tls: Arc<crate::client_tls::ClientTls>) {
         let _ = self.client_tls.set(tls);

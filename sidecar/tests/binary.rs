@@ -4,36 +4,11 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use support::*;
 use tokio::time::Instant;
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_datastream-sidecar"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts"),
-    )
-}
 
 async fn wait_ready(client: &H1Client, admin: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -53,7 +28,7 @@ async fn local_mode_command_line_proxies_and_drains_on_sigterm() {
     let bs = backends(2).await;
     let (listen, admin) = (free_addr(), free_addr());
     let endpoints = format!("{},{}", bs[0].addr, bs[1].addr);
-    let mut proc = spawn(&[
+    let mut proc = spawn_sidecar(&[
         "--listen",
         &listen.to_string(),
         "--admin",
@@ -168,7 +143,7 @@ async fn example_config_file_runs() {
     let bs = backends(1).await;
     let (listen, admin, peer) = (free_addr(), free_addr(), free_addr());
     // The example's listeners and endpoints are overridden so the test needs no fixed ports.
-    let _proc = spawn(&[
+    let _proc = spawn_sidecar(&[
         "--config",
         path,
         "--listen",

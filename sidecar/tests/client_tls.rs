@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rcgen::{
@@ -60,22 +60,6 @@ fn install(dir: &Path, served: &Served) {
         let aside = dir.join(format!(".{file}.new"));
         std::fs::write(&aside, content).unwrap();
         std::fs::rename(&aside, dir.join(file)).unwrap();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

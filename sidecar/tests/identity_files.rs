@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use datastream_identity::WorkloadId;
@@ -75,31 +75,6 @@ fn write_pair(dir: &Path, chain: &str, key: &str) {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        Command::new(env!("CARGO_BIN_EXE_datastream-sidecar"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts"),
-    )
-}
-
 async fn wait_until<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
@@ -144,7 +119,7 @@ async fn sidecars_with_identity_files_speak_mutual_tls_and_follow_renewals() {
     let (a_listen, a_admin) = (free_addr(), free_addr());
     let (b_listen, b_admin, b_peer) = (free_addr(), free_addr(), free_addr());
     let local = backend.addr.to_string();
-    let _b = spawn(&[
+    let _b = spawn_sidecar(&[
         "--listen",
         &b_listen.to_string(),
         "--admin",
@@ -159,7 +134,7 @@ async fn sidecars_with_identity_files_speak_mutual_tls_and_follow_renewals() {
         dir_b.to_str().unwrap(),
     ]);
     // A knows B only as a remote replica: every request crosses the mutual TLS hop.
-    let _a = spawn(&[
+    let _a = spawn_sidecar(&[
         "--listen",
         &a_listen.to_string(),
         "--admin",

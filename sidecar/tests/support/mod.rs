@@ -428,3 +428,33 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
 pub fn raw_status(text: &str) -> Option<u16> {
     text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
 }
+
+// === the sidecar binary ===
+
+/// A loopback address that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A child process killed and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the `datastream-sidecar` binary with `args`, its output discarded.
+pub fn spawn_sidecar(args: &[&str]) -> Proc {
+    Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_datastream-sidecar"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("binary starts"),
+    )
+}
