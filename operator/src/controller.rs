@@ -25,13 +25,11 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use parking_lot::Mutex;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
-use crate::apply::{
-    Outcome, applied_from, as_served, immutable_change, max_unavailable, stamp, up_to_date,
-};
+use crate::apply::{Outcome, immutable_change, max_unavailable, stamp};
+use crate::cache::{Child, ChildCache, child_cache};
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
@@ -93,28 +91,30 @@ impl std::fmt::Display for Scope {
     }
 }
 
-/// Cached children, by kind. Filled by watches restricted to objects this operator manages.
+/// Cached children, by kind. Filled by watches restricted to objects this operator manages. The
+/// kinds the operator applies are held as drift verdicts ([`crate::cache`]), the others whole or
+/// stripped to what status reads.
 #[derive(Clone)]
 pub struct Stores {
     /// StatefulSets: the replicas.
-    pub stateful_sets: Store<StatefulSet>,
+    pub stateful_sets: ChildCache<StatefulSet>,
     /// The replicas' PersistentVolumeClaims (they carry the claim templates' labels).
     pub claims: Store<PersistentVolumeClaim>,
     /// Deployments, which ran the replicas before StatefulSets did: a stream that still has one is
     /// migrated (the Deployment is deleted once the StatefulSet's replicas are all ready).
     pub deployments: Store<Deployment>,
     /// Client and peer Services.
-    pub services: Store<Service>,
+    pub services: ChildCache<Service>,
     /// Sidecar ServiceAccounts.
-    pub service_accounts: Store<ServiceAccount>,
+    pub service_accounts: ChildCache<ServiceAccount>,
     /// Sidecar Roles.
-    pub roles: Store<Role>,
+    pub roles: ChildCache<Role>,
     /// Sidecar RoleBindings.
-    pub role_bindings: Store<RoleBinding>,
+    pub role_bindings: ChildCache<RoleBinding>,
     /// PodDisruptionBudgets.
-    pub pdbs: Store<PodDisruptionBudget>,
+    pub pdbs: ChildCache<PodDisruptionBudget>,
     /// NetworkPolicies.
-    pub network_policies: Store<NetworkPolicy>,
+    pub network_policies: ChildCache<NetworkPolicy>,
     /// EndpointSlices of the peer Services (they inherit the Services' labels).
     pub endpoint_slices: Store<EndpointSlice>,
     /// Metadata of the replicas' pods (labels carry each one's revision), to say which replicas
@@ -283,55 +283,49 @@ where
     store.get(&ObjectRef::new(name).within(namespace))
 }
 
-/// Applies one child if its cached copy differs from `compared`: the desired object, or what of
-/// it the API server keeps (see [`crate::apply::as_served`]).
-async fn apply_child<K>(
+/// Applies one child unless its cached verdict says the live object already holds it.
+async fn apply_child<K: Child>(
     ctx: &Context,
     ns: &str,
-    store: &Store<K>,
+    cache: &ChildCache<K>,
     desired: &K,
-    compared: &K,
-) -> Result<(Outcome, Option<K>)>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + Serialize
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<(Outcome, Option<K>)> {
     let name = desired.meta().name.clone().unwrap_or_default();
-    let live = cached(store, ns, &name);
+    let live = cache.get(ns, &name);
     let mut desired = desired.clone();
     let digest = stamp(&mut desired);
     let desired = &desired;
-    if live.as_deref().is_some_and(|l| applied_from(l, &digest))
-        && up_to_date(live.as_deref(), compared)
-    {
-        return Ok((Outcome::Unchanged, live.map(|l| (*l).clone())));
+    if live.as_ref().is_some_and(|l| l.holds(&digest)) {
+        return Ok((
+            Outcome::Unchanged,
+            live.and_then(|l| l.kept).map(|k| (*k).clone()),
+        ));
     }
     let kind = kind_of::<K>();
     let desired_json = serde_json::to_value(desired).expect("Kubernetes objects serialize");
-    let live_json = live
-        .as_deref()
-        .map(|l| serde_json::to_value(l).expect("Kubernetes objects serialize"));
-    if let Some(applied) =
-        ctx.expectations
-            .pending(kind, ns, &name, &desired_json, live_json.as_ref())
-    {
+    if let Some(applied) = ctx.expectations.pending(
+        kind,
+        ns,
+        &name,
+        &desired_json,
+        live.as_ref().map(|l| l.resource_version),
+    ) {
         // The cache has not caught up with our own last apply of this very object.
         return Ok((
             Outcome::Unchanged,
             applied
                 .and_then(|a| serde_json::from_value(a).ok())
-                .or_else(|| live.map(|l| (*l).clone())),
+                .or_else(|| live.and_then(|l| l.kept).map(|k| (*k).clone())),
         ));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     // The caches hold only objects labelled as ours; an object of another owner with this name
     // is invisible to them, so look before creating.
+    let ours = controller_uid(desired.meta());
     let in_the_way = match &live {
-        Some(live) => Some(live.meta().clone()),
-        None => api
+        Some(live) if live.controlled_by(ours) => None,
+        // The cache keeps only a hash of the controller's uid; the message names the holder.
+        _ => api
             .get_metadata_opt(&name)
             .await
             .map_err(|source| Error::Lookup {
@@ -342,7 +336,7 @@ where
             .map(|found| found.metadata),
     };
     if let Some(found) = in_the_way
-        && controller_uid(&found) != controller_uid(desired.meta())
+        && controller_uid(&found) != ours
     {
         return Err(Error::NameConflict {
             kind,
@@ -363,15 +357,21 @@ where
             name: name.clone(),
             source,
         })?;
+    cache.observe(&applied);
+    let kept = K::keep(&applied);
     ctx.expectations.record(
         kind,
         ns,
         &name,
         &desired_json,
-        serde_json::to_value(&applied).expect("Kubernetes objects serialize"),
-        // Only the StatefulSet's applied copy is ever read back (for status); keeping the others
-        // would cost memory for nothing.
-        kind == "StatefulSet",
+        applied
+            .meta()
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok()),
+        // Only what the cache keeps is ever read back (the StatefulSet's, for status).
+        kept.as_ref()
+            .map(|k| serde_json::to_value(k).expect("Kubernetes objects serialize")),
         live.is_none(),
     );
     let outcome = if live.is_some() {
@@ -481,12 +481,9 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
 
     let mut outcomes: Vec<(&'static str, String, Outcome)> = Vec::new();
     macro_rules! apply {
-        ($store:expr, $object:expr) => {
-            apply!($store, $object, $object)
-        };
-        ($store:expr, $object:expr, $compared:expr) => {{
+        ($store:expr, $object:expr) => {{
             let object = $object;
-            let (outcome, live) = match apply_child(ctx, ns, $store, object, $compared).await {
+            let (outcome, live) = match apply_child(ctx, ns, $store, object).await {
                 Ok(done) => done,
                 Err(error) => {
                     note_outcomes(ctx, ds, &outcomes).await;
@@ -511,28 +508,28 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
     apply!(&stores.network_policies, &children.network_policy);
 
     let name = children.stateful_set.name_any();
-    let live = cached(&stores.stateful_sets, ns, &name);
+    let live = stores.stateful_sets.get(ns, &name);
     if let Err(error) = resize_claims(ctx, ds, ns, &children.stateful_set).await {
         note_outcomes(ctx, ds, &outcomes).await;
         return Err(error);
     }
-    if let Some(live) = &live {
-        if live.metadata.deletion_timestamp.is_some() {
+    let kept = live.as_ref().and_then(|l| l.kept.clone());
+    if let Some(kept) = &kept {
+        if kept.metadata.deletion_timestamp.is_some() {
             // Being recreated (see below): the new one is applied once the old one is gone.
             note_outcomes(ctx, ds, &outcomes).await;
-            return Ok(Some((**live).clone()));
+            return Ok(Some((**kept).clone()));
         }
-        if let Some(change) = immutable_change(live, &children.stateful_set) {
+        if let Some(change) = immutable_change(kept, &children.stateful_set) {
             note_outcomes(ctx, ds, &outcomes).await;
             recreate_orphaning_pods(ctx, ds, ns, &name, &change).await?;
-            return Ok(Some((**live).clone()));
+            return Ok(Some((**kept).clone()));
         }
     }
-    let previous_replicas = live
+    let previous_replicas = kept
         .as_ref()
         .and_then(|d| d.spec.as_ref().and_then(|s| s.replicas));
-    let served = as_served(live.as_deref(), &children.stateful_set);
-    let stateful_set = apply!(&stores.stateful_sets, &children.stateful_set, &served);
+    let stateful_set = apply!(&stores.stateful_sets, &children.stateful_set);
     let applied = outcomes
         .last()
         .is_some_and(|(_, _, o)| *o != Outcome::Unchanged);
@@ -569,7 +566,7 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
         None => {
             note_outcomes(ctx, ds, &outcomes).await;
             let name = Names::of(&ds.name_any()).base;
-            if cached(&stores.pdbs, ns, &name).is_some() {
+            if stores.pdbs.get(ns, &name).is_some() {
                 delete_child::<PodDisruptionBudget>(ctx, ns, &name, &DeleteParams::default())
                     .await?;
                 publish(
@@ -777,7 +774,12 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
     let applied = apply_children(ctx, ds, &ns).await;
 
     let names = Names::of(&ds.name_any());
-    let cached_set = cached(&ctx.stores.stateful_sets, &ns, &names.base).map(|d| (*d).clone());
+    let cached_set = ctx
+        .stores
+        .stateful_sets
+        .get(&ns, &names.base)
+        .and_then(|s| s.kept)
+        .map(|d| (*d).clone());
     let stateful_set = match &applied {
         Ok(Some(d)) => Some(d.clone()),
         _ => cached_set,
@@ -903,13 +905,15 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// A managed-objects watcher for one kind, feeding a cache and counting errors.
+/// A managed-objects watcher for one kind the operator only reads, feeding a cache of the objects
+/// (after `strip`) and counting errors.
 fn managed<K>(
     client: &Client,
     scope: &Scope,
     metrics: &Arc<Metrics>,
     health: &Arc<WatchHealth>,
     selector: &str,
+    strip: fn(&mut K),
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -934,7 +938,10 @@ where
         watcher(api, watcher::Config::default().labels(selector))
             .default_backoff()
             // managedFields are most of an object's size and never read here.
-            .modify(|object| object.managed_fields_mut().clear()),
+            .modify(move |object| {
+                object.managed_fields_mut().clear();
+                strip(object);
+            }),
     )
     .inspect(move |event| match event {
         Ok(watcher::Event::InitDone) => health.synced(&scope, kind),
@@ -950,6 +957,75 @@ where
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (reader, stream)
+}
+
+/// A watcher of one kind the operator applies, feeding its verdict cache ([`crate::cache`]) and
+/// counting errors. It starts once the streams' cache is filled: a child seen before its stream
+/// gets no verdict and would be applied once for nothing.
+fn managed_children<K: Child>(
+    client: &Client,
+    scope: &Scope,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    selector: &str,
+    streams: &Store<DataStream>,
+    settings: &Arc<Settings>,
+) -> (
+    ChildCache<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) {
+    let api: Api<K> = scope.api(client);
+    let (cache, mut writer) = child_cache::<K>(streams.clone(), settings.clone());
+    let metrics = metrics.clone();
+    let health = health.clone();
+    let scope = scope.clone();
+    let kind = kind_of::<K>();
+    let config = watcher::Config::default().labels(selector);
+    let streams = streams.clone();
+    let events = futures::stream::once(async move {
+        // Only fails when the streams' writer is gone, and then the controller is stopping.
+        let _ = streams.wait_until_ready().await;
+        watcher(api, config).default_backoff()
+    })
+    .flatten()
+    .inspect(move |event| match event {
+        Ok(event) => {
+            writer.apply_watcher_event(event);
+            if matches!(event, watcher::Event::InitDone) {
+                health.synced(&scope, kind);
+            }
+        }
+        Err(_) => {
+            metrics
+                .watch_errors
+                .get_or_create(&WatchLabels { kind })
+                .inc();
+            health.error();
+        }
+    })
+    // Deletions must trigger too: a child deleted by hand is restored.
+    .touched_objects();
+    (cache, events)
+}
+
+/// An EndpointSlice reduced to what status reads (ready addresses) and what maps it to its stream
+/// (its labels of Service and instance): one exists per Service, two per stream.
+fn strip_slice(slice: &mut EndpointSlice) {
+    let meta = &mut slice.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    if let Some(labels) = &mut meta.labels {
+        labels.retain(|k, _| k == INSTANCE_LABEL || k == "kubernetes.io/service-name");
+    }
+    slice.ports = None;
+    for endpoint in slice.endpoints.iter_mut().flatten() {
+        *endpoint = k8s_openapi::api::discovery::v1::Endpoint {
+            addresses: std::mem::take(&mut endpoint.addresses),
+            conditions: endpoint.conditions.take(),
+            ..Default::default()
+        };
+    }
 }
 
 /// A cache of the replicas' pods, each reduced to what status reads ([`crate::pods::strip`]):
@@ -1050,25 +1126,34 @@ pub async fn run(
         scope,
     } = pacing;
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
-    let (stateful_sets, stateful_set_events) =
-        managed::<StatefulSet>(&client, &scope, &metrics, &health, &selector);
+    let (main_store, main_writer) = reflector::store();
+    let shared_settings = Arc::new(settings.clone());
+    macro_rules! children {
+        ($kind:ty) => {
+            managed_children::<$kind>(
+                &client,
+                &scope,
+                &metrics,
+                &health,
+                &selector,
+                &main_store,
+                &shared_settings,
+            )
+        };
+    }
+    let (stateful_sets, stateful_set_events) = children!(StatefulSet);
+    let (services, service_events) = children!(Service);
+    let (service_accounts, sa_events) = children!(ServiceAccount);
+    let (roles, role_events) = children!(Role);
+    let (role_bindings, binding_events) = children!(RoleBinding);
+    let (pdbs, pdb_events) = children!(PodDisruptionBudget);
+    let (network_policies, netpol_events) = children!(NetworkPolicy);
     let (claims, claim_events) =
-        managed::<PersistentVolumeClaim>(&client, &scope, &metrics, &health, &selector);
+        managed::<PersistentVolumeClaim>(&client, &scope, &metrics, &health, &selector, |_| {});
     let (deployments, deployment_events) =
-        managed::<Deployment>(&client, &scope, &metrics, &health, &selector);
-    let (services, service_events) =
-        managed::<Service>(&client, &scope, &metrics, &health, &selector);
-    let (service_accounts, sa_events) =
-        managed::<ServiceAccount>(&client, &scope, &metrics, &health, &selector);
-    let (roles, role_events) = managed::<Role>(&client, &scope, &metrics, &health, &selector);
-    let (role_bindings, binding_events) =
-        managed::<RoleBinding>(&client, &scope, &metrics, &health, &selector);
-    let (pdbs, pdb_events) =
-        managed::<PodDisruptionBudget>(&client, &scope, &metrics, &health, &selector);
-    let (network_policies, netpol_events) =
-        managed::<NetworkPolicy>(&client, &scope, &metrics, &health, &selector);
+        managed::<Deployment>(&client, &scope, &metrics, &health, &selector, |_| {});
     let (endpoint_slices, slice_events) =
-        managed::<EndpointSlice>(&client, &scope, &metrics, &health, &selector);
+        managed::<EndpointSlice>(&client, &scope, &metrics, &health, &selector, strip_slice);
 
     let (pods, pod_events) = replica_pods(&client, &scope, &metrics, &health, &selector);
 
@@ -1099,7 +1184,6 @@ pub async fn run(
     );
 
     let streams: Api<DataStream> = scope.api(&client);
-    let (main_store, main_writer) = reflector::store();
     let stream_events = reflector::reflector(
         main_writer,
         watcher(streams, watcher::Config::default())

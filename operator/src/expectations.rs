@@ -52,18 +52,10 @@ fn digest(value: &Value) -> [u8; 32] {
     Sha256::digest(serde_json::to_vec(value).expect("JSON serializes")).into()
 }
 
-fn version(object: &Value) -> Option<u64> {
-    object
-        .pointer("/metadata/resourceVersion")?
-        .as_str()?
-        .parse()
-        .ok()
-}
-
 impl Expectations {
-    /// Records that `desired` was applied and the server answered with `applied`; the answer is
-    /// kept (to stand in for the stale cached copy) only when `keep` is set. `created`: the object
-    /// did not exist before this write.
+    /// Records that `desired` was applied and the server answered with `resource_version`;
+    /// `applied` is what of the answer stands in for the stale cached copy meanwhile, if
+    /// anything. `created`: the object did not exist before this write.
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
@@ -71,17 +63,13 @@ impl Expectations {
         namespace: &str,
         name: &str,
         desired: &Value,
-        mut applied: Value,
-        keep: bool,
+        resource_version: Option<u64>,
+        applied: Option<Value>,
         created: bool,
     ) {
-        let Some(resource_version) = version(&applied) else {
+        let Some(resource_version) = resource_version else {
             return;
         };
-        // Kept only to stand in for the stale cached object: managedFields are never read.
-        if let Some(metadata) = applied.get_mut("metadata").and_then(Value::as_object_mut) {
-            metadata.remove("managedFields");
-        }
         let key = Key {
             kind,
             namespace: namespace.to_owned(),
@@ -90,7 +78,7 @@ impl Expectations {
         let expected = Expected {
             desired: digest(desired),
             resource_version,
-            applied: keep.then_some(applied),
+            applied,
             at: Instant::now(),
             created,
         };
@@ -113,7 +101,8 @@ impl Expectations {
         self.inner.lock().is_empty()
     }
 
-    /// When the cached object (`live`, if any) is older than our own last write of exactly this
+    /// When the cached object (`live`: `None` if not cached, else its resourceVersion if it has
+    /// one) is older than our own last write of exactly this
     /// desired object, returns `Some` with what that write produced (if it was kept); otherwise
     /// `None`, and the cache is the truth (a newer version that differs is drift to correct).
     pub fn pending(
@@ -122,7 +111,7 @@ impl Expectations {
         namespace: &str,
         name: &str,
         desired: &Value,
-        live: Option<&Value>,
+        live: Option<Option<u64>>,
     ) -> Option<Option<Value>> {
         let key = Key {
             kind,
@@ -133,7 +122,7 @@ impl Expectations {
         let expected = inner.get(&key)?;
         let lagging = expected.desired == digest(desired)
             && expected.at.elapsed() < EXPIRY
-            && match live.and_then(version) {
+            && match live.flatten() {
                 Some(seen) => seen < expected.resource_version,
                 None => live.is_none() && expected.created && expected.at.elapsed() < CREATE_GRACE,
             };
@@ -161,8 +150,8 @@ mod tests {
             "a",
             "gone",
             &desired,
-            object("5", 1),
-            true,
+            Some(5),
+            Some(object("5", 1)),
             false,
         );
         assert_eq!(expectations.len(), 1);
@@ -171,8 +160,16 @@ mod tests {
             entry.at -= EXPIRY;
         }
         *expectations.last_prune.lock() = Some(Instant::now() - EXPIRY);
-        expectations.record("Service", "b", "new", &desired, object("6", 1), false, true);
+        expectations.record("Service", "b", "new", &desired, Some(6), None, true);
         assert_eq!(expectations.len(), 1, "only the fresh write remains");
+    }
+
+    fn version(object: &Value) -> Option<u64> {
+        object
+            .pointer("/metadata/resourceVersion")?
+            .as_str()?
+            .parse()
+            .ok()
     }
 
     fn object(rv: &str, replicas: i64) -> Value {
@@ -188,13 +185,13 @@ mod tests {
             "ns",
             "a",
             &desired,
-            object("20", 3),
-            true,
+            Some(20),
+            Some(object("20", 3)),
             true,
         );
         let stale = object("10", 1);
         assert_eq!(
-            e.pending("Deployment", "ns", "a", &desired, Some(&stale)),
+            e.pending("Deployment", "ns", "a", &desired, Some(version(&stale))),
             Some(Some(object("20", 3)))
         );
         // Not yet listed at all, just after creation: also a lagging cache.
@@ -207,7 +204,7 @@ mod tests {
         let desired = json!({"spec": {"replicas": 3}});
         // Updated (not created) a moment ago; now the cache has no such object: it was deleted,
         // and must be applied again at once, not after the create grace.
-        e.record("Role", "ns", "a", &desired, object("20", 3), false, false);
+        e.record("Role", "ns", "a", &desired, Some(20), None, false);
         assert_eq!(e.pending("Role", "ns", "a", &desired, None), None);
     }
 
@@ -220,18 +217,24 @@ mod tests {
             "ns",
             "a",
             &desired,
-            object("20", 3),
-            true,
+            Some(20),
+            Some(object("20", 3)),
             false,
         );
         let edited = object("25", 1);
         assert_eq!(
-            e.pending("Deployment", "ns", "a", &desired, Some(&edited)),
+            e.pending("Deployment", "ns", "a", &desired, Some(version(&edited))),
             None
         );
         // ... and the expectation is gone for good.
         assert_eq!(
-            e.pending("Deployment", "ns", "a", &desired, Some(&object("10", 1))),
+            e.pending(
+                "Deployment",
+                "ns",
+                "a",
+                &desired,
+                Some(version(&object("10", 1)))
+            ),
             None
         );
     }
@@ -244,13 +247,19 @@ mod tests {
             "ns",
             "a",
             &json!({"spec": {"replicas": 3}}),
-            object("20", 3),
-            false,
+            Some(20),
+            None,
             false,
         );
         let desired = json!({"spec": {"replicas": 4}});
         assert_eq!(
-            e.pending("Deployment", "ns", "a", &desired, Some(&object("10", 3))),
+            e.pending(
+                "Deployment",
+                "ns",
+                "a",
+                &desired,
+                Some(version(&object("10", 3)))
+            ),
             None
         );
     }

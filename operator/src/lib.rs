@@ -6,6 +6,7 @@
 //! - [`status`]: pure observed children → status and conditions.
 //! - [`pods`]: the replica pods' cached summary and the failures read from it.
 //! - [`apply`]: compare-then-apply, so that a steady stream costs no API request.
+//! - [`cache`]: the children's caches, each child reduced to its drift verdict.
 //! - [`controller`]: watches, reconcile, error policy.
 //! - [`leader`]: Lease-based leader election.
 //! - [`fence`]: the client layer that refuses writes outside the leadership term.
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod cache;
 pub mod certificate_access;
 pub mod controller;
 pub mod desired;

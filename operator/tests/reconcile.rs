@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datastream_api::v1alpha1::DataStream;
 use datastream_operator::apply::stamp;
+use datastream_operator::cache::{ChildCacheWriter, child_cache};
 use datastream_operator::controller::{Context, Stores, jittered, reconcile};
 use datastream_operator::desired::{self, Settings};
 use datastream_operator::metrics::Metrics;
@@ -98,15 +99,18 @@ impl FakeApi {
     }
 }
 
+/// The caches' writers, standing in for the watches. `streams` is the streams' cache the child
+/// caches take their verdicts against.
 struct Caches {
-    stateful_sets: Writer<StatefulSet>,
+    streams: Writer<DataStream>,
+    stateful_sets: ChildCacheWriter<StatefulSet>,
     deployments: Writer<Deployment>,
-    services: Writer<k8s_openapi::api::core::v1::Service>,
-    service_accounts: Writer<k8s_openapi::api::core::v1::ServiceAccount>,
-    roles: Writer<k8s_openapi::api::rbac::v1::Role>,
-    role_bindings: Writer<k8s_openapi::api::rbac::v1::RoleBinding>,
-    pdbs: Writer<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
-    network_policies: Writer<k8s_openapi::api::networking::v1::NetworkPolicy>,
+    services: ChildCacheWriter<k8s_openapi::api::core::v1::Service>,
+    service_accounts: ChildCacheWriter<k8s_openapi::api::core::v1::ServiceAccount>,
+    roles: ChildCacheWriter<k8s_openapi::api::rbac::v1::Role>,
+    role_bindings: ChildCacheWriter<k8s_openapi::api::rbac::v1::RoleBinding>,
+    pdbs: ChildCacheWriter<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
+    network_policies: ChildCacheWriter<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 fn caches() -> (Stores, Caches) {
@@ -119,16 +123,18 @@ fn caches() -> (Stores, Caches) {
         writer.apply_watcher_event(&watcher::Event::InitDone);
         (reader, writer)
     }
-    let (stateful_sets, stw) = ready();
+    let (streams, streams_writer) = ready::<DataStream>();
+    let shared = Arc::new(settings());
+    let (stateful_sets, stw) = child_cache(streams.clone(), shared.clone());
     let (claims, _cw) = ready();
     std::mem::forget(_cw);
     let (deployments, dw) = ready();
-    let (services, sw) = ready();
-    let (service_accounts, saw) = ready();
-    let (roles, rw) = ready();
-    let (role_bindings, rbw) = ready();
-    let (pdbs, pw) = ready();
-    let (network_policies, nw) = ready();
+    let (services, sw) = child_cache(streams.clone(), shared.clone());
+    let (service_accounts, saw) = child_cache(streams.clone(), shared.clone());
+    let (roles, rw) = child_cache(streams.clone(), shared.clone());
+    let (role_bindings, rbw) = child_cache(streams.clone(), shared.clone());
+    let (pdbs, pw) = child_cache(streams.clone(), shared.clone());
+    let (network_policies, nw) = child_cache(streams, shared);
     let (endpoint_slices, _ew) = ready();
     std::mem::forget(_ew);
     let (pods, _podw) = ready();
@@ -148,6 +154,7 @@ fn caches() -> (Stores, Caches) {
             pods,
         },
         Caches {
+            streams: streams_writer,
             stateful_sets: stw,
             deployments: dw,
             services: sw,
@@ -192,8 +199,17 @@ fn applied_children(ds: &DataStream) -> desired::Children {
     c
 }
 
-/// Fills the caches with exactly what the operator would have applied, plus server defaults.
+/// Fills the caches with exactly what the operator would have applied, plus server defaults,
+/// with `ds` as the stream they were applied for.
 fn settle(caches: &mut Caches, ds: &DataStream) {
+    caches
+        .streams
+        .apply_watcher_event(&watcher::Event::Apply(ds.clone()));
+    fill_children(caches, ds);
+}
+
+/// Fills the child caches only (as if the children's watch events came before the stream's).
+fn fill_children(caches: &mut Caches, ds: &DataStream) {
     let c = applied_children(ds);
     let mut set = c.stateful_set.clone();
     set.metadata.uid = Some("d-1".into());
@@ -327,6 +343,25 @@ async fn steady_stream_costs_no_request() {
     reconcile(Arc::new(ds), ctx).await.unwrap();
     let second = fake.take();
     assert!(second.is_empty(), "a no-op reconcile sent {second:?}");
+}
+
+#[tokio::test]
+async fn children_seen_before_their_stream_are_applied_once_then_trusted() {
+    let fake = FakeApi::default();
+    let (stores, mut caches) = caches();
+    let ctx = context(&fake, stores);
+    let ds = stream();
+    fill_children(&mut caches, &ds);
+    caches
+        .streams
+        .apply_watcher_event(&watcher::Event::Apply(ds.clone()));
+    // No verdict without the stream: every child is applied (a server-side apply of an
+    // unchanged object writes nothing, and passes no watch event) ...
+    reconcile(Arc::new(ds.clone()), ctx.clone()).await.unwrap();
+    assert_eq!(applies(&fake.take()).len(), 8);
+    // ... and the answers give them their verdicts, so that this happens once, not forever.
+    reconcile(Arc::new(ds), ctx).await.unwrap();
+    assert_eq!(applies(&fake.take()), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -498,6 +533,12 @@ async fn a_cached_child_controlled_by_another_stream_is_a_name_conflict() {
     let mut theirs = applied_children(&ds).peer_service;
     theirs.metadata.owner_references.as_mut().unwrap()[0].uid = "other-stream".into();
     theirs.metadata.owner_references.as_mut().unwrap()[0].name = "catalog-old".into();
+    // The cache keeps only a hash of the controller's uid; the operator reads the holder's name
+    // for its message from the API.
+    fake.foreign.lock().insert(
+        "/api/v1/namespaces/shop/services/catalog-peers".into(),
+        serde_json::to_value(&theirs).unwrap(),
+    );
     caches
         .services
         .apply_watcher_event(&watcher::Event::Apply(theirs));
