@@ -61,6 +61,11 @@ impl Default for ResponseLimits {
 #[derive(Debug)]
 pub struct Connection {
     io: crate::io::Transport,
+    /// The read buffer, kept from one exchange to the next. Once the previous response's head
+    /// and body pieces are dropped it is unique again and is read into in place: no allocation,
+    /// and no shared header for the next head split off it. An idle pooled connection (a few
+    /// per endpoint, closed after the pool's idle timeout) keeps its buffer.
+    buf: BytesMut,
 }
 
 /// Why an exchange on a [`Connection`] failed.
@@ -92,7 +97,10 @@ pub enum ClientError {
 impl Connection {
     /// Wraps a connected socket, or a TLS stream over one.
     pub fn new(io: impl Into<crate::io::Transport>) -> Self {
-        Self { io: io.into() }
+        Self {
+            io: io.into(),
+            buf: BytesMut::new(),
+        }
     }
 
     /// Whether an idle connection can carry a request, judged without a system call in the
@@ -129,7 +137,7 @@ impl Connection {
         // no-op).
         self.io.flush().await.map_err(ClientError::Io)?;
         drop(out);
-        let mut buf = BytesMut::new();
+        let mut buf = std::mem::take(&mut self.buf);
         loop {
             if !buf.is_empty()
                 && let Some(head) = parse_response(&mut buf, limits)?
@@ -433,7 +441,9 @@ impl ResponseBody {
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let done = matches!(self.framing, Framing::Decoded(d) if d.is_done());
         if done && self.reusable && self.buf.is_empty() {
-            self.conn.take()
+            let mut conn = self.conn.take()?;
+            conn.buf = std::mem::take(&mut self.buf);
+            Some(conn)
         } else {
             None
         }
