@@ -17,7 +17,7 @@ use super::body::{BodyEnd, Reader, RequestBody};
 use super::decode::Decoder;
 use super::encode::{Exchange, Framing as WireFraming};
 use super::head::{Framing, Head, HeadError};
-use super::{encode, head};
+use super::{encode, head, spare};
 use crate::app::{BodyHints, ConnMeta, HttpServerApp, Interim};
 use crate::body::ClientBody;
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
@@ -96,8 +96,9 @@ pub async fn serve_connection<A: HttpServerApp>(
     let mut first = true;
     loop {
         if reader.buf.is_empty() {
-            // An idle connection keeps no buffer.
-            reader.buf = BytesMut::new();
+            // An idle connection keeps no buffer; the next connection with a request may reuse
+            // it.
+            spare::give(std::mem::take(&mut reader.buf), HEAD_BUFFER);
         }
         let head = match conn.read_head(&mut reader, first).await {
             Ok(Some(head)) => head,
@@ -155,6 +156,10 @@ impl<A: HttpServerApp> Connection<A> {
                     }
                 }
             }
+        }
+        if r.buf.capacity() == 0 {
+            // Readable, and no buffer yet (a plain socket waits without one).
+            r.buf = spare::take();
         }
         // Set on the first read that has to wait, microseconds after the head's first bytes were
         // read: usually the whole head is there already and no timer is armed at all.

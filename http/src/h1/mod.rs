@@ -30,6 +30,7 @@ mod connection;
 mod decode;
 pub(crate) mod encode;
 mod head;
+mod spare;
 
 pub use self::body::{BodyError, RequestBody};
 pub use self::connection::{PendingUpgrade, Settings, Upgraded, serve_connection};
