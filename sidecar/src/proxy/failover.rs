@@ -195,6 +195,7 @@ async fn within_deadlines(
         deadline.body_ended(ready, timeout);
         None
     };
+    let broadcast = matches!(call.route.mode, Mode::Broadcast { .. });
     let work = async {
         match call.route.mode {
             Mode::Broadcast { quorum, .. } => {
@@ -216,7 +217,11 @@ async fn within_deadlines(
         }
     };
     let expired = match &end {
-        // The common case, a body already complete: one timer at the earlier deadline.
+        // The common case, a body already complete and no broadcast: every wait in
+        // `with_retries` ends by the deadline (each attempt's timer does, and the waits between
+        // attempts are bounded by it), so the deadline needs no timer of its own.
+        None if !broadcast => Ok(work.await),
+        // A broadcast with its body complete: one timer at the earlier deadline.
         None => tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), work)
             .await
             .map_err(|_| ()),
@@ -232,12 +237,25 @@ async fn within_deadlines(
             .await
         }
     };
-    expired.unwrap_or_else(|()| {
-        call.route.resilience.metrics.timeouts.inc();
-        // Whatever was read last is older than this.
-        call.last_ns.store(0, Ordering::Relaxed);
-        Err(ProxyError::Timeout)
-    })
+    expired.unwrap_or_else(|()| Err(deadline_passed(call)))
+}
+
+/// Counts a request whose deadline passed before it was answered, and the error it gets.
+fn deadline_passed(call: &Call<'_>) -> ProxyError {
+    call.route.resilience.metrics.timeouts.inc();
+    // Whatever was read last is older than this.
+    call.last_ns.store(0, Ordering::Relaxed);
+    ProxyError::Timeout
+}
+
+/// `work`, or `None` when the clock passes `bound_ns` first. The work is polled before the
+/// bound's timer, as a timer around a whole request polls the request first: at the same
+/// instant, the work wins.
+async fn bounded<F: Future>(bound_ns: Option<u64>, work: F) -> Option<F::Output> {
+    match bound_ns {
+        Some(at) => tokio::time::timeout_at(clock::instant_at(at), work).await.ok(),
+        None => Some(work.await),
+    }
 }
 
 async fn streaming_expiry(caller_ns: Option<u64>, end: &EndSignal, timeout: Duration) {
@@ -264,6 +282,11 @@ struct Retrying {
 
 /// Attempts until one answers acceptably or no retry is allowed. `started_ns` is the clock
 /// reading the caller took at the request's start, reused rather than read again.
+///
+/// Without a streamed body (`r.end` is `None`) the deadline is final and bounds every wait
+/// here: each attempt's timeout is at most the time left, and a hedge or a backoff that the
+/// deadline overtakes ends the request as a timeout. With a streamed body the caller bounds the
+/// whole call instead.
 async fn with_retries(
     call: &Call<'_>,
     r: Retrying,
@@ -279,6 +302,9 @@ async fn with_retries(
     } = r;
     let s = &call.policy.resilience;
     let budget = &call.shared.resilience.budget;
+    // Where the waits between attempts end at the latest (a clock reading); `None` when the
+    // caller bounds them.
+    let bound = end.is_none().then_some(deadline.at_ns());
     let now = started_ns;
     budget.configure(s.budget);
     budget.deposit(now);
@@ -344,10 +370,12 @@ async fn with_retries(
         let (endpoint, result) = match (hedge, &source, &parts) {
             (Some(delay), Source::Replay(bytes), Some(p)) => {
                 let copy = Outgoing::Replay(p, bytes.clone());
-                let h = Box::pin(hedged(
+                let hedge = Box::pin(hedged(
                     call, &policy, endpoint, req, copy, delay, limit, &exclude,
-                ))
-                .await;
+                ));
+                let Some(h) = bounded(bound, hedge).await else {
+                    return Err(deadline_passed(call));
+                };
                 if let Some(other) = h.2 {
                     exclude.push(other.addr());
                 }
@@ -471,7 +499,9 @@ async fn with_retries(
                     "retrying on another replica"
                 );
                 if !backoff.is_zero() {
-                    tokio::time::sleep(backoff).await;
+                    if bounded(bound, tokio::time::sleep(backoff)).await.is_none() {
+                        return Err(deadline_passed(call));
+                    }
                     now = clock::now_ns();
                 }
             }
