@@ -960,8 +960,9 @@ where
 }
 
 /// A watcher of one kind the operator applies, feeding its verdict cache ([`crate::cache`]) and
-/// counting errors. It starts once the streams' cache is filled: a child seen before its stream
-/// gets no verdict and would be applied once for nothing.
+/// counting errors. It starts once the streams' cache is filled (`streams_listed` turns true): a
+/// child seen before its stream gets no verdict and would be applied once for nothing.
+#[allow(clippy::too_many_arguments)]
 fn managed_children<K: Child>(
     client: &Client,
     scope: &Scope,
@@ -969,6 +970,7 @@ fn managed_children<K: Child>(
     health: &Arc<WatchHealth>,
     selector: &str,
     streams: &Store<DataStream>,
+    streams_listed: &tokio::sync::watch::Receiver<bool>,
     settings: &Arc<Settings>,
 ) -> (
     ChildCache<K>,
@@ -981,10 +983,11 @@ fn managed_children<K: Child>(
     let scope = scope.clone();
     let kind = kind_of::<K>();
     let config = watcher::Config::default().labels(selector);
-    let streams = streams.clone();
+    let mut streams_listed = streams_listed.clone();
     let events = futures::stream::once(async move {
-        // Only fails when the streams' writer is gone, and then the controller is stopping.
-        let _ = streams.wait_until_ready().await;
+        // Not `Store::wait_until_ready`: it wakes only its latest waiter, and there are seven.
+        // An error means the streams' watch is gone, and then the controller is stopping.
+        let _ = streams_listed.wait_for(|listed| *listed).await;
         watcher(api, config).default_backoff()
     })
     .flatten()
@@ -1128,6 +1131,7 @@ pub async fn run(
     let selector = format!("{MANAGED_BY_LABEL}={MANAGER}");
     let (main_store, main_writer) = reflector::store();
     let shared_settings = Arc::new(settings.clone());
+    let (streams_listed, streams_listed_rx) = tokio::sync::watch::channel(false);
     macro_rules! children {
         ($kind:ty) => {
             managed_children::<$kind>(
@@ -1137,6 +1141,7 @@ pub async fn run(
                 &health,
                 &selector,
                 &main_store,
+                &streams_listed_rx,
                 &shared_settings,
             )
         };
@@ -1194,7 +1199,10 @@ pub async fn run(
         let health = health.clone();
         let scope = scope.clone();
         move |event| match event {
-            Ok(watcher::Event::InitDone) => health.synced(&scope, "DataStream"),
+            Ok(watcher::Event::InitDone) => {
+                health.synced(&scope, "DataStream");
+                streams_listed.send_replace(true);
+            }
             Err(_) => health.error(),
             _ => {}
         }
