@@ -279,7 +279,7 @@ fn parse_response(
         .ok()
         .filter(|s| s.as_u16() < 600)
         .ok_or(ClientError::Protocol("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = super::spare::header_map(spans.len());
     let mut fields = FramingFields::default();
     for &((n0, n1), (v0, v1)) in &spans {
         let name = HeaderName::from_bytes(&head[n0..n1])

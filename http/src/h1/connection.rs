@@ -337,7 +337,12 @@ impl<A: HttpServerApp> Connection<A> {
             body.is_end_stream(),
             ex,
         );
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS
+        let http::response::Parts {
+            status, headers, ..
+        } = parts;
+        // Written out: the map's room serves the next head parsed.
+        spare::give_header_map(headers);
+        if status == StatusCode::SWITCHING_PROTOCOLS
             && let Some(tx) = upgrade_tx
         {
             if !flush(&mut self.write, &mut out).await {

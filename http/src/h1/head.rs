@@ -225,7 +225,7 @@ fn build(
     };
     let uri = target_uri(head, target, &method)?;
     // Room for the forwarding fields the request path adds, so that it does not regrow the map.
-    let mut headers = HeaderMap::with_capacity(fields.len() + FORWARDING_FIELDS);
+    let mut headers = super::spare::header_map(fields.len() + FORWARDING_FIELDS);
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0..f.name.1])
             .map_err(|_| HeadError::Malformed("header name"))?;
