@@ -253,7 +253,9 @@ fn deadline_passed(call: &Call<'_>) -> ProxyError {
 /// instant, the work wins.
 async fn bounded<F: Future>(bound_ns: Option<u64>, work: F) -> Option<F::Output> {
     match bound_ns {
-        Some(at) => tokio::time::timeout_at(clock::instant_at(at), work).await.ok(),
+        Some(at) => tokio::time::timeout_at(clock::instant_at(at), work)
+            .await
+            .ok(),
         None => Some(work.await),
     }
 }
