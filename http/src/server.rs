@@ -5,10 +5,13 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures::task::AtomicWaker;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -101,6 +104,8 @@ pub async fn serve<A: HttpServerApp>(
     };
     let max = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(max as usize));
+    // Wakes the idle connections when the loop ends, however it ends.
+    let drain = DrainOnDrop(Arc::new(Drain::default()));
     loop {
         let permit = tokio::select! {
             biased;
@@ -130,7 +135,10 @@ pub async fn serve<A: HttpServerApp>(
             h2,
             settings,
             metrics: metrics.clone(),
-            close: close.clone(),
+            close: CloseSignal {
+                watch: close.clone(),
+                idle: drain.0.join(),
+            },
         };
         // The connection's future lives in its own heap block, not inside tokio's task cell:
         // the cell is allocated 128-byte aligned, and an aligned block of about 2 KiB per idle
@@ -144,6 +152,7 @@ pub async fn serve<A: HttpServerApp>(
         });
     }
     drop(listener);
+    drop(drain);
     let grace = *grace.borrow();
     let open = max as usize - slots.available_permits();
     tracing::info!(
@@ -175,6 +184,96 @@ pub(super) async fn closing(close: &mut watch::Receiver<bool>) {
     let _ = close.wait_for(|c| *c).await;
 }
 
+/// How a connection learns that its listener is closing: the listener's close flag, and a
+/// waker slot of the connection's own that the listener wakes when its accept loop ends.
+///
+/// An idle HTTP/1 connection waits on the slot: storing a waker there costs a compare-and-swap,
+/// where a subscription to the `watch` on every idle wait (every request on a keep-alive
+/// connection) took a lock to join its waiter list and another to leave it.
+#[derive(Debug)]
+pub struct CloseSignal {
+    watch: watch::Receiver<bool>,
+    idle: IdleSlot,
+}
+
+impl CloseSignal {
+    /// Whether the listener is closing.
+    pub fn is_closing(&self) -> bool {
+        *self.watch.borrow()
+    }
+
+    /// The listener's close flag itself, for a connection that waits on it only rarely.
+    pub fn into_watch(self) -> watch::Receiver<bool> {
+        self.watch
+    }
+
+    /// Resolves once the listener is closing (its accept loop has ended).
+    pub(crate) fn closed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            // Registered before the flag is read: a close after the read wakes this waker.
+            self.idle.waker.register(cx.waker());
+            if self.idle.drain.closing.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// The waker slots of one listener's connections.
+#[derive(Debug, Default)]
+struct Drain {
+    closing: AtomicBool,
+    /// One per connection that has joined; those of ended connections no longer upgrade.
+    slots: parking_lot::Mutex<Vec<Weak<AtomicWaker>>>,
+}
+
+/// A connection's waker slot, and the listener it belongs to.
+#[derive(Debug)]
+struct IdleSlot {
+    drain: Arc<Drain>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Drain {
+    /// A slot for a new connection: one allocation and one lock per connection.
+    fn join(self: &Arc<Self>) -> IdleSlot {
+        let waker = Arc::new(AtomicWaker::new());
+        let mut slots = self.slots.lock();
+        if slots.len() == slots.capacity() {
+            // Before the list grows, the slots of ended connections go: it stays within twice
+            // the connections open at once.
+            slots.retain(|w| w.strong_count() > 0);
+        }
+        slots.push(Arc::downgrade(&waker));
+        drop(slots);
+        IdleSlot {
+            drain: Arc::clone(self),
+            waker,
+        }
+    }
+
+    /// Marks the listener closing and wakes every connection waiting on its slot.
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let slots = std::mem::take(&mut *self.slots.lock());
+        for waker in slots.iter().filter_map(Weak::upgrade) {
+            waker.wake();
+        }
+    }
+}
+
+/// Closes the drain when dropped: at the end of the accept loop, or when the listener's future
+/// is dropped before that.
+struct DrainOnDrop(Arc<Drain>);
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// One accepted connection.
 struct Conn<A> {
     stream: TcpStream,
@@ -184,7 +283,7 @@ struct Conn<A> {
     h2: super::h2::Settings,
     settings: h1::Settings,
     metrics: ListenerMetrics,
-    close: watch::Receiver<bool>,
+    close: CloseSignal,
 }
 
 impl<A: HttpServerApp> Conn<A> {
@@ -246,6 +345,7 @@ impl<A: HttpServerApp> Conn<A> {
                 let io = Rewind::new(first.freeze(), stream);
                 // Boxed: an HTTP/2 connection's state is large, and every HTTP/1 connection's
                 // task would otherwise reserve room for it.
+                let close = close.into_watch();
                 let served = Box::pin(super::h2::serve_connection(io, app, meta, h2, close)).await;
                 if let Err(error) = served {
                     tracing::debug!(%error, %client, "client connection ended with an error");
@@ -302,6 +402,10 @@ mod tests {
             let client = TcpStream::connect(addr).await.unwrap();
             let (stream, peer) = listener.accept().await.unwrap();
             let (_tx, close) = watch::channel(false);
+            let close = CloseSignal {
+                watch: close,
+                idle: Arc::new(Drain::default()).join(),
+            };
             let limits = ServerLimits::default();
             let conn = Conn {
                 stream,
@@ -321,6 +425,34 @@ mod tests {
             let size = size_of_future(&conn.serve());
             assert!(size <= 2048, "connection future is {size} bytes");
             drop(client);
+        });
+    }
+
+    #[test]
+    fn closing_the_drain_wakes_a_waiting_connection_and_forgets_ended_ones() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let drain = Arc::new(Drain::default());
+            let (_tx, watch) = watch::channel(false);
+            let signal = CloseSignal {
+                watch,
+                idle: drain.join(),
+            };
+            // Connections that ended leave nothing behind once the list would grow.
+            for _ in 0..64 {
+                drop(drain.join());
+            }
+            assert!(drain.slots.lock().len() <= 64);
+            let mut closed = std::pin::pin!(signal.closed());
+            assert!(futures::poll!(closed.as_mut()).is_pending());
+            drain.close();
+            assert!(futures::poll!(closed.as_mut()).is_ready());
+            assert!(
+                !signal.is_closing(),
+                "the flag read between requests is the watch's"
+            );
         });
     }
 }

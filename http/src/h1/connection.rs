@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::body::{BodyEnd, Reader, RequestBody};
@@ -23,6 +23,7 @@ use crate::body::ClientBody;
 use crate::headers::{strip_hop_by_hop, wants_upgrade};
 use crate::metrics::LocalErrors;
 use crate::rewind::Rewind;
+use crate::server::CloseSignal;
 
 /// The client connection after a `101 Switching Protocols` answer, with any bytes the client
 /// sent after its request.
@@ -68,8 +69,8 @@ enum Outcome {
     Upgrade(Reader, oneshot::Sender<Upgraded>),
 }
 
-/// Serves HTTP/1.1 requests on `stream` until the client leaves, an error, or `close` turns
-/// true. `read_ahead` holds bytes already read from it.
+/// Serves HTTP/1.1 requests on `stream` until the client leaves, an error, or `close` says the
+/// listener is closing. `read_ahead` holds bytes already read from it.
 pub async fn serve_connection<A: HttpServerApp>(
     stream: Transport,
     read_ahead: BytesMut,
@@ -77,7 +78,7 @@ pub async fn serve_connection<A: HttpServerApp>(
     meta: Arc<ConnMeta>,
     settings: Settings,
     errors: LocalErrors,
-    close: watch::Receiver<bool>,
+    close: CloseSignal,
 ) {
     let (read, write) = stream.into_split();
     let mut reader = Reader {
@@ -133,7 +134,7 @@ struct Connection<A> {
     interim: Arc<Interim>,
     settings: Settings,
     errors: LocalErrors,
-    close: watch::Receiver<bool>,
+    close: CloseSignal,
 }
 
 impl<A: HttpServerApp> Connection<A> {
@@ -149,7 +150,7 @@ impl<A: HttpServerApp> Connection<A> {
             };
             tokio::select! {
                 biased;
-                () = crate::server::closing(&mut self.close) => return Ok(None),
+                () = self.close.closed() => return Ok(None),
                 ready = tokio::time::timeout(idle, r.io.wait_readable(&mut r.buf, HEAD_BUFFER)) => {
                     if !matches!(ready, Ok(Ok(()))) {
                         return Ok(None);
@@ -303,7 +304,7 @@ impl<A: HttpServerApp> Connection<A> {
             Ok(resp) => resp,
             Err(never) => match never {},
         };
-        let mut closing = *self.close.borrow();
+        let mut closing = self.close.is_closing();
         if let Some(rx) = body_end.as_mut() {
             match rx.try_recv() {
                 Ok(BodyEnd::Complete(r)) => {
@@ -432,7 +433,7 @@ impl<A: HttpServerApp> Connection<A> {
             }
             (None, None) => return Outcome::Close(None),
         };
-        if *self.close.borrow() {
+        if self.close.is_closing() {
             return Outcome::Close(Some(reader));
         }
         Outcome::Next(reader)
