@@ -83,11 +83,18 @@ pub struct Seen<K> {
     pub in_sync_with: Option<u128>,
     /// Hash of the uid of the object's controller (its owner reference with `controller: true`).
     controller: Option<u64>,
-    /// What [`Child::keep`] kept.
-    pub kept: Option<Arc<K>>,
+    /// What [`Child::keep`] kept, as JSON: a typed StatefulSet is 2.5 KiB before any of its
+    /// fields is set (the pod template's structs are inline), its stripped JSON a fifth of that.
+    kept: Option<Arc<[u8]>>,
+    kind: std::marker::PhantomData<fn() -> K>,
 }
 
-impl<K> Seen<K> {
+impl<K: Child> Seen<K> {
+    /// What [`Child::keep`] kept of the live object, if anything.
+    pub fn kept(&self) -> Option<K> {
+        serde_json::from_slice(self.kept.as_deref()?).ok()
+    }
+
     /// Whether the live object holds the desired object with this digest (hex, as
     /// [`crate::apply::digest`] gives it).
     pub fn holds(&self, digest: &str) -> bool {
@@ -178,7 +185,12 @@ impl<K: Child> ChildCache<K> {
                 .and_then(|v| v.parse().ok()),
             in_sync_with: verdict(live, &self.streams, &self.settings),
             controller: controller_of(meta).map(|o| hash_uid(&o.uid)),
-            kept: K::keep(live).map(Arc::new),
+            kept: K::keep(live).map(|k| {
+                serde_json::to_vec(&k)
+                    .expect("Kubernetes objects serialize")
+                    .into()
+            }),
+            kind: std::marker::PhantomData,
         };
         Some((key, seen))
     }
@@ -448,7 +460,7 @@ mod tests {
         assert!(seen.controlled_by(ds.metadata.uid.as_deref()));
         assert!(!seen.controlled_by(Some("another-uid")));
         assert!(
-            seen.kept.is_none(),
+            seen.kept().is_none(),
             "nothing but the verdict is kept of a Service"
         );
     }

@@ -296,10 +296,7 @@ async fn apply_child<K: Child>(
     let digest = stamp(&mut desired);
     let desired = &desired;
     if live.as_ref().is_some_and(|l| l.holds(&digest)) {
-        return Ok((
-            Outcome::Unchanged,
-            live.and_then(|l| l.kept).map(|k| (*k).clone()),
-        ));
+        return Ok((Outcome::Unchanged, live.and_then(|l| l.kept())));
     }
     let kind = kind_of::<K>();
     let desired_json = serde_json::to_value(desired).expect("Kubernetes objects serialize");
@@ -315,7 +312,7 @@ async fn apply_child<K: Child>(
             Outcome::Unchanged,
             applied
                 .and_then(|a| serde_json::from_value(a).ok())
-                .or_else(|| live.and_then(|l| l.kept).map(|k| (*k).clone())),
+                .or_else(|| live.and_then(|l| l.kept())),
         ));
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
@@ -513,17 +510,17 @@ async fn apply_children(ctx: &Context, ds: &DataStream, ns: &str) -> Result<Opti
         note_outcomes(ctx, ds, &outcomes).await;
         return Err(error);
     }
-    let kept = live.as_ref().and_then(|l| l.kept.clone());
+    let kept = live.as_ref().and_then(|l| l.kept());
     if let Some(kept) = &kept {
         if kept.metadata.deletion_timestamp.is_some() {
             // Being recreated (see below): the new one is applied once the old one is gone.
             note_outcomes(ctx, ds, &outcomes).await;
-            return Ok(Some((**kept).clone()));
+            return Ok(Some(kept.clone()));
         }
         if let Some(change) = immutable_change(kept, &children.stateful_set) {
             note_outcomes(ctx, ds, &outcomes).await;
             recreate_orphaning_pods(ctx, ds, ns, &name, &change).await?;
-            return Ok(Some((**kept).clone()));
+            return Ok(Some(kept.clone()));
         }
     }
     let previous_replicas = kept
@@ -778,8 +775,7 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
         .stores
         .stateful_sets
         .get(&ns, &names.base)
-        .and_then(|s| s.kept)
-        .map(|d| (*d).clone());
+        .and_then(|s| s.kept());
     let stateful_set = match &applied {
         Ok(Some(d)) => Some(d.clone()),
         _ => cached_set,
