@@ -98,6 +98,22 @@ for t, d in half.items():
     print(f"| {t} | {d.get('conns')} x {d.get('delay_ms')} ms | {num(d, 'rps') or 0:.0f} | {ms(num(d, 'p50_us'))} | "
           f"{ms(p99)} | {ms(num(d, 'p999_us'))} | {'-' if t == 'direct' else ms(added[t])} | "
           f"{d.get('cpu_us_per_req', 'n/a')} | {errors(d)} |")
+half_rounds = int(meta.get("half_rounds") or 0)
+if half_rounds > 1:
+    # Added p99 per round against the same round's direct p99; the verdict uses each proxy's median.
+    per_round = {t: [] for t in PROXIES}
+    for r in range(1, half_rounds + 1):
+        direct = num(kv(f"half-direct-r{r}"), "p99_us")
+        for t in PROXIES:
+            p99 = num(kv(f"half-{t}-r{r}"), "p99_us")
+            per_round[t].append(None if None in (p99, direct) else p99 - direct)
+    print(f"\nRows are each target's median round by p99. Added p99 in each of the {half_rounds} interleaved "
+          "rounds (ms; the proxy's p99 minus the direct p99 of the same round), and its median:\n")
+    for t in PROXIES:
+        values = [v for v in per_round[t] if v is not None]
+        med = sorted(values)[len(values) // 2] if values else None
+        added[t] = med
+        print(f"- {t}: {', '.join(ms(v) for v in per_round[t])}; median {ms(med)}")
 print()
 for other in ["haproxy", "nginx"]:
     print(f"- sidecar / {other}: p99 {ratio(num(half['sidecar'], 'p99_us'), num(half[other], 'p99_us'))}, "

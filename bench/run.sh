@@ -11,7 +11,8 @@
 #   bench/run.sh --tls-report=DIR:ROUNDS  # re-renders that report from a run's raw data
 #
 # Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
-# PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3),
+# PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3), HALF_ROUNDS
+# (interleaved rounds of scenario 1b, each with its own direct measurement; default PEAK_ROUNDS),
 # PROXY_CPU (default 1), LOAD_CPU (wrk, load clients and backends; default 0), NICE (default -10:
 # on a machine shared with builds, the benchmark's processes win the CPU; 0 to leave it alone).
 # Scenarios: 1 peak throughput and latency, 1b half of HAProxy's peak (added p99), 2 one replica
@@ -25,6 +26,7 @@ BENCH=$ROOT/bench
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
 PEAK_ROUNDS=${PEAK_ROUNDS:-3}
+HALF_ROUNDS=${HALF_ROUNDS:-$PEAK_ROUNDS}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 SKIP_BUILD=0 INSTRUCTIONS=0 TLS=0 TLS_REPORT=
@@ -579,12 +581,25 @@ half=$(awk -F= '$1 == "rps" {printf "%d", $2 / 2}' "$DATA/peak-haproxy.kv")
 delay=$(awk -v r="$half" 'BEGIN { d = int(64 * 1000 / r + 0.5); if (d < 1) d = 1; print d }')
 hconns=$(awk -v r="$half" -v d="$delay" 'BEGIN { c = int(r * d / 1000 + 0.5); if (c < 1) c = 1; print c }')
 echo "half_target_rps=$half" >>"$DATA/meta.kv"
-log "scenario 1b: fixed load ~$half req/s ($hconns connections, ${delay} ms between requests)"
-measure half-direct direct "$hconns" "$delay"
-for p in sidecar nginx haproxy; do
-  start_proxy "$p"
-  measure "half-$p" "$p" "$hconns" "$delay"
-  stop_proxy
+echo "half_rounds=$HALF_ROUNDS" >>"$DATA/meta.kv"
+log "scenario 1b: fixed load ~$half req/s ($hconns connections, ${delay} ms between requests), $HALF_ROUNDS interleaved rounds"
+# Each round measures the backends directly too: the added p99 of a proxy is its p99 minus the
+# direct p99 of the same round, so that a slow minute of the machine does not count against
+# whichever proxy it fell on. The report gives the median of each proxy's rounds.
+for ((round = 1; round <= HALF_ROUNDS; round++)); do
+  measure "half-direct-r$round" direct "$hconns" "$delay"
+  for p in sidecar nginx haproxy; do
+    start_proxy "$p"
+    measure "half-$p-r$round" "$p" "$hconns" "$delay"
+    stop_proxy
+  done
+done
+# The table's row of each target is its median round by p99.
+for t in direct sidecar nginx haproxy; do
+  median=$(for ((round = 1; round <= HALF_ROUNDS; round++)); do
+    echo "$(awk -F= '$1 == "p99_us" {print $2}' "$DATA/half-$t-r$round.kv") $round"
+  done | sort -n | awk -v n="$HALF_ROUNDS" 'NR == int((n + 1) / 2) {print $2}')
+  cp "$DATA/half-$t-r$median.kv" "$DATA/half-$t.kv"
 done
 
 log "scenario 2: r3 answers in ${SLOWER_MS} ms, r1 and r2 in ${SLOW_MS} ms"
