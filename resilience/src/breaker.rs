@@ -54,7 +54,14 @@ pub struct BreakerConfig {
 pub struct Breaker {
     state: Mutex<Inner>,
     last_pass_ns: AtomicU64,
+    /// The latest failure recorded ([`NO_FAILURE`]: none). A window holding no failure cannot
+    /// drop anything when `k >= 1`, which is what a pick on a healthy replica learns from this
+    /// one read, without the lock or a scan of the window's buckets.
+    last_failure_ns: AtomicU64,
 }
+
+/// `last_failure_ns` before any failure.
+const NO_FAILURE: u64 = u64::MAX;
 
 #[derive(Debug)]
 struct Inner {
@@ -93,6 +100,7 @@ impl Breaker {
                 span,
             }),
             last_pass_ns: AtomicU64::new(0),
+            last_failure_ns: AtomicU64::new(NO_FAILURE),
         }
     }
 
@@ -132,10 +140,21 @@ impl Breaker {
             t.total += 1;
             t.good += u64::from(accepted);
         });
+        if !accepted {
+            // Under the lock: two failures recorded at once keep the later reading.
+            let last = self.last_failure_ns.load(Ordering::Relaxed);
+            if last == NO_FAILURE || now_ns > last {
+                self.last_failure_ns.store(now_ns, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The current drop probability.
     pub fn drop_probability(&self, now_ns: u64, config: &BreakerConfig) -> f64 {
+        if config.k >= 1.0 && self.no_failure_in_window(now_ns, config.window) {
+            // Every attempt in the window was accepted: requests − K·accepts ≤ 0.
+            return 0.0;
+        }
         let t = {
             let mut inner = self.state.lock();
             inner.resize(config.window);
@@ -160,6 +179,25 @@ impl Breaker {
                 0.0
             },
         }
+    }
+}
+
+impl Breaker {
+    /// Whether no failure recorded so far can still be in a window of `span` at `now_ns`. A
+    /// failure at `t` sits in a bucket starting at or before `t`, and the window's buckets
+    /// together span at most `span`, so it has left the window once `span` has passed since
+    /// `t`. A failure recorded with a later reading than `now_ns` (another thread's clock
+    /// reading) counts as still inside.
+    fn no_failure_in_window(&self, now_ns: u64, span: Duration) -> bool {
+        let last = self.last_failure_ns.load(Ordering::Relaxed);
+        if last == NO_FAILURE {
+            return true;
+        }
+        // A span under one nanosecond per bucket has buckets of 1 ns (see `Window::new`).
+        let span_ns = u64::try_from(span.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(BUCKETS as u64);
+        now_ns >= last && now_ns - last >= span_ns
     }
 }
 

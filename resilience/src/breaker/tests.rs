@@ -91,6 +91,42 @@ fn failures_expire_with_the_window() {
     assert_eq!(b.drop_probability(12 * SEC, &c), 0.0);
 }
 
+/// The shortcut for a window without failures must agree with the scan: a failure keeps
+/// counting up to the window's last bucket, an older clock reading than the failure's counts it,
+/// and with K < 1 a window of successes alone can drop.
+#[test]
+fn the_no_failure_shortcut_agrees_with_the_window() {
+    let c = config();
+    let b = Breaker::new();
+    for _ in 0..(MIN_REQUESTS - 1) {
+        b.record(SEC, true, &c);
+    }
+    b.record(SEC + 5 * MS, false, &c);
+    // 20 sent, 19 accepted: (20 - 1.5*19) / 21 < 0, nothing dropped either way; with more
+    // failures the probability is positive until the window has passed.
+    for _ in 0..30 {
+        b.record(SEC + 5 * MS, false, &c);
+    }
+    assert!(b.drop_probability(SEC + 5 * MS, &c) > 0.0);
+    assert!(
+        b.drop_probability(SEC, &c) > 0.0,
+        "a reading older than the failure"
+    );
+    assert!(
+        b.drop_probability(11 * SEC - 1, &c) > 0.0,
+        "still in the last bucket"
+    );
+    assert_eq!(b.drop_probability(11 * SEC + 5 * MS, &c), 0.0);
+    // K < 1: successes alone give a positive probability, which the shortcut must not hide.
+    let lenient = BreakerConfig { k: 0.5, ..c };
+    let b = Breaker::new();
+    for _ in 0..100 {
+        b.record(SEC, true, &lenient);
+    }
+    let p = b.drop_probability(SEC, &lenient);
+    assert!((p - 50.0 / 101.0).abs() < 1e-9, "{p}");
+}
+
 #[test]
 fn a_probe_passes_each_interval_even_when_fully_throttled() {
     let c = config();
