@@ -428,6 +428,74 @@ mod tests {
         });
     }
 
+    /// Waits for a request share one timer per connection, moved before each wait: the first
+    /// gets the header read timeout, later ones the (here shorter) keep-alive timeout counted
+    /// from their own start, so requests spaced under it keep the connection open however long
+    /// it lives, and silence longer than it closes the connection.
+    #[test]
+    fn the_idle_timer_is_moved_before_each_wait_for_a_request() {
+        use tokio::io::AsyncWriteExt;
+        const KEEP_ALIVE: Duration = Duration::from_millis(500);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
+            let (_tx, close) = watch::channel(false);
+            let limits = ServerLimits::default();
+            let conn = Conn {
+                stream,
+                client: peer,
+                handshake: None,
+                app: Arc::new(Nothing),
+                h2: h2_settings(&limits),
+                settings: h1::Settings {
+                    max_head: limits.max_header_bytes,
+                    max_fields: limits.max_header_fields,
+                    header_read_timeout: Duration::from_secs(5),
+                    keep_alive_timeout: KEEP_ALIVE,
+                },
+                metrics: crate::metrics::ServerMetrics::default().listener("traffic"),
+                close: CloseSignal {
+                    watch: close,
+                    idle: Arc::new(Drain::default()).join(),
+                },
+            };
+            let served = tokio::spawn(conn.serve());
+            // Longer than the keep-alive timeout before the first request: the header read
+            // timeout applies to a new connection.
+            tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
+            let mut buf = vec![0u8; 1024];
+            for _ in 0..6 {
+                client
+                    .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while !got.ends_with(b"\r\n\r\n") {
+                    let n = client.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "closed after {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                }
+                assert!(got.starts_with(b"HTTP/1.1 200"), "{got:?}");
+                // Six waits of a fifth of the timeout: together longer than it.
+                tokio::time::sleep(KEEP_ALIVE / 5).await;
+            }
+            let idle = tokio::time::Instant::now();
+            let n = tokio::time::timeout(Duration::from_secs(4), client.read(&mut buf))
+                .await
+                .expect("the keep-alive timeout closes the connection")
+                .unwrap();
+            assert_eq!(n, 0);
+            assert!(idle.elapsed() + KEEP_ALIVE / 5 >= KEEP_ALIVE);
+            served.await.unwrap();
+        });
+    }
+
     #[test]
     fn closing_the_drain_wakes_a_waiting_connection_and_forgets_ended_ones() {
         let rt = tokio::runtime::Builder::new_current_thread()

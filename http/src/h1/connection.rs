@@ -1,5 +1,6 @@
 //! One HTTP/1.1 server connection: the exchange loop the module documentation describes.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::body::{BodyEnd, Reader, RequestBody};
 use super::decode::Decoder;
@@ -95,13 +96,19 @@ pub async fn serve_connection<A: HttpServerApp>(
         close,
     };
     let mut first = true;
+    // One timer for every wait for a request on this connection, moved later before each wait:
+    // a later deadline is an atomic update of the registered timer, where a timer per wait
+    // would be registered and removed under the timer wheel's lock on every request. It stays
+    // registered while an exchange runs; should it fire meanwhile, the task is woken once for
+    // nothing and the next wait registers it again.
+    let mut idle = std::pin::pin!(tokio::time::sleep(settings.header_read_timeout));
     loop {
         if reader.buf.is_empty() {
             // An idle connection keeps no buffer; the next connection with a request may reuse
             // it.
             spare::give(std::mem::take(&mut reader.buf), HEAD_BUFFER);
         }
-        let head = match conn.read_head(&mut reader, first).await {
+        let head = match conn.read_head(&mut reader, first, idle.as_mut()).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(error) => {
@@ -139,33 +146,46 @@ struct Connection<A> {
 
 impl<A: HttpServerApp> Connection<A> {
     /// The next request head; `Ok(None)` when the connection should just close (client gone,
-    /// idle or header timeout, drain).
-    async fn read_head(&mut self, r: &mut Reader, first: bool) -> Result<Option<Head>, HeadError> {
+    /// idle or header timeout, drain). `idle` is the connection's timer for waits with nothing
+    /// received yet.
+    async fn read_head(
+        &mut self,
+        r: &mut Reader,
+        first: bool,
+        mut idle: Pin<&mut Sleep>,
+    ) -> Result<Option<Head>, HeadError> {
         let s = self.settings;
         if r.buf.is_empty() {
-            let idle = if first {
+            let limit = if first {
                 s.header_read_timeout
             } else {
                 s.keep_alive_timeout
             };
-            tokio::select! {
-                biased;
-                () = self.close.closed() => return Ok(None),
-                ready = tokio::time::timeout(idle, r.io.wait_readable(&mut r.buf, HEAD_BUFFER)) => {
-                    if !matches!(ready, Ok(Ok(()))) {
-                        return Ok(None);
-                    }
-                }
-            }
+            idle.as_mut().reset(Instant::now() + limit);
         }
-        if r.buf.capacity() == 0 {
-            // Readable, and no buffer yet (a plain socket waits without one).
-            r.buf = spare::take();
-        }
-        // Set on the first read that has to wait, microseconds after the head's first bytes were
-        // read: usually the whole head is there already and no timer is armed at all.
+        // Set on the first read that has to wait once part of a head is here, microseconds
+        // after its first bytes were read: usually the whole head is there already and no timer
+        // is armed at all.
         let mut deadline = None;
         loop {
+            if r.buf.is_empty() {
+                // The socket before the timer, as a timeout around the wait would poll them: at
+                // the same instant, a request that arrived wins.
+                tokio::select! {
+                    biased;
+                    () = self.close.closed() => return Ok(None),
+                    ready = r.io.wait_readable(&mut r.buf, HEAD_BUFFER) => {
+                        if ready.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                    () = idle.as_mut() => return Ok(None),
+                }
+                if r.buf.capacity() == 0 {
+                    // Readable, and no buffer yet (a plain socket waits without one).
+                    r.buf = spare::take();
+                }
+            }
             if !r.buf.is_empty()
                 && let Some(head) = head::parse(&mut r.buf, s.max_head, s.max_fields)?
             {
@@ -180,6 +200,14 @@ impl<A: HttpServerApp> Connection<A> {
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Ok(None),
+            }
+            if r.buf.is_empty() {
+                // A socket's readiness left over from the previous request (its head was read
+                // without a wait that cleared it): nothing of a new one has arrived, so this is
+                // still the idle wait, under the idle timer rather than the header read
+                // timeout, and without a buffer.
+                spare::give(std::mem::take(&mut r.buf), HEAD_BUFFER);
+                continue;
             }
             let until = *deadline.get_or_insert_with(|| Instant::now() + s.header_read_timeout);
             match tokio::time::timeout_at(until, r.io.read_buf(&mut r.buf)).await {
