@@ -320,7 +320,7 @@ async fn with_retries(
     let watch = end.clone();
     let mut end = end;
     // A request a failed connection handed back unsent, ready for the next replica.
-    let mut unsent_req: Option<Request<RequestBody>> = None;
+    let mut unsent_req: Option<Box<Request<RequestBody>>> = None;
     let mut exclude: Vec<SocketAddr> = Vec::new();
     let (mut retries, mut unsent) = (0u32, 0usize);
     let mut last_error: Option<ProxyError> = None;
@@ -344,7 +344,7 @@ async fn with_retries(
                     if let Some(end) = end.take() {
                         body = body.with_end_signal(end);
                     }
-                    Outgoing::Owned(Request::from_parts(p, body))
+                    Outgoing::Owned(Box::new(Request::from_parts(p, body)))
                 }
                 _ => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
@@ -447,7 +447,7 @@ async fn with_retries(
                         now,
                     );
                 }
-                unsent_req = back.map(|b| *b);
+                unsent_req = back;
                 last_error = Some(ProxyError::Connect(error));
                 (Outcome::NotSent, None)
             }
@@ -855,7 +855,7 @@ async fn fan_out(
         .into_iter()
         .map(|endpoint| {
             // Each copy travels into its own task, so it owns its head.
-            let req = Outgoing::Owned(rebuild(&parts, bytes.clone()));
+            let req = Outgoing::Owned(Box::new(rebuild(&parts, bytes.clone())));
             let shared = Arc::clone(call.shared);
             let set = Arc::clone(call.set);
             let s = Arc::clone(&settings);
