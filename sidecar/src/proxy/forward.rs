@@ -332,9 +332,7 @@ async fn proxy_peer(
         .with_idle_timeout(policy.resilience.stream_idle_timeout);
     // A body already complete goes to the own HTTP/1 client with the head kept here, as a
     // replayable request does; no box for the request.
-    let in_memory = (!to_h2 && !upgrade)
-        .then(|| body.in_memory())
-        .flatten();
+    let in_memory = (!to_h2 && !upgrade).then(|| body.in_memory()).flatten();
     let out = match in_memory {
         Some(bytes) => Outgoing::Replay(&parts, bytes),
         None => Outgoing::Owned(Box::new(Request::from_parts(parts, body))),
