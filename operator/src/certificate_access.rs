@@ -136,8 +136,13 @@ async fn keep_bound(client: Client, name: &str) {
     let mut staged: BTreeSet<StreamKey> = BTreeSet::new();
     let mut synced = false;
     // Names are all it needs: metadata-only requests.
-    let events =
-        watcher::watcher(streams, watcher::Config::default().any_semantic()).default_backoff();
+    let events = watcher::watcher(
+        streams,
+        watcher::Config::default()
+            .any_semantic()
+            .page_size(crate::controller::LIST_PAGE_SIZE),
+    )
+    .default_backoff();
     let mut events = std::pin::pin!(events);
     loop {
         // Wait for an event, then gather what follows it for a moment: a burst of stream creations

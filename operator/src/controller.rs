@@ -20,7 +20,7 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{DeleteParams, Patch, PatchParams, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -32,6 +32,7 @@ use crate::apply::{Outcome, immutable_change, max_unavailable, stamp};
 use crate::cache::{Child, ChildCache, child_cache};
 use crate::desired::{self, INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGER, Names, Settings};
 use crate::error::{Error, Result};
+use crate::grouped::{GroupedCache, grouped_cache};
 use crate::metrics::{ErrorLabels, Metrics, ResultLabels, WatchLabels};
 use crate::status::{self, Observed, REVISION_LABEL};
 
@@ -115,11 +116,12 @@ pub struct Stores {
     pub pdbs: ChildCache<PodDisruptionBudget>,
     /// NetworkPolicies.
     pub network_policies: ChildCache<NetworkPolicy>,
-    /// EndpointSlices of the peer Services (they inherit the Services' labels).
-    pub endpoint_slices: Store<EndpointSlice>,
+    /// EndpointSlices of the peer Services (they inherit the Services' labels), stripped, by
+    /// Service.
+    pub endpoint_slices: GroupedCache<EndpointSlice>,
     /// Metadata of the replicas' pods (labels carry each one's revision), to say which replicas
-    /// a rollout has not reached yet.
-    pub pods: Store<Pod>,
+    /// a rollout has not reached yet, by stream.
+    pub pods: GroupedCache<Pod>,
 }
 
 /// Watch health, for `/readyz`.
@@ -192,7 +194,7 @@ pub struct Context {
     /// Installation settings.
     pub settings: Settings,
     /// Publishes Kubernetes Events.
-    pub recorder: Recorder,
+    pub recorder: crate::events::EventPublisher,
     /// Operator metrics.
     pub metrics: Arc<Metrics>,
     /// Child caches.
@@ -233,13 +235,7 @@ impl Context {
         stores: Stores,
         instance: String,
     ) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: Some(instance),
-            },
-        );
+        let recorder = crate::events::EventPublisher::new(client.clone(), MANAGER, instance);
         Context {
             client,
             settings,
@@ -780,31 +776,13 @@ async fn reconcile_inner(ds: &DataStream, ctx: &Context) -> Result<Action> {
         Ok(Some(d)) => Some(d.clone()),
         _ => cached_set,
     };
-    let slices: Vec<Arc<EndpointSlice>> = ctx
-        .stores
-        .endpoint_slices
-        .state()
-        .into_iter()
-        .filter(|s| {
-            s.namespace().as_deref() == Some(ns.as_str())
-                && s.labels().get("kubernetes.io/service-name") == Some(&names.peers)
-        })
-        .collect();
+    let slices = ctx.stores.endpoint_slices.group(&ns, &names.peers);
     // Claims of the current replicas only, looked up by name (a retained claim of a removed
     // replica is not the stream's concern until a scale-up brings its replica back).
     let claims: Vec<Arc<PersistentVolumeClaim>> = desired::replica_claim_names(ds)
         .filter_map(|name| cached(&ctx.stores.claims, &ns, &name))
         .collect();
-    let pods: Vec<Arc<Pod>> = ctx
-        .stores
-        .pods
-        .state()
-        .into_iter()
-        .filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns.as_str())
-                && p.labels().get(INSTANCE_LABEL) == Some(&names.base)
-        })
-        .collect();
+    let pods = ctx.stores.pods.group(&ns, &names.base);
     let observed = Observed {
         stateful_set: stateful_set.as_ref(),
         peer_slices: slices.iter().map(|s| s.as_ref()).collect(),
@@ -901,6 +879,26 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// Objects per page when a watch lists (kube's default is 500). The list pages of the
+/// different kinds arrive at once when the operator starts, each parsed whole with its
+/// managedFields: at 500 StatefulSets a page it was most of the operator's peak memory on a
+/// restart. 100 still lists 10,000 objects in 100 requests.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// The watch configuration of every watch of the controller.
+fn list_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
+
+/// Counts a watch error of `kind` and marks the watches unhealthy until the next list.
+fn watch_error(metrics: &Metrics, health: &WatchHealth, kind: &'static str) {
+    metrics
+        .watch_errors
+        .get_or_create(&WatchLabels { kind })
+        .inc();
+    health.error();
+}
+
 /// A managed-objects watcher for one kind the operator only reads, feeding a cache of the objects
 /// (after `strip`) and counting errors.
 fn managed<K>(
@@ -931,7 +929,7 @@ where
     let kind = kind_of::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default().labels(selector))
+        watcher(api, list_config().labels(selector))
             .default_backoff()
             // managedFields are most of an object's size and never read here.
             .modify(move |object| {
@@ -941,18 +939,57 @@ where
     )
     .inspect(move |event| match event {
         Ok(watcher::Event::InitDone) => health.synced(&scope, kind),
-        Err(_) => {
-            metrics
-                .watch_errors
-                .get_or_create(&WatchLabels { kind })
-                .inc();
-            health.error();
-        }
+        Err(_) => watch_error(&metrics, &health, kind),
         _ => {}
     })
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (reader, stream)
+}
+
+/// A watcher of one kind the operator only reads, feeding a [`GroupedCache`] of the objects
+/// (after `strip`) by the value of their label `group_label`, and counting errors.
+fn grouped<K>(
+    client: &Client,
+    scope: &Scope,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    selector: &str,
+    group_label: &'static str,
+    strip: fn(&mut K),
+) -> (
+    GroupedCache<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static + use<K>,
+)
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = scope.api(client);
+    let (cache, mut writer) = grouped_cache::<K>(group_label);
+    let metrics = metrics.clone();
+    let health = health.clone();
+    let scope = scope.clone();
+    let kind = kind_of::<K>();
+    let stream = watcher(api, list_config().labels(selector))
+        .default_backoff()
+        .modify(strip)
+        .inspect(move |event| match event {
+            Ok(event) => {
+                writer.apply_watcher_event(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    health.synced(&scope, kind);
+                }
+            }
+            Err(_) => watch_error(&metrics, &health, kind),
+        })
+        .touched_objects();
+    (cache, stream)
 }
 
 /// A watcher of one kind the operator applies, feeding its verdict cache ([`crate::cache`]) and
@@ -978,7 +1015,7 @@ fn managed_children<K: Child>(
     let health = health.clone();
     let scope = scope.clone();
     let kind = kind_of::<K>();
-    let config = watcher::Config::default().labels(selector);
+    let config = list_config().labels(selector);
     let mut streams_listed = streams_listed.clone();
     let events = futures::stream::once(async move {
         // Not `Store::wait_until_ready`: it wakes only its latest waiter, and there are seven.
@@ -994,18 +1031,24 @@ fn managed_children<K: Child>(
                 health.synced(&scope, kind);
             }
         }
-        Err(_) => {
-            metrics
-                .watch_errors
-                .get_or_create(&WatchLabels { kind })
-                .inc();
-            health.error();
-        }
+        Err(_) => watch_error(&metrics, &health, kind),
     })
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (cache, events)
 }
+
+/// A DataStream as its cache keeps it: without managedFields and annotations, which nothing
+/// here reads. Under `kubectl apply` the last-applied-configuration annotation alone repeats the
+/// whole spec as JSON, and managedFields are usually larger still; at 10,000 streams each is
+/// megabytes the controller's store would hold for nothing.
+fn strip_stream(ds: &mut DataStream) {
+    ds.metadata.managed_fields = None;
+    ds.metadata.annotations = None;
+}
+
+/// The label of an EndpointSlice that names its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// An EndpointSlice reduced to what status reads (ready addresses) and what maps it to its stream
 /// (its labels of Service and instance): one exists per Service, two per stream.
@@ -1014,8 +1057,12 @@ fn strip_slice(slice: &mut EndpointSlice) {
     meta.managed_fields = None;
     meta.annotations = None;
     meta.owner_references = None;
+    meta.uid = None;
+    meta.generate_name = None;
+    meta.creation_timestamp = None;
+    meta.generation = None;
     if let Some(labels) = &mut meta.labels {
-        labels.retain(|k, _| k == INSTANCE_LABEL || k == "kubernetes.io/service-name");
+        labels.retain(|k, _| k == INSTANCE_LABEL || k == SERVICE_NAME_LABEL);
     }
     slice.ports = None;
     for endpoint in slice.endpoints.iter_mut().flatten() {
@@ -1036,52 +1083,39 @@ fn replica_pods(
     health: &Arc<WatchHealth>,
     managed_by: &str,
 ) -> (
-    Store<Pod>,
+    GroupedCache<Pod>,
     impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
 ) {
-    let api: Api<Pod> = scope.api(client);
-    let (reader, writer) = reflector::store();
-    let metrics = metrics.clone();
-    let health = health.clone();
-    let scope = scope.clone();
     let selector = format!("{managed_by},app.kubernetes.io/component=replica");
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default().labels(&selector))
-            .default_backoff()
-            .modify(crate::pods::strip),
-    )
-    .inspect(move |event| match event {
-        Ok(watcher::Event::InitDone) => health.synced(&scope, "Pod"),
-        Err(_) => {
-            metrics
-                .watch_errors
-                .get_or_create(&WatchLabels { kind: "Pod" })
-                .inc();
-            health.error();
-        }
-        _ => {}
-    })
-    .touched_objects()
-    // A pod changes with every status update; only what the summary keeps (a new revision label,
-    // a failure, the policy report, a new pod or one being deleted) can change what the stream
-    // reports (the final removal of a deleted pod passes no event, and needs none: its
-    // replacement does).
-    .predicate_filter(
-        |pod: &Pod| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            let summary = (
-                pod.uid(),
-                pod.labels().get(REVISION_LABEL).cloned(),
-                pod.metadata.deletion_timestamp.is_some(),
-                serde_json::to_string(&pod.status).unwrap_or_default(),
-            );
-            std::hash::Hash::hash(&summary, &mut hasher);
-            Some(std::hash::Hasher::finish(&hasher))
-        },
-        Default::default(),
+    let (cache, stream) = grouped(
+        client,
+        scope,
+        metrics,
+        health,
+        &selector,
+        INSTANCE_LABEL,
+        crate::pods::strip,
     );
-    (reader, stream)
+    let stream = stream
+        // A pod changes with every status update; only what the summary keeps (a new revision label,
+        // a failure, the policy report, a new pod or one being deleted) can change what the stream
+        // reports (the final removal of a deleted pod passes no event, and needs none: its
+        // replacement does).
+        .predicate_filter(
+            |pod: &Pod| {
+                let mut hasher = std::hash::DefaultHasher::new();
+                let summary = (
+                    pod.uid(),
+                    pod.labels().get(REVISION_LABEL).cloned(),
+                    pod.metadata.deletion_timestamp.is_some(),
+                    serde_json::to_string(&pod.status).unwrap_or_default(),
+                );
+                std::hash::Hash::hash(&summary, &mut hasher);
+                Some(std::hash::Hasher::finish(&hasher))
+            },
+            Default::default(),
+        );
+    (cache, stream)
 }
 
 /// The values of `datastreams_by_phase`'s `phase` label.
@@ -1153,8 +1187,15 @@ pub async fn run(
         managed::<PersistentVolumeClaim>(&client, &scope, &metrics, &health, &selector, |_| {});
     let (deployments, deployment_events) =
         managed::<Deployment>(&client, &scope, &metrics, &health, &selector, |_| {});
-    let (endpoint_slices, slice_events) =
-        managed::<EndpointSlice>(&client, &scope, &metrics, &health, &selector, strip_slice);
+    let (endpoint_slices, slice_events) = grouped::<EndpointSlice>(
+        &client,
+        &scope,
+        &metrics,
+        &health,
+        &selector,
+        SERVICE_NAME_LABEL,
+        strip_slice,
+    );
 
     let (pods, pod_events) = replica_pods(&client, &scope, &metrics, &health, &selector);
 
@@ -1187,9 +1228,9 @@ pub async fn run(
     let streams: Api<DataStream> = scope.api(&client);
     let stream_events = reflector::reflector(
         main_writer,
-        watcher(streams, watcher::Config::default())
+        watcher(streams, list_config())
             .default_backoff()
-            .modify(|ds: &mut DataStream| ds.managed_fields_mut().clear()),
+            .modify(strip_stream),
     )
     .inspect({
         let health = health.clone();
@@ -1290,6 +1331,34 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cached_stream_keeps_what_reconcile_reads_and_drops_annotations() {
+        let mut ds: DataStream = serde_json::from_value(serde_json::json!({
+            "apiVersion": "datastream.dev/v1alpha1",
+            "kind": "DataStream",
+            "metadata": {
+                "name": "orders",
+                "namespace": "shop",
+                "uid": "u-1",
+                "generation": 3,
+                "labels": {"team": "a"},
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                "managedFields": [{"manager": "kubectl", "operation": "Apply"}],
+            },
+            "spec": {"replicas": 2, "workload": {"image": "img:1"}},
+            "status": {"observedGeneration": 2},
+        }))
+        .unwrap();
+        strip_stream(&mut ds);
+        assert_eq!(ds.metadata.annotations, None);
+        assert_eq!(ds.metadata.managed_fields, None);
+        assert_eq!(ds.metadata.uid.as_deref(), Some("u-1"));
+        assert_eq!(ds.metadata.generation, Some(3));
+        assert_eq!(ds.labels().get("team").map(String::as_str), Some("a"));
+        assert_eq!(ds.spec.replicas, 2);
+        assert_eq!(ds.status.and_then(|s| s.observed_generation), Some(2));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

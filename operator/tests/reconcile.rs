@@ -12,6 +12,7 @@ use datastream_operator::apply::stamp;
 use datastream_operator::cache::{ChildCacheWriter, child_cache};
 use datastream_operator::controller::{Context, Stores, jittered, reconcile};
 use datastream_operator::desired::{self, Settings};
+use datastream_operator::grouped::grouped_cache;
 use datastream_operator::metrics::Metrics;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -135,10 +136,8 @@ fn caches() -> (Stores, Caches) {
     let (role_bindings, rbw) = child_cache(streams.clone(), shared.clone());
     let (pdbs, pw) = child_cache(streams.clone(), shared.clone());
     let (network_policies, nw) = child_cache(streams, shared);
-    let (endpoint_slices, _ew) = ready();
-    std::mem::forget(_ew);
-    let (pods, _podw) = ready();
-    std::mem::forget(_podw);
+    let (endpoint_slices, _) = grouped_cache("kubernetes.io/service-name");
+    let (pods, _) = grouped_cache(datastream_operator::desired::INSTANCE_LABEL);
     (
         Stores {
             stateful_sets,
