@@ -879,6 +879,27 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// What each watch does with its events before the controller sees them: `apply` fills its
+/// cache, the end of a list marks `kind` synced for `/readyz`, and errors are counted.
+fn feeding<K, A: FnMut(&watcher::Event<K>)>(
+    mut apply: A,
+    metrics: &Arc<Metrics>,
+    health: &Arc<WatchHealth>,
+    scope: &Scope,
+    kind: &'static str,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K, A> {
+    let (metrics, health, scope) = (metrics.clone(), health.clone(), scope.clone());
+    move |event| match event {
+        Ok(event) => {
+            apply(event);
+            if matches!(event, watcher::Event::InitDone) {
+                health.synced(&scope, kind);
+            }
+        }
+        Err(_) => watch_error(&metrics, &health, kind),
+    }
+}
+
 /// Objects per page when a watch lists (kube's default is 500). The list pages of the
 /// different kinds arrive at once when the operator starts, each parsed whole with its
 /// managedFields: at 500 StatefulSets a page it was most of the operator's peak memory on a
@@ -923,10 +944,6 @@ where
 {
     let api: Api<K> = scope.api(client);
     let (reader, writer) = reflector::store();
-    let metrics = metrics.clone();
-    let health = health.clone();
-    let scope = scope.clone();
-    let kind = kind_of::<K>();
     let stream = reflector::reflector(
         writer,
         watcher(api, list_config().labels(selector))
@@ -937,11 +954,8 @@ where
                 strip(object);
             }),
     )
-    .inspect(move |event| match event {
-        Ok(watcher::Event::InitDone) => health.synced(&scope, kind),
-        Err(_) => watch_error(&metrics, &health, kind),
-        _ => {}
-    })
+    // The reflector has filled the store already.
+    .inspect(feeding(|_| {}, metrics, health, scope, kind_of::<K>()))
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (reader, stream)
@@ -972,22 +986,11 @@ where
 {
     let api: Api<K> = scope.api(client);
     let (cache, mut writer) = grouped_cache::<K>(group_label);
-    let metrics = metrics.clone();
-    let health = health.clone();
-    let scope = scope.clone();
-    let kind = kind_of::<K>();
+    let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
     let stream = watcher(api, list_config().labels(selector))
         .default_backoff()
         .modify(strip)
-        .inspect(move |event| match event {
-            Ok(event) => {
-                writer.apply_watcher_event(event);
-                if matches!(event, watcher::Event::InitDone) {
-                    health.synced(&scope, kind);
-                }
-            }
-            Err(_) => watch_error(&metrics, &health, kind),
-        })
+        .inspect(feeding(apply, metrics, health, scope, kind_of::<K>()))
         .touched_objects();
     (cache, stream)
 }
@@ -1011,10 +1014,7 @@ fn managed_children<K: Child>(
 ) {
     let api: Api<K> = scope.api(client);
     let (cache, mut writer) = child_cache::<K>(streams.clone(), settings.clone());
-    let metrics = metrics.clone();
-    let health = health.clone();
-    let scope = scope.clone();
-    let kind = kind_of::<K>();
+    let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
     let config = list_config().labels(selector);
     let mut streams_listed = streams_listed.clone();
     let events = futures::stream::once(async move {
@@ -1024,15 +1024,7 @@ fn managed_children<K: Child>(
         watcher(api, config).default_backoff()
     })
     .flatten()
-    .inspect(move |event| match event {
-        Ok(event) => {
-            writer.apply_watcher_event(event);
-            if matches!(event, watcher::Event::InitDone) {
-                health.synced(&scope, kind);
-            }
-        }
-        Err(_) => watch_error(&metrics, &health, kind),
-    })
+    .inspect(feeding(apply, metrics, health, scope, kind_of::<K>()))
     // Deletions must trigger too: a child deleted by hand is restored.
     .touched_objects();
     (cache, events)
