@@ -382,6 +382,36 @@ mod tests {
         }
     }
 
+    /// A plain-text connection of `Nothing` on `stream`, with the default limits but the given
+    /// header read and keep-alive timeouts; `close` never fires unless its sender is used.
+    fn conn(
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        header_read_timeout: Duration,
+        keep_alive_timeout: Duration,
+        close: watch::Receiver<bool>,
+    ) -> Conn<Nothing> {
+        let limits = ServerLimits::default();
+        Conn {
+            stream,
+            client: peer,
+            handshake: None,
+            app: Arc::new(Nothing),
+            h2: h2_settings(&limits),
+            settings: h1::Settings {
+                max_head: limits.max_header_bytes,
+                max_fields: limits.max_header_fields,
+                header_read_timeout,
+                keep_alive_timeout,
+            },
+            metrics: crate::metrics::ServerMetrics::default().listener("traffic"),
+            close: CloseSignal {
+                watch: close,
+                idle: Arc::new(Drain::default()).join(),
+            },
+        }
+    }
+
     /// Every open connection is one task; its future's size is what an idle connection costs
     /// beyond the kernel's socket. Keeping big states (an HTTP/2 connection, an exchange,
     /// the request path) boxed keeps it small; this fails when one slips in unboxed. The app
@@ -402,26 +432,14 @@ mod tests {
             let client = TcpStream::connect(addr).await.unwrap();
             let (stream, peer) = listener.accept().await.unwrap();
             let (_tx, close) = watch::channel(false);
-            let close = CloseSignal {
-                watch: close,
-                idle: Arc::new(Drain::default()).join(),
-            };
             let limits = ServerLimits::default();
-            let conn = Conn {
+            let conn = conn(
                 stream,
-                client: peer,
-                handshake: None,
-                app: Arc::new(Nothing),
-                h2: h2_settings(&limits),
-                settings: h1::Settings {
-                    max_head: limits.max_header_bytes,
-                    max_fields: limits.max_header_fields,
-                    header_read_timeout: limits.header_read_timeout,
-                    keep_alive_timeout: limits.keep_alive_timeout,
-                },
-                metrics: crate::metrics::ServerMetrics::default().listener("traffic"),
+                peer,
+                limits.header_read_timeout,
+                limits.keep_alive_timeout,
                 close,
-            };
+            );
             let size = size_of_future(&conn.serve());
             assert!(size <= 2048, "connection future is {size} bytes");
             drop(client);
@@ -446,25 +464,7 @@ mod tests {
             let mut client = TcpStream::connect(addr).await.unwrap();
             let (stream, peer) = listener.accept().await.unwrap();
             let (_tx, close) = watch::channel(false);
-            let limits = ServerLimits::default();
-            let conn = Conn {
-                stream,
-                client: peer,
-                handshake: None,
-                app: Arc::new(Nothing),
-                h2: h2_settings(&limits),
-                settings: h1::Settings {
-                    max_head: limits.max_header_bytes,
-                    max_fields: limits.max_header_fields,
-                    header_read_timeout: Duration::from_secs(5),
-                    keep_alive_timeout: KEEP_ALIVE,
-                },
-                metrics: crate::metrics::ServerMetrics::default().listener("traffic"),
-                close: CloseSignal {
-                    watch: close,
-                    idle: Arc::new(Drain::default()).join(),
-                },
-            };
+            let conn = conn(stream, peer, Duration::from_secs(5), KEEP_ALIVE, close);
             let served = tokio::spawn(conn.serve());
             // Longer than the keep-alive timeout before the first request: the header read
             // timeout applies to a new connection.
