@@ -402,7 +402,7 @@ fn claim_templates(ds: &DataStream, name: &str) -> Vec<PersistentVolumeClaim> {
 fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> StatefulSet {
     let name = &names.base;
     let spec = &ds.spec;
-    let overrides = spec.workload.pod.clone().unwrap_or_default();
+    let overrides = spec.workload.pod.as_deref().cloned().unwrap_or_default();
 
     let mut pod_labels = overrides.labels.clone();
     pod_labels.extend(labels(name, "replica"));
@@ -419,7 +419,7 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
         command: (!spec.workload.command.is_empty()).then(|| spec.workload.command.clone()),
         args: (!spec.workload.args.is_empty()).then(|| spec.workload.args.clone()),
         env: (!spec.workload.env.is_empty()).then(|| spec.workload.env.clone()),
-        resources: spec.workload.resources.clone(),
+        resources: spec.workload.resources.as_deref().cloned(),
         ports: Some(pod::workload_ports(&spec.workload)),
         volume_mounts: pod::workload_mounts(&spec.workload),
         liveness_probe: spec
@@ -433,7 +433,7 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
             .as_ref()
             .map(|p| pod::probe(p, spec.workload.port)),
         security_context: Some(pod::workload_security(
-            spec.workload.security_context.as_ref(),
+            spec.workload.security_context.as_deref(),
         )),
         ..Container::default()
     };
@@ -484,7 +484,8 @@ fn stateful_set(ds: &DataStream, names: &Names, settings: &Settings) -> Stateful
         resources: Some(
             spec.sidecar
                 .resources
-                .clone()
+                .as_deref()
+                .cloned()
                 .unwrap_or_else(default_sidecar_resources),
         ),
         security_context: Some(pod::sidecar_security()),

@@ -193,7 +193,7 @@ pub struct SidecarSpec {
 
     /// Compute resources of the sidecar container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    pub resources: Option<Box<k8s_openapi::api::core::v1::ResourceRequirements>>,
 
     /// Log level of the sidecar: one of error, warn, info, debug, trace. Defaults to info.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -758,4 +758,16 @@ fn a_claim_cannot_go_below_what_its_replicas_claims_have() {
     );
 }
 
+/// The operator keeps every DataStream of the cluster in memory, so the inline size of the type
+/// is paid 10,000 times at 10,000 streams: the rarely set parts of the workload (probes, pod
+/// overrides, security and resources) are boxed, and this keeps a new inline field from undoing it.
+#[test]
+fn a_stream_without_optional_parts_stays_small_in_memory() {
+    let workload = std::mem::size_of::<WorkloadSpec>();
+    let stream = std::mem::size_of::<DataStream>();
+    println!("WorkloadSpec {workload} bytes, DataStream {stream} bytes");
+    assert!(workload <= 320, "WorkloadSpec is {workload} bytes inline");
+    assert!(stream <= 1_600, "DataStream is {stream} bytes inline");
+}
+
 mod pod;

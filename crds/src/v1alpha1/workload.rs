@@ -59,7 +59,7 @@ pub struct WorkloadSpec {
 
     /// Compute resources of the workload container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Box<ResourceRequirements>>,
 
     /// Port the workload listens on inside the pod. The sidecar reaches it on 127.0.0.1.
     #[serde(default = "default_port")]
@@ -123,21 +123,21 @@ pub struct WorkloadSpec {
     /// Restarts the workload container when it fails (a deadlock the process cannot notice).
     /// Readiness needs no probe: the sidecar checks `readinessPath`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<WorkloadProbe>,
+    pub liveness_probe: Option<Box<WorkloadProbe>>,
 
     /// Holds the liveness probe off until the workload has started once (a store replaying a
     /// long log, say), so a slow start is not taken for a failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<WorkloadProbe>,
+    pub startup_probe: Option<Box<WorkloadProbe>>,
 
     /// Overrides of the workload container's restricted security settings, for an image that
     /// needs another UID, a writable root filesystem or a capability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub security_context: Option<ContainerSecurity>,
+    pub security_context: Option<Box<ContainerSecurity>>,
 
     /// Extra pod settings: labels, annotations, scheduling constraints.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodOverrides>,
+    pub pod: Option<Box<PodOverrides>>,
 }
 
 /// One persistent volume per replica (a StatefulSet volume claim template).
