@@ -103,18 +103,52 @@ fn labels() -> std::collections::BTreeMap<String, String> {
     ])
 }
 
+/// What a binding grants, as a digest: its role and its set of subjects, in any order. The loop
+/// keeps this of the live binding rather than the binding itself: at 10,000 streams the answer to
+/// a write is megabytes (every subject, and again in its managedFields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grants([u8; 32]);
+
+impl Grants {
+    /// The grants of `binding`.
+    pub fn of(binding: &ClusterRoleBinding) -> Self {
+        use sha2::{Digest, Sha256};
+        let subjects: BTreeSet<(&str, &str, &str)> = binding
+            .subjects
+            .iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s.kind.as_str(),
+                    s.namespace.as_deref().unwrap_or_default(),
+                    s.name.as_str(),
+                )
+            })
+            .collect();
+        let mut hasher = Sha256::new();
+        let role = &binding.role_ref;
+        // Each field ends in a NUL, which no name contains, so that no two lists hash alike.
+        for field in [
+            role.api_group.as_deref().unwrap_or_default(),
+            &role.kind,
+            &role.name,
+        ] {
+            hasher.update(field.as_bytes());
+            hasher.update([0]);
+        }
+        for (kind, namespace, name) in subjects {
+            for field in [kind, namespace, name] {
+                hasher.update(field.as_bytes());
+                hasher.update([0]);
+            }
+        }
+        Self(hasher.finalize().into())
+    }
+}
+
 /// Whether `live` already grants what `want` grants (same role, same subjects in any order).
 pub fn grants_equal(live: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
-    fn key(s: &Subject) -> (String, String, String) {
-        (
-            s.kind.clone(),
-            s.namespace.clone().unwrap_or_default(),
-            s.name.clone(),
-        )
-    }
-    let set =
-        |b: &ClusterRoleBinding| -> BTreeSet<_> { b.subjects.iter().flatten().map(key).collect() };
-    live.role_ref == want.role_ref && set(live) == set(want)
+    Grants::of(live) == Grants::of(want)
 }
 
 /// Runs until `shutdown`: watches every DataStream's metadata and keeps the subjects of binding
@@ -130,8 +164,8 @@ async fn keep_bound(client: Client, name: &str) {
     ensure_role(&client, name).await;
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let streams: Api<kube::core::PartialObjectMeta<DataStream>> = Api::all(client);
-    // What the binding grants as last read or written; `None` until read.
-    let mut live: Option<ClusterRoleBinding> = None;
+    // What the binding grants as last read or written; `None` until read (or while it is missing).
+    let mut live: Option<Grants> = None;
     let mut known: BTreeSet<StreamKey> = BTreeSet::new();
     let mut staged: BTreeSet<StreamKey> = BTreeSet::new();
     let mut synced = false;
@@ -186,14 +220,15 @@ async fn keep_bound(client: Client, name: &str) {
         let want = binding(name, &known);
         if live.is_none() {
             match bindings.get_opt(name).await {
-                Ok(found) => live = found,
+                Ok(found) => live = found.as_ref().map(Grants::of),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read ClusterRoleBinding {name}; retrying with the next change");
                     continue;
                 }
             }
         }
-        if live.as_ref().is_some_and(|l| grants_equal(l, &want)) {
+        let wanted = Grants::of(&want);
+        if live == Some(wanted) {
             continue;
         }
         let params = PatchParams::apply(MANAGER).force();
@@ -203,7 +238,7 @@ async fn keep_bound(client: Client, name: &str) {
                     sidecar_accounts = want.subjects.as_ref().map_or(0, Vec::len),
                     "sidecar certificate access updated"
                 );
-                live = Some(written);
+                live = Some(Grants::of(&written));
             }
             Err(e) => {
                 // Read again next time: the live object may have changed under us.
