@@ -6,7 +6,7 @@
 //! gigabyte at 10,000 streams. This cache takes the verdict when the object arrives instead,
 //! while the whole object is in hand, and keeps only that:
 //!
-//! - the digest of the desired object the live one was found to contain ([`Seen::in_sync_with`]):
+//! - the digest of the desired object the live one was found to contain ([`Seen::holds`]):
 //!   the owning DataStream is looked up in the streams' cache and its children computed
 //!   ([`crate::desired::children`]), exactly as a reconcile would;
 //! - the resourceVersion (for [`crate::expectations`]) and a hash of the controller's uid (to see
@@ -24,6 +24,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash as _, Hasher as _};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use datastream_api::v1alpha1::DataStream;
@@ -79,10 +80,11 @@ pub struct Seen<K> {
     /// `metadata.resourceVersion`, as a number (see [`crate::expectations`]).
     pub resource_version: Option<u64>,
     /// The digest (see [`crate::apply::digest`]) of the desired object the live one was found to
-    /// hold, when it held the stream's current one as it arrived.
-    pub in_sync_with: Option<u128>,
+    /// hold, when it held the stream's current one as it arrived. Two halves rather than a
+    /// `u128`, whose 16-byte alignment would pad every entry of the cache to 80 bytes.
+    in_sync_with: Option<[u64; 2]>,
     /// Hash of the uid of the object's controller (its owner reference with `controller: true`).
-    controller: Option<u64>,
+    controller: Option<NonZeroU64>,
     /// What [`Child::keep`] kept, as JSON: a typed StatefulSet is 2.5 KiB before any of its
     /// fields is set (the pod template's structs are inline), its stripped JSON a fifth of that.
     kept: Option<Arc<[u8]>>,
@@ -98,7 +100,7 @@ impl<K: Child> Seen<K> {
     /// Whether the live object holds the desired object with this digest (hex, as
     /// [`crate::apply::digest`] gives it).
     pub fn holds(&self, digest: &str) -> bool {
-        self.in_sync_with.is_some() && self.in_sync_with == parse_digest(digest)
+        self.in_sync_with.is_some() && self.in_sync_with == parse_digest(digest).map(halves)
     }
 
     /// Whether the object's controller is the object with this uid (`None`: no controller).
@@ -111,10 +113,14 @@ fn parse_digest(hex: &str) -> Option<u128> {
     u128::from_str_radix(hex, 16).ok()
 }
 
-fn hash_uid(uid: &str) -> u64 {
+fn halves(digest: u128) -> [u64; 2] {
+    [(digest >> 64) as u64, digest as u64]
+}
+
+fn hash_uid(uid: &str) -> NonZeroU64 {
     let mut hasher = std::hash::DefaultHasher::new();
     uid.hash(&mut hasher);
-    hasher.finish()
+    NonZeroU64::new(hasher.finish()).unwrap_or(NonZeroU64::MIN)
 }
 
 fn controller_of(
@@ -183,7 +189,7 @@ impl<K: Child> ChildCache<K> {
                 .resource_version
                 .as_deref()
                 .and_then(|v| v.parse().ok()),
-            in_sync_with: verdict(live, &self.streams, &self.settings),
+            in_sync_with: verdict(live, &self.streams, &self.settings).map(halves),
             controller: controller_of(meta).map(|o| hash_uid(&o.uid)),
             kept: K::keep(live).map(|k| {
                 serde_json::to_vec(&k)
