@@ -451,6 +451,13 @@ mod tests {
         stamp(&mut object)
     }
 
+    /// About 90,000 entries at 10,000 streams: each byte of an entry is most of a MiB.
+    #[test]
+    fn an_entry_stays_small() {
+        let size = std::mem::size_of::<Seen<Service>>();
+        assert!(size <= 64, "a verdict cache entry is {size} bytes");
+    }
+
     #[test]
     fn a_child_holding_its_desired_object_gets_that_digest_as_verdict() {
         let ds = stream(3);
