@@ -13,6 +13,8 @@
 # Environment: DURATION (s per measurement, default 10), CONNS (wrk connections, default 32),
 # PEAK_ROUNDS (interleaved rounds of scenario 1, median reported; default 3), HALF_ROUNDS
 # (interleaved rounds of scenario 1b, each with its own direct measurement; default PEAK_ROUNDS),
+# INSTR_PROXIES (--instructions: the proxies measured, default "sidecar nginx haproxy"; A/B runs
+# of two sidecar builds take "sidecar" with BENCH_BIN naming each build's directory),
 # PROXY_CPU (default 1), LOAD_CPU (wrk, load clients and backends; default 0), NICE (default -10:
 # on a machine shared with builds, the benchmark's processes win the CPU; 0 to leave it alone).
 # Scenarios: 1 peak throughput and latency, 1b half of HAProxy's peak (added p99), 2 one replica
@@ -412,7 +414,7 @@ if ((INSTRUCTIONS)); then
     echo
     printf '| proxy | requests | instructions | instructions per request |\n| --- | ---: | ---: | ---: |\n'
   } >"$DATA/instructions.md"
-  for p in sidecar nginx haproxy; do
+  for p in ${INSTR_PROXIES:-sidecar nginx haproxy}; do
     PROXY_WRAP=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$WORK/callgrind-$p.%p")
     start_proxy "$p"
     url="http://127.0.0.1:$(proxy_port "$p")/whoami"

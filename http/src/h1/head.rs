@@ -11,11 +11,11 @@
 use std::mem::MaybeUninit;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TE, TRANSFER_ENCODING};
+use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use super::super::headers::{has_token, valid_host};
+use super::super::headers::{lists_token, valid_host};
 
 /// Header fields accepted per request head by default (`--max-header-fields`; hyper accepts
 /// 100), and the size of the stack array heads are parsed into.
@@ -226,40 +226,37 @@ fn build(
     let uri = target_uri(head, target, &method)?;
     // Room for the forwarding fields the request path adds, so that it does not regrow the map.
     let mut headers = super::spare::header_map(fields.len() + FORWARDING_FIELDS);
+    // What the connection needs from the fields, noted as they go into the map: one pass of
+    // cheap name comparisons instead of a hash lookup per field of interest afterwards.
+    let mut seen = Seen::default();
     for f in fields {
         let name = HeaderName::from_bytes(&head[f.name.0..f.name.1])
             .map_err(|_| HeadError::Malformed("header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(f.value.0..f.value.1))
             .map_err(|_| HeadError::Malformed("header value"))?;
+        seen.note(&name, value.as_bytes());
         headers.append(name, value);
     }
-    let (framing, canonical_length) = framing(version, &headers)?;
+    let (framing, canonical_length) = seen.framing(version)?;
     if let (Framing::Length(n), false) = (framing, canonical_length) {
         // "5, 5" or repeated lines: forwarded as the one value they agree on (RFC 9110 8.6).
         headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
     }
-    let mut hosts = headers.get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => return Err(HeadError::Ambiguous("more than one Host")),
-        (Some(host), None) if !valid_host(host.as_bytes()) => {
-            return Err(HeadError::Malformed("Host"));
-        }
+    match (seen.hosts, seen.valid_host) {
+        (2.., _) => return Err(HeadError::Ambiguous("more than one Host")),
+        (1, false) => return Err(HeadError::Malformed("Host")),
         // RFC 9112 3.2: an HTTP/1.1 request without Host gets 400.
-        (None, _) if version == Version::HTTP_11 => {
+        (0, _) if version == Version::HTTP_11 => {
             return Err(HeadError::Malformed("missing Host"));
         }
         _ => {}
     }
     let keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, &CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, &CONNECTION, "close"),
+        Version::HTTP_10 => seen.connection_keep_alive,
+        _ => !seen.connection_close,
     };
-    let expect_continue = version == Version::HTTP_11
-        && framing != Framing::Empty
-        && headers
-            .get(EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let accepts_trailers = has_token(&headers, &http::header::TE, "trailers");
+    let expect_continue =
+        version == Version::HTTP_11 && framing != Framing::Empty && seen.expect_continue;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -270,8 +267,133 @@ fn build(
         framing,
         keep_alive,
         expect_continue,
-        accepts_trailers,
+        accepts_trailers: seen.te_trailers,
     })
+}
+
+/// What a request head's fields say about its framing and its connection, gathered field by
+/// field in the order received.
+#[derive(Default)]
+struct Seen {
+    /// The one length every `Content-Length` item agrees on so far.
+    length: Option<u64>,
+    /// The first problem with the `Content-Length` fields, reported once every field has been
+    /// read (a malformed name or value later in the head is reported first, as before).
+    length_error: Option<HeadError>,
+    /// `Content-Length` field lines.
+    length_lines: u32,
+    /// Whether the length is not one plain value on one line (it is then forwarded as the one
+    /// value the items agree on, not as received).
+    length_rewritten: bool,
+    /// `Transfer-Encoding` field lines.
+    coding_lines: u32,
+    /// Transfer codings listed, and whether the last one is `chunked`.
+    codings: u32,
+    last_chunked: bool,
+    hosts: u32,
+    /// Whether the (first) `Host` value is valid.
+    valid_host: bool,
+    connection_close: bool,
+    connection_keep_alive: bool,
+    /// `Expect` field lines, and whether the first says `100-continue`.
+    expects: u32,
+    expect_continue: bool,
+    te_trailers: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == HOST {
+            self.hosts += 1;
+            if self.hosts == 1 {
+                self.valid_host = valid_host(value);
+            }
+        } else if *name == CONTENT_LENGTH {
+            self.note_length(value);
+        } else if *name == CONNECTION {
+            self.connection_close |= lists_token(value, b"close");
+            self.connection_keep_alive |= lists_token(value, b"keep-alive");
+        } else if *name == TRANSFER_ENCODING {
+            self.coding_lines += 1;
+            for item in value.split(|&b| b == b',') {
+                let item = item.trim_ascii();
+                if !item.is_empty() {
+                    self.codings += 1;
+                    self.last_chunked = item.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+        } else if *name == TE {
+            self.te_trailers |= lists_token(value, b"trailers");
+        } else if *name == EXPECT {
+            self.expects += 1;
+            if self.expects == 1 {
+                self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+    }
+
+    fn note_length(&mut self, value: &[u8]) {
+        self.length_lines += 1;
+        self.length_rewritten |= self.length_lines > 1;
+        // A list of identical values ("5, 5") is allowed; anything else is not.
+        for item in value.split(|&b| b == b',') {
+            if self.length_error.is_some() {
+                return;
+            }
+            let trimmed = item.trim_ascii();
+            self.length_rewritten |= trimmed.len() != item.len();
+            let Some(n) = parse_length(trimmed) else {
+                self.length_error = Some(HeadError::Malformed("content-length"));
+                return;
+            };
+            if self.length.is_some_and(|l| l != n) {
+                self.length_error = Some(HeadError::Ambiguous("conflicting content-length"));
+                return;
+            }
+            self.length_rewritten |= self.length.is_some();
+            self.length = Some(n);
+        }
+    }
+
+    /// The body framing of the request (RFC 9112 section 6.3), refusing every ambiguity, and
+    /// whether its `Content-Length` (if any) is already one plain value.
+    fn framing(&self, version: Version) -> Result<(Framing, bool), HeadError> {
+        if let Some(error) = self.length_error {
+            return Err(error);
+        }
+        let canonical = !self.length_rewritten;
+        if self.coding_lines == 0 {
+            return Ok((
+                match self.length {
+                    None | Some(0) => Framing::Empty,
+                    Some(n) => Framing::Length(n),
+                },
+                canonical,
+            ));
+        }
+        if self.length.is_some() {
+            return Err(HeadError::Ambiguous(
+                "both content-length and transfer-encoding",
+            ));
+        }
+        if version == Version::HTTP_10 {
+            return Err(HeadError::Ambiguous("transfer-encoding in HTTP/1.0"));
+        }
+        // RFC 9112 6.3: a request whose last coding is not chunked cannot be framed (400);
+        // chunked after another coding could be, but the sidecar would have to decode that
+        // coding (501).
+        if self.codings == 0 {
+            Err(HeadError::Malformed("empty transfer-encoding"))
+        } else if !self.last_chunked {
+            Err(HeadError::Malformed(
+                "transfer-encoding does not end in chunked",
+            ))
+        } else if self.codings > 1 {
+            Err(HeadError::UnsupportedCoding)
+        } else {
+            Ok((Framing::Chunked, true))
+        }
+    }
 }
 
 /// The request-target as a URI, checked against the request's method (RFC 9112 3.2): origin
@@ -338,72 +460,6 @@ fn percent_encode_unsafe(raw: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// The body framing of a request (RFC 9112 section 6.3), refusing every ambiguity, and whether
-/// its `Content-Length` (if any) is already one plain value.
-fn framing(version: Version, headers: &HeaderMap) -> Result<(Framing, bool), HeadError> {
-    let mut length: Option<u64> = None;
-    let mut lines = 0;
-    let mut canonical = true;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        lines += 1;
-        // A list of identical values ("5, 5") is allowed; anything else is not.
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let trimmed = item.trim_ascii();
-            canonical &= trimmed.len() == item.len();
-            let n = parse_length(trimmed).ok_or(HeadError::Malformed("content-length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::Ambiguous("conflicting content-length"));
-            }
-            if length.is_some() {
-                canonical = false;
-            }
-            length = Some(n);
-        }
-    }
-    canonical &= lines <= 1;
-    let mut codings = headers.get_all(TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_none() {
-        return Ok((
-            match length {
-                None | Some(0) => Framing::Empty,
-                Some(n) => Framing::Length(n),
-            },
-            canonical,
-        ));
-    }
-    if length.is_some() {
-        return Err(HeadError::Ambiguous(
-            "both content-length and transfer-encoding",
-        ));
-    }
-    if version == Version::HTTP_10 {
-        return Err(HeadError::Ambiguous("transfer-encoding in HTTP/1.0"));
-    }
-    // RFC 9112 6.3: a request whose last coding is not chunked cannot be framed (400); chunked
-    // after another coding could be, but the sidecar would have to decode that coding (501).
-    let (mut last, mut count) = (&b""[..], 0);
-    for value in codings {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if !item.is_empty() {
-                last = item;
-                count += 1;
-            }
-        }
-    }
-    if count == 0 {
-        Err(HeadError::Malformed("empty transfer-encoding"))
-    } else if !last.eq_ignore_ascii_case(b"chunked") {
-        Err(HeadError::Malformed(
-            "transfer-encoding does not end in chunked",
-        ))
-    } else if count > 1 {
-        Err(HeadError::UnsupportedCoding)
-    } else {
-        Ok((Framing::Chunked, true))
-    }
 }
 
 fn parse_length(digits: &[u8]) -> Option<u64> {
