@@ -112,6 +112,42 @@ pub struct Forwarding {
     node: String,
     xff: HeaderValue,
     forwarded: HeaderValue,
+    /// The three fields as HTTP/1 field lines, for requests that carry none of them yet: the
+    /// own HTTP/1 client writes these bytes after the request's own fields, and the header map
+    /// is not touched (see [`PendingForwarding`]).
+    h1_lines: Box<[u8]>,
+}
+
+/// Forwarding fields not yet in a request's header map. A request that arrived with none of
+/// `x-forwarded-for`, `forwarded` and `x-forwarded-proto` (the common case) and goes to an
+/// HTTP/1 upstream has the same four field lines added to every copy sent: the own HTTP/1
+/// client writes them as bytes ([`Self::write_h1`]), which saves four hash-map insertions per
+/// request; any other way of sending puts them in the map first ([`Self::apply`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PendingForwarding<'a> {
+    forwarding: &'a Forwarding,
+    /// The protocol version the request was received in (for `Via`).
+    version: Version,
+}
+
+impl PendingForwarding<'_> {
+    /// Adds the fields to `headers`, unless they are there already (a request handed back
+    /// unsent by an attempt that added them): calling it again changes nothing.
+    pub fn apply(self, headers: &mut HeaderMap) {
+        if !headers.contains_key(&X_FORWARDED_FOR) {
+            self.forwarding.apply(headers, self.version);
+        }
+    }
+
+    /// Appends the fields as HTTP/1 field lines.
+    pub fn write_h1(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.forwarding.h1_lines);
+        out.extend_from_slice(match self.version {
+            Version::HTTP_2 => b"via: 2 datastream\r\n",
+            Version::HTTP_10 => b"via: 1.0 datastream\r\n",
+            _ => b"via: 1.1 datastream\r\n",
+        });
+    }
 }
 
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 datastream");
@@ -131,12 +167,41 @@ impl Forwarding {
             HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         let forwarded = HeaderValue::from_str(&node)
             .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        let h1_lines =
+            format!("x-forwarded-for: {ip}\r\nforwarded: {node}\r\nx-forwarded-proto: http\r\n")
+                .into_bytes()
+                .into_boxed_slice();
         Self {
             ip,
             node,
             xff,
             forwarded,
+            h1_lines,
         }
+    }
+
+    /// Adds the entries to `headers` now (see [`Self::apply`]), or, with `may_defer` and a
+    /// request that carries no forwarding entries of its own, leaves them to the sender: see
+    /// [`PendingForwarding`].
+    pub fn apply_or_defer(
+        &self,
+        headers: &mut HeaderMap,
+        version: Version,
+        may_defer: bool,
+    ) -> Option<PendingForwarding<'_>> {
+        // One pass of name comparisons; the three are rare in requests from clients.
+        if may_defer
+            && !headers
+                .keys()
+                .any(|n| n == FORWARDED || n == X_FORWARDED_FOR || n == X_FORWARDED_PROTO)
+        {
+            return Some(PendingForwarding {
+                forwarding: self,
+                version,
+            });
+        }
+        self.apply(headers, version);
+        None
     }
 
     /// Appends the client to `x-forwarded-for` and `forwarded`, sets `x-forwarded-proto` when

@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use super::super::app::Interim;
-use super::super::headers::lists_token;
+use super::super::headers::{PendingForwarding, lists_token};
 use super::decode::{DecodeError, Decoded, Decoder};
 
 /// Header fields parsed into a stack array; heads with more (up to the limit) take a heap one.
@@ -113,11 +113,13 @@ impl Connection {
     }
 
     /// Sends a request with a body already in memory and reads the response head, within
-    /// `limits`; interim (1xx) answers before it go to `interim`. The body of the response
-    /// reads from this connection; see [`ResponseBody`].
+    /// `limits`; interim (1xx) answers before it go to `interim`. `forwarding`: fields to add
+    /// after the request's own (see [`PendingForwarding`]). The body of the response reads
+    /// from this connection; see [`ResponseBody`].
     pub async fn send(
         mut self,
         parts: &Parts,
+        forwarding: Option<PendingForwarding<'_>>,
         body: &Bytes,
         limits: ResponseLimits,
         interim: Option<&Interim>,
@@ -125,7 +127,7 @@ impl Connection {
         // A small body goes out with the head in one write; a large one is not copied.
         let inline = body.len() <= 16 * 1024;
         let mut out = Vec::with_capacity(256 + if inline { body.len() } else { 0 });
-        encode_request(&mut out, parts, body);
+        encode_request(&mut out, parts, forwarding, body);
         if inline {
             out.extend_from_slice(body);
         }
@@ -196,7 +198,12 @@ impl ResponseLimits {
 }
 
 /// The request head (and the framing of `body`) in HTTP/1.1 origin form.
-fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &Bytes) {
+fn encode_request(
+    out: &mut Vec<u8>,
+    parts: &Parts,
+    forwarding: Option<PendingForwarding<'_>>,
+    body: &Bytes,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -212,6 +219,9 @@ fn encode_request(out: &mut Vec<u8>, parts: &Parts, body: &Bytes) {
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(forwarding) = forwarding {
+        forwarding.write_h1(out);
     }
     // The length comes from the bytes actually sent, never from the client's header.
     let needs_length =
@@ -537,15 +547,69 @@ mod tests {
             .unwrap();
         let (parts, ()) = req.into_parts();
         let mut out = Vec::new();
-        encode_request(&mut out, &parts, &Bytes::from_static(b"abc"));
+        encode_request(&mut out, &parts, None, &Bytes::from_static(b"abc"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /kv/a?x=1 HTTP/1.1\r\nhost: svc\r\ncontent-length: 3\r\n\r\n"
         );
         let (parts, ()) = Request::get("/").body(()).unwrap().into_parts();
         let mut out = Vec::new();
-        encode_request(&mut out, &parts, &Bytes::new());
+        encode_request(&mut out, &parts, None, &Bytes::new());
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    /// Forwarding fields left to the sender go after the request's own fields and before the
+    /// length, exactly as the same fields put in the header map would have been written.
+    #[test]
+    fn pending_forwarding_fields_are_written_as_the_map_would_have_held_them() {
+        let forwarding = crate::headers::Forwarding::new("10.1.2.3:5000".parse().unwrap());
+        for version in [Version::HTTP_10, Version::HTTP_11, Version::HTTP_2] {
+            let (mut parts, ()) = Request::post("/a")
+                .header("host", "svc")
+                .body(())
+                .unwrap()
+                .into_parts();
+            let pending = forwarding
+                .apply_or_defer(&mut parts.headers, version, true)
+                .expect("a request without forwarding fields defers them");
+            assert_eq!(parts.headers.len(), 1, "the map is left alone");
+            let mut deferred = Vec::new();
+            encode_request(
+                &mut deferred,
+                &parts,
+                Some(pending),
+                &Bytes::from_static(b"x"),
+            );
+
+            let mut in_map = parts.clone();
+            pending.apply(&mut in_map.headers);
+            pending.apply(&mut in_map.headers);
+            assert_eq!(
+                in_map.headers.len(),
+                5,
+                "applying twice adds the fields once"
+            );
+            let mut direct = Vec::new();
+            encode_request(&mut direct, &in_map, None, &Bytes::from_static(b"x"));
+            assert_eq!(
+                String::from_utf8(deferred).unwrap(),
+                String::from_utf8(direct).unwrap(),
+                "{version:?}"
+            );
+        }
+        // A request that already carries one of them gets them in its map at once.
+        let (mut parts, ()) = Request::get("/")
+            .header("x-forwarded-proto", "https")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(
+            forwarding
+                .apply_or_defer(&mut parts.headers, Version::HTTP_11, true)
+                .is_none()
+        );
+        assert_eq!(parts.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(parts.headers["x-forwarded-proto"], "https");
     }
 
     #[test]

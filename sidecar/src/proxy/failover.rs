@@ -28,6 +28,7 @@ use crate::state::Shared;
 use datastream_http::app::Interim;
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, RequestBodyError};
 use datastream_http::h1::PendingUpgrade;
+use datastream_http::headers::PendingForwarding;
 use datastream_http::stream::EndSignal;
 use datastream_lb::balance::hash;
 use datastream_lb::endpoint::{Endpoint, EndpointSet};
@@ -56,6 +57,8 @@ pub(super) struct Call<'a> {
     pub upgrade: bool,
     /// The relay of interim answers to its client, if the client can get them.
     pub interim: Option<&'a Arc<Interim>>,
+    /// Forwarding fields its copies get on the way out (see `forward::prepare`).
+    pub forwarding: Option<PendingForwarding<'a>>,
     /// The latest clock reading the request path took (0: none yet), handed back with the
     /// answer so that the caller need not read the clock again.
     pub last_ns: AtomicU64,
@@ -67,6 +70,7 @@ impl<'a> Call<'a> {
         Relay {
             limits: self.policy.response_limits,
             interim: self.interim,
+            forwarding: self.forwarding,
         }
     }
 }
@@ -834,6 +838,10 @@ async fn fan_out(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let now = clock::now_ns();
     deadline.propagate(now, &mut parts.headers);
+    // The copies travel into tasks of their own, which cannot borrow the pending fields.
+    if let Some(forwarding) = call.forwarding {
+        forwarding.apply(&mut parts.headers);
+    }
     let local_failing = call.shared.resilience.local_workload_failing();
     let mut targets: Vec<Arc<Endpoint>> = call
         .set
@@ -863,6 +871,7 @@ async fn fan_out(
                 let relay = Relay {
                     limits,
                     interim: None,
+                    forwarding: None,
                 };
                 let result =
                     tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay, now)).await;

@@ -44,7 +44,7 @@ use datastream_http::app::{ConnMeta, HttpServerApp, Interim};
 use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, UpstreamBody};
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::h1::client::{ClientError, ResponseLimits};
-use datastream_http::headers::{strip_hop_by_hop, wants_upgrade};
+use datastream_http::headers::{PendingForwarding, strip_hop_by_hop, wants_upgrade};
 use datastream_lb::balance::{self, hash};
 use datastream_lb::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 use datastream_resilience::clock;
@@ -176,6 +176,8 @@ pub(super) struct Relay<'a> {
     pub limits: ResponseLimits,
     /// Where the upstream's interim (1xx) answers go, for a client that can get them.
     pub interim: Option<&'a Arc<Interim>>,
+    /// Forwarding fields every copy of the request gets on its way out, not yet in its head.
+    pub forwarding: Option<PendingForwarding<'a>>,
 }
 
 /// The outcome of one attempt.
@@ -292,7 +294,7 @@ async fn proxy_traffic(
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     let key = route_key(route, &parts, meta.client);
-    prepare(&mut parts, meta, upgrade, to_h2)?;
+    let forwarding = prepare(&mut parts, meta, upgrade, to_h2)?;
     // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
     let call = failover::Call {
         shared,
@@ -302,6 +304,7 @@ async fn proxy_traffic(
         key,
         upgrade,
         interim,
+        forwarding,
         last_ns: std::sync::atomic::AtomicU64::new(0),
     };
     let (result, done_ns) = failover::forward(call, parts, body, client_upgrade, arrived_ns).await;
@@ -327,7 +330,7 @@ async fn proxy_peer(
     let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
-    prepare(&mut parts, meta, upgrade, to_h2)?;
+    let forwarding = prepare(&mut parts, meta, upgrade, to_h2)?;
     let body = RequestBody::streaming(body, policy.max_body)
         .with_idle_timeout(policy.resilience.stream_idle_timeout);
     // A body already complete goes to the own HTTP/1 client with the head kept here, as a
@@ -341,6 +344,7 @@ async fn proxy_peer(
     let relay = Relay {
         limits: policy.response_limits,
         interim,
+        forwarding,
     };
     match attempt(local, out, upgrade, relay, clock::now_ns()).await {
         Ok((resp, guard, h1)) => respond(
@@ -508,16 +512,22 @@ fn same_authority(host: &[u8], authority: &str) -> bool {
 /// origin form, `Host` names the target's authority (rebuilt from an absolute-form target,
 /// RFC 9112 3.2.2, or from the connection when the client sent none) and HTTP/2's split
 /// `Cookie` fields become one line (RFC 9113 8.2.3).
-fn prepare(
+///
+/// Towards HTTP/1 without an upgrade, the forwarding fields of a request that carries none of
+/// its own are returned rather than added, for the attempts to add on the way out (see
+/// [`PendingForwarding`]).
+fn prepare<'c>(
     parts: &mut Parts,
-    conn: &ConnMeta,
+    conn: &'c ConnMeta,
     upgrade: bool,
     to_h2: bool,
-) -> Result<(), ProxyError> {
+) -> Result<Option<PendingForwarding<'c>>, ProxyError> {
     let from = parts.version;
     let target = target_authority(parts, conn.local)?;
     let te = strip_hop_by_hop(&mut parts.headers, upgrade, true);
-    conn.forwarding.apply(&mut parts.headers, from);
+    let forwarding = conn
+        .forwarding
+        .apply_or_defer(&mut parts.headers, from, !to_h2 && !upgrade);
     let path = match parts.uri.path_and_query() {
         Some(p) if p.as_str().starts_with(['/', '*']) => p.clone(),
         // `http://host?query` has an empty path, which origin form writes as "/".
@@ -571,7 +581,7 @@ fn prepare(
         parts.uri = Uri::from(path);
         parts.version = Version::HTTP_11;
     }
-    Ok(())
+    Ok(forwarding)
 }
 
 /// The address a client connected to, as an authority.
@@ -625,6 +635,12 @@ pub(super) async fn attempt(
     relay: Relay<'_>,
     now: u64,
 ) -> Result<Attempted, AttemptError> {
+    let mut out = out;
+    if let (Outgoing::Owned(req), Some(forwarding)) = (&mut out, relay.forwarding) {
+        // A request of its own may go anywhere (and come back unsent): it carries the fields in
+        // its head. Only a replayed head, which the own client writes, leaves them pending.
+        forwarding.apply(req.headers_mut());
+    }
     let guard = endpoint.start(now);
     let h2 = out.version() == Version::HTTP_2;
     if !h2
@@ -633,10 +649,14 @@ pub(super) async fn attempt(
     {
         return attempt_own(endpoint, out, body, guard, relay).await;
     }
+    let mut req = out.into_request();
+    if let Some(forwarding) = relay.forwarding {
+        forwarding.apply(req.headers_mut());
+    }
     // Boxed: hyper's client futures are large, and the own client's path above is the common one.
     Box::pin(attempt_hyper(
         endpoint,
-        out.into_request(),
+        req,
         h2,
         upgrade,
         guard,
@@ -757,9 +777,12 @@ async fn attempt_own(
     };
     let interim = relay.interim.map(|i| &**i);
     let sent = match out {
-        Outgoing::Replay(parts, _) => conn.send(parts, &body, relay.limits, interim).await,
+        Outgoing::Replay(parts, _) => {
+            conn.send(parts, relay.forwarding, &body, relay.limits, interim)
+                .await
+        }
         Outgoing::Owned(req) => {
-            conn.send(&req.into_parts().0, &body, relay.limits, interim)
+            conn.send(&req.into_parts().0, None, &body, relay.limits, interim)
                 .await
         }
     };
@@ -907,12 +930,18 @@ mod tests {
             peer_identity: None,
         };
         let mut p = parts(Version::HTTP_2, "http://a.example/x?y", &["a.example"]);
-        prepare(&mut p, &meta, false, false).unwrap();
+        let pending = prepare(&mut p, &meta, false, false).unwrap();
         assert_eq!(p.uri, "/x?y");
         assert_eq!(p.headers[HOST], "a.example");
+        assert!(p.headers.get("via").is_none(), "left to the own client");
+        pending.expect("towards HTTP/1").apply(&mut p.headers);
         assert_eq!(p.headers["via"], "2 datastream");
         let mut p = parts(Version::HTTP_11, "/x", &["b.example"]);
-        prepare(&mut p, &meta, false, true).unwrap();
+        assert!(prepare(&mut p, &meta, false, true).unwrap().is_none());
+        assert_eq!(
+            p.headers["via"], "1.1 datastream",
+            "in the head towards HTTP/2"
+        );
         assert_eq!(p.uri, "http://b.example/x");
         assert!(p.headers.get(HOST).is_none());
         let mut p = parts(Version::HTTP_10, "/x", &[]);
