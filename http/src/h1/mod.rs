@@ -32,6 +32,8 @@ pub(crate) mod encode;
 mod head;
 mod spare;
 
+pub use self::spare::give_header_map;
+
 pub use self::body::{BodyError, RequestBody};
 pub use self::connection::{PendingUpgrade, Settings, Upgraded, serve_connection};
 pub use self::head::MAX_HEADERS;

@@ -35,8 +35,10 @@ pub(super) fn header_map(fields: usize) -> HeaderMap {
 }
 
 /// Empties `map` (its values, and the buffers they share, are released now) and keeps it for
-/// the next head, unless it is large or enough are kept.
-pub(super) fn give_header_map(mut map: HeaderMap) {
+/// the next head parsed on this thread, unless it is large or enough are kept. The request
+/// path gives back the maps of the requests it is done with; the connections give back those
+/// of the responses they have written.
+pub fn give_header_map(mut map: HeaderMap) {
     if map.capacity() > MAX_KEPT_FIELDS {
         return;
     }

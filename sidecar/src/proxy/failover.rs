@@ -278,6 +278,33 @@ async fn streaming_expiry(caller_ns: Option<u64>, end: &EndSignal, timeout: Dura
     }
 }
 
+/// The request head `with_retries` keeps for its attempts. When it is done with it, the header
+/// map goes back to the thread's spare maps for the next head parsed, instead of being freed
+/// here and allocated again there.
+struct KeptHead(Option<Parts>);
+
+impl std::ops::Deref for KeptHead {
+    type Target = Option<Parts>;
+
+    fn deref(&self) -> &Option<Parts> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KeptHead {
+    fn deref_mut(&mut self) -> &mut Option<Parts> {
+        &mut self.0
+    }
+}
+
+impl Drop for KeptHead {
+    fn drop(&mut self) {
+        if let Some(parts) = &mut self.0 {
+            datastream_http::h1::give_header_map(std::mem::take(&mut parts.headers));
+        }
+    }
+}
+
 /// How a request is retried: its policy, its deadlines, and the signal its streamed body fires
 /// at its end.
 struct Retrying {
@@ -319,7 +346,7 @@ async fn with_retries(
         .set_panic_threshold(s.outlier.panic_threshold_percent);
     deadline.propagate(now, &mut parts.headers);
     let method = parts.method.clone();
-    let mut parts = Some(parts);
+    let mut parts = KeptHead(Some(parts));
     // The body's signal, kept to learn whether a failed attempt was the client's doing.
     let watch = end.clone();
     let mut end = end;
@@ -337,7 +364,7 @@ async fn with_retries(
         };
         let req = match (unsent_req.take(), &mut source) {
             (Some(r), _) => Outgoing::Owned(r),
-            (None, Source::Replay(bytes)) => match &parts {
+            (None, Source::Replay(bytes)) => match &*parts {
                 Some(p) => Outgoing::Replay(p, bytes.clone()),
                 None => return Err(last_error.unwrap_or(ProxyError::Timeout)),
             },
@@ -373,7 +400,7 @@ async fn with_retries(
         } else {
             hedge_delay(call, &method, &source, deadline, now)
         };
-        let (endpoint, result) = match (hedge, &source, &parts) {
+        let (endpoint, result) = match (hedge, &source, &*parts) {
             (Some(delay), Source::Replay(bytes), Some(p)) => {
                 let copy = Outgoing::Replay(p, bytes.clone());
                 let hedge = Box::pin(hedged(
