@@ -142,17 +142,24 @@ impl PendingForwarding<'_> {
     /// Appends the fields as HTTP/1 field lines.
     pub fn write_h1(self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.forwarding.h1_lines);
-        out.extend_from_slice(match self.version {
-            Version::HTTP_2 => b"via: 2 datastream\r\n",
-            Version::HTTP_10 => b"via: 1.0 datastream\r\n",
-            _ => b"via: 1.1 datastream\r\n",
-        });
+        out.extend_from_slice(b"via: ");
+        out.extend_from_slice(via(self.version).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
 static VIA_10: HeaderValue = HeaderValue::from_static("1.0 datastream");
 static VIA_11: HeaderValue = HeaderValue::from_static("1.1 datastream");
 static VIA_2: HeaderValue = HeaderValue::from_static("2 datastream");
+
+/// The sidecar's `Via` entry for a request received in `version`.
+fn via(version: Version) -> &'static HeaderValue {
+    match version {
+        Version::HTTP_2 => &VIA_2,
+        Version::HTTP_10 => &VIA_10,
+        _ => &VIA_11,
+    }
+}
 
 impl Forwarding {
     /// The entries for `client`.
@@ -214,14 +221,9 @@ impl Forwarding {
         headers
             .entry(X_FORWARDED_PROTO.clone())
             .or_insert_with(|| HeaderValue::from_static("http"));
-        let via = match version {
-            Version::HTTP_2 => &VIA_2,
-            Version::HTTP_10 => &VIA_10,
-            _ => &VIA_11,
-        };
         // A field line of its own rather than joined into an earlier one: `Via` is a list, and
         // RFC 9110 5.3 makes the two forms equivalent; this one costs no lookup.
-        headers.append(VIA, via.clone());
+        headers.append(VIA, via(version).clone());
     }
 }
 
@@ -321,6 +323,29 @@ pub fn lists_token(value: &[u8], token: &[u8]) -> bool {
     value
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The transfer codings a message's `Transfer-Encoding` field lines list, tallied line by line:
+/// how many, and whether the last is `chunked` (RFC 9112 6.1). Request and response heads are
+/// framed from it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Codings {
+    /// Codings listed so far.
+    pub count: u32,
+    /// Whether the last one listed is `chunked`.
+    pub last_chunked: bool,
+}
+
+impl Codings {
+    /// Adds the codings one field line lists (empty list items do not count).
+    pub fn note(&mut self, value: &[u8]) {
+        for coding in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if !coding.is_empty() {
+                self.count += 1;
+                self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+    }
 }
 
 /// Whether any field line of `name` lists `token` (see [`lists_token`]).

@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use super::super::app::Interim;
-use super::super::headers::{PendingForwarding, lists_token};
+use super::super::headers::{Codings, PendingForwarding, lists_token};
 use super::decode::{DecodeError, Decoded, Decoder};
 
 /// Header fields parsed into a stack array; heads with more (up to the limit) take a heap one.
@@ -245,9 +245,7 @@ struct FramingFields {
     connection_close: bool,
     connection_keep_alive: bool,
     transfer_encoding: bool,
-    /// Transfer codings listed, and whether the last one is chunked.
-    codings: u32,
-    last_chunked: bool,
+    codings: Codings,
     length: Option<u64>,
     bad_length: bool,
 }
@@ -302,12 +300,7 @@ fn parse_response(
             fields.connection_keep_alive |= lists_token(bytes, b"keep-alive");
         } else if name == TRANSFER_ENCODING {
             fields.transfer_encoding = true;
-            for coding in bytes.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if !coding.is_empty() {
-                    fields.codings += 1;
-                    fields.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
-                }
-            }
+            fields.codings.note(bytes);
         } else if name == CONTENT_LENGTH {
             // One value, or a list of identical ones; each a plain decimal number.
             for item in bytes.split(|&b| b == b',') {
@@ -415,7 +408,7 @@ fn framing(method: &Method, head: &ResponseHead) -> Result<(Framing, bool), Clie
                 "transfer-encoding in an HTTP/1.0 response",
             ));
         }
-        return if f.codings == 1 && f.last_chunked {
+        return if f.codings.count == 1 && f.codings.last_chunked {
             // With a Content-Length beside it the message is suspect: decoded, never reused.
             Ok((
                 Framing::Decoded(Decoder::ChunkSize),

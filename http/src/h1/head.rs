@@ -15,7 +15,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TE, TRA
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use super::super::headers::{lists_token, valid_host};
+use super::super::headers::{Codings, lists_token, valid_host};
 
 /// Header fields accepted per request head by default (`--max-header-fields`; hyper accepts
 /// 100), and the size of the stack array heads are parsed into.
@@ -285,11 +285,9 @@ struct Seen {
     /// Whether the length is not one plain value on one line (it is then forwarded as the one
     /// value the items agree on, not as received).
     length_rewritten: bool,
-    /// `Transfer-Encoding` field lines.
+    /// `Transfer-Encoding` field lines, and the codings they list.
     coding_lines: u32,
-    /// Transfer codings listed, and whether the last one is `chunked`.
-    codings: u32,
-    last_chunked: bool,
+    codings: Codings,
     hosts: u32,
     /// Whether the (first) `Host` value is valid.
     valid_host: bool,
@@ -315,13 +313,7 @@ impl Seen {
             self.connection_keep_alive |= lists_token(value, b"keep-alive");
         } else if *name == TRANSFER_ENCODING {
             self.coding_lines += 1;
-            for item in value.split(|&b| b == b',') {
-                let item = item.trim_ascii();
-                if !item.is_empty() {
-                    self.codings += 1;
-                    self.last_chunked = item.eq_ignore_ascii_case(b"chunked");
-                }
-            }
+            self.codings.note(value);
         } else if *name == TE {
             self.te_trailers |= lists_token(value, b"trailers");
         } else if *name == EXPECT {
@@ -382,13 +374,13 @@ impl Seen {
         // RFC 9112 6.3: a request whose last coding is not chunked cannot be framed (400);
         // chunked after another coding could be, but the sidecar would have to decode that
         // coding (501).
-        if self.codings == 0 {
+        if self.codings.count == 0 {
             Err(HeadError::Malformed("empty transfer-encoding"))
-        } else if !self.last_chunked {
+        } else if !self.codings.last_chunked {
             Err(HeadError::Malformed(
                 "transfer-encoding does not end in chunked",
             ))
-        } else if self.codings > 1 {
+        } else if self.codings.count > 1 {
             Err(HeadError::UnsupportedCoding)
         } else {
             Ok((Framing::Chunked, true))

@@ -635,12 +635,6 @@ pub(super) async fn attempt(
     relay: Relay<'_>,
     now: u64,
 ) -> Result<Attempted, AttemptError> {
-    let mut out = out;
-    if let (Outgoing::Owned(req), Some(forwarding)) = (&mut out, relay.forwarding) {
-        // A request of its own may go anywhere (and come back unsent): it carries the fields in
-        // its head. Only a replayed head, which the own client writes, leaves them pending.
-        forwarding.apply(req.headers_mut());
-    }
     let guard = endpoint.start(now);
     let h2 = out.version() == Version::HTTP_2;
     if !h2
@@ -650,6 +644,8 @@ pub(super) async fn attempt(
         return attempt_own(endpoint, out, body, guard, relay).await;
     }
     let mut req = out.into_request();
+    // hyper's clients write the head from the map. (The request may come back unsent: `apply`
+    // adds nothing to a head that has the fields already.)
     if let Some(forwarding) = relay.forwarding {
         forwarding.apply(req.headers_mut());
     }
@@ -782,8 +778,13 @@ async fn attempt_own(
                 .await
         }
         Outgoing::Owned(req) => {
-            conn.send(&req.into_parts().0, None, &body, relay.limits, interim)
-                .await
+            // A request of its own may have come back unsent from hyper's client with the
+            // fields in its head; only a replayed head, kept by the caller, never has them.
+            let (mut parts, _) = req.into_parts();
+            if let Some(forwarding) = relay.forwarding {
+                forwarding.apply(&mut parts.headers);
+            }
+            conn.send(&parts, None, &body, relay.limits, interim).await
         }
     };
     match sent {
