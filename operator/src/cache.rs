@@ -100,7 +100,7 @@ impl<K: Child> Seen<K> {
     /// Whether the live object holds the desired object with this digest (hex, as
     /// [`crate::apply::digest`] gives it).
     pub fn holds(&self, digest: &str) -> bool {
-        self.in_sync_with.is_some() && self.in_sync_with == parse_digest(digest).map(halves)
+        self.in_sync_with.is_some() && self.in_sync_with == parse_digest(digest)
     }
 
     /// Whether the object's controller is the object with this uid (`None`: no controller).
@@ -109,12 +109,10 @@ impl<K: Child> Seen<K> {
     }
 }
 
-fn parse_digest(hex: &str) -> Option<u128> {
-    u128::from_str_radix(hex, 16).ok()
-}
-
-fn halves(digest: u128) -> [u64; 2] {
-    [(digest >> 64) as u64, digest as u64]
+/// A digest as [`crate::apply::digest`] gives it (32 hex digits), as the two halves entries keep.
+fn parse_digest(hex: &str) -> Option<[u64; 2]> {
+    let digest = u128::from_str_radix(hex, 16).ok()?;
+    Some([(digest >> 64) as u64, digest as u64])
 }
 
 fn hash_uid(uid: &str) -> NonZeroU64 {
@@ -189,7 +187,7 @@ impl<K: Child> ChildCache<K> {
                 .resource_version
                 .as_deref()
                 .and_then(|v| v.parse().ok()),
-            in_sync_with: verdict(live, &self.streams, &self.settings).map(halves),
+            in_sync_with: verdict(live, &self.streams, &self.settings),
             controller: controller_of(meta).map(|o| hash_uid(&o.uid)),
             kept: K::keep(live).map(|k| {
                 serde_json::to_vec(&k)
@@ -277,7 +275,7 @@ pub fn verdict<K: Child>(
     live: &K,
     streams: &Store<DataStream>,
     settings: &Settings,
-) -> Option<u128> {
+) -> Option<[u64; 2]> {
     let meta = live.meta();
     let owner = controller_of(meta).filter(|o| o.kind == "DataStream")?;
     let stream = streams.get(&ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))?;

@@ -146,11 +146,6 @@ impl Grants {
     }
 }
 
-/// Whether `live` already grants what `want` grants (same role, same subjects in any order).
-pub fn grants_equal(live: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
-    Grants::of(live) == Grants::of(want)
-}
-
 /// Runs until `shutdown`: watches every DataStream's metadata and keeps the subjects of binding
 /// `name` equal to their sidecar accounts. Meant for the leader's (fenced) client.
 pub async fn run(client: Client, name: String, shutdown: impl std::future::Future<Output = ()>) {
@@ -273,6 +268,12 @@ async fn ensure_role(client: &Client, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `live` already grants what `want` grants (same role, same subjects in any
+    /// order), as the loop compares them: through their [`Grants`].
+    fn grants_equal(live: &ClusterRoleBinding, want: &ClusterRoleBinding) -> bool {
+        Grants::of(live) == Grants::of(want)
+    }
 
     fn key(ns: &str, name: &str) -> StreamKey {
         (ns.to_owned(), name.to_owned())
