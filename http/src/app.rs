@@ -131,6 +131,14 @@ pub trait BodyHints {
     fn may_end_with_trailers(&self) -> bool {
         false
     }
+
+    /// The response's field lines kept as bytes, which the HTTP/1 encoder writes after the
+    /// header map's fields (see [`super::h1::RelayedFields`]); the map then holds no
+    /// `Content-Length`. Taken once, when the head is written.
+    #[inline]
+    fn take_relayed_fields(&mut self) -> Option<super::h1::RelayedFields> {
+        None
+    }
 }
 
 impl<D> BodyHints for http_body_util::Empty<D> {}

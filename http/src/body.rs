@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h1::RelayedFields;
 use super::stream::{BodyFailure, EndSignal, IdleTimer};
 
 /// What a streamed upstream response does when its body is over: return the connection to its
@@ -130,6 +131,8 @@ pub struct ResponseBody<C> {
     kind: ResponseKind<C>,
     /// Whether it may end with trailers although its length is known (an HTTP/2 upstream's).
     may_trail: bool,
+    /// The upstream head's field lines, when the own client kept them as bytes.
+    relayed: Option<RelayedFields>,
 }
 
 #[derive(Debug)]
@@ -336,6 +339,23 @@ impl UpstreamBody {
             UpstreamBody::Hyper(_) | UpstreamBody::Empty => None,
         }
     }
+
+    fn take_relayed_fields(&mut self) -> Option<RelayedFields> {
+        match self {
+            UpstreamBody::Own(b) => b.take_relayed_fields(),
+            UpstreamBody::Hyper(_) | UpstreamBody::Empty => None,
+        }
+    }
+}
+
+/// The headers of an upstream response, with the field lines the own client kept as bytes
+/// (see [`super::h1::client::Connection::send`]) put back into the map first: for a reader
+/// that needs them after all, such as one looking for `Retry-After`.
+pub fn upstream_headers(resp: &mut http::Response<UpstreamBody>) -> &http::HeaderMap {
+    if let Some(fields) = resp.body_mut().take_relayed_fields() {
+        fields.append_to(resp.headers_mut());
+    }
+    resp.headers()
 }
 
 impl Body for UpstreamBody {
@@ -374,7 +394,8 @@ impl Body for UpstreamBody {
 
 impl<C: BodyCompletion> ResponseBody<C> {
     /// The upstream's body; `done` completes when it ends (or is dropped).
-    pub fn upstream(inner: UpstreamBody, done: C) -> Self {
+    pub fn upstream(mut inner: UpstreamBody, done: C) -> Self {
+        let relayed = inner.take_relayed_fields();
         let mut body = Self {
             kind: ResponseKind::Upstream {
                 inner,
@@ -382,6 +403,7 @@ impl<C: BodyCompletion> ResponseBody<C> {
                 idle: IdleTimer::new(None),
             },
             may_trail: false,
+            relayed,
         };
         body.complete_if_ended();
         body
@@ -423,6 +445,7 @@ impl<C> ResponseBody<C> {
         Self {
             kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
             may_trail: false,
+            relayed: None,
         }
     }
 
@@ -431,6 +454,7 @@ impl<C> ResponseBody<C> {
         Self {
             kind: ResponseKind::Full(None),
             may_trail: false,
+            relayed: None,
         }
     }
 }
@@ -439,6 +463,11 @@ impl<C> super::app::BodyHints for ResponseBody<C> {
     #[inline]
     fn may_end_with_trailers(&self) -> bool {
         self.may_trail
+    }
+
+    #[inline]
+    fn take_relayed_fields(&mut self) -> Option<RelayedFields> {
+        self.relayed.take()
     }
 }
 

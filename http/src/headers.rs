@@ -317,6 +317,17 @@ pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && has_token(headers, &CONNECTION, "upgrade")
 }
 
+/// A `Content-Length` value that is one plain decimal number (RFC 9110 8.6: `1*DIGIT`; not
+/// "+5", not a list), at most 19 digits so that it fits a `u64`.
+pub(crate) fn plain_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0'))
+    })
+}
+
 /// Whether a comma-separated list value (a `Connection` or `Transfer-Encoding` field, say)
 /// names `token`, ignoring case and optional whitespace.
 pub fn lists_token(value: &[u8], token: &[u8]) -> bool {

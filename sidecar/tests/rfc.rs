@@ -562,3 +562,126 @@ async fn interim_answers_reach_http2_clients() {
     assert_eq!(resp.await.unwrap().status(), StatusCode::OK);
     assert!(!backend.last().to_ascii_lowercase().contains("expect"));
 }
+
+/// A replica's fields reach the client as the replica sent them, whichever way the sidecar
+/// relays them: as bytes to HTTP/1.1 and HTTP/1.0 clients (the replica's spelling kept, one
+/// `Content-Length`, its own `Date`, repeated fields in order, keep-alive working), through a
+/// header map to HTTP/2 clients. A connection-specific field sends the answer through the map,
+/// which removes it.
+#[tokio::test]
+async fn response_fields_reach_every_client_as_the_replica_sent_them() {
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nX-Replica: r1\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\nset-cookie: b=2\r\n\r\nhello";
+    let backend = Scripted::start(ANSWER).await;
+    let proxy = sidecar("upstreamProtocol: http1", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let answers: Vec<&str> = out.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 2, "two answers on one connection: {out}");
+    for answer in answers {
+        let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+        assert_eq!(body, "hello", "{out}");
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        let replica: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| !l.starts_with("connection:"))
+            .collect();
+        assert_eq!(
+            replica,
+            [
+                "X-Replica: r1",
+                "Content-Length: 5",
+                "Set-Cookie: a=1",
+                "Date: Mon, 07 Dec 2026 00:00:00 GMT",
+                "set-cookie: b=2"
+            ],
+            "{out}"
+        );
+    }
+    assert!(out.contains("\r\nconnection: close\r\n"), "{out}");
+
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(out.contains("\r\nX-Replica: r1\r\n"), "{out}");
+    assert!(out.contains("\r\nconnection: keep-alive\r\n"), "{out}");
+    assert_eq!(out.matches("Content-Length: 5").count(), 1, "{out}");
+    assert!(out.ends_with("\r\n\r\nhello"), "{out}");
+
+    let client = h2_client();
+    let resp = client
+        .request(
+            Request::get(format!("http://{}/", proxy.traffic_addr()))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h["x-replica"], "r1");
+    assert_eq!(h["content-length"], "5");
+    assert_eq!(h["date"], "Mon, 07 Dec 2026 00:00:00 GMT");
+    let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "hello"
+    );
+
+    const HOP: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, x-secret\r\nx-secret: 1\r\nx-kept: 2\r\n\r\nok";
+    let backend = Scripted::start(HOP).await;
+    let proxy = sidecar("upstreamProtocol: http1", &[backend.spec()]).await;
+    let out = raw(
+        proxy.traffic_addr(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    let lower = out.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-kept: 2\r\n"), "{out}");
+    for gone in ["keep-alive:", "x-secret", "connection: keep-alive"] {
+        assert!(!lower.contains(gone), "{gone}: {out}");
+    }
+}
+
+/// A replica that answers 503 with `Retry-After` is paused for that long: the field is read
+/// from an answer whose fields were kept as bytes for an HTTP/1 client. Round robin would
+/// otherwise send it every other request.
+#[tokio::test]
+async fn an_upstream_retry_after_pauses_its_replica() {
+    const BUSY: &[u8] =
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 60\r\nContent-Length: 4\r\n\r\nbusy";
+    let busy = Scripted::start(BUSY).await;
+    let fine = Scripted::start(OK).await;
+    let proxy = sidecar(
+        "{ loadBalancing: { policy: round-robin }, failover: { retries: { attempts: 0 } } }",
+        &[busy.named("busy"), fine.named("fine")],
+    )
+    .await;
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let mut first_busy = None;
+    for _ in 0..4 {
+        let out = raw(proxy.traffic_addr(), request, WAIT).await;
+        if raw_status(&out) == Some(503) {
+            let lower = out.to_ascii_lowercase();
+            assert!(lower.contains("\r\nretry-after: 60\r\n"), "{out}");
+            first_busy = Some(out);
+            break;
+        }
+    }
+    assert!(first_busy.is_some(), "round robin reached the busy replica");
+    assert_eq!(busy.count(), 1);
+    for _ in 0..10 {
+        let out = raw(proxy.traffic_addr(), request, WAIT).await;
+        assert_eq!(raw_status(&out), Some(200), "{out}");
+    }
+    assert_eq!(busy.count(), 1, "the paused replica got no more requests");
+}

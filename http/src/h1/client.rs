@@ -23,15 +23,16 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use super::super::app::Interim;
-use super::super::headers::{Codings, PendingForwarding, lists_token};
+use super::super::headers::{Codings, PendingForwarding, lists_token, plain_length};
 use super::decode::{DecodeError, Decoded, Decoder};
+use super::relayed::RelayedFields;
 
 /// Header fields parsed into a stack array; heads with more (up to the limit) take a heap one.
 const STACK_FIELDS: usize = 256;
 /// Header fields whose positions stay on the stack while a head is parsed.
 const INLINE_FIELDS: usize = 32;
 /// Byte ranges of a field's name and value within the head.
-type Span = ((usize, usize), (usize, usize));
+pub(super) type Span = ((usize, usize), (usize, usize));
 /// Largest chunk-size or trailer line accepted in a response body.
 const MAX_CHUNK_LINES: usize = 64 * 1024;
 /// Read-buffer growth step.
@@ -116,6 +117,10 @@ impl Connection {
     /// `limits`; interim (1xx) answers before it go to `interim`. `forwarding`: fields to add
     /// after the request's own (see [`PendingForwarding`]). The body of the response reads
     /// from this connection; see [`ResponseBody`].
+    ///
+    /// `relay_fields`: the caller hands the response to this crate's HTTP/1 server without
+    /// reading or changing its fields, so a head that allows it keeps its field lines as bytes
+    /// ([`ResponseBody::take_relayed_fields`]) and the response's header map stays empty.
     pub async fn send(
         mut self,
         parts: &Parts,
@@ -123,7 +128,10 @@ impl Connection {
         body: &Bytes,
         limits: ResponseLimits,
         interim: Option<&Interim>,
+        relay_fields: bool,
     ) -> Result<Response<ResponseBody>, ClientError> {
+        // A HEAD answer's length describes no body here, so it goes through the map's rules.
+        let relay_fields = relay_fields && parts.method != Method::HEAD;
         // A small body goes out with the head in one write; a large one is not copied.
         let inline = body.len() <= 16 * 1024;
         let mut out = Vec::with_capacity(256 + if inline { body.len() } else { 0 });
@@ -142,7 +150,7 @@ impl Connection {
         let mut buf = std::mem::take(&mut self.buf);
         loop {
             if !buf.is_empty()
-                && let Some(head) = parse_response(&mut buf, limits)?
+                && let Some(head) = parse_response(&mut buf, limits, relay_fields)?
             {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {
                     // This client never asks for an upgrade.
@@ -167,6 +175,7 @@ impl Connection {
                     buf,
                     framing,
                     reusable,
+                    relayed: head.relayed,
                 });
                 *resp.status_mut() = head.status;
                 *resp.version_mut() = head.version;
@@ -238,6 +247,8 @@ struct ResponseHead {
     headers: HeaderMap,
     /// What the framing decision needs, noted while the fields were read (no lookups later).
     fields: FramingFields,
+    /// The field lines kept as bytes, `headers` then being empty.
+    relayed: Option<RelayedFields>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -250,10 +261,13 @@ struct FramingFields {
     bad_length: bool,
 }
 
-/// Parses a response head from the front of `buf`; `Ok(None)` when incomplete.
+/// Parses a response head from the front of `buf`; `Ok(None)` when incomplete. With
+/// `relay_fields`, a final answer framed by its length keeps its field lines as bytes when
+/// [`RelayedFields::scan`] allows.
 fn parse_response(
     buf: &mut BytesMut,
     limits: ResponseLimits,
+    relay_fields: bool,
 ) -> Result<Option<ResponseHead>, ClientError> {
     // As for request heads: nothing zeroed per response (see `head::parse`).
     let mut spans: SmallVec<[Span; INLINE_FIELDS]> = SmallVec::new();
@@ -287,6 +301,29 @@ fn parse_response(
         .ok()
         .filter(|s| s.as_u16() < 600)
         .ok_or(ClientError::Protocol("invalid status code"))?;
+    let version = if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // 1xx, 204 and 304 have no body whatever a length says: the map's rules frame them.
+    if relay_fields
+        && !status.is_informational()
+        && status != StatusCode::NO_CONTENT
+        && status != StatusCode::NOT_MODIFIED
+        && let Some(relayed) = RelayedFields::scan(&head, &spans)
+    {
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers: HeaderMap::new(),
+            fields: FramingFields {
+                length: Some(relayed.length()),
+                ..FramingFields::default()
+            },
+            relayed: Some(relayed),
+        }));
+    }
     let mut headers = super::spare::header_map(spans.len());
     let mut fields = FramingFields::default();
     for &((n0, n1), (v0, v1)) in &spans {
@@ -313,16 +350,12 @@ fn parse_response(
         }
         headers.append(name, value);
     }
-    let version = if minor == 0 {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
         fields,
+        relayed: None,
     }))
 }
 
@@ -366,14 +399,6 @@ fn parse_into<'b>(
         code: resp.code.unwrap_or(0),
         minor: resp.version.unwrap_or(1),
     })
-}
-
-/// A `Content-Length` value that is one plain decimal number (RFC 9110 8.6: `1*DIGIT`).
-fn plain_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// How a response body is delimited.
@@ -437,9 +462,16 @@ pub struct ResponseBody {
     buf: BytesMut,
     framing: Framing,
     reusable: bool,
+    relayed: Option<RelayedFields>,
 }
 
 impl ResponseBody {
+    /// The response's field lines, when they were kept as bytes (see [`Connection::send`]):
+    /// the response's header map then holds none of them.
+    pub fn take_relayed_fields(&mut self) -> Option<RelayedFields> {
+        self.relayed.take()
+    }
+
     /// The connection, once the body has been read to its end and the upstream keeps it open.
     pub fn take_reusable(&mut self) -> Option<Connection> {
         let done = matches!(self.framing, Framing::Decoded(d) if d.is_done());
@@ -522,13 +554,13 @@ mod tests {
     use http::Request;
 
     fn parse(text: &str) -> ResponseHead {
-        parse_response(&mut BytesMut::from(text), ResponseLimits::default())
+        parse_response(&mut BytesMut::from(text), ResponseLimits::default(), false)
             .unwrap()
             .unwrap()
     }
 
     fn try_parse(text: &str) -> Result<Option<ResponseHead>, ClientError> {
-        parse_response(&mut BytesMut::from(text), ResponseLimits::default())
+        parse_response(&mut BytesMut::from(text), ResponseLimits::default(), false)
     }
 
     #[test]
@@ -701,7 +733,7 @@ mod tests {
             max_fields: 400,
             ..ResponseLimits::default()
         };
-        let head = parse_response(&mut BytesMut::from(more.as_str()), raised)
+        let head = parse_response(&mut BytesMut::from(more.as_str()), raised, false)
             .unwrap()
             .unwrap();
         assert_eq!(head.headers.get_all("set-cookie").iter().count(), 300);
@@ -715,7 +747,7 @@ mod tests {
             ..ResponseLimits::default()
         };
         assert!(matches!(
-            parse_response(&mut BytesMut::from(big.as_str()), small),
+            parse_response(&mut BytesMut::from(big.as_str()), small, false),
             Err(ClientError::HeadTooLarge { .. })
         ));
     }

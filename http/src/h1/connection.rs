@@ -351,7 +351,8 @@ impl<A: HttpServerApp> Connection<A> {
                 Err(oneshot::error::TryRecvError::Empty) => {}
             }
         }
-        let (parts, body) = resp.into_parts();
+        let (parts, mut body) = resp.into_parts();
+        let relayed = body.take_relayed_fields();
         let mut out = Vec::with_capacity(512);
         let ex = Exchange {
             method: &method,
@@ -365,7 +366,11 @@ impl<A: HttpServerApp> Connection<A> {
             &body.size_hint(),
             body.is_end_stream(),
             ex,
+            relayed.as_ref(),
         );
+        // Written out: the head's bytes are no longer needed (they may share the upstream
+        // connection's read buffer, which is then reused in place).
+        drop(relayed);
         let http::response::Parts {
             status, headers, ..
         } = parts;
@@ -382,7 +387,6 @@ impl<A: HttpServerApp> Connection<A> {
                 None => Outcome::Close(None),
             };
         }
-        let mut body = body;
         if framing != WireFraming::None {
             let mut trailers = None;
             loop {

@@ -15,7 +15,8 @@ use http::response::Parts;
 use http::{HeaderMap, Method, StatusCode, Version};
 use http_body::SizeHint;
 
-use super::super::headers::lists_token;
+use super::super::headers::{lists_token, plain_length};
+use super::relayed::RelayedFields;
 
 /// How the response body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +52,15 @@ pub struct Exchange<'a> {
 }
 
 /// Writes the response head into `out` and returns the body framing and whether the connection
-/// must close after the response.
+/// must close after the response. `relayed`: field lines kept as bytes, written after the
+/// map's fields; their `Content-Length` is the declared length.
 pub fn head(
     out: &mut Vec<u8>,
     parts: &Parts,
     size: &SizeHint,
     ended: bool,
     ex: Exchange<'_>,
+    relayed: Option<&RelayedFields>,
 ) -> (Framing, bool) {
     let status = parts.status;
     let headers = &parts.headers;
@@ -74,6 +77,11 @@ pub fn head(
         } else if name == DATE {
             has_date = true;
         }
+    }
+    if let Some(relayed) = relayed {
+        has_date |= relayed.has_date();
+        declared = Some(relayed.length());
+        declared_text = None;
     }
     let mut keep_alive = ex.keep_alive && !says_close;
     let bodyless = *ex.method == Method::HEAD
@@ -119,6 +127,15 @@ pub fn head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // The relayed `Content-Length` line goes out as it came when it is the length sent.
+    let length = match relayed {
+        Some(relayed) => {
+            let as_received = length == Some(relayed.length());
+            relayed.write(out, as_received);
+            length.filter(|_| !as_received)
+        }
+        None => length,
+    };
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
         match declared_text.filter(|_| declared == Some(n)) {
@@ -159,14 +176,6 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
         }
     }
     out.extend_from_slice(&digits[i..]);
-}
-
-/// A `Content-Length` value that is one plain decimal number (not "+5", not a list).
-fn plain_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
 }
 
 /// Writes an interim (1xx) response head.

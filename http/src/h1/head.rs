@@ -15,7 +15,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderName, TE, TRA
 use http::{HeaderValue, Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use super::super::headers::{Codings, lists_token, valid_host};
+use super::super::headers::{Codings, lists_token, plain_length, valid_host};
 
 /// Header fields accepted per request head by default (`--max-header-fields`; hyper accepts
 /// 100), and the size of the stack array heads are parsed into.
@@ -334,7 +334,7 @@ impl Seen {
             }
             let trimmed = item.trim_ascii();
             self.length_rewritten |= trimmed.len() != item.len();
-            let Some(n) = parse_length(trimmed) else {
+            let Some(n) = plain_length(trimmed) else {
                 self.length_error = Some(HeadError::Malformed("content-length"));
                 return;
             };
@@ -452,13 +452,6 @@ fn percent_encode_unsafe(raw: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 #[cfg(test)]

@@ -30,8 +30,10 @@ mod connection;
 mod decode;
 pub(crate) mod encode;
 mod head;
+mod relayed;
 mod spare;
 
+pub use self::relayed::RelayedFields;
 pub use self::spare::give_header_map;
 
 pub use self::body::{BodyError, RequestBody};

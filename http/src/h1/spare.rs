@@ -39,7 +39,8 @@ pub(super) fn header_map(fields: usize) -> HeaderMap {
 /// path gives back the maps of the requests it is done with; the connections give back those
 /// of the responses they have written.
 pub fn give_header_map(mut map: HeaderMap) {
-    if map.capacity() > MAX_KEPT_FIELDS {
+    // A map that never had room (a response whose fields were relayed as bytes) saves nothing.
+    if map.capacity() == 0 || map.capacity() > MAX_KEPT_FIELDS {
         return;
     }
     map.clear();

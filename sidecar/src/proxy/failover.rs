@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 
 use super::ResponseBody;
@@ -26,7 +26,9 @@ use crate::policy::Policy;
 use crate::route::{Mode, Route};
 use crate::state::Shared;
 use datastream_http::app::Interim;
-use datastream_http::body::{BodyTooLarge, ClientBody, RequestBody, RequestBodyError};
+use datastream_http::body::{
+    BodyTooLarge, ClientBody, RequestBody, RequestBodyError, UpstreamBody, upstream_headers,
+};
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::headers::PendingForwarding;
 use datastream_http::stream::EndSignal;
@@ -59,6 +61,8 @@ pub(super) struct Call<'a> {
     pub interim: Option<&'a Arc<Interim>>,
     /// Forwarding fields its copies get on the way out (see `forward::prepare`).
     pub forwarding: Option<PendingForwarding<'a>>,
+    /// Whether its client speaks HTTP/1 (the answer's fields may then travel as bytes).
+    pub client_h1: bool,
     /// The latest clock reading the request path took (0: none yet), handed back with the
     /// answer so that the caller need not read the clock again.
     pub last_ns: AtomicU64,
@@ -71,6 +75,7 @@ impl<'a> Call<'a> {
             limits: self.policy.response_limits,
             interim: self.interim,
             forwarding: self.forwarding,
+            fields_as_bytes: self.client_h1,
         }
     }
 }
@@ -447,10 +452,10 @@ async fn with_retries(
                 last_error = Some(ProxyError::Timeout);
                 (Outcome::PerTryTimeout, None)
             }
-            Ok(Ok((resp, guard, h1))) => {
+            Ok(Ok((mut resp, guard, h1))) => {
                 let status = resp.status();
                 let verdict = verdict_of(status);
-                let hint = pause_hint(status, resp.headers());
+                let hint = pause_hint(status, &mut resp);
                 record(call.shared, s, call.set, endpoint, verdict, hint, now);
                 if is_retry {
                     budget.record_retry(verdict == Verdict::Success);
@@ -816,11 +821,11 @@ fn verdict_of(status: StatusCode) -> Verdict {
 }
 
 /// A `Retry-After` in seconds on a 503 or 429: the replica asks to be left alone that long.
-fn pause_hint(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+fn pause_hint(status: StatusCode, resp: &mut Response<UpstreamBody>) -> Option<Duration> {
     if status != StatusCode::SERVICE_UNAVAILABLE && status != StatusCode::TOO_MANY_REQUESTS {
         return None;
     }
-    let secs: u64 = headers
+    let secs: u64 = upstream_headers(resp)
         .get(http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
@@ -899,6 +904,8 @@ async fn fan_out(
                     limits,
                     interim: None,
                     forwarding: None,
+                    // The chosen answer gets the acknowledgement count in its map.
+                    fields_as_bytes: false,
                 };
                 let result =
                     tokio::time::timeout(per_try, attempt(&endpoint, req, false, relay, now)).await;

@@ -178,6 +178,10 @@ pub(super) struct Relay<'a> {
     pub interim: Option<&'a Arc<Interim>>,
     /// Forwarding fields every copy of the request gets on its way out, not yet in its head.
     pub forwarding: Option<PendingForwarding<'a>>,
+    /// Whether the answer goes to an HTTP/1 client with its fields unread and unchanged on the
+    /// way, so that the own client may keep them as bytes (see `RelayedFields`). A reader
+    /// of an upstream answer's fields takes them with `upstream_headers`.
+    pub fields_as_bytes: bool,
 }
 
 /// The outcome of one attempt.
@@ -294,6 +298,7 @@ async fn proxy_traffic(
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
     let key = route_key(route, &parts, meta.client);
+    let client_h1 = parts.version != Version::HTTP_2;
     let forwarding = prepare(&mut parts, meta, upgrade, to_h2)?;
     // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
     let call = failover::Call {
@@ -305,6 +310,7 @@ async fn proxy_traffic(
         upgrade,
         interim,
         forwarding,
+        client_h1,
         last_ns: std::sync::atomic::AtomicU64::new(0),
     };
     let (result, done_ns) = failover::forward(call, parts, body, client_upgrade, arrived_ns).await;
@@ -330,6 +336,7 @@ async fn proxy_peer(
     let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
     let upgrade =
         !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
+    let client_h1 = parts.version != Version::HTTP_2;
     let forwarding = prepare(&mut parts, meta, upgrade, to_h2)?;
     let body = RequestBody::streaming(body, policy.max_body)
         .with_idle_timeout(policy.resilience.stream_idle_timeout);
@@ -345,6 +352,7 @@ async fn proxy_peer(
         limits: policy.response_limits,
         interim,
         forwarding,
+        fields_as_bytes: client_h1,
     };
     match attempt(local, out, upgrade, relay, clock::now_ns()).await {
         Ok((resp, guard, h1)) => respond(
@@ -774,8 +782,15 @@ async fn attempt_own(
     let interim = relay.interim.map(|i| &**i);
     let sent = match out {
         Outgoing::Replay(parts, _) => {
-            conn.send(parts, relay.forwarding, &body, relay.limits, interim)
-                .await
+            conn.send(
+                parts,
+                relay.forwarding,
+                &body,
+                relay.limits,
+                interim,
+                relay.fields_as_bytes,
+            )
+            .await
         }
         Outgoing::Owned(req) => {
             // A request of its own may have come back unsent from hyper's client with the
@@ -784,7 +799,15 @@ async fn attempt_own(
             if let Some(forwarding) = relay.forwarding {
                 forwarding.apply(&mut parts.headers);
             }
-            conn.send(&parts, None, &body, relay.limits, interim).await
+            conn.send(
+                &parts,
+                None,
+                &body,
+                relay.limits,
+                interim,
+                relay.fields_as_bytes,
+            )
+            .await
         }
     };
     match sent {

@@ -16,7 +16,7 @@ fn encode(
         version,
         keep_alive: true,
     };
-    let (framing, close) = head(&mut out, &parts, &size, ended, ex);
+    let (framing, close) = head(&mut out, &parts, &size, ended, ex, None);
     (String::from_utf8(out).unwrap(), framing, close)
 }
 
