@@ -160,3 +160,36 @@ fn a_longer_caller_deadline_is_forwarded_as_the_callers() {
         "{forwarded:?}"
     );
 }
+
+/// The one-pass search of a small request and the lookups of a large one find the same
+/// fields: the first line of each name counts, whatever else the request carries.
+#[test]
+fn caller_timeouts_are_found_in_small_and_large_requests_alike() {
+    let lines = |pairs: &[(&'static str, &'static str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    };
+    let small = lines(&[
+        ("host", "a"),
+        (GRPC_TIMEOUT, "3S"),
+        ("x-other", "1"),
+        (DEADLINE_HEADER, "2500"),
+        (GRPC_TIMEOUT, "1S"),
+    ]);
+    assert_eq!(caller_timeout(&small), Some(Duration::from_millis(2500)));
+    let mut large = small.clone();
+    for i in 0..20 {
+        large.append(
+            HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(),
+            HeaderValue::from_static("v"),
+        );
+    }
+    assert!(large.len() > 16);
+    assert_eq!(caller_timeout(&large), Some(Duration::from_millis(2500)));
+    let grpc_only = lines(&[("host", "a"), (GRPC_TIMEOUT, "2S"), (GRPC_TIMEOUT, "9S")]);
+    assert_eq!(caller_timeout(&grpc_only), Some(Duration::from_secs(2)));
+    assert_eq!(caller_timeout(&headers(&[("host", "a")])), None);
+}
