@@ -258,7 +258,8 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr) {
 /// 9112 3.2 allows it when the target has no authority), without userinfo. A byte scan rather
 /// than a URI parse: it runs on every HTTP/1.1 request.
 pub fn valid_host(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
+    // What follows the host: nothing, or a port.
+    let port = match value.first() {
         None => return true,
         // An IP literal: `[` address `]`, then an optional port.
         Some(b'[') => match value.iter().position(|&b| b == b']') {
@@ -271,20 +272,36 @@ pub fn valid_host(value: &[u8]) -> bool {
                 if !ok {
                     return false;
                 }
-                (&value[..0], &value[end + 1..])
+                &value[end + 1..]
             }
             None => return false,
         },
-        Some(_) => match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &value[..0]),
-        },
+        // reg-name: unreserved, percent-encoded and sub-delims; no userinfo, path or spaces.
+        // One pass up to the first byte that is not one of them.
+        Some(_) => {
+            let end = value
+                .iter()
+                .position(|&b| !REG_NAME[usize::from(b)])
+                .unwrap_or(value.len());
+            &value[end..]
+        }
     };
-    // reg-name: unreserved, percent-encoded and sub-delims; no userinfo, path or spaces.
-    let host_ok = host.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
+    match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
+/// The bytes of a Host's reg-name (RFC 3986 3.2.2): unreserved, `%` and sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -300,15 +317,11 @@ pub fn valid_host(value: &[u8]) -> bool {
                     | b','
                     | b';'
                     | b'='
-            )
-    });
-    let port_ok = match port.split_first() {
-        None => true,
-        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
-        Some(_) => false,
-    };
-    host_ok && port_ok
-}
+            );
+        b += 1;
+    }
+    table
+};
 
 /// Whether an HTTP/1.1 request asks for a protocol switch (`Connection: upgrade` + `Upgrade`).
 pub fn wants_upgrade(version: Version, headers: &HeaderMap) -> bool {

@@ -113,11 +113,7 @@ pub fn head(
         _ => None,
     };
 
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status);
     for (name, value) in headers {
         if name == TRANSFER_ENCODING || name == CONTENT_LENGTH {
             continue;
@@ -148,9 +144,7 @@ pub fn head(
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !has_date {
-        out.extend_from_slice(b"date: ");
-        with_date(|d| out.extend_from_slice(d));
-        out.extend_from_slice(b"\r\n");
+        with_date_line(|line| out.extend_from_slice(line));
     }
     if status != StatusCode::SWITCHING_PROTOCOLS {
         if !keep_alive && !says_close {
@@ -161,6 +155,29 @@ pub fn head(
     }
     out.extend_from_slice(b"\r\n");
     (framing, !keep_alive)
+}
+
+/// Appends the status line; the common ones are one copy of a constant.
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    let line: &[u8] = match status.as_u16() {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        201 => b"HTTP/1.1 201 Created\r\n",
+        204 => b"HTTP/1.1 204 No Content\r\n",
+        304 => b"HTTP/1.1 304 Not Modified\r\n",
+        404 => b"HTTP/1.1 404 Not Found\r\n",
+        500 => b"HTTP/1.1 500 Internal Server Error\r\n",
+        502 => b"HTTP/1.1 502 Bad Gateway\r\n",
+        503 => b"HTTP/1.1 503 Service Unavailable\r\n",
+        _ => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(status.as_str().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+            out.extend_from_slice(b"\r\n");
+            return;
+        }
+    };
+    out.extend_from_slice(line);
 }
 
 /// Appends `n` in decimal (without the formatting machinery: this runs on most responses).
@@ -249,31 +266,36 @@ pub fn refusal(status: StatusCode, code: &str, message: &str) -> Bytes {
     let body = format!("{message}\n");
     let _ = write!(
         out,
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-datastream-error: {code}\r\ncontent-length: {}\r\nconnection: close\r\ndate: ",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\nx-datastream-error: {code}\r\ncontent-length: {}\r\nconnection: close\r\n",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    with_date(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\n\r\n");
+    with_date_line(|line| out.extend_from_slice(line));
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     Bytes::from(out)
 }
 
+/// `date: ` + an IMF-fixdate (29 bytes) + CRLF.
+const DATE_LINE: usize = 37;
+
 thread_local! {
-    /// The formatted date and the second it was formatted for: formatting costs more than the
-    /// rest of a small response head.
-    static DATE_CACHE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    /// The `Date` field line and the second it was formatted for: formatting costs more than
+    /// the rest of a small response head.
+    static DATE_CACHE: RefCell<(u64, [u8; DATE_LINE])> =
+        const { RefCell::new((u64::MAX, *b"date: Thu, 01 Jan 1970 00:00:00 GMT\r\n")) };
 }
 
 /// The current date as a `Date` field value (from the same per-second cache).
 pub(crate) fn date_value() -> http::HeaderValue {
     let mut value = None;
-    with_date(|d| value = http::HeaderValue::from_bytes(d).ok());
+    with_date_line(|line| value = http::HeaderValue::from_bytes(&line[6..DATE_LINE - 2]).ok());
     value.unwrap_or_else(|| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
-fn with_date(f: impl FnOnce(&[u8])) {
+/// Calls `f` with the current `Date` field line, CRLF included.
+fn with_date_line(f: impl FnOnce(&[u8])) {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -283,8 +305,8 @@ fn with_date(f: impl FnOnce(&[u8])) {
         let mut cache = cache.borrow_mut();
         if cache.0 != secs {
             let formatted = httpdate::fmt_http_date(now);
-            if formatted.len() == 29 {
-                cache.1.copy_from_slice(formatted.as_bytes());
+            if formatted.len() == DATE_LINE - 8 {
+                cache.1[6..DATE_LINE - 2].copy_from_slice(formatted.as_bytes());
                 cache.0 = secs;
             }
         }

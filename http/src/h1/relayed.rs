@@ -37,18 +37,22 @@ pub struct RelayedFields {
     has_date: bool,
 }
 
-/// A connection-specific field, or one the request path must look at, by its lower-case name.
-fn needs_the_map(lower: &[u8]) -> bool {
-    matches!(
-        lower,
-        b"te"
-            | b"expect"
-            | b"upgrade"
-            | b"connection"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"transfer-encoding"
-    )
+/// Names of the connection-specific fields, and of one the request path must look at.
+const NEED_THE_MAP: [&[u8]; 7] = [
+    b"te",
+    b"expect",
+    b"upgrade",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+];
+
+/// Whether `name` (in any case) is one of [`NEED_THE_MAP`]. Most names have none of their
+/// lengths and are passed over without looking at a byte.
+fn needs_the_map(name: &[u8]) -> bool {
+    matches!(name.len(), 2 | 6 | 7 | 10 | 16 | 17)
+        && NEED_THE_MAP.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 impl RelayedFields {
@@ -62,7 +66,6 @@ impl RelayedFields {
         let mut length = None;
         let mut length_line = 0..0;
         let mut has_date = false;
-        let mut lower = [0u8; 20];
         for &((n0, n1), (_, v1)) in spans {
             // Contiguous lines, each `name:` then the value and CRLF (httparse trims the
             // value's trailing whitespace, so a line that had some falls back too).
@@ -74,14 +77,8 @@ impl RelayedFields {
             }
             next = v1 + 2;
             let name = &head[n0..n1];
-            if name.len() > lower.len() {
-                continue;
-            }
-            let lower = &mut lower[..name.len()];
-            lower.copy_from_slice(name);
-            lower.make_ascii_lowercase();
-            match &*lower {
-                b"content-length" => {
+            match name.len() {
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
                     let value = head[n1 + 1..v1].trim_ascii();
                     if length.is_some() {
                         return None;
@@ -89,8 +86,8 @@ impl RelayedFields {
                     length = Some(super::super::headers::plain_length(value)?);
                     length_line = n0 - start..next - start;
                 }
-                b"date" => has_date = true,
-                other if needs_the_map(other) => return None,
+                4 if name.eq_ignore_ascii_case(b"date") => has_date = true,
+                _ if needs_the_map(name) => return None,
                 _ => {}
             }
         }
@@ -149,11 +146,18 @@ impl RelayedFields {
     }
 }
 
+/// The fields of a response head in `text`, as the own client would keep them.
+#[cfg(test)]
+pub(super) fn of_head(text: &str) -> Option<RelayedFields> {
+    let head = Bytes::copy_from_slice(text.as_bytes());
+    RelayedFields::scan(&head, &tests::spans_of(&head))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spans_of(head: &[u8]) -> Vec<Span> {
+    pub(super) fn spans_of(head: &[u8]) -> Vec<Span> {
         let mut fields = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut fields);
         resp.parse(head).unwrap().unwrap();
@@ -169,8 +173,7 @@ mod tests {
     }
 
     fn scan(text: &str) -> Option<RelayedFields> {
-        let head = Bytes::copy_from_slice(text.as_bytes());
-        RelayedFields::scan(&head, &spans_of(&head))
+        of_head(text)
     }
 
     #[test]

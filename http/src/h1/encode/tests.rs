@@ -109,3 +109,54 @@ fn refusals_close_the_connection() {
     assert!(text.contains("connection: close\r\n"));
     assert!(text.ends_with("\r\n\r\nnope\n"));
 }
+
+/// Relayed field lines go out after the map's, as they came; the encoder's own `Date` only
+/// when they have none, and their `Content-Length` line left out when the body goes chunked.
+#[test]
+fn relayed_fields_are_written_as_received() {
+    let relayed = super::super::relayed::of_head(
+        "HTTP/1.1 200 OK\r\nX-Replica: r1\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let resp = Response::builder()
+        .header("connection", "close")
+        .body(())
+        .unwrap();
+    let (parts, ()) = resp.into_parts();
+    let method = Method::GET;
+    let ex = Exchange {
+        trailers: false,
+        method: &method,
+        version: Version::HTTP_11,
+        keep_alive: true,
+    };
+    let mut out = Vec::new();
+    let size = SizeHint::with_exact(5);
+    let (framing, close) = head(&mut out, &parts, &size, false, ex, Some(&relayed));
+    let text = String::from_utf8(out).unwrap();
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 200 OK\r\nconnection: close\r\nX-Replica: r1\r\nContent-Length: 5\r\ndate: "
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with(" GMT\r\n\r\n"), "{text}");
+    assert_eq!((framing, close), (Framing::Length(5), true));
+
+    let dated = super::super::relayed::of_head(
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\n\r\n",
+    )
+    .unwrap();
+    let (parts, ()) = Response::new(()).into_parts();
+    let chunked = Exchange {
+        trailers: true,
+        ..ex
+    };
+    let mut out = Vec::new();
+    let (framing, _) = head(&mut out, &parts, &size, false, chunked, Some(&dated));
+    assert_eq!(framing, Framing::Chunked);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 00:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+}
