@@ -194,9 +194,35 @@ impl ReadHalf {
     }
 
     /// Reads what is there without waiting; `WouldBlock` when nothing is.
+    ///
+    /// A socket's read that returns less than the buffer had room for emptied its receive
+    /// queue, and its readiness is cleared then, as tokio's own `poll_read` does: otherwise
+    /// the next wait for a request would find the readiness of this one still set and pay a
+    /// `recv` that fails with `EAGAIN` (one per keep-alive request). The clear is tokio's
+    /// race-free one: it is skipped when the reactor recorded an edge since the readiness was
+    /// read, just before the read.
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            ReadHalf::Tcp(r) => r.try_read_buf(buf),
+            ReadHalf::Tcp(r) => {
+                let socket: &TcpStream = r.as_ref();
+                let room = buf.capacity() - buf.len();
+                let mut read = None;
+                let cleared = socket.try_io(tokio::io::Interest::READABLE, || {
+                    let n = socket.try_read_buf(buf)?;
+                    read = Some(n);
+                    if n > 0 && n < room {
+                        // Tells `try_io` to clear the readiness it read before the call.
+                        Err(io::ErrorKind::WouldBlock.into())
+                    } else {
+                        Ok(n)
+                    }
+                });
+                match (cleared, read) {
+                    (Ok(n), _) => Ok(n),
+                    (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+                    (Err(e), _) => Err(e),
+                }
+            }
             ReadHalf::Wrapped(r) => {
                 let mut cx = Context::from_waker(Waker::noop());
                 match tokio_util::io::poll_read_buf(Pin::new(r), &mut cx, buf) {
@@ -292,5 +318,51 @@ impl AsyncWrite for WriteHalf {
             WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             WriteHalf::Wrapped(w) => Pin::new(w).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    /// A short read clears the socket's readiness (no `recv` failing with `EAGAIN` is needed
+    /// before the next wait), and data that arrives later makes it readable again.
+    #[tokio::test]
+    async fn a_short_read_clears_readiness_and_later_data_sets_it_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut read, _write) = Transport::Tcp(server).into_split();
+
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = BytesMut::with_capacity(4096);
+        read.wait_readable(&mut buf, 4096).await.unwrap();
+        assert_eq!(read.try_read_buf(&mut buf).unwrap(), 18);
+        let ReadHalf::Tcp(half) = &read else {
+            panic!("a socket")
+        };
+        assert!(
+            half.readable().now_or_never().is_none(),
+            "the short read cleared the readiness"
+        );
+
+        client.write_all(b"more").await.unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read.wait_readable(&mut buf, 0),
+        )
+        .await
+        .expect("later data makes the socket readable again")
+        .unwrap();
+        assert_eq!(read.try_read_buf(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..], b"GET / HTTP/1.1\r\n\r\nmore");
+        assert_eq!(
+            read.try_read_buf(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 }

@@ -202,10 +202,10 @@ impl<A: HttpServerApp> Connection<A> {
                 Err(_) => return Ok(None),
             }
             if r.buf.is_empty() {
-                // A socket's readiness left over from the previous request (its head was read
-                // without a wait that cleared it): nothing of a new one has arrived, so this is
-                // still the idle wait, under the idle timer rather than the header read
-                // timeout, and without a buffer.
+                // A socket's readiness left over from the previous request (rare: a short
+                // read clears it, see `ReadHalf::try_read_buf`): nothing of a new one has
+                // arrived, so this is still the idle wait, under the idle timer rather than the
+                // header read timeout, and without a buffer.
                 spare::give(std::mem::take(&mut r.buf), HEAD_BUFFER);
                 continue;
             }
