@@ -131,8 +131,6 @@ pub struct ResponseBody<C> {
     kind: ResponseKind<C>,
     /// Whether it may end with trailers although its length is known (an HTTP/2 upstream's).
     may_trail: bool,
-    /// The upstream head's field lines, when the own client kept them as bytes.
-    relayed: Option<RelayedFields>,
 }
 
 #[derive(Debug)]
@@ -394,8 +392,7 @@ impl Body for UpstreamBody {
 
 impl<C: BodyCompletion> ResponseBody<C> {
     /// The upstream's body; `done` completes when it ends (or is dropped).
-    pub fn upstream(mut inner: UpstreamBody, done: C) -> Self {
-        let relayed = inner.take_relayed_fields();
+    pub fn upstream(inner: UpstreamBody, done: C) -> Self {
         let mut body = Self {
             kind: ResponseKind::Upstream {
                 inner,
@@ -403,7 +400,6 @@ impl<C: BodyCompletion> ResponseBody<C> {
                 idle: IdleTimer::new(None),
             },
             may_trail: false,
-            relayed,
         };
         body.complete_if_ended();
         body
@@ -445,7 +441,6 @@ impl<C> ResponseBody<C> {
         Self {
             kind: ResponseKind::Full((!bytes.is_empty()).then_some(bytes)),
             may_trail: false,
-            relayed: None,
         }
     }
 
@@ -454,7 +449,6 @@ impl<C> ResponseBody<C> {
         Self {
             kind: ResponseKind::Full(None),
             may_trail: false,
-            relayed: None,
         }
     }
 }
@@ -465,9 +459,14 @@ impl<C> super::app::BodyHints for ResponseBody<C> {
         self.may_trail
     }
 
+    /// The own client's response keeps them in its body until the head is written (they stay
+    /// there when the connection goes back to its pool at the body's end).
     #[inline]
     fn take_relayed_fields(&mut self) -> Option<RelayedFields> {
-        self.relayed.take()
+        match &mut self.kind {
+            ResponseKind::Upstream { inner, .. } => inner.take_relayed_fields(),
+            ResponseKind::Full(_) => None,
+        }
     }
 }
 

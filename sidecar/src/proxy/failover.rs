@@ -126,29 +126,21 @@ pub(super) fn finish(shared: &Shared, policy: &Policy, admission: Admission, now
         .set(i64::from(limit));
 }
 
-/// Forwards a prepared request within its deadlines (see [`Deadline`]): the caller's
-/// `grpc-timeout` / `x-datastream-deadline-ms`, counted from now, and the route's (or the
-/// policy's) request timeout, counted from the end of the request body.
-///
-/// `arrived` is the clock reading taken when the request arrived; the answer comes with the
-/// reading taken when it was known (the response headers' arrival, usually), so that the
-/// caller need not read the clock again.
-pub(super) async fn forward(
-    call: Call<'_>,
-    parts: Parts,
-    body: ClientBody,
-    client_upgrade: Option<PendingUpgrade>,
-    arrived: u64,
-) -> (Result<Response<ResponseBody>, ProxyError>, u64) {
-    let result = within_deadlines(&call, parts, body, client_upgrade, arrived).await;
-    let done = match call.last_ns.load(Ordering::Relaxed) {
+/// The clock reading taken when the answer of a forwarded request was known (the response
+/// headers' arrival, usually), so that the caller need not read the clock again; now, when
+/// the request path took none.
+pub(super) fn answered_ns(call: &Call<'_>) -> u64 {
+    match call.last_ns.load(Ordering::Relaxed) {
         0 => clock::now_ns(),
         n => n,
-    };
-    (result, done)
+    }
 }
 
-async fn within_deadlines(
+/// Forwards a prepared request within its deadlines (see [`Deadline`]): the caller's
+/// `grpc-timeout` / `x-datastream-deadline-ms`, counted from now, and the route's (or the
+/// policy's) request timeout, counted from the end of the request body. `arrived` is the clock
+/// reading taken when the request arrived.
+pub(super) async fn forward(
     call: &Call<'_>,
     parts: Parts,
     body: ClientBody,
@@ -204,43 +196,44 @@ async fn within_deadlines(
         deadline.body_ended(ready, timeout);
         None
     };
-    let broadcast = matches!(call.route.mode, Mode::Broadcast { .. });
-    let work = async {
-        match call.route.mode {
-            Mode::Broadcast { quorum, .. } => {
-                let Source::Replay(bytes) = source else {
-                    unreachable!("broadcast bodies are read first")
-                };
-                // Boxed, as the other rare paths: the common path's future (allocated once per
-                // request) stays small.
-                Box::pin(fan_out(call, parts, bytes, deadline, quorum)).await
-            }
-            _ => {
+    let expired = match (end, &call.route.mode) {
+        // A broadcast (its body is always read first): one timer at the earlier deadline.
+        // Boxed, as the other rare paths: the common path's future (allocated once per
+        // request) stays small.
+        (_, Mode::Broadcast { quorum, .. }) => {
+            let Source::Replay(bytes) = source else {
+                unreachable!("broadcast bodies are read first")
+            };
+            let fan_out = Box::pin(fan_out(call, parts, bytes, deadline, *quorum));
+            tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), fan_out)
+                .await
+                .map_err(|_| ())
+        }
+        // The common case, a body already complete: every wait in `with_retries` ends by the
+        // deadline (each attempt's timer does, and the waits between attempts are bounded by
+        // it), so the deadline needs no timer of its own; awaited here, not through another
+        // level of future.
+        (None, _) => {
+            let r = Retrying {
+                policy,
+                deadline,
+                end: None,
+            };
+            Ok(with_retries(call, r, parts, source, client_upgrade, ready).await)
+        }
+        // Boxed: only streamed request bodies take this path.
+        (Some(end), _) => {
+            Box::pin(async {
                 let r = Retrying {
                     policy,
                     deadline,
-                    end: end.clone(),
+                    end: Some(end.clone()),
                 };
-                with_retries(call, r, parts, source, client_upgrade, ready).await
-            }
-        }
-    };
-    let expired = match &end {
-        // The common case, a body already complete and no broadcast: every wait in
-        // `with_retries` ends by the deadline (each attempt's timer does, and the waits between
-        // attempts are bounded by it), so the deadline needs no timer of its own.
-        None if !broadcast => Ok(work.await),
-        // A broadcast with its body complete: one timer at the earlier deadline.
-        None => tokio::time::timeout_at(clock::instant_at(deadline.at_ns()), work)
-            .await
-            .map_err(|_| ()),
-        // Boxed: only streamed request bodies take this path.
-        Some(end) => {
-            Box::pin(async {
+                let work = with_retries(call, r, parts, source, client_upgrade, ready);
                 tokio::select! {
                     biased;
                     result = work => Ok(result),
-                    () = streaming_expiry(deadline.caller_ns(), end, timeout) => Err(()),
+                    () = streaming_expiry(deadline.caller_ns(), &end, timeout) => Err(()),
                 }
             })
             .await

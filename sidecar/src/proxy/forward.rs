@@ -313,8 +313,8 @@ async fn proxy_traffic(
         client_h1,
         last_ns: std::sync::atomic::AtomicU64::new(0),
     };
-    let (result, done_ns) = failover::forward(call, parts, body, client_upgrade, arrived_ns).await;
-    failover::finish(shared, policy, admission, done_ns);
+    let result = failover::forward(&call, parts, body, client_upgrade, arrived_ns).await;
+    failover::finish(shared, policy, admission, failover::answered_ns(&call));
     result
 }
 
