@@ -119,8 +119,9 @@ impl Connection {
     /// from this connection; see [`ResponseBody`].
     ///
     /// `relay_fields`: the caller hands the response to this crate's HTTP/1 server without
-    /// reading or changing its fields, so a head that allows it keeps its field lines as bytes
-    /// ([`ResponseBody::take_relayed_fields`]) and the response's header map stays empty.
+    /// changing its fields, so a head that allows it keeps its field lines as bytes
+    /// ([`ResponseBody::take_relayed_fields`]) and the response's header map stays empty; a
+    /// caller that must read a field first takes them with [`crate::body::upstream_headers`].
     pub async fn send(
         mut self,
         parts: &Parts,

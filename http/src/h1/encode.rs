@@ -197,11 +197,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Writes an interim (1xx) response head.
 pub fn interim(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status);
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
@@ -277,8 +273,11 @@ pub fn refusal(status: StatusCode, code: &str, message: &str) -> Bytes {
     Bytes::from(out)
 }
 
-/// `date: ` + an IMF-fixdate (29 bytes) + CRLF.
-const DATE_LINE: usize = 37;
+/// Where the date starts in the `Date` line, and its length (an IMF-fixdate).
+const DATE_AT: usize = b"date: ".len();
+const DATE_LEN: usize = 29;
+/// `date: `, the date and CRLF.
+const DATE_LINE: usize = DATE_AT + DATE_LEN + 2;
 
 thread_local! {
     /// The `Date` field line and the second it was formatted for: formatting costs more than
@@ -290,7 +289,9 @@ thread_local! {
 /// The current date as a `Date` field value (from the same per-second cache).
 pub(crate) fn date_value() -> http::HeaderValue {
     let mut value = None;
-    with_date_line(|line| value = http::HeaderValue::from_bytes(&line[6..DATE_LINE - 2]).ok());
+    with_date_line(|line| {
+        value = http::HeaderValue::from_bytes(&line[DATE_AT..DATE_AT + DATE_LEN]).ok();
+    });
     value.unwrap_or_else(|| http::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
 }
 
@@ -305,8 +306,8 @@ fn with_date_line(f: impl FnOnce(&[u8])) {
         let mut cache = cache.borrow_mut();
         if cache.0 != secs {
             let formatted = httpdate::fmt_http_date(now);
-            if formatted.len() == DATE_LINE - 8 {
-                cache.1[6..DATE_LINE - 2].copy_from_slice(formatted.as_bytes());
+            if formatted.len() == DATE_LEN {
+                cache.1[DATE_AT..DATE_AT + DATE_LEN].copy_from_slice(formatted.as_bytes());
                 cache.0 = secs;
             }
         }
