@@ -37,6 +37,9 @@ pub struct RelayedFields {
     has_date: bool,
 }
 
+/// Field names from this length on are refused by a header map.
+const MAX_NAME: usize = 1 << 16;
+
 /// Names of the connection-specific fields, and of one the request path must look at.
 const NEED_THE_MAP: [&[u8]; 7] = [
     b"te",
@@ -78,6 +81,8 @@ impl RelayedFields {
             next = v1 + 2;
             let name = &head[n0..n1];
             match name.len() {
+                // The map path refuses a name this long (`HeaderName`'s limit); so does this.
+                MAX_NAME.. => return None,
                 14 if name.eq_ignore_ascii_case(b"content-length") => {
                     let value = head[n1 + 1..v1].trim_ascii();
                     if length.is_some() {
@@ -228,5 +233,10 @@ mod tests {
             scan("HTTP/1.1 200 OK\r\n\r\n").is_none(),
             "no fields, no length"
         );
+        let long = format!(
+            "HTTP/1.1 200 OK\r\n{}: v\r\ncontent-length: 0\r\n\r\n",
+            "n".repeat(MAX_NAME)
+        );
+        assert!(scan(&long).is_none(), "a name no header map takes");
     }
 }
