@@ -54,8 +54,42 @@ const NEED_THE_MAP: [&[u8]; 7] = [
 /// Whether `name` (in any case) is one of [`NEED_THE_MAP`]. Most names have none of their
 /// lengths and are passed over without looking at a byte.
 fn needs_the_map(name: &[u8]) -> bool {
-    matches!(name.len(), 2 | 6 | 7 | 10 | 16 | 17)
-        && NEED_THE_MAP.iter().any(|n| name.eq_ignore_ascii_case(n))
+    matches!(name.len(), 2 | 6 | 7 | 10 | 16 | 17) && NEED_THE_MAP.iter().any(|n| is_named(name, n))
+}
+
+/// Whether the field name `name`, a token as httparse validated it, is `lower` in any case;
+/// `lower` holds only lower-case letters and `-`.
+///
+/// Why not `eq_ignore_ascii_case`: it folds both sides byte by byte, and this runs on the
+/// fields of every relayed response. Setting bit 0x20 of a byte folds an upper-case letter onto
+/// its lower case and leaves lower-case letters and `-` as they are. A byte it turns into a
+/// lower-case letter was that letter in either case; one it turns into `-` (0x2D) was `-` or
+/// CR (0x0D), and no token holds a CR. So one OR per word of eight bytes does the comparison.
+#[inline]
+fn is_named(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    if n < 8 {
+        if n < 4 {
+            return name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b);
+        }
+        let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4"));
+        return half(name, 0) | 0x2020_2020 == half(lower, 0)
+            && half(name, n - 4) | 0x2020_2020 == half(lower, n - 4);
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8"));
+    // Whole words, then the last (overlapping) word.
+    let mut at = 0;
+    while at + 8 < n {
+        if word(name, at) | FOLD != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(name, n - 8) | FOLD == word(lower, n - 8)
 }
 
 impl RelayedFields {
@@ -83,7 +117,7 @@ impl RelayedFields {
             match name.len() {
                 // The map path refuses a name this long (`HeaderName`'s limit); so does this.
                 MAX_NAME.. => return None,
-                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                14 if is_named(name, b"content-length") => {
                     let value = head[n1 + 1..v1].trim_ascii();
                     if length.is_some() {
                         return None;
@@ -91,7 +125,7 @@ impl RelayedFields {
                     length = Some(super::super::headers::plain_length(value)?);
                     length_line = n0 - start..next - start;
                 }
-                4 if name.eq_ignore_ascii_case(b"date") => has_date = true,
+                4 if is_named(name, b"date") => has_date = true,
                 _ if needs_the_map(name) => return None,
                 _ => {}
             }
@@ -161,6 +195,58 @@ pub(super) fn of_head(text: &str) -> Option<RelayedFields> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes a field name may hold (RFC 9110 5.6.2 `tchar`).
+    fn token_bytes() -> Vec<u8> {
+        (0u8..=127)
+            .filter(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
+            .collect()
+    }
+
+    #[test]
+    fn is_named_agrees_with_a_case_insensitive_comparison_for_every_token_byte() {
+        let mut targets: Vec<&[u8]> = NEED_THE_MAP.to_vec();
+        targets.extend([b"date".as_slice(), b"content-length", b"x", b"ab-cd"]);
+        for target in targets {
+            // Every case mix of the name itself (a bit per letter, up to 17 letters)...
+            let mixes = 1u32 << target.len().min(17);
+            for mix in (0..mixes).step_by(((mixes >> 10) as usize).max(1)) {
+                let name: Vec<u8> = target
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &b)| {
+                        if mix >> i & 1 == 1 {
+                            b.to_ascii_uppercase()
+                        } else {
+                            b
+                        }
+                    })
+                    .collect();
+                assert!(
+                    is_named(&name, target),
+                    "{}",
+                    String::from_utf8_lossy(&name)
+                );
+            }
+            // ...and every token byte in every position.
+            for at in 0..target.len() {
+                for b in token_bytes() {
+                    let mut name = target.to_vec();
+                    name[at] = b;
+                    assert_eq!(
+                        is_named(&name, target),
+                        name.eq_ignore_ascii_case(target),
+                        "{} against {}",
+                        String::from_utf8_lossy(&name),
+                        String::from_utf8_lossy(target),
+                    );
+                }
+            }
+            // Names one byte shorter or longer.
+            assert!(!is_named(&target[1..], target));
+            assert!(!is_named(&[target, b"s"].concat(), target));
+        }
+    }
 
     pub(super) fn spans_of(head: &[u8]) -> Vec<Span> {
         let mut fields = [httparse::EMPTY_HEADER; 16];
