@@ -48,6 +48,7 @@ use datastream_http::headers::{PendingForwarding, strip_hop_by_hop, wants_upgrad
 use datastream_lb::balance::{self, hash};
 use datastream_lb::endpoint::{ConnectError, Endpoint, EndpointSet, Failure, InflightGuard};
 use datastream_resilience::clock;
+use datastream_resilience::shed::Admission;
 
 /// Replicas a request tries when connections fail, before it answers 502.
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
@@ -219,23 +220,53 @@ pub async fn handle(
     let grpc = !downstream_h1 && is_grpc(req.headers());
     let shared = &app.shared;
     let policy = shared.policy();
-    let (resp, metrics) = match app.kind {
+    let (resp, metrics, done_ns) = match app.kind {
+        // The traffic path's checks and preparation run apart from its one await, so that the
+        // forward's future sits directly in this one rather than in a future of its own that
+        // this one would move and dispatch on every request.
         ListenerKind::Traffic => {
-            let (parts, body) = req.into_parts();
+            let (mut parts, body) = req.into_parts();
             let route = policy.routes.find(&parts);
-            let exchange = Exchange {
-                meta: &meta,
-                upgrade,
-                interim: interim.as_ref(),
-                arrived_ns: started,
+            let planned = plan_traffic(
+                shared,
+                &policy,
+                route,
+                &meta,
+                &mut parts,
+                upgrade.is_some(),
+                started,
+            );
+            let (resp, done_ns) = match planned {
+                Ok(Planned::Forward(plan)) => {
+                    let endpoints = shared.endpoints();
+                    // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see
+                    // `failover`.
+                    let call = failover::Call {
+                        shared,
+                        policy: &policy,
+                        route,
+                        set: &endpoints,
+                        key: plan.key,
+                        upgrade: plan.upgrade,
+                        interim: interim.as_ref(),
+                        forwarding: plan.forwarding,
+                        client_h1: downstream_h1,
+                        last_ns: std::sync::atomic::AtomicU64::new(0),
+                    };
+                    let result = failover::forward(&call, parts, body, upgrade, started).await;
+                    let done_ns = failover::answered_ns(&call);
+                    failover::finish(shared, &policy, plan.admission, done_ns);
+                    (result, done_ns)
+                }
+                Ok(Planned::Answered(resp)) => (Ok(*resp), clock::now_ns()),
+                Err(e) => (Err(e), clock::now_ns()),
             };
-            let resp = proxy_traffic(shared, &policy, route, exchange, parts, body).await;
-            (resp, &route.metrics)
+            (resp, &route.metrics, done_ns)
         }
-        ListenerKind::Peer => (
-            proxy_peer(shared, &policy, &meta, req, upgrade, interim.as_ref()).await,
-            &shared.peer_metrics,
-        ),
+        ListenerKind::Peer => {
+            let resp = proxy_peer(shared, &policy, &meta, req, upgrade, interim.as_ref()).await;
+            (resp, &shared.peer_metrics, clock::now_ns())
+        }
     };
     let mut resp = resp.unwrap_or_else(|e| respond_error(shared, e, grpc));
     if shared.is_draining() && downstream_h1 && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -244,12 +275,14 @@ pub async fn handle(
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    observe(metrics, resp.status(), started);
+    observe(metrics, resp.status(), started, done_ns);
     Ok(resp)
 }
 
-fn observe(metrics: &RouteMetrics, status: StatusCode, started_ns: u64) {
-    let took = clock::since(started_ns, clock::now_ns());
+/// Records a request's answer and duration, from its arrival to `done_ns` (when its answer
+/// was known).
+fn observe(metrics: &RouteMetrics, status: StatusCode, started_ns: u64, done_ns: u64) {
+    let took = clock::since(started_ns, done_ns);
     metrics.observe(status.as_u16(), took.as_secs_f64());
 }
 
@@ -260,62 +293,54 @@ fn respond_error(shared: &Shared, error: ProxyError, grpc: bool) -> Response<Res
     error.into_response(grpc)
 }
 
-/// What the traffic listener's request path knows of a request besides its head and body.
-struct Exchange<'a> {
-    meta: &'a Arc<ConnMeta>,
-    /// The client side of a protocol switch, for HTTP/1 requests that ask for one.
-    upgrade: Option<PendingUpgrade>,
-    /// The relay of interim answers, for a client that can get them.
-    interim: Option<&'a Arc<Interim>>,
-    /// The clock reading taken when it arrived.
-    arrived_ns: u64,
+/// What the traffic listener's checks decided for a request.
+enum Planned<'a> {
+    /// Forward it, as planned.
+    Forward(Plan<'a>),
+    /// Answered here (`Max-Forwards: 0`). Boxed: rare, and a response is large.
+    Answered(Box<Response<ResponseBody>>),
 }
 
-/// The traffic listener's request path.
-async fn proxy_traffic(
-    shared: &Arc<Shared>,
+/// How a traffic request is forwarded: what `failover::Call` takes besides the sidecar's state.
+struct Plan<'a> {
+    /// Its place under the concurrency limit, finished when the answer is known.
+    admission: Admission,
+    /// Its hash key, for hashing policies.
+    key: Option<u64>,
+    /// Whether it switches protocols.
+    upgrade: bool,
+    /// Forwarding fields its copies get on the way out (see [`prepare`]).
+    forwarding: Option<PendingForwarding<'a>>,
+}
+
+/// The traffic listener's request path up to forwarding: the checks that need no replica,
+/// admission (rate limit and adaptive shedding, before any routing work) and the head's
+/// rewrite for the upstream. `arrived_ns` is the clock reading taken when it arrived.
+fn plan_traffic<'a>(
+    shared: &Shared,
     policy: &Policy,
     route: &Route,
-    exchange: Exchange<'_>,
-    mut parts: Parts,
-    body: ClientBody,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let Exchange {
-        meta,
-        upgrade: client_upgrade,
-        interim,
-        arrived_ns,
-    } = exchange;
-    admit(policy, &parts)?;
-    if let Some(answer) = max_forwards(&mut parts) {
-        return Ok(answer);
+    meta: &'a ConnMeta,
+    parts: &mut Parts,
+    client_can_upgrade: bool,
+    arrived_ns: u64,
+) -> Result<Planned<'a>, ProxyError> {
+    admit(policy, parts)?;
+    if let Some(answer) = max_forwards(parts) {
+        return Ok(Planned::Answered(Box::new(answer)));
     }
-    // Rate limit and adaptive shedding, before any routing work.
     let admission = failover::admit(shared, policy, route, arrived_ns)?;
-    let endpoints = shared.endpoints();
     let to_h2 = upstream_h2(policy.upstream_protocol, parts.version);
     // HTTP/2 has no Upgrade: an h2c-only replica answers the request as an ordinary one.
-    let upgrade =
-        !to_h2 && client_upgrade.is_some() && wants_upgrade(parts.version, &parts.headers);
-    let key = route_key(route, &parts, meta.client);
-    let client_h1 = parts.version != Version::HTTP_2;
-    let forwarding = prepare(&mut parts, meta, upgrade, to_h2)?;
-    // Deadline, per-try timeouts, retries, ejection, breakers, broadcast: see `failover`.
-    let call = failover::Call {
-        shared,
-        policy,
-        route,
-        set: &endpoints,
+    let upgrade = !to_h2 && client_can_upgrade && wants_upgrade(parts.version, &parts.headers);
+    let key = route_key(route, parts, meta.client);
+    let forwarding = prepare(parts, meta, upgrade, to_h2)?;
+    Ok(Planned::Forward(Plan {
+        admission,
         key,
         upgrade,
-        interim,
         forwarding,
-        client_h1,
-        last_ns: std::sync::atomic::AtomicU64::new(0),
-    };
-    let result = failover::forward(&call, parts, body, client_upgrade, arrived_ns).await;
-    failover::finish(shared, policy, admission, failover::answered_ns(&call));
-    result
+    }))
 }
 
 async fn proxy_peer(
