@@ -38,6 +38,9 @@ pub struct EndpointSpec {
 pub struct Endpoint {
     pub(super) addr: SocketAddr,
     pub(super) name: Arc<str>,
+    /// `hash_bytes` of the name, which identifies the replica to the retry budget on every
+    /// attempt.
+    name_hash: u64,
     pub(super) local: bool,
     pub(super) draining: AtomicBool,
     /// Latency and in-flight figures.
@@ -126,6 +129,7 @@ impl Endpoint {
         Self {
             addr: spec.addr,
             name: spec.name.as_str().into(),
+            name_hash: crate::balance::hash::hash_bytes(spec.name.as_bytes(), 0),
             local: spec.local,
             draining: AtomicBool::new(!spec.serving),
             load: Load::new(seed, warming),
@@ -149,6 +153,12 @@ impl Endpoint {
     #[inline]
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A stable 64-bit hash of its name (`hash::hash_bytes` with seed 0).
+    #[inline]
+    pub fn name_hash(&self) -> u64 {
+        self.name_hash
     }
 
     /// Whether this is the local workload.

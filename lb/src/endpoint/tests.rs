@@ -53,6 +53,14 @@ fn statistics_survive_set_changes_and_newcomers_start_from_the_median() {
         "seeded from the median, got {ewma}"
     );
     assert!(newcomer.load.warming());
+    // Each keeps the hash of its name, which the retry budget identifies it by.
+    for e in second.endpoints() {
+        assert_eq!(
+            e.name_hash(),
+            crate::balance::hash::hash_bytes(e.name().as_bytes(), 0)
+        );
+    }
+    assert_ne!(second.endpoints()[0].name_hash(), newcomer.name_hash());
 }
 
 #[test]

@@ -32,7 +32,6 @@ use datastream_http::body::{
 use datastream_http::h1::PendingUpgrade;
 use datastream_http::headers::PendingForwarding;
 use datastream_http::stream::EndSignal;
-use datastream_lb::balance::hash;
 use datastream_lb::endpoint::{Endpoint, EndpointSet};
 use datastream_resilience::Settings;
 use datastream_resilience::broadcast::{self, ACKS_HEADER};
@@ -774,7 +773,7 @@ fn record(
 ) {
     let accepted = verdict == Verdict::Success;
     endpoint.breaker.record(now, accepted, &s.breaker);
-    let id = hash::hash_bytes(endpoint.name().as_bytes(), 0);
+    let id = endpoint.name_hash();
     shared.resilience.budget.record_attempt(now, id, !accepted);
     if let Some(reason) = endpoint.outlier.record(now, verdict, &s.outlier) {
         // Replicas whose ejection is over give their slot back before the cap is checked.
