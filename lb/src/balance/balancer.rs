@@ -59,12 +59,14 @@ impl Balancer {
         }
         let picked = match self.policy {
             Policy::P2cEwma => {
-                let share = inflight_share(eps, now, exclude);
-                p2c(eps, now, exclude, true, |e| e.load.cost_per(now, share))
+                let usable = Usable::of(eps, now, exclude);
+                let share = inflight_share(eps, &usable);
+                p2c(eps, now, &usable, true, |e| e.load.cost_per(now, share))
             }
             Policy::LeastRequest => {
                 // Every replica with fewer requests in flight wins a comparison: none starves.
-                p2c(eps, now, exclude, false, |e| f64::from(e.load.inflight()))
+                let usable = Usable::of(eps, now, exclude);
+                p2c(eps, now, &usable, false, |e| f64::from(e.load.inflight()))
             }
             Policy::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -120,17 +122,53 @@ fn local_preferred<'a>(
 
 /// The average number of requests in flight over the usable endpoints: the unit p2c-ewma
 /// counts a replica's in-flight requests in (see [`Load::cost_per`](crate::endpoint::Load::cost_per)).
-fn inflight_share(eps: &[Arc<Endpoint>], now: u64, exclude: &[SocketAddr]) -> f64 {
+fn inflight_share(eps: &[Arc<Endpoint>], usable: &Usable<'_>) -> f64 {
     let (total, n) = eps
         .iter()
-        .filter(|e| usable(e, now, exclude))
-        .fold((0u64, 0u32), |(t, n), e| {
+        .enumerate()
+        .filter(|&(i, _)| usable.at(eps, i))
+        .fold((0u64, 0u32), |(t, n), (_, e)| {
             (t + u64::from(e.load.inflight()), n + 1)
         });
     if n == 0 {
         1.0
     } else {
         total as f64 / f64::from(n)
+    }
+}
+
+/// Which endpoints of a set are usable at one clock reading, each judged once per pick: the
+/// in-flight share and the draws of p2c both ask, and a judgement reads the endpoint's health
+/// and outlier state.
+struct Usable<'a> {
+    /// Bit `i`: endpoint `i` is usable (the first 64; later ones are judged when asked).
+    first: u64,
+    now: u64,
+    exclude: &'a [SocketAddr],
+}
+
+impl<'a> Usable<'a> {
+    fn of(eps: &[Arc<Endpoint>], now: u64, exclude: &'a [SocketAddr]) -> Self {
+        let first = eps
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, e)| usable(e, now, exclude))
+            .fold(0u64, |bits, (i, _)| bits | 1 << i);
+        Self {
+            first,
+            now,
+            exclude,
+        }
+    }
+
+    #[inline]
+    fn at(&self, eps: &[Arc<Endpoint>], i: usize) -> bool {
+        if i < 64 {
+            self.first >> i & 1 == 1
+        } else {
+            usable(&eps[i], self.now, self.exclude)
+        }
     }
 }
 
@@ -148,11 +186,11 @@ pub(super) fn usable(e: &Endpoint, now: u64, exclude: &[SocketAddr]) -> bool {
 fn p2c<'a>(
     eps: &'a [Arc<Endpoint>],
     now: u64,
-    exclude: &[SocketAddr],
+    usable: &Usable<'_>,
     probe: bool,
     cost: impl Fn(&Endpoint) -> f64,
 ) -> Option<&'a Arc<Endpoint>> {
-    let picked = p2c_draw(eps, now, exclude, probe, &cost);
+    let picked = p2c_draw(eps, now, usable, probe, &cost);
     if probe && let Some(e) = picked {
         e.load.picked(now);
     }
@@ -162,13 +200,13 @@ fn p2c<'a>(
 fn p2c_draw<'a>(
     eps: &'a [Arc<Endpoint>],
     now: u64,
-    exclude: &[SocketAddr],
+    usable: &Usable<'_>,
     probe: bool,
     cost: &impl Fn(&Endpoint) -> f64,
 ) -> Option<&'a Arc<Endpoint>> {
     match eps.len() {
         0 => return None,
-        1 => return eps.first().filter(|e| usable(e, now, exclude)),
+        1 => return eps.first().filter(|_| usable.at(eps, 0)),
         _ => {}
     }
     let mut rng = rand::rng();
@@ -179,7 +217,7 @@ fn p2c_draw<'a>(
             b += 1;
         }
         let (ea, eb) = (&eps[a], &eps[b]);
-        match (usable(ea, now, exclude), usable(eb, now, exclude)) {
+        match (usable.at(eps, a), usable.at(eps, b)) {
             (true, true) => {
                 let (win, lose) = if cost(eb) < cost(ea) {
                     (eb, ea)
@@ -198,7 +236,9 @@ fn p2c_draw<'a>(
     }
     // Most endpoints are unusable: the cheapest usable one, if any.
     eps.iter()
-        .filter(|e| usable(e, now, exclude))
+        .enumerate()
+        .filter(|&(i, _)| usable.at(eps, i))
+        .map(|(_, e)| e)
         .min_by(|a, b| cost(a).total_cmp(&cost(b)))
 }
 

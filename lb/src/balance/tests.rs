@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,45 @@ fn p2c_avoids_the_slow_endpoint() {
     }
     let c = counts(&s, &Balancer::new(Policy::P2cEwma, false), 3000);
     assert_eq!(c[2], 0, "the slow endpoint never wins a pair: {c:?}");
+}
+
+#[test]
+fn p2c_skips_down_and_excluded_endpoints_in_large_sets() {
+    // 70 replicas: the usable ones are judged once per pick, as bits for the first 64 and
+    // one by one beyond; both halves must agree with each replica's own state.
+    let s = set(70, None);
+    let eps = s.endpoints();
+    let now = clock::now_ns();
+    let exclude: Vec<SocketAddr> = eps[..60].iter().map(|e| e.addr()).collect();
+    for e in &eps[60..67] {
+        e.health.failure(Failure::Connect, now);
+    }
+    let usable: BTreeSet<SocketAddr> = eps[67..].iter().map(|e| e.addr()).collect();
+    for policy in [Policy::P2cEwma, Policy::LeastRequest] {
+        let b = Balancer::new(policy, false);
+        let seen: BTreeSet<SocketAddr> = (0..600)
+            .map(|i| {
+                b.pick(&s, i, &exclude, clock::now_ns())
+                    .expect("a pick")
+                    .addr()
+            })
+            .collect();
+        assert_eq!(seen, usable, "{policy:?}");
+    }
+    // One usable replica, among the first 64: every pick takes it.
+    let only = eps[5].addr();
+    let exclude: Vec<SocketAddr> = eps
+        .iter()
+        .map(|e| e.addr())
+        .filter(|&a| a != only)
+        .collect();
+    let b = Balancer::new(Policy::P2cEwma, false);
+    for i in 0..50 {
+        assert_eq!(
+            b.pick(&s, i, &exclude, clock::now_ns()).unwrap().addr(),
+            only
+        );
+    }
 }
 
 #[test]
