@@ -104,14 +104,20 @@ impl Breaker {
         }
     }
 
-    /// Decides whether an attempt may go to the replica, given a uniform random `unit` in
-    /// `[0, 1)`. The decision itself is not counted anywhere.
-    pub fn allow(&self, now_ns: u64, unit: f64, config: &BreakerConfig) -> Result<(), Dropped> {
+    /// Decides whether an attempt may go to the replica; `unit` draws a uniform random number
+    /// in `[0, 1)`, called only while the breaker drops some attempts (a healthy replica's
+    /// requests draw nothing). The decision itself is not counted anywhere.
+    pub fn allow(
+        &self,
+        now_ns: u64,
+        unit: impl FnOnce() -> f64,
+        config: &BreakerConfig,
+    ) -> Result<(), Dropped> {
         if !config.enabled {
             return Ok(());
         }
         let probability = self.drop_probability(now_ns, config);
-        if probability <= 0.0 || unit >= probability {
+        if probability <= 0.0 || unit() >= probability {
             self.last_pass_ns.store(now_ns, Ordering::Relaxed);
             return Ok(());
         }

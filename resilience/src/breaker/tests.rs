@@ -20,7 +20,11 @@ fn healthy_replica_is_never_throttled() {
         b.record(SEC + i * MS, true, &c);
     }
     assert_eq!(b.drop_probability(2 * SEC, &c), 0.0);
-    assert!(b.allow(2 * SEC, 0.0, &c).is_ok());
+    // Nothing is drawn for a replica the breaker drops nothing of.
+    assert!(
+        b.allow(2 * SEC, || unreachable!("a draw for a healthy replica"), &c)
+            .is_ok()
+    );
 }
 
 #[test]
@@ -34,9 +38,9 @@ fn probability_follows_the_sre_formula() {
     let p = b.drop_probability(SEC, &c);
     assert!((p - 70.0 / 101.0).abs() < 1e-9, "{p}");
     // The first call after a quiet second is let through as a probe whatever the draw.
-    assert!(b.allow(SEC, 0.0, &c).is_ok());
-    assert!(b.allow(SEC, 0.69, &c).is_err());
-    assert!(b.allow(SEC, 0.70, &c).is_ok());
+    assert!(b.allow(SEC, || 0.0, &c).is_ok());
+    assert!(b.allow(SEC, || 0.69, &c).is_err());
+    assert!(b.allow(SEC, || 0.70, &c).is_ok());
     // Moderately failing (K·accepts ≥ requests): nothing dropped.
     let b = Breaker::new();
     for i in 0..100 {
@@ -67,7 +71,7 @@ fn drops_do_not_count_so_recovery_is_quick() {
     let before = b.drop_probability(SEC, &c);
     // Thousands of dropped attempts leave the probability unchanged (go-zero's would climb).
     for _ in 0..5000 {
-        let _ = b.allow(SEC, 0.0, &c);
+        let _ = b.allow(SEC, || 0.0, &c);
     }
     assert_eq!(b.drop_probability(SEC, &c), before);
     // The replica recovers: the successes that pass bring the probability to 0 after
@@ -135,10 +139,10 @@ fn a_probe_passes_each_interval_even_when_fully_throttled() {
         b.record(SEC, false, &c);
     }
     // The unit 0.0 would always be dropped; the first probe still passes.
-    assert!(b.allow(SEC, 0.0, &c).is_ok());
-    assert!(b.allow(SEC + 10 * MS, 0.0, &c).is_err());
-    assert!(b.allow(SEC + 500 * MS, 0.0, &c).is_err());
-    assert!(b.allow(2 * SEC + 10 * MS, 0.0, &c).is_ok());
+    assert!(b.allow(SEC, || 0.0, &c).is_ok());
+    assert!(b.allow(SEC + 10 * MS, || 0.0, &c).is_err());
+    assert!(b.allow(SEC + 500 * MS, || 0.0, &c).is_err());
+    assert!(b.allow(2 * SEC + 10 * MS, || 0.0, &c).is_ok());
 }
 
 #[test]
@@ -149,7 +153,7 @@ fn disabled_breaker_lets_everything_through() {
     for _ in 0..100 {
         b.record(SEC, false, &c);
     }
-    assert!(b.allow(SEC, 0.0, &c).is_ok());
+    assert!(b.allow(SEC, || 0.0, &c).is_ok());
     assert_eq!(b.snapshot(SEC, &c).drop_probability, 0.0);
 }
 

@@ -751,7 +751,7 @@ fn pick<'a>(
             e.resilience_metrics.capacity_skips.inc();
         } else if e.is_local() && call.shared.resilience.local_workload_failing() {
             // The active check says the workload is not ready: peers serve instead.
-        } else if e.breaker.allow(now, rand::random(), &s.breaker).is_err() {
+        } else if e.breaker.allow(now, rand::random, &s.breaker).is_err() {
             e.resilience_metrics.breaker_drops.inc();
         } else {
             return Ok(e);
