@@ -67,7 +67,8 @@ impl Balancer {
             }
             Policy::LeastRequest => {
                 // Every replica with fewer requests in flight wins a comparison: none starves.
-                let usable = Usable::of(eps, now, exclude);
+                // No in-flight share to compute, so only the drawn endpoints are judged.
+                let usable = Usable::on_demand(now, exclude);
                 p2c(eps, now, &usable, false, |e| f64::from(e.load.inflight()))
             }
             Policy::RoundRobin => {
@@ -139,17 +140,21 @@ fn inflight_share(eps: &[Arc<Endpoint>], usable: &Usable<'_>) -> f64 {
     }
 }
 
-/// Which endpoints of a set are usable at one clock reading, each judged once per pick: the
-/// in-flight share and the draws of p2c both ask, and a judgement reads the endpoint's health
-/// and outlier state.
+/// Which endpoints of a set are usable at one clock reading. p2c-ewma judges them all once
+/// per pick (the in-flight share needs every one, and the draws then read the result); a pick
+/// that needs no share judges only the endpoints it draws.
 struct Usable<'a> {
-    /// Bit `i`: endpoint `i` is usable (the first 64; later ones are judged when asked).
+    /// Bit `i`: endpoint `i` is usable, for `i` below `judged`.
     first: u64,
+    /// How many of the first endpoints `first` holds (at most 64); later ones are judged when
+    /// asked.
+    judged: usize,
     now: u64,
     exclude: &'a [SocketAddr],
 }
 
 impl<'a> Usable<'a> {
+    /// Every endpoint judged now (the first 64 into bits).
     fn of(eps: &[Arc<Endpoint>], now: u64, exclude: &'a [SocketAddr]) -> Self {
         let first = eps
             .iter()
@@ -159,6 +164,17 @@ impl<'a> Usable<'a> {
             .fold(0u64, |bits, (i, _)| bits | 1 << i);
         Self {
             first,
+            judged: eps.len().min(64),
+            now,
+            exclude,
+        }
+    }
+
+    /// Each endpoint judged when asked.
+    fn on_demand(now: u64, exclude: &'a [SocketAddr]) -> Self {
+        Self {
+            first: 0,
+            judged: 0,
             now,
             exclude,
         }
@@ -166,7 +182,7 @@ impl<'a> Usable<'a> {
 
     #[inline]
     fn at(&self, eps: &[Arc<Endpoint>], i: usize) -> bool {
-        if i < 64 {
+        if i < self.judged {
             self.first >> i & 1 == 1
         } else {
             usable(&eps[i], self.now, self.exclude)
