@@ -227,6 +227,8 @@ pub struct OperatorOptions {
     pub clock_offset: Option<String>,
     /// More command-line arguments.
     pub args: Vec<String>,
+    /// The operator binary to run instead of the build under test (a benchmark comparing builds).
+    pub binary: Option<PathBuf>,
 }
 
 /// libfaketime's preload for multi-threaded programs (Debian's `faketime` package).
@@ -244,7 +246,12 @@ impl Operator {
         let admin = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(state_dir().join(format!("logs/operator-{identity}.log")))
             .unwrap();
-        let mut command = Command::new(binary("datastream-operator"));
+        let mut command = Command::new(
+            options
+                .binary
+                .clone()
+                .unwrap_or_else(|| binary("datastream-operator")),
+        );
         command
             .env(
                 "KUBECONFIG",

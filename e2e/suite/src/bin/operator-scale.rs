@@ -7,7 +7,10 @@
 //! apiserver's and etcd's resident memory and CPU time are reported beside the operator's.
 //!
 //! Run inside the cluster netns: `e2e/scripts/in-cluster-netns target/release/operator-scale 1000`
-//! (see BENCHMARKS.md). Streams use `replicas: 0` so that the measurement is the operator's work,
+//! (see BENCHMARKS.md). With `SCALE_RESTART_AB=<operator binary A>,<operator binary B>` it then
+//! restarts the operator on the same settled streams with A and B in turn,
+//! `SCALE_RESTART_ROUNDS` times each (3 by default), and reports each restart's peak RSS, time to
+//! ready and writes: two builds' restarts compared on one cluster, round by round. Streams use `replicas: 0` so that the measurement is the operator's work,
 //! not the process kubelet starting thousands of pods.
 
 use std::collections::HashSet;
@@ -256,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
     // identity, so that it leads at once instead of waiting for its own Lease to expire.
     operator.kill();
     let restart_since = audit_now();
-    let operator = Operator::start("bench-scale", &ns.name);
+    let mut operator = Operator::start("bench-scale", &ns.name);
     let pid = operator.pid();
     let ready = until_ready(&operator, Duration::from_secs(600)).await?;
     tokio::time::sleep(Duration::from_secs(steady_secs)).await;
@@ -322,6 +325,47 @@ async fn main() -> anyhow::Result<()> {
         sorted[sorted.len() / 2]
     );
     println!("control plane, whole run: {}", control_plane(&control));
+
+    if let Ok(pair) = std::env::var("SCALE_RESTART_AB") {
+        let builds: Vec<&str> = pair.split(',').collect();
+        anyhow::ensure!(
+            builds.len() == 2,
+            "SCALE_RESTART_AB takes two operator binaries separated by a comma, not {pair:?}"
+        );
+        let rounds: usize = std::env::var("SCALE_RESTART_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(3);
+        println!();
+        println!(
+            "| round | build | ready | peak RSS | RSS once steady | writes in {steady_secs} s |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for round in 1..=rounds {
+            for (label, path) in ["A", "B"].into_iter().zip(&builds) {
+                operator.kill();
+                let since = audit_now();
+                operator = Operator::start_with(
+                    "bench-scale",
+                    &ns.name,
+                    &datastream_e2e::OperatorOptions {
+                        binary: Some(path.into()),
+                        ..Default::default()
+                    },
+                );
+                let pid = operator.pid();
+                let ready = until_ready(&operator, Duration::from_secs(600)).await?;
+                tokio::time::sleep(Duration::from_secs(steady_secs)).await;
+                let writes = audited_writes(&ns.name, &owned, &since).len();
+                println!(
+                    "| {round} | {label} ({path}) | {:.1} s | {:.1} MiB | {:.1} MiB | {writes} |",
+                    ready.as_secs_f64(),
+                    peak_rss_mib(pid),
+                    rss_mib(pid),
+                );
+            }
+        }
+    }
     drop(operator);
     Ok(())
 }
