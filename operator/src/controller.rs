@@ -961,7 +961,7 @@ impl FirstLists {
             // eleven. An error means the streams' watch is gone, and then the controller is
             // stopping.
             let _ = streams_listed.wait_for(|listed| *listed).await;
-            // Closed only if dropped, which it is not while any watch holds `self`'s clone.
+            // Nothing closes the semaphore, so the acquire cannot fail.
             let mut permit = turn.acquire_owned().await.ok();
             start().inspect(move |event| {
                 if matches!(event, Ok(watcher::Event::InitDone) | Err(_)) {
