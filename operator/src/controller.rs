@@ -889,27 +889,6 @@ pub fn error_policy(ds: Arc<DataStream>, error: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// What each watch does with its events before the controller sees them: `apply` fills its
-/// cache, the end of a list marks `kind` synced for `/readyz`, and errors are counted.
-fn feeding<K, A: FnMut(&watcher::Event<K>)>(
-    mut apply: A,
-    metrics: &Arc<Metrics>,
-    health: &Arc<WatchHealth>,
-    scope: &Scope,
-    kind: &'static str,
-) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K, A> {
-    let (metrics, health, scope) = (metrics.clone(), health.clone(), scope.clone());
-    move |event| match event {
-        Ok(event) => {
-            apply(event);
-            if matches!(event, watcher::Event::InitDone) {
-                health.synced(&scope, kind);
-            }
-        }
-        Err(_) => watch_error(&metrics, &health, kind),
-    }
-}
-
 /// Objects per page when a watch lists (kube's default is 500). The list pages of the
 /// different kinds arrive at once when the operator starts, each parsed whole with its
 /// managedFields: at 500 StatefulSets a page it was most of the operator's peak memory on a
@@ -926,9 +905,9 @@ fn list_config() -> watcher::Config {
 /// Each first list parses its pages whole, managedFields included, before they are stripped; on
 /// a restart at 10,000 streams eleven kinds listing at once made the operator's peak memory. One
 /// at a time, only one kind's page is in flight. The streams come first because a child listed
-/// before its stream gets no verdict (see [`managed_children`]). A kind whose list fails gives
-/// up its turn at the error, so one forbidden or broken kind never holds the others back; its
-/// watcher keeps retrying on its own.
+/// before its stream gets no verdict (see [`Watches::managed_children`]). A kind whose list fails
+/// gives up its turn at the error, so one forbidden or broken kind never holds the others back;
+/// its watcher keeps retrying on its own.
 #[derive(Clone, Debug)]
 struct FirstLists {
     streams_listed: tokio::sync::watch::Receiver<bool>,
@@ -982,114 +961,172 @@ fn watch_error(metrics: &Metrics, health: &WatchHealth, kind: &'static str) {
     health.error();
 }
 
-/// A managed-objects watcher for one kind the operator only reads, feeding a cache of the objects
-/// (after `strip`) and counting errors. It lists in its turn (see [`FirstLists`]).
-fn managed<K>(
-    client: &Client,
-    scope: &Scope,
-    metrics: &Arc<Metrics>,
-    health: &Arc<WatchHealth>,
-    first_lists: &FirstLists,
-    selector: &str,
-    strip: fn(&mut K),
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+/// A namespaced kind the operator watches only to read it: listed, parsed and cached.
+trait Watched:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
-    let api: Api<K> = scope.api(client);
-    let (reader, writer) = reflector::store();
-    let config = list_config().labels(selector);
-    let events = first_lists.in_turn(move || {
-        watcher(api, config)
-            .default_backoff()
-            // managedFields are most of an object's size and never read here.
-            .modify(move |object| {
-                object.managed_fields_mut().clear();
-                strip(object);
-            })
-    });
-    let stream = reflector::reflector(writer, events)
-        // The reflector has filled the store already.
-        .inspect(feeding(|_| {}, metrics, health, scope, kind_of::<K>()))
-        // Deletions must trigger too: a child deleted by hand is restored.
-        .touched_objects();
-    (reader, stream)
 }
 
-/// A watcher of one kind the operator only reads, feeding a [`GroupedCache`] of the objects
-/// (after `strip`) by the value of their label `group_label`, and counting errors. It lists in
-/// its turn (see [`FirstLists`]).
-#[allow(clippy::too_many_arguments)]
-fn grouped<K>(
-    client: &Client,
-    scope: &Scope,
-    metrics: &Arc<Metrics>,
-    health: &Arc<WatchHealth>,
-    first_lists: &FirstLists,
-    selector: &str,
-    group_label: &'static str,
-    strip: fn(&mut K),
-) -> (
-    GroupedCache<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static + use<K>,
-)
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = scope.api(client);
-    let (cache, mut writer) = grouped_cache::<K>(group_label);
-    let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
-    let config = list_config().labels(selector);
-    let stream = first_lists
-        .in_turn(move || watcher(api, config).default_backoff().modify(strip))
-        .inspect(feeding(apply, metrics, health, scope, kind_of::<K>()))
-        .touched_objects();
-    (cache, stream)
+// The kinds watched only to read them (the applied kinds are [`Child`]ren).
+impl Watched for PersistentVolumeClaim {}
+impl Watched for Deployment {}
+impl Watched for EndpointSlice {}
+impl Watched for Pod {}
+
+/// What every watch of the managed objects is built from: where it watches, the label selector
+/// of the managed objects, where it reports errors and syncs, and the turn it lists in (see
+/// [`FirstLists`]).
+#[derive(Clone, Copy)]
+struct Watches<'a> {
+    client: &'a Client,
+    scope: &'a Scope,
+    metrics: &'a Arc<Metrics>,
+    health: &'a Arc<WatchHealth>,
+    first_lists: &'a FirstLists,
+    selector: &'a str,
 }
 
-/// A watcher of one kind the operator applies, feeding its verdict cache ([`crate::cache`]) and
-/// counting errors. It starts once the streams' cache is filled and lists in its turn (see
-/// [`FirstLists`]): a child seen before its stream gets no verdict and would be applied once for
-/// nothing.
-#[allow(clippy::too_many_arguments)]
-fn managed_children<K: Child>(
-    client: &Client,
-    scope: &Scope,
-    metrics: &Arc<Metrics>,
-    health: &Arc<WatchHealth>,
-    selector: &str,
-    streams: &Store<DataStream>,
-    first_lists: &FirstLists,
-    settings: &Arc<Settings>,
-) -> (
-    ChildCache<K>,
-    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-) {
-    let api: Api<K> = scope.api(client);
-    let (cache, mut writer) = child_cache::<K>(streams.clone(), settings.clone());
-    let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
-    let config = list_config().labels(selector);
-    let events = first_lists
-        .in_turn(move || watcher(api, config).default_backoff())
-        .inspect(feeding(apply, metrics, health, scope, kind_of::<K>()))
-        // Deletions must trigger too: a child deleted by hand is restored.
-        .touched_objects();
-    (cache, events)
+impl Watches<'_> {
+    /// What each watch does with its events before the controller sees them: `apply` fills its
+    /// cache, the end of a list marks `kind` synced for `/readyz`, and errors are counted.
+    fn feeding<K, A: FnMut(&watcher::Event<K>)>(
+        &self,
+        mut apply: A,
+        kind: &'static str,
+    ) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K, A> {
+        let (metrics, health, scope) = (
+            self.metrics.clone(),
+            self.health.clone(),
+            self.scope.clone(),
+        );
+        move |event| match event {
+            Ok(event) => {
+                apply(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    health.synced(&scope, kind);
+                }
+            }
+            Err(_) => watch_error(&metrics, &health, kind),
+        }
+    }
+
+    /// A watcher of one kind the operator only reads, feeding a cache of the objects (after
+    /// `strip`). It lists in its turn.
+    fn managed<K: Watched>(
+        &self,
+        strip: fn(&mut K),
+    ) -> (
+        Store<K>,
+        impl Stream<Item = Result<K, watcher::Error>> + Send + 'static + use<K>,
+    ) {
+        let api: Api<K> = self.scope.api(self.client);
+        let (reader, writer) = reflector::store();
+        let config = list_config().labels(self.selector);
+        let events = self.first_lists.in_turn(move || {
+            watcher(api, config)
+                .default_backoff()
+                // managedFields are most of an object's size and never read here.
+                .modify(move |object| {
+                    object.managed_fields_mut().clear();
+                    strip(object);
+                })
+        });
+        let stream = reflector::reflector(writer, events)
+            // The reflector has filled the store already.
+            .inspect(self.feeding(|_| {}, kind_of::<K>()))
+            // Deletions must trigger too: a child deleted by hand is restored.
+            .touched_objects();
+        (reader, stream)
+    }
+
+    /// A watcher of one kind the operator only reads, feeding a [`GroupedCache`] of the objects
+    /// (after `strip`) by the value of their label `group_label`. It lists in its turn.
+    fn grouped<K: Watched>(
+        &self,
+        group_label: &'static str,
+        strip: fn(&mut K),
+    ) -> (
+        GroupedCache<K>,
+        impl Stream<Item = Result<K, watcher::Error>> + Send + 'static + use<K>,
+    ) {
+        let api: Api<K> = self.scope.api(self.client);
+        let (cache, mut writer) = grouped_cache::<K>(group_label);
+        let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
+        let config = list_config().labels(self.selector);
+        let stream = self
+            .first_lists
+            .in_turn(move || watcher(api, config).default_backoff().modify(strip))
+            .inspect(self.feeding(apply, kind_of::<K>()))
+            .touched_objects();
+        (cache, stream)
+    }
+
+    /// A watcher of one kind the operator applies, feeding its verdict cache
+    /// ([`crate::cache`]). It starts once the streams' cache is filled and lists in its turn: a
+    /// child seen before its stream gets no verdict and would be applied once for nothing.
+    fn managed_children<K: Child>(
+        &self,
+        streams: &Store<DataStream>,
+        settings: &Arc<Settings>,
+    ) -> (
+        ChildCache<K>,
+        impl Stream<Item = Result<K, watcher::Error>> + Send + 'static + use<K>,
+    ) {
+        let api: Api<K> = self.scope.api(self.client);
+        let (cache, mut writer) = child_cache::<K>(streams.clone(), settings.clone());
+        let apply = move |event: &watcher::Event<K>| writer.apply_watcher_event(event);
+        let config = list_config().labels(self.selector);
+        let events = self
+            .first_lists
+            .in_turn(move || watcher(api, config).default_backoff())
+            .inspect(self.feeding(apply, kind_of::<K>()))
+            // Deletions must trigger too: a child deleted by hand is restored.
+            .touched_objects();
+        (cache, events)
+    }
+
+    /// A cache of the replicas' pods, each reduced to what status reads
+    /// ([`crate::pods::strip`]): the revision label, scheduling, container failures and the
+    /// sidecar's policy report.
+    fn replica_pods(
+        &self,
+    ) -> (
+        GroupedCache<Pod>,
+        impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static + use<>,
+    ) {
+        let selector = format!("{},app.kubernetes.io/component=replica", self.selector);
+        let replicas = Watches {
+            selector: &selector,
+            ..*self
+        };
+        let (cache, stream) = replicas.grouped(INSTANCE_LABEL, crate::pods::strip);
+        let stream = stream
+            // A pod changes with every status update; only what the summary keeps (a new revision
+            // label, a failure, the policy report, a new pod or one being deleted) can change what
+            // the stream reports (the final removal of a deleted pod passes no event, and needs
+            // none: its replacement does).
+            .predicate_filter(
+                |pod: &Pod| {
+                    let mut hasher = std::hash::DefaultHasher::new();
+                    let summary = (
+                        pod.uid(),
+                        pod.labels().get(REVISION_LABEL).cloned(),
+                        pod.metadata.deletion_timestamp.is_some(),
+                        serde_json::to_string(&pod.status).unwrap_or_default(),
+                    );
+                    std::hash::Hash::hash(&summary, &mut hasher);
+                    Some(std::hash::Hasher::finish(&hasher))
+                },
+                Default::default(),
+            );
+        (cache, stream)
+    }
 }
 
 /// A DataStream as its cache keeps it: without managedFields and annotations, which nothing
@@ -1126,52 +1163,6 @@ fn strip_slice(slice: &mut EndpointSlice) {
             ..Default::default()
         };
     }
-}
-
-/// A cache of the replicas' pods, each reduced to what status reads ([`crate::pods::strip`]):
-/// the revision label, scheduling, container failures and the sidecar's policy report.
-fn replica_pods(
-    client: &Client,
-    scope: &Scope,
-    metrics: &Arc<Metrics>,
-    health: &Arc<WatchHealth>,
-    first_lists: &FirstLists,
-    managed_by: &str,
-) -> (
-    GroupedCache<Pod>,
-    impl Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
-) {
-    let selector = format!("{managed_by},app.kubernetes.io/component=replica");
-    let (cache, stream) = grouped(
-        client,
-        scope,
-        metrics,
-        health,
-        first_lists,
-        &selector,
-        INSTANCE_LABEL,
-        crate::pods::strip,
-    );
-    let stream = stream
-        // A pod changes with every status update; only what the summary keeps (a new revision label,
-        // a failure, the policy report, a new pod or one being deleted) can change what the stream
-        // reports (the final removal of a deleted pod passes no event, and needs none: its
-        // replacement does).
-        .predicate_filter(
-            |pod: &Pod| {
-                let mut hasher = std::hash::DefaultHasher::new();
-                let summary = (
-                    pod.uid(),
-                    pod.labels().get(REVISION_LABEL).cloned(),
-                    pod.metadata.deletion_timestamp.is_some(),
-                    serde_json::to_string(&pod.status).unwrap_or_default(),
-                );
-                std::hash::Hash::hash(&summary, &mut hasher);
-                Some(std::hash::Hasher::finish(&hasher))
-            },
-            Default::default(),
-        );
-    (cache, stream)
 }
 
 /// The values of `datastreams_by_phase`'s `phase` label.
@@ -1219,18 +1210,17 @@ pub async fn run(
     let shared_settings = Arc::new(settings.clone());
     let (streams_listed, streams_listed_rx) = tokio::sync::watch::channel(false);
     let first_lists = FirstLists::new(streams_listed_rx);
+    let watches = Watches {
+        client: &client,
+        scope: &scope,
+        metrics: &metrics,
+        health: &health,
+        first_lists: &first_lists,
+        selector: &selector,
+    };
     macro_rules! children {
         ($kind:ty) => {
-            managed_children::<$kind>(
-                &client,
-                &scope,
-                &metrics,
-                &health,
-                &selector,
-                &main_store,
-                &first_lists,
-                &shared_settings,
-            )
+            watches.managed_children::<$kind>(&main_store, &shared_settings)
         };
     }
     let (stateful_sets, stateful_set_events) = children!(StatefulSet);
@@ -1240,37 +1230,11 @@ pub async fn run(
     let (role_bindings, binding_events) = children!(RoleBinding);
     let (pdbs, pdb_events) = children!(PodDisruptionBudget);
     let (network_policies, netpol_events) = children!(NetworkPolicy);
-    let (claims, claim_events) = managed::<PersistentVolumeClaim>(
-        &client,
-        &scope,
-        &metrics,
-        &health,
-        &first_lists,
-        &selector,
-        |_| {},
-    );
-    let (deployments, deployment_events) = managed::<Deployment>(
-        &client,
-        &scope,
-        &metrics,
-        &health,
-        &first_lists,
-        &selector,
-        |_| {},
-    );
-    let (endpoint_slices, slice_events) = grouped::<EndpointSlice>(
-        &client,
-        &scope,
-        &metrics,
-        &health,
-        &first_lists,
-        &selector,
-        SERVICE_NAME_LABEL,
-        strip_slice,
-    );
-
-    let (pods, pod_events) =
-        replica_pods(&client, &scope, &metrics, &health, &first_lists, &selector);
+    let (claims, claim_events) = watches.managed::<PersistentVolumeClaim>(|_| {});
+    let (deployments, deployment_events) = watches.managed::<Deployment>(|_| {});
+    let (endpoint_slices, slice_events) =
+        watches.grouped::<EndpointSlice>(SERVICE_NAME_LABEL, strip_slice);
+    let (pods, pod_events) = watches.replica_pods();
 
     let stores = Stores {
         stateful_sets,
