@@ -973,7 +973,7 @@ trait Watched:
 {
 }
 
-// The kinds watched only to read them (the applied kinds are [`Child`]ren).
+// The kinds watched only to read them; the kinds the operator applies implement `Child`.
 impl Watched for PersistentVolumeClaim {}
 impl Watched for Deployment {}
 impl Watched for EndpointSlice {}
