@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/haproxy-config.sh
+source "$ROOT/bench/haproxy-config.sh"
 ROUNDS=${1:?rounds}
 DIR=${2:-$ROOT/target/release}
 DURATION=${DURATION:-10} PROXY_CPU=${PROXY_CPU:-1} LOAD_CPU=${LOAD_CPU:-0}
@@ -51,31 +53,10 @@ for port in 18081 18082 18083; do
   PIDS+=($!)
 done
 
-cat >"$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-defaults
-  mode http
-  timeout connect 5s
-  timeout server 60s
-  timeout client 60s
-  timeout http-keep-alive 60s
-  timeout check 500ms
-  http-reuse always
-  retries 2
-  option redispatch 1
-  retry-on conn-failure empty-response response-timeout 503
-frontend fe
-  bind 127.0.0.1:17080
-  default_backend be
-backend be
-  balance roundrobin
-  option httpchk GET /healthz
-  default-server check inter 1s fall 2 rise 2
-  server r1 127.0.0.1:18081
-  server r2 127.0.0.1:18082
-  server r3 127.0.0.1:18083
-CONF
+# scenario 1's, without the connection limits that 32 connections do not need
+haproxy_config 17080 roundrobin 5s 60s 0 \
+  $'  server r1 127.0.0.1:18081\n  server r2 127.0.0.1:18082\n  server r3 127.0.0.1:18083\n' \
+  >"$WORK/haproxy.cfg"
 
 start() { # proxy: sets PROXY_PID
   case $1 in

@@ -24,6 +24,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/haproxy-config.sh
+source "$ROOT/bench/haproxy-config.sh"
 BENCH=$ROOT/bench
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-32}
@@ -299,35 +301,7 @@ start_haproxy() { # balance: roundrobin | leastconn
   for i in "${!UPSTREAM_PORTS[@]}"; do
     servers+="  server r$((i + 1)) 127.0.0.1:${UPSTREAM_PORTS[$i]} $tls"$'\n'
   done
-  cat >"$WORK/haproxy.cfg" <<CONF
-global
-  nbthread 1
-  # HAProxy reserves two descriptors per connection; idle client connections need only one, so
-  # the machine's hard limit (20000) is enough for 10,000 of them.
-  ulimit-n 20000
-  no strict-limits
-  maxconn 10200
-defaults
-  mode http
-  timeout connect $connect
-  timeout server $server
-  timeout client 60s
-  timeout http-keep-alive 60s
-  timeout check 500ms
-  http-reuse always
-  retries 2
-  option redispatch 1
-  retry-on conn-failure empty-response response-timeout 503
-frontend fe
-  bind 127.0.0.1:$HAPROXY_PORT
-  maxconn 10200
-  default_backend be
-backend be
-  balance $1
-  option httpchk GET /healthz
-  default-server check inter 1s fall 2 rise 2
-$servers
-CONF
+  haproxy_config "$HAPROXY_PORT" "$1" "$connect" "$server" 1 "$servers" >"$WORK/haproxy.cfg"
   taskset -c "$PROXY_CPU" "${PROXY_WRAP[@]}" haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
   PROXY_PID=$!
   OWN_PIDS+=($!)
