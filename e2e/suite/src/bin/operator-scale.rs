@@ -10,8 +10,9 @@
 //! (see BENCHMARKS.md). With `SCALE_RESTART_AB=<operator binary A>,<operator binary B>` it then
 //! restarts the operator on the same settled streams with A and B in turn,
 //! `SCALE_RESTART_ROUNDS` times each (3 by default), and reports each restart's peak RSS, time to
-//! ready and writes: two builds' restarts compared on one cluster, round by round. Streams use `replicas: 0` so that the measurement is the operator's work,
-//! not the process kubelet starting thousands of pods.
+//! ready and writes: two builds' restarts compared on one cluster, round by round. Streams use
+//! `replicas: 0` so that the measurement is the operator's work, not the process kubelet starting
+//! thousands of pods.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -125,6 +126,41 @@ impl Progress {
             self.settled.insert(name);
         }
     }
+}
+
+/// One restart of the operator on settled streams, measured.
+struct Restarted {
+    /// From the start to `/readyz` answering `ok`.
+    ready: Duration,
+    /// Writes to the operator's resources from the kill to the end of the quiet period.
+    writes: usize,
+    /// Peak RSS (MiB) over the restart and the quiet period.
+    peak_rss: f64,
+    /// RSS (MiB) at the end of the quiet period.
+    rss: f64,
+}
+
+/// Replaces `operator` with one started with `options` (same identity, so that it leads at
+/// once), waits until it is ready and then `quiet` longer, and measures the restart.
+async fn restart(
+    operator: &mut Operator,
+    namespace: &str,
+    owned: &[&str],
+    quiet: Duration,
+    options: &datastream_e2e::OperatorOptions,
+) -> anyhow::Result<Restarted> {
+    operator.kill();
+    let since = audit_now();
+    *operator = Operator::start_with("bench-scale", namespace, options);
+    let pid = operator.pid();
+    let ready = until_ready(operator, Duration::from_secs(600)).await?;
+    tokio::time::sleep(quiet).await;
+    Ok(Restarted {
+        ready,
+        writes: audited_writes(namespace, owned, &since).len(),
+        peak_rss: peak_rss_mib(pid),
+        rss: rss_mib(pid),
+    })
 }
 
 fn peak_rss_mib(pid: u32) -> f64 {
@@ -255,17 +291,9 @@ async fn main() -> anyhow::Result<()> {
     let first_cpu = cpu_seconds(pid);
     let control_first = control_plane(&control);
 
-    // A restart on settled streams: every cache is listed again, nothing needs creating. Same
-    // identity, so that it leads at once instead of waiting for its own Lease to expire.
-    operator.kill();
-    let restart_since = audit_now();
-    let mut operator = Operator::start("bench-scale", &ns.name);
-    let pid = operator.pid();
-    let ready = until_ready(&operator, Duration::from_secs(600)).await?;
-    tokio::time::sleep(Duration::from_secs(steady_secs)).await;
-    let restart_writes = audited_writes(&ns.name, &owned, &restart_since).len();
-    let restart_rss = peak_rss_mib(pid);
-    let restart_now = rss_mib(pid);
+    // A restart on settled streams: every cache is listed again, nothing needs creating.
+    let quiet = Duration::from_secs(steady_secs);
+    let restarted = restart(&mut operator, &ns.name, &owned, quiet, &Default::default()).await?;
 
     // Single changed streams among all the others: the time from the spec change to the status
     // that reports its generation (children applied, status written).
@@ -312,8 +340,11 @@ async fn main() -> anyhow::Result<()> {
     println!("operator CPU time, start to steady: {first_cpu:.1} s");
     println!("control plane from the operator's start to steady: {control_first}");
     println!(
-        "restart on settled streams: ready (every watch listed) in {:.1} s; writes in the {steady_secs} s after: {restart_writes}; peak RSS {restart_rss:.1} MiB, {restart_now:.1} MiB once steady",
-        ready.as_secs_f64()
+        "restart on settled streams: ready (every watch listed) in {:.1} s; writes in the {steady_secs} s after: {}; peak RSS {:.1} MiB, {:.1} MiB once steady",
+        restarted.ready.as_secs_f64(),
+        restarted.writes,
+        restarted.peak_rss,
+        restarted.rss,
     );
     println!(
         "one changed stream among {count}, spec change to status with its generation (ms, 5 rounds): {} (median {:.0})",
@@ -343,25 +374,17 @@ async fn main() -> anyhow::Result<()> {
         println!("|---|---|---|---|---|---|");
         for round in 1..=rounds {
             for (label, path) in ["A", "B"].into_iter().zip(&builds) {
-                operator.kill();
-                let since = audit_now();
-                operator = Operator::start_with(
-                    "bench-scale",
-                    &ns.name,
-                    &datastream_e2e::OperatorOptions {
-                        binary: Some(path.into()),
-                        ..Default::default()
-                    },
-                );
-                let pid = operator.pid();
-                let ready = until_ready(&operator, Duration::from_secs(600)).await?;
-                tokio::time::sleep(Duration::from_secs(steady_secs)).await;
-                let writes = audited_writes(&ns.name, &owned, &since).len();
+                let options = datastream_e2e::OperatorOptions {
+                    binary: Some(path.into()),
+                    ..Default::default()
+                };
+                let r = restart(&mut operator, &ns.name, &owned, quiet, &options).await?;
                 println!(
-                    "| {round} | {label} ({path}) | {:.1} s | {:.1} MiB | {:.1} MiB | {writes} |",
-                    ready.as_secs_f64(),
-                    peak_rss_mib(pid),
-                    rss_mib(pid),
+                    "| {round} | {label} ({path}) | {:.1} s | {:.1} MiB | {:.1} MiB | {} |",
+                    r.ready.as_secs_f64(),
+                    r.peak_rss,
+                    r.rss,
+                    r.writes,
                 );
             }
         }
